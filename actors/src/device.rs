@@ -1,0 +1,69 @@
+//! Compute devices: CUDA GPUs discovered through NVML (memory, utilisation)
+//! and libtorch, or one CPU device when there is no GPU. The CUDA path is
+//! compiled always and taken wherever a GPU exists.
+
+use tch::Device;
+
+/// One device a GpuWorker drives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ComputeDevice {
+    /// `cpu` or `cuda0`, `cuda1`, … (used in actor names and metrics).
+    pub id: String,
+    /// libtorch device.
+    pub device: Device,
+    /// Total memory in bytes, when known.
+    pub total_bytes: Option<u64>,
+}
+
+/// Memory and load of a device right now.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DeviceLoad {
+    /// Free memory in bytes, when known.
+    pub free_bytes: Option<u64>,
+    /// GPU utilisation 0–100, when known.
+    pub utilization: Option<u32>,
+}
+
+/// The devices of this machine: every CUDA device libtorch can use (with
+/// NVML facts where NVML loads), else the CPU.
+pub fn discover(use_cuda: bool) -> Vec<ComputeDevice> {
+    let cuda_count = if use_cuda && tch::Cuda::is_available() { tch::Cuda::device_count() } else { 0 };
+    if cuda_count == 0 {
+        return vec![ComputeDevice { id: "cpu".into(), device: Device::Cpu, total_bytes: None }];
+    }
+    let nvml = nvml_wrapper::Nvml::init().ok();
+    (0..cuda_count as usize)
+        .map(|i| {
+            let total_bytes = nvml
+                .as_ref()
+                .and_then(|n| n.device_by_index(i as u32).ok())
+                .and_then(|d| d.memory_info().ok())
+                .map(|m| m.total);
+            ComputeDevice { id: format!("cuda{i}"), device: Device::Cuda(i), total_bytes }
+        })
+        .collect()
+}
+
+/// Current load of `device` (NVML on CUDA; nothing known on the CPU).
+pub fn load(device: &ComputeDevice) -> DeviceLoad {
+    let Device::Cuda(index) = device.device else { return DeviceLoad::default() };
+    let Ok(nvml) = nvml_wrapper::Nvml::init() else { return DeviceLoad::default() };
+    let Ok(handle) = nvml.device_by_index(index as u32) else { return DeviceLoad::default() };
+    DeviceLoad {
+        free_bytes: handle.memory_info().ok().map(|m| m.free),
+        utilization: handle.utilization_rates().ok().map(|u| u.gpu),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_cuda_there_is_exactly_one_cpu_device() {
+        let devices = discover(false);
+        assert_eq!(devices.len(), 1);
+        assert_eq!(devices[0].id, "cpu");
+        assert_eq!(load(&devices[0]), DeviceLoad::default());
+    }
+}

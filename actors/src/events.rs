@@ -1,0 +1,78 @@
+//! The node's outgoing events: signed with the node key, published in order
+//! by one task onto `orfeas.events.<agent>.<job_id>` (stored in the events
+//! stream for replay). Progress is best effort; terminal events are awaited
+//! until the server confirms them, because a job is only acked after that.
+
+use std::sync::Arc;
+
+use async_nats::HeaderMap;
+use orfeas_wire::{
+    subjects,
+    v1::{Event, EventKind, Stage},
+    SecretKey,
+};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::{bus::{Bus, BusError}, now_ms, ticket::Ticket};
+
+/// Events queued beyond this are progress events and are dropped.
+const QUEUE: usize = 4096;
+
+struct Outgoing {
+    agent: String,
+    event: Event,
+    confirmed: Option<oneshot::Sender<Result<(), BusError>>>,
+}
+
+/// Cloneable handle to the node's event publisher.
+#[derive(Clone)]
+pub struct EventSink {
+    tx: mpsc::Sender<Outgoing>,
+    node_id: Arc<str>,
+}
+
+impl EventSink {
+    /// Start the publisher task.
+    pub fn spawn(bus: Bus, node_id: &str, key: SecretKey, deployment: String) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Outgoing>(QUEUE);
+        tokio::spawn(async move {
+            while let Some(out) = rx.recv().await {
+                let subject = subjects::events(&out.agent, &out.event.job_id);
+                let bytes = out.event.seal(&subject, &key, &deployment, now_ms() / 1000);
+                let mut headers = HeaderMap::new();
+                headers.insert("Orfeas-Event", out.event.kind.name());
+                let result = bus.publish_acked(subject, headers, bytes.into()).await.map(|_| ());
+                if let Err(e) = &result {
+                    tracing::warn!(error = %e, job_id = %out.event.job_id, "event not confirmed");
+                }
+                if let Some(confirmed) = out.confirmed {
+                    let _ = confirmed.send(result);
+                }
+            }
+        });
+        Self { tx, node_id: node_id.into() }
+    }
+
+    fn event(&self, job_id: Uuid, seq: u64, kind: EventKind) -> Event {
+        Event { job_id, seq, node: self.node_id.to_string(), at_ms: now_ms(), kind }
+    }
+
+    /// Report a stage; never waits, dropped if the publisher is far behind.
+    pub fn progress(&self, ticket: &Ticket, stage: Stage, percent: u8) {
+        let event = self.event(ticket.job.job_id, ticket.next_seq(), EventKind::Progress { stage, percent });
+        let _ = self.tx.try_send(Outgoing { agent: ticket.job.agent.clone(), event, confirmed: None });
+    }
+
+    /// Publish an event and wait until the server stored it.
+    pub async fn publish(&self, agent: &str, job_id: Uuid, seq: u64, kind: EventKind) -> Result<(), BusError> {
+        let (confirmed, done) = oneshot::channel();
+        let event = self.event(job_id, seq, kind);
+        let unavailable = || BusError::Publish { subject: subjects::events(agent, &job_id), detail: "event publisher stopped".into() };
+        self.tx
+            .send(Outgoing { agent: agent.to_string(), event, confirmed: Some(confirmed) })
+            .await
+            .map_err(|_| unavailable())?;
+        done.await.map_err(|_| unavailable())?
+    }
+}

@@ -1,0 +1,228 @@
+//! GpuWorker: drives one device.
+//!
+//! - Consumes: `GpuWorkerMsg::Run(batch)` from the Scheduler — compatible
+//!   tickets (same model) to run as one forward pass.
+//! - Publishes: `PostprocessMsg::Volume` per job (volumes stay in-process),
+//!   `PostprocessMsg::Fail` for jobs whose image is unusable or that cannot
+//!   fit on the device; `SchedulerMsg::DeviceIdle` after every batch;
+//!   `preprocessing` and `inference` progress events.
+//! - State: the channel to its device thread. The thread owns the loaded
+//!   models (`CModule`, resident for the worker's life) so forward passes
+//!   never block an actor loop.
+//! - Restart policy: models are loaded in `pre_start`, so a model that fails
+//!   to load or breaks its contract fails the spawn (reported at start, not
+//!   at the first job). If the device thread dies the next `Run` fails the
+//!   actor; the supervisor restarts it (reloading the models) and the
+//!   Scheduler hands the lost batch back to JetStream.
+
+use std::{collections::HashMap, path::PathBuf, sync::Arc, thread, time::{Duration, Instant}};
+
+use orfeas_wire::{
+    v1::{Failure, ImageInput, Stage},
+    ErrorCode,
+};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tch::{Kind, Tensor};
+use tokio::sync::oneshot;
+
+use crate::{
+    device::ComputeDevice,
+    events::EventSink,
+    metrics,
+    model::{LoadedModel, Manifest, ModelError},
+    postprocess::{PostprocessMsg, VolumeJob},
+    preprocess::{self, Prepared},
+    roster::Roster,
+    scheduler::SchedulerMsg,
+    settings::NodeSettings,
+    ticket::Ticket,
+};
+
+/// Messages to a GpuWorker.
+pub enum GpuWorkerMsg {
+    /// Run these tickets (same model) as one batch.
+    Run(Vec<Ticket>),
+}
+
+/// The worker of one device (configuration only; see [`GpuWorkerState`]).
+pub struct GpuWorker {
+    /// The device.
+    pub device: ComputeDevice,
+    /// Node settings.
+    pub settings: Arc<NodeSettings>,
+    /// Models to load: manifest and TorchScript path.
+    pub models: Vec<(Manifest, PathBuf)>,
+    /// Sibling actor names.
+    pub roster: Roster,
+    /// Event publisher.
+    pub events: EventSink,
+}
+
+/// Mutable state: the device thread's inbox.
+pub struct GpuWorkerState {
+    work: std::sync::mpsc::Sender<Vec<Ticket>>,
+}
+
+impl Actor for GpuWorker {
+    type Msg = GpuWorkerMsg;
+    type State = GpuWorkerState;
+    type Arguments = ();
+
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, _: ()) -> Result<Self::State, ActorProcessingErr> {
+        let (work, inbox) = std::sync::mpsc::channel::<Vec<Ticket>>();
+        let (loaded_tx, loaded_rx) = oneshot::channel::<Result<(), ModelError>>();
+        let device = self.device.clone();
+        let models = self.models.clone();
+        let runner = BatchRunner {
+            device_id: self.device.id.clone(),
+            roster: self.roster.clone(),
+            events: self.events.clone(),
+            max_image_side: self.settings.max_image_side,
+            simulated_latency: self.settings.simulated_latency,
+        };
+        if self.settings.cpu_threads > 0 {
+            tch::set_num_threads(self.settings.cpu_threads as i32);
+        }
+        thread::Builder::new()
+            .name(format!("device-{}", self.device.id))
+            .spawn(move || {
+                let mut loaded = HashMap::new();
+                for (manifest, path) in models {
+                    let started = Instant::now();
+                    match LoadedModel::load(manifest, &path, device.device) {
+                        Ok(model) => {
+                            tracing::info!(model = %model.manifest.name, device = %device.id, seconds = started.elapsed().as_secs_f64(), "model loaded");
+                            loaded.insert(model.manifest.name.clone(), model);
+                        }
+                        Err(e) => {
+                            let _ = loaded_tx.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+                let _ = loaded_tx.send(Ok(()));
+                while let Ok(batch) = inbox.recv() {
+                    runner.run(&loaded, batch);
+                }
+            })?;
+        loaded_rx.await.map_err(|_| "device thread ended while loading models")??;
+        Ok(GpuWorkerState { work })
+    }
+
+    async fn handle(&self, _myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        match message {
+            GpuWorkerMsg::Run(batch) => {
+                state.work.send(batch).map_err(|_| format!("device thread of {} is gone", self.device.id))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the device thread needs besides the models.
+struct BatchRunner {
+    device_id: String,
+    roster: Roster,
+    events: EventSink,
+    max_image_side: u32,
+    simulated_latency: Duration,
+}
+
+impl BatchRunner {
+    fn run(&self, models: &HashMap<String, LoadedModel>, batch: Vec<Ticket>) {
+        self.run_batch(models, batch);
+        if let Some(scheduler) = self.roster.scheduler() {
+            let _ = scheduler.cast(SchedulerMsg::DeviceIdle(self.device_id.clone()));
+        }
+    }
+
+    fn fail(&self, ticket: Ticket, failure: Failure) {
+        if let Some(post) = self.roster.postprocess() {
+            let _ = post.cast(PostprocessMsg::Fail { ticket, failure });
+        }
+    }
+
+    fn run_batch(&self, models: &HashMap<String, LoadedModel>, batch: Vec<Ticket>) {
+        let Some(model_name) = batch.first().map(|t| t.job.model.clone()) else { return };
+        let Some(model) = models.get(&model_name) else {
+            for ticket in batch {
+                let failure = Failure::new(ErrorCode::UnknownModel, format!("model {model_name:?} is not loaded on {}", self.device_id));
+                self.fail(ticket, failure);
+            }
+            return;
+        };
+        let started = Instant::now();
+        let mut ready: Vec<(Ticket, Prepared)> = Vec::with_capacity(batch.len());
+        for ticket in batch {
+            self.events.progress(&ticket, Stage::Preprocessing, 10);
+            let ImageInput::Inline { media_type, data } = &ticket.job.image;
+            match preprocess::prepare(data, media_type, self.max_image_side, model.manifest.input_size) {
+                Ok(prepared) => ready.push((ticket, prepared)),
+                Err(e) => {
+                    let failure = Failure::new(e.code(), e.to_string());
+                    self.fail(ticket, failure);
+                }
+            }
+        }
+        metrics::STAGE_SECONDS.with_label_values(&["preprocessing"]).observe(started.elapsed().as_secs_f64());
+        if ready.is_empty() {
+            return;
+        }
+        if !self.simulated_latency.is_zero() {
+            thread::sleep(self.simulated_latency);
+        }
+        self.forward_split(model, ready);
+    }
+
+    /// One forward pass over `items`; on out-of-memory, halve and retry so
+    /// a too-large batch becomes smaller batches instead of failed jobs.
+    fn forward_split(&self, model: &LoadedModel, items: Vec<(Ticket, Prepared)>) {
+        for (ticket, _) in &items {
+            self.events.progress(ticket, Stage::Inference, 30);
+        }
+        let [h, w] = model.manifest.input_size;
+        let mut flat = Vec::with_capacity(items.len() * 4 * h * w);
+        for (_, prepared) in &items {
+            flat.extend_from_slice(&prepared.chw);
+        }
+        let input = Tensor::from_slice(&flat).view([items.len() as i64, 4, h as i64, w as i64]);
+        let started = Instant::now();
+        let result = model.forward(&input);
+        metrics::STAGE_SECONDS.with_label_values(&["inference"]).observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(volumes) => {
+                metrics::BATCH_SIZE.with_label_values(&[&model.manifest.name]).observe(items.len() as f64);
+                let manifest = Arc::new(model.manifest.clone());
+                for (i, (ticket, prepared)) in items.into_iter().enumerate() {
+                    let volume = volumes.get(i as i64);
+                    let len = volume.numel();
+                    let mut data = vec![0f32; len];
+                    volume.to_kind(Kind::Float).copy_data(&mut data, len);
+                    let job = VolumeJob { ticket, data, manifest: manifest.clone(), image: prepared.rgba };
+                    match self.roster.postprocess() {
+                        Some(post) => {
+                            let _ = post.cast(PostprocessMsg::Volume(Box::new(job)));
+                        }
+                        None => tracing::error!("postprocess is not running; job returns to the queue after ack_wait"),
+                    }
+                }
+            }
+            Err(ModelError::Forward { out_of_memory: true, .. }) if items.len() > 1 => {
+                tracing::warn!(model = %model.manifest.name, batch = items.len(), "out of memory; splitting the batch");
+                let mut first = items;
+                let second = first.split_off(first.len() / 2);
+                self.forward_split(model, first);
+                self.forward_split(model, second);
+            }
+            Err(e) => {
+                let code = match &e {
+                    ModelError::Forward { out_of_memory: true, .. } => ErrorCode::Unavailable,
+                    _ => ErrorCode::InferenceFailed,
+                };
+                for (ticket, _) in items {
+                    self.fail(ticket, Failure::new(code, e.to_string()));
+                }
+            }
+        }
+    }
+}

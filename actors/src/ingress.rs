@@ -1,0 +1,421 @@
+//! Ingress: the node's front door.
+//!
+//! - Consumes: agents' signed submissions from the `ingress` durable pull
+//!   consumer on `ORFEAS_SUBMIT` (`orfeas.jobs.submit.<agent>`).
+//! - Publishes: admitted jobs on `orfeas.jobs.queue.normal` (waits for the
+//!   PubAck), then the `accepted` event; or a `rejected` event with a
+//!   stable code. The submission is acked only after that.
+//! - Checks, cheapest first: size cap, envelope decode, issuer = subject
+//!   token, registered unrevoked key, `verify_strict` over the received
+//!   bytes bound to the subject, audience and time window, strict payload
+//!   decode, events subject, model, formats, image header and size. Then a
+//!   create-only job record makes resubmission idempotent: same id and same
+//!   request → no second job; same id, different request → `conflict`.
+//! - State: the pull loop and its credits.
+//! - Restart policy: stateless between messages; a restart loses nothing
+//!   (unacked submissions are redelivered; the job record makes
+//!   re-admission idempotent).
+
+use std::{collections::HashMap, sync::Arc};
+
+use async_nats::{jetstream::{self, AckKind}, HeaderMap};
+use orfeas_wire::{
+    envelope::{self, ContentKind, Opened},
+    subjects,
+    v1::{self, AdmittedJob, EventKind, Failure, Format, ImageInput, SubmitJob},
+    ErrorCode, PublicKey,
+};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use sha2::{Digest, Sha256};
+use tokio::{sync::Semaphore, task::JoinHandle};
+use uuid::Uuid;
+
+use crate::{
+    bus::{self, Bus, BusError},
+    events::EventSink,
+    jobs::{Created, JobRecord, JobState, JobStore},
+    metrics,
+    model::Manifest,
+    now_ms,
+    preprocess,
+    registry::Registry,
+    settings::NodeSettings,
+};
+
+/// Submissions verified concurrently at most.
+const CREDITS: usize = 64;
+/// Lane every job goes to until priorities exist.
+const LANE: &str = "normal";
+
+/// A refused message: the job id when it could be read, and why.
+#[derive(Debug)]
+pub struct Rejection {
+    /// The job id, if the payload could be read at all.
+    pub job_id: Option<Uuid>,
+    /// Why.
+    pub failure: Failure,
+}
+
+impl Rejection {
+    fn new(job_id: Option<Uuid>, code: ErrorCode, error: impl Into<String>) -> Self {
+        Self { job_id, failure: Failure::new(code, error) }
+    }
+}
+
+/// A submission that passed every check.
+#[derive(Debug, Clone)]
+pub struct ValidJob {
+    /// The agent (verified issuer).
+    pub agent: String,
+    /// The job, formats defaulted.
+    pub job: SubmitJob,
+    /// SHA-256 of the signed payload, hex.
+    pub digest: String,
+}
+
+/// What Ingress checks submissions against.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// Deployment name expected in `aud`.
+    pub audience: String,
+    /// Tolerated clock skew, seconds.
+    pub clock_skew_s: u64,
+    /// Largest image side, pixels.
+    pub max_image_side: u32,
+    /// Models served, by name.
+    pub models: HashMap<String, Manifest>,
+}
+
+/// Best-effort job id from an unverified payload, so a rejection reaches the
+/// job's events subject. Never used for anything else.
+fn unverified_job_id(opened: &Opened) -> Option<Uuid> {
+    orfeas_wire::from_cbor::<SubmitJob>(&opened.payload).ok().map(|j| j.job_id)
+}
+
+/// Steps 1–2: cap and decode.
+pub fn open_submission(bytes: &[u8]) -> Result<Opened, Rejection> {
+    envelope::open(bytes, v1::MAX_SUBMIT_BYTES, ContentKind::SubmitJob)
+        .map_err(|e| Rejection::new(None, e.code(), e.to_string()))
+}
+
+/// Steps after the key lookup: identity, signature, time, payload, policy.
+pub fn check_submission(
+    opened: &Opened,
+    subject: &str,
+    key: Option<PublicKey>,
+    policy: &Policy,
+    now_s: u64,
+) -> Result<ValidJob, Rejection> {
+    let job_id = unverified_job_id(opened);
+    let reject = |code, error: String| Rejection::new(job_id, code, error);
+    let agent = subjects::agent_of_submit(subject).ok_or_else(|| reject(ErrorCode::Forbidden, format!("{subject:?} is not a submit subject")))?;
+    if opened.claims.iss != agent {
+        return Err(reject(ErrorCode::Forbidden, format!("issuer {:?} published on {agent:?}'s subject", opened.claims.iss)));
+    }
+    let key = key.ok_or_else(|| reject(ErrorCode::UnknownKey, format!("agent {agent:?} has no active key {:?}", opened.kid.0)))?;
+    opened.verify(&key, subject).map_err(|e| reject(e.code(), e.to_string()))?;
+    if let Err(e) = opened.check_claims(&policy.audience, now_s, policy.clock_skew_s, v1::MAX_LIFETIME_S) {
+        let mut rejection = reject(e.code(), e.to_string());
+        rejection.failure.server_time_ms = Some(now_s * 1000);
+        return Err(rejection);
+    }
+    if opened.op != "submit" {
+        return Err(reject(ErrorCode::Forbidden, format!("operation {:?} is not submit", opened.op)));
+    }
+    let mut job: SubmitJob = orfeas_wire::from_cbor(&opened.payload).map_err(|e| reject(ErrorCode::Invalid, format!("submit payload: {e}")))?;
+    let job_id = Some(job.job_id);
+    let reject = |code, error: String| Rejection::new(job_id, code, error);
+    let expected_events = subjects::events(agent, &job.job_id);
+    if opened.events_subject.as_deref() != Some(expected_events.as_str()) {
+        return Err(reject(ErrorCode::Forbidden, format!("events subject {:?} is not {expected_events:?}", opened.events_subject)));
+    }
+    if !policy.models.contains_key(&job.model) {
+        let mut served: Vec<&str> = policy.models.keys().map(String::as_str).collect();
+        served.sort_unstable();
+        return Err(reject(ErrorCode::UnknownModel, format!("model {:?} is not served (models: {})", job.model, served.join(", "))));
+    }
+    if job.formats.is_empty() {
+        job.formats = vec![Format::Glb];
+    }
+    job.formats.dedup();
+    let ImageInput::Inline { media_type, data } = &job.image;
+    if data.len() > v1::MAX_INLINE_IMAGE_BYTES {
+        return Err(reject(ErrorCode::TooLarge, format!("inline image of {} bytes exceeds {}", data.len(), v1::MAX_INLINE_IMAGE_BYTES)));
+    }
+    preprocess::check_header(data, media_type, policy.max_image_side).map_err(|e| reject(e.code(), e.to_string()))?;
+    let digest = hex::encode(Sha256::digest(&opened.payload));
+    Ok(ValidJob { agent: agent.to_string(), job, digest })
+}
+
+/// Ingress configuration.
+pub struct Ingress {
+    /// Node settings.
+    pub settings: Arc<NodeSettings>,
+    /// NATS handles.
+    pub bus: Bus,
+    /// Agent registry.
+    pub registry: Registry,
+    /// Job records.
+    pub jobs: JobStore,
+    /// Event publisher.
+    pub events: EventSink,
+    /// Admission policy.
+    pub policy: Policy,
+}
+
+/// Ingress state.
+pub struct IngressState {
+    credits: Arc<Semaphore>,
+    puller: JoinHandle<()>,
+}
+
+/// Messages to Ingress.
+pub enum IngressMsg {
+    /// A submission from JetStream.
+    Delivered(jetstream::Message),
+    /// The pull loop gave up.
+    PullFailed(String),
+}
+
+/// How a submission was settled.
+enum Settled {
+    /// Admitted (or already admitted): ack.
+    Ack,
+    /// Refused; the rejection event is stored: term.
+    Term,
+    /// A durable step failed: retry later.
+    Retry,
+}
+
+impl Ingress {
+    async fn process(&self, message: &jetstream::Message) -> Settled {
+        let subject = message.subject.to_string();
+        let Some(agent) = subjects::agent_of_submit(&subject).map(str::to_string) else {
+            tracing::warn!(subject, "message on a subject that is not a submit subject; dropped");
+            return Settled::Term;
+        };
+        let verdict = match open_submission(&message.payload) {
+            Ok(opened) => match self.registry.agent_key(&agent, &opened.kid.0).await {
+                Ok(key) => check_submission(&opened, &subject, key, &self.policy, now_ms() / 1000),
+                Err(e) => {
+                    tracing::warn!(error = %e, "registry unreadable");
+                    return Settled::Retry;
+                }
+            },
+            Err(rejection) => Err(rejection),
+        };
+        match verdict {
+            Ok(valid) => match self.admit(valid).await {
+                Ok(settled) => settled,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admission not confirmed; retrying");
+                    Settled::Retry
+                }
+            },
+            Err(rejection) => {
+                metrics::SUBMISSIONS.with_label_values(&[rejection.failure.code.as_str()]).inc();
+                tracing::info!(agent, code = %rejection.failure.code, error = %rejection.failure.error, "submission rejected");
+                let job_id = rejection.job_id.unwrap_or(Uuid::nil());
+                match self.events.publish(&agent, job_id, 0, EventKind::Rejected(rejection.failure)).await {
+                    Ok(()) => Settled::Term,
+                    Err(_) => Settled::Retry,
+                }
+            }
+        }
+    }
+
+    /// Record, enqueue (PubAck), announce. Idempotent on the job id.
+    async fn admit(&self, valid: ValidJob) -> Result<Settled, BusError> {
+        let ValidJob { agent, job, digest } = valid;
+        let record = JobRecord {
+            agent: agent.clone(),
+            job_id: job.job_id,
+            model: job.model.clone(),
+            digest: digest.clone(),
+            state: JobState::Admitted,
+            attempt: 0,
+            node: self.settings.node_id.clone(),
+            updated_at_ms: now_ms(),
+            terminal: None,
+            terminal_seq: 0,
+        };
+        match self.jobs.create(&record).await? {
+            Created::New(_) => {}
+            Created::Exists(existing, _) if existing.digest != digest => {
+                metrics::SUBMISSIONS.with_label_values(&[ErrorCode::Conflict.as_str()]).inc();
+                let failure = Failure::new(ErrorCode::Conflict, format!("job {} exists with a different request", job.job_id));
+                self.events.publish(&agent, job.job_id, 0, EventKind::Rejected(failure)).await?;
+                return Ok(Settled::Term);
+            }
+            Created::Exists(existing, _) if existing.state != JobState::Admitted => {
+                // Same request again after it was queued: one job, no new run.
+                tracing::info!(agent, job_id = %job.job_id, "duplicate submission of a known job");
+                return Ok(Settled::Ack);
+            }
+            // Admitted but maybe not queued (crash between record and
+            // PubAck): queue again; the queue's dedupe window drops a copy.
+            Created::Exists(..) => {}
+        }
+        let admitted = AdmittedJob {
+            job_id: job.job_id,
+            agent: agent.clone(),
+            model: job.model,
+            formats: job.formats,
+            image: job.image,
+            admitted_at_ms: now_ms(),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("{agent}:{}", job.job_id).as_str());
+        let ack = self.bus.publish_acked(subjects::queue(LANE), headers, orfeas_wire::to_cbor(&admitted).into()).await?;
+        let queue_position = self.queue_depth().await.saturating_sub(1);
+        self.events.publish(&agent, job.job_id, 0, EventKind::Accepted { queue_position }).await?;
+        metrics::SUBMISSIONS.with_label_values(&["accepted"]).inc();
+        tracing::info!(agent, job_id = %job.job_id, seq = ack.sequence, "job admitted");
+        Ok(Settled::Ack)
+    }
+
+    async fn queue_depth(&self) -> u64 {
+        match self.bus.js.get_stream(subjects::QUEUE_STREAM).await {
+            Ok(mut stream) => stream.info().await.map(|i| i.state.messages).unwrap_or(0),
+            Err(_) => 0,
+        }
+    }
+}
+
+impl Actor for Ingress {
+    type Msg = IngressMsg;
+    type State = IngressState;
+    type Arguments = ();
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, _: ()) -> Result<Self::State, ActorProcessingErr> {
+        let consumer = self
+            .bus
+            .consumer(subjects::SUBMIT_STREAM, subjects::INGRESS_CONSUMER, &self.settings, (CREDITS * 4) as i64)
+            .await?;
+        let credits = Arc::new(Semaphore::new(CREDITS));
+        let me = myself.clone();
+        let puller = bus::spawn_puller(
+            consumer,
+            credits.clone(),
+            Box::new(move |m| me.cast(IngressMsg::Delivered(m)).is_ok()),
+            Box::new(move |e| {
+                let _ = myself.cast(IngressMsg::PullFailed(e));
+            }),
+        );
+        Ok(IngressState { credits, puller })
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        state.puller.abort();
+        Ok(())
+    }
+
+    async fn handle(&self, _myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        match message {
+            IngressMsg::Delivered(message) => {
+                let settled = self.process(&message).await;
+                let kind = match settled {
+                    Settled::Ack => AckKind::Ack,
+                    Settled::Term => AckKind::Term,
+                    Settled::Retry => AckKind::Nak(Some(std::time::Duration::from_secs(1))),
+                };
+                if let Err(e) = message.ack_with(kind).await {
+                    tracing::warn!(error = %e, "submission ack not sent; it will be redelivered");
+                }
+                state.credits.add_permits(1);
+            }
+            IngressMsg::PullFailed(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orfeas_wire::SecretKey;
+
+    fn png() -> Vec<u8> {
+        let img = image::RgbaImage::from_fn(16, 16, |x, _| image::Rgba([255, 0, 0, if x > 4 { 255 } else { 0 }]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    fn policy() -> Policy {
+        let manifest: Manifest = toml::from_str(
+            r#"name = "inflate"
+version = "1"
+input_size = [8, 8]
+input_channels = 4
+output_kind = "occupancy"
+grid = [4, 4, 4]
+iso = 0.0
+bounds_min = [-1.0, -1.0, -1.0]
+bounds_max = [1.0, 1.0, 1.0]
+mem_per_item_mb = 1.0
+precision = "fp32"
+max_batch = 4"#,
+        )
+        .unwrap();
+        Policy { audience: "orfeas".into(), clock_skew_s: 60, max_image_side: 1024, models: HashMap::from([("inflate".into(), manifest)]) }
+    }
+
+    fn job(model: &str, image: Vec<u8>) -> SubmitJob {
+        SubmitJob {
+            job_id: Uuid::from_u128(42),
+            model: model.into(),
+            image: ImageInput::Inline { media_type: "image/png".into(), data: image },
+            formats: vec![],
+        }
+    }
+
+    fn check(bytes: &[u8], subject: &str, key: Option<PublicKey>, now: u64) -> Result<ValidJob, Rejection> {
+        let opened = open_submission(bytes)?;
+        check_submission(&opened, subject, key, &policy(), now)
+    }
+
+    #[test]
+    fn valid_submission_passes_with_default_format() {
+        let key = SecretKey::from_seed([9; 32]);
+        let (subject, bytes) = job("inflate", png()).seal("alice", &key, "orfeas", 1_000, 300);
+        let valid = check(&bytes, &subject, Some(key.public()), 1_010).unwrap();
+        assert_eq!(valid.agent, "alice");
+        assert_eq!(valid.job.formats, vec![Format::Glb]);
+        assert_eq!(valid.digest.len(), 64);
+    }
+
+    #[test]
+    fn every_check_has_its_code() {
+        let key = SecretKey::from_seed([9; 32]);
+        let other = SecretKey::from_seed([8; 32]);
+        let (subject, bytes) = job("inflate", png()).seal("alice", &key, "orfeas", 1_000, 300);
+        let code = |r: Result<ValidJob, Rejection>| r.unwrap_err().failure.code;
+        assert_eq!(code(check(&bytes, &subject, None, 1_000)), ErrorCode::UnknownKey);
+        assert_eq!(code(check(&bytes, &subject, Some(other.public()), 1_000)), ErrorCode::BadSignature);
+        assert_eq!(code(check(&bytes, "orfeas.jobs.submit.bob", Some(key.public()), 1_000)), ErrorCode::Forbidden);
+        let stale = check(&bytes, &subject, Some(key.public()), 9_000).unwrap_err();
+        assert_eq!(stale.failure.code, ErrorCode::Stale);
+        assert_eq!(stale.failure.server_time_ms, Some(9_000_000));
+        assert_eq!(stale.job_id, Some(Uuid::from_u128(42)), "rejection names the job");
+        let (s, b) = job("nope", png()).seal("alice", &key, "orfeas", 1_000, 300);
+        assert_eq!(code(check(&b, &s, Some(key.public()), 1_000)), ErrorCode::UnknownModel);
+        let (s, b) = job("inflate", b"not an image".to_vec()).seal("alice", &key, "orfeas", 1_000, 300);
+        assert_eq!(code(check(&b, &s, Some(key.public()), 1_000)), ErrorCode::InvalidImage);
+        let (s, b) = job("inflate", png()).seal("alice", &key, "elsewhere", 1_000, 300);
+        assert_eq!(code(check(&b, &s, Some(key.public()), 1_000)), ErrorCode::Forbidden);
+        assert_eq!(code(check(b"garbage", &subject, Some(key.public()), 1_000)), ErrorCode::Malformed);
+    }
+
+    #[test]
+    fn tampered_payload_is_bad_signature() {
+        let key = SecretKey::from_seed([9; 32]);
+        let (subject, bytes) = job("inflate", png()).seal("alice", &key, "orfeas", 1_000, 300);
+        let at = bytes.windows(7).position(|w| w == b"inflate").unwrap();
+        let mut tampered = bytes.clone();
+        tampered[at + 6] = b'x';
+        let r = check(&tampered, &subject, Some(key.public()), 1_000).unwrap_err();
+        assert_eq!(r.failure.code, ErrorCode::BadSignature);
+        assert_eq!(r.failure.status, 401);
+    }
+}

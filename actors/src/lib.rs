@@ -1,0 +1,41 @@
+//! orfeas engine: one node's supervised actor tree and the parts it runs on.
+//!
+//! ```text
+//! NodeSupervisor
+//! ├── Ingress        pulls orfeas.jobs.submit.*; verifies; admits to the queue
+//! ├── Scheduler      pulls admitted jobs; batches; dispatches to devices; acks
+//! ├── GpuWorker[d]   one per device; owns the loaded models; batched forward
+//! └── Postprocess    volume → mesh → files → store → terminal event
+//! ```
+//! [`node::run`] starts the tree against a NATS server and runs it until the
+//! shutdown future resolves.
+#![warn(missing_docs)]
+
+pub mod bus;
+pub mod device;
+pub mod events;
+pub mod gpu_worker;
+pub mod ingress;
+pub mod jobs;
+pub mod metrics;
+pub mod model;
+pub mod node;
+pub mod postprocess;
+pub mod preprocess;
+pub mod registry;
+pub mod roster;
+pub mod scheduler;
+pub mod settings;
+pub mod store;
+pub mod supervisor;
+pub mod ticket;
+
+pub use settings::NodeSettings;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

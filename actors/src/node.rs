@@ -1,0 +1,92 @@
+//! Starting and stopping one node: connect, create what JetStream needs,
+//! publish the node's event key, start the actor tree; on shutdown stop
+//! intake first and flush NATS last.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use ractor::{Actor, ActorRef};
+use tokio::task::JoinHandle;
+
+use crate::{
+    bus::{self, Bus, BusError},
+    device,
+    events::EventSink,
+    model::{self, ModelError},
+    now_ms,
+    registry::{NodeRecord, Registry},
+    roster::Roster,
+    settings::NodeSettings,
+    store::{ResultStore, StoreError},
+    supervisor::{NodeContext, NodeSupervisor, SupervisorMsg},
+};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A model is missing or broken.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// NATS is unreachable or JetStream setup failed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// The object store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An actor failed to start.
+    #[error("actor tree failed to start: {0}")]
+    Spawn(String),
+}
+
+/// A started node.
+pub struct RunningNode {
+    supervisor: ActorRef<SupervisorMsg>,
+    handle: JoinHandle<()>,
+    client: async_nats::Client,
+    /// The node's NATS handles (tests use them).
+    pub bus: Bus,
+}
+
+/// Start a node and return once every actor is up and models are warm.
+pub async fn start(settings: NodeSettings) -> Result<RunningNode, NodeError> {
+    let models = model::read_manifests(&settings.models_dir, &settings.models)?;
+    let devices = device::discover(settings.use_cuda);
+    tracing::info!(node = %settings.node_id, devices = ?devices.iter().map(|d| &d.id).collect::<Vec<_>>(), models = ?models.iter().map(|(m, _)| &m.name).collect::<Vec<_>>(), "starting node");
+    let client = bus::connect(&settings.nats_url, &format!("orfeas-node-{}", settings.node_id)).await?;
+    let bus = Bus::ensure(client.clone(), &settings).await?;
+    let registry = Registry::new(bus.agents.clone(), bus.nodes.clone());
+    registry
+        .put_node(&NodeRecord {
+            node_id: settings.node_id.clone(),
+            public_key: settings.node_key.public().to_hex(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at_ms: now_ms(),
+        })
+        .await?;
+    let events = EventSink::spawn(bus.clone(), &settings.node_id, settings.node_key.clone(), settings.deployment.clone());
+    let store = ResultStore::local(settings.store_root.clone())?;
+    let roster = Roster::new(&settings.node_id);
+    let ctx = NodeContext { settings: Arc::new(settings), bus: bus.clone(), events, store, devices, models, roster: roster.clone() };
+    let (supervisor, handle) = Actor::spawn(Some(roster.name("supervisor")), NodeSupervisor { ctx }, ())
+        .await
+        .map_err(|e| NodeError::Spawn(e.to_string()))?;
+    Ok(RunningNode { supervisor, handle, client, bus })
+}
+
+impl RunningNode {
+    /// Stop intake, then the rest of the tree, then flush NATS.
+    pub async fn stop(self) {
+        let _ = ractor::call_t!(self.supervisor, SupervisorMsg::Shutdown, 60_000);
+        self.supervisor.stop(None);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
+        let _ = self.client.flush().await;
+    }
+}
+
+/// Run a node until `shutdown` resolves.
+pub async fn run(settings: NodeSettings, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    let node = start(settings).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    node.stop().await;
+    Ok(())
+}

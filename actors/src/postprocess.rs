@@ -1,0 +1,260 @@
+//! Postprocess: turns a model's volume into delivered files.
+//!
+//! - Consumes: `PostprocessMsg::Volume` (from a GpuWorker, in-process — a
+//!   volume never crosses NATS) and `PostprocessMsg::Fail` (a job that could
+//!   not run).
+//! - Publishes: `meshing` / `exporting` / `storing` progress, result files
+//!   to the object store, the fenced job record, the terminal `completed` /
+//!   `failed` event (awaited until stored), then `SchedulerMsg::Finished` so
+//!   the Scheduler acks the job message — in that order, nothing acked
+//!   before its answer is durable.
+//! - State: a semaphore bounding concurrent CPU-heavy meshing jobs; each job
+//!   runs in its own task (meshing on the blocking pool) so the actor's loop
+//!   never waits on one.
+//! - Restart policy: nothing is held across messages; a restart loses no
+//!   job (tasks in flight keep running, and any job whose answer was not
+//!   stored is redelivered by JetStream).
+
+use std::{sync::Arc, time::{Duration, Instant}};
+
+use image::RgbaImage;
+use orfeas_mesh::{Inside, Mesh, Volume};
+use orfeas_wire::{
+    v1::{EventKind, Failure, Format, MeshStats, ResultFile, Stage},
+    ErrorCode,
+};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::Semaphore;
+
+use crate::{
+    events::EventSink,
+    jobs::{JobState, JobStore, Updated},
+    metrics,
+    model::{Manifest, OutputKind},
+    now_ms,
+    preprocess::colour_at,
+    roster::Roster,
+    scheduler::{Outcome, SchedulerMsg},
+    store::ResultStore,
+    ticket::Ticket,
+};
+
+/// Components smaller than this fraction of the largest are dropped.
+const FLOATER_FRACTION: f32 = 0.02;
+
+/// A job's volume, straight from the device.
+pub struct VolumeJob {
+    /// The job.
+    pub ticket: Ticket,
+    /// The [D, H, W] volume, C order.
+    pub data: Vec<f32>,
+    /// The model that made it.
+    pub manifest: Arc<Manifest>,
+    /// The prepared input image, for vertex colours.
+    pub image: RgbaImage,
+}
+
+/// Messages to Postprocess.
+pub enum PostprocessMsg {
+    /// Mesh, export, store and complete this job.
+    Volume(Box<VolumeJob>),
+    /// This job could not run.
+    Fail {
+        /// The job.
+        ticket: Ticket,
+        /// Why.
+        failure: Failure,
+    },
+}
+
+/// Postprocess configuration.
+pub struct Postprocess {
+    /// Node id (written into job records).
+    pub node_id: String,
+    /// Sibling names.
+    pub roster: Roster,
+    /// Event publisher.
+    pub events: EventSink,
+    /// Job records.
+    pub jobs: JobStore,
+    /// Result files.
+    pub store: ResultStore,
+    /// Deliveries before a retryable failure becomes final.
+    pub max_deliver: u64,
+}
+
+/// Postprocess state.
+pub struct PostprocessState {
+    meshing: Arc<Semaphore>,
+}
+
+impl Actor for Postprocess {
+    type Msg = PostprocessMsg;
+    type State = PostprocessState;
+    type Arguments = ();
+
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, _: ()) -> Result<Self::State, ActorProcessingErr> {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Ok(PostprocessState { meshing: Arc::new(Semaphore::new(cores)) })
+    }
+
+    async fn handle(&self, _myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        let finisher = Finisher {
+            node_id: self.node_id.clone(),
+            roster: self.roster.clone(),
+            events: self.events.clone(),
+            jobs: self.jobs.clone(),
+            max_deliver: self.max_deliver,
+        };
+        match message {
+            PostprocessMsg::Volume(job) => {
+                let meshing = state.meshing.clone();
+                let store = self.store.clone();
+                tokio::spawn(async move {
+                    let ticket = job.ticket.clone();
+                    let kind = match deliver(*job, meshing, &store, &finisher.events).await {
+                        Ok(kind) => kind,
+                        Err(failure) => EventKind::Failed(failure),
+                    };
+                    finisher.finish(ticket, kind).await;
+                });
+            }
+            PostprocessMsg::Fail { ticket, failure } => {
+                tokio::spawn(async move { finisher.finish(ticket, EventKind::Failed(failure)).await });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Mesh, export and store one job; the `completed` event on success.
+async fn deliver(job: VolumeJob, meshing: Arc<Semaphore>, store: &ResultStore, events: &EventSink) -> Result<EventKind, Failure> {
+    let ticket = job.ticket.clone();
+    events.progress(&ticket, Stage::Meshing, 60);
+    let started = Instant::now();
+    let permit = meshing.acquire_owned().await.map_err(|_| Failure::new(ErrorCode::Internal, "meshing pool closed"))?;
+    let formats = ticket.job.formats.clone();
+    let (files, stats) = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        mesh_and_export(&job, &formats)
+    })
+    .await
+    .map_err(|e| Failure::new(ErrorCode::Internal, format!("meshing task panicked: {e}")))??;
+    metrics::STAGE_SECONDS.with_label_values(&["meshing"]).observe(started.elapsed().as_secs_f64());
+    events.progress(&ticket, Stage::Storing, 85);
+    let started = Instant::now();
+    let mut results = Vec::with_capacity(files.len());
+    for (format, bytes) in files {
+        let key = ResultStore::job_key(&ticket.job.agent, &ticket.job.job_id, &format!("model.{}", format.extension()));
+        let stored = store.put(&key, bytes).await.map_err(|e| Failure::new(ErrorCode::StorageFailed, e.to_string()))?;
+        results.push(ResultFile { format, location: stored.key, url: stored.url, bytes: stored.bytes, sha256: stored.sha256 });
+    }
+    metrics::STAGE_SECONDS.with_label_values(&["storing"]).observe(started.elapsed().as_secs_f64());
+    Ok(EventKind::Completed { results, mesh: stats })
+}
+
+/// Volume → closed, coloured mesh → requested formats (CPU-heavy; runs on
+/// the blocking pool).
+pub fn mesh_and_export(job: &VolumeJob, formats: &[Format]) -> Result<(Vec<(Format, Vec<u8>)>, MeshStats), Failure> {
+    let m = &job.manifest;
+    let volume = Volume {
+        data: &job.data,
+        dims: m.grid,
+        bounds_min: m.bounds_min,
+        bounds_max: m.bounds_max,
+        iso: m.iso,
+        inside: match m.output_kind {
+            OutputKind::Occupancy => Inside::Above,
+            OutputKind::Sdf => Inside::Below,
+        },
+    };
+    let mesh_failure = |e: orfeas_mesh::MeshError| Failure::new(ErrorCode::MeshFailed, format!("{} ({})", e, e.code()));
+    let extracted = orfeas_mesh::extract(&volume).map_err(mesh_failure)?;
+    let mut mesh: Mesh = orfeas_mesh::remove_floaters(&extracted, FLOATER_FRACTION);
+    mesh.colors = Some(mesh.positions.iter().map(|p| colour_at(&job.image, m.bounds_min, m.bounds_max, p[0], p[1])).collect());
+    let topology = orfeas_mesh::check(&mesh);
+    let mut files = Vec::with_capacity(formats.len());
+    for &format in formats {
+        let bytes = match format {
+            Format::Glb => orfeas_mesh::to_glb(&mesh).map_err(mesh_failure)?,
+            Format::Stl => orfeas_mesh::to_stl(&mesh),
+        };
+        files.push((format, bytes));
+    }
+    let stats = MeshStats {
+        vertices: topology.vertices as u64,
+        faces: topology.faces as u64,
+        closed_manifold: topology.is_closed_manifold(),
+        components: topology.components as u64,
+        volume: topology.volume,
+        bbox_min: topology.bbox_min,
+        bbox_max: topology.bbox_max,
+    };
+    Ok((files, stats))
+}
+
+/// Writes a job's answer in the order that loses nothing and doubles nothing.
+struct Finisher {
+    node_id: String,
+    roster: Roster,
+    events: EventSink,
+    jobs: JobStore,
+    max_deliver: u64,
+}
+
+impl Finisher {
+    async fn finish(&self, ticket: Ticket, kind: EventKind) {
+        let outcome = match self.try_finish(&ticket, kind).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::warn!(job_id = %ticket.job.job_id, error = %e, "answer not stored; job goes back to the queue");
+                Outcome::Nak(Duration::from_secs(1))
+            }
+        };
+        if let Some(scheduler) = self.roster.scheduler() {
+            let _ = scheduler.cast(SchedulerMsg::Finished { job_id: ticket.job.job_id, outcome });
+        }
+    }
+
+    async fn try_finish(&self, ticket: &Ticket, kind: EventKind) -> Result<Outcome, crate::bus::BusError> {
+        // A retryable failure before the last delivery: hand the job back.
+        if let EventKind::Failed(failure) = &kind {
+            if failure.retryable && ticket.attempt < self.max_deliver {
+                tracing::info!(job_id = %ticket.job.job_id, code = %failure.code, attempt = ticket.attempt, "retryable failure; redelivering");
+                return Ok(Outcome::Nak(Duration::from_secs(2)));
+            }
+        }
+        let Some((mut record, _)) = self.jobs.get(&ticket.job.agent, &ticket.job.job_id).await? else {
+            tracing::error!(job_id = %ticket.job.job_id, "job record vanished; dropping the job");
+            return Ok(Outcome::Term);
+        };
+        let seq = ticket.next_seq();
+        record.state = match kind {
+            EventKind::Completed { .. } => JobState::Completed,
+            _ => JobState::Failed,
+        };
+        record.node = self.node_id.clone();
+        record.updated_at_ms = now_ms();
+        record.terminal = Some(kind.clone());
+        record.terminal_seq = seq;
+        match self.jobs.update(&record, ticket.revision).await? {
+            Updated::Ok(_) => {}
+            Updated::Fenced => {
+                // Another attempt owns the job now; this one must stay silent.
+                tracing::warn!(job_id = %ticket.job.job_id, attempt = ticket.attempt, "lost the lease; result discarded");
+                return Ok(Outcome::Abandon);
+            }
+        }
+        self.events.publish(&ticket.job.agent, ticket.job.job_id, seq, kind.clone()).await?;
+        let outcome = match &kind {
+            EventKind::Completed { .. } => "completed",
+            EventKind::Failed(f) | EventKind::Rejected(f) => f.code.as_str(),
+            _ => "other",
+        };
+        metrics::JOBS_FINISHED.with_label_values(&[outcome]).inc();
+        Ok(match kind {
+            EventKind::Completed { .. } => Outcome::Ack,
+            _ => Outcome::Term,
+        })
+    }
+}

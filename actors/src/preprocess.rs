@@ -1,0 +1,330 @@
+//! Image in → model input: decode under strict limits, find the object
+//! (alpha when present, otherwise a plain background estimated from the
+//! border), crop and recentre it with a margin, resize to the model's input.
+
+use image::{imageops, ImageFormat, ImageReader, Limits, RgbaImage};
+
+/// Margin around the object after cropping, as a fraction of its larger side.
+const MARGIN: f32 = 0.08;
+/// A pixel differs from the background when a channel differs by more than this.
+const BACKGROUND_TOLERANCE: i32 = 40;
+
+/// Why an image cannot be used. Every variant is the agent's problem, not the node's.
+#[derive(Debug, thiserror::Error)]
+pub enum PreprocessError {
+    /// The bytes are not the declared format or not an image we read.
+    #[error("image is not a {declared} image (looks like {sniffed})")]
+    Mismatch {
+        /// Declared media type.
+        declared: String,
+        /// What the bytes look like.
+        sniffed: String,
+    },
+    /// Decoding failed.
+    #[error("image cannot be decoded: {0}")]
+    Decode(String),
+    /// Larger than allowed.
+    #[error("image is {width}x{height}, the limit is {max}x{max}")]
+    TooLarge {
+        /// Width.
+        width: u32,
+        /// Height.
+        height: u32,
+        /// Largest side allowed.
+        max: u32,
+    },
+    /// No object could be separated from the background.
+    #[error("no foreground object found in the image")]
+    NoObject,
+}
+
+impl PreprocessError {
+    /// The wire code.
+    pub fn code(&self) -> orfeas_wire::ErrorCode {
+        match self {
+            Self::TooLarge { .. } => orfeas_wire::ErrorCode::TooLarge,
+            _ => orfeas_wire::ErrorCode::InvalidImage,
+        }
+    }
+}
+
+/// A model-ready image.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    /// [H, W] of the model input.
+    pub size: [usize; 2],
+    /// RGBA in [0,1], channel-major [4, H, W].
+    pub chw: Vec<f32>,
+    /// The same image as RGBA8 rows with colours bled into the background,
+    /// used to colour the mesh.
+    pub rgba: RgbaImage,
+}
+
+fn format_of(media_type: &str) -> Option<ImageFormat> {
+    match media_type {
+        "image/png" => Some(ImageFormat::Png),
+        "image/jpeg" => Some(ImageFormat::Jpeg),
+        "image/webp" => Some(ImageFormat::WebP),
+        _ => None,
+    }
+}
+
+/// Check format and dimensions from the header only (cheap; used at admission).
+pub fn check_header(bytes: &[u8], media_type: &str, max_side: u32) -> Result<(u32, u32), PreprocessError> {
+    // Dimensions come from the header alone; the decode limits apply later.
+    let reader = reader(bytes, media_type, u32::MAX)?;
+    let (width, height) = reader.into_dimensions().map_err(|e| PreprocessError::Decode(e.to_string()))?;
+    if width > max_side || height > max_side {
+        return Err(PreprocessError::TooLarge { width, height, max: max_side });
+    }
+    if width == 0 || height == 0 {
+        return Err(PreprocessError::Decode(format!("image is {width}x{height}")));
+    }
+    Ok((width, height))
+}
+
+fn reader<'a>(bytes: &'a [u8], media_type: &str, max_side: u32) -> Result<ImageReader<std::io::Cursor<&'a [u8]>>, PreprocessError> {
+    let declared = format_of(media_type);
+    let sniffed = image::guess_format(bytes).ok();
+    if declared.is_none() || declared != sniffed {
+        return Err(PreprocessError::Mismatch {
+            declared: media_type.to_string(),
+            sniffed: sniffed.map(|f| format!("{f:?}").to_lowercase()).unwrap_or_else(|| "unknown data".into()),
+        });
+    }
+    let mut reader = ImageReader::with_format(std::io::Cursor::new(bytes), declared.expect("checked above"));
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(max_side);
+    limits.max_image_height = Some(max_side);
+    // Decoded RGBA8 plus the decoder's own buffers.
+    limits.max_alloc = Some(u64::from(max_side).saturating_mul(u64::from(max_side)).saturating_mul(12));
+    reader.limits(limits);
+    Ok(reader)
+}
+
+/// Decode and prepare an image for a model with input `size` [H, W].
+pub fn prepare(bytes: &[u8], media_type: &str, max_side: u32, size: [usize; 2]) -> Result<Prepared, PreprocessError> {
+    let (width, height) = check_header(bytes, media_type, max_side)?;
+    let decoded = reader(bytes, media_type, max_side)?
+        .decode()
+        .map_err(|e| match e {
+            image::ImageError::Limits(_) => PreprocessError::TooLarge { width, height, max: max_side },
+            other => PreprocessError::Decode(other.to_string()),
+        })?;
+    let mut rgba = decoded.to_rgba8();
+    separate_foreground(&mut rgba);
+    let square = crop_square(&rgba)?;
+    let resized = resize_premultiplied(&square, size[1] as u32, size[0] as u32);
+    let chw = to_chw(&resized);
+    let mut bled = resized;
+    bleed_colours(&mut bled, 8);
+    Ok(Prepared { size, chw, rgba: bled })
+}
+
+/// Make alpha the foreground mask: keep a real alpha channel; otherwise key
+/// out the plain background estimated from the border pixels.
+fn separate_foreground(img: &mut RgbaImage) {
+    let has_alpha = img.pixels().any(|p| p[3] < 250);
+    if has_alpha {
+        return;
+    }
+    let (w, h) = img.dimensions();
+    let mut border: [Vec<u8>; 3] = Default::default();
+    for (x, y, p) in img.enumerate_pixels() {
+        if x == 0 || y == 0 || x == w - 1 || y == h - 1 {
+            for c in 0..3 {
+                border[c].push(p[c]);
+            }
+        }
+    }
+    let background: Vec<i32> = border
+        .iter_mut()
+        .map(|values| {
+            values.sort_unstable();
+            i32::from(values[values.len() / 2])
+        })
+        .collect();
+    for p in img.pixels_mut() {
+        let distance = (0..3).map(|c| (i32::from(p[c]) - background[c]).abs()).max().unwrap_or(0);
+        p[3] = if distance > BACKGROUND_TOLERANCE { 255 } else { 0 };
+    }
+}
+
+/// Crop to the object's bounding box, centred in a square with a margin;
+/// outside the image is transparent.
+fn crop_square(img: &RgbaImage) -> Result<RgbaImage, PreprocessError> {
+    let (mut x0, mut y0, mut x1, mut y1) = (u32::MAX, u32::MAX, 0u32, 0u32);
+    for (x, y, p) in img.enumerate_pixels() {
+        if p[3] > 127 {
+            x0 = x0.min(x);
+            y0 = y0.min(y);
+            x1 = x1.max(x);
+            y1 = y1.max(y);
+        }
+    }
+    if x0 > x1 {
+        return Err(PreprocessError::NoObject);
+    }
+    let side_obj = (x1 - x0 + 1).max(y1 - y0 + 1) as f32;
+    let side = (side_obj * (1.0 + 2.0 * MARGIN)).ceil().max(2.0) as i64;
+    let cx = (i64::from(x0) + i64::from(x1) + 1) / 2;
+    let cy = (i64::from(y0) + i64::from(y1) + 1) / 2;
+    let (ox, oy) = (cx - side / 2, cy - side / 2);
+    let mut out = RgbaImage::new(side as u32, side as u32);
+    for (x, y, p) in out.enumerate_pixels_mut() {
+        let (sx, sy) = (ox + i64::from(x), oy + i64::from(y));
+        if sx >= 0 && sy >= 0 && sx < i64::from(img.width()) && sy < i64::from(img.height()) {
+            *p = *img.get_pixel(sx as u32, sy as u32);
+        }
+    }
+    Ok(out)
+}
+
+/// Resize with premultiplied alpha so background colour does not bleed
+/// into the object's edge.
+fn resize_premultiplied(img: &RgbaImage, width: u32, height: u32) -> RgbaImage {
+    let mut pre = img.clone();
+    for p in pre.pixels_mut() {
+        let a = u16::from(p[3]);
+        for c in 0..3 {
+            p[c] = ((u16::from(p[c]) * a + 127) / 255) as u8;
+        }
+    }
+    let mut out = imageops::resize(&pre, width, height, imageops::FilterType::Triangle);
+    for p in out.pixels_mut() {
+        let a = u16::from(p[3]);
+        if a > 0 {
+            for c in 0..3 {
+                p[c] = ((u16::from(p[c]) * 255 + a / 2) / a).min(255) as u8;
+            }
+        }
+    }
+    out
+}
+
+fn to_chw(img: &RgbaImage) -> Vec<f32> {
+    let (w, h) = img.dimensions();
+    let plane = (w * h) as usize;
+    let mut chw = vec![0f32; 4 * plane];
+    for (i, p) in img.pixels().enumerate() {
+        for c in 0..4 {
+            chw[c * plane + i] = f32::from(p[c]) / 255.0;
+        }
+    }
+    chw
+}
+
+/// Fill transparent pixels with the mean colour of their coloured
+/// neighbours, `rounds` times, so colour lookups just outside the silhouette
+/// find the object's colour rather than black.
+fn bleed_colours(img: &mut RgbaImage, rounds: usize) {
+    let (w, h) = img.dimensions();
+    let mut known: Vec<bool> = img.pixels().map(|p| p[3] > 0).collect();
+    for _ in 0..rounds {
+        let snapshot = img.clone();
+        let before = known.clone();
+        for y in 0..h {
+            for x in 0..w {
+                let i = (y * w + x) as usize;
+                if before[i] {
+                    continue;
+                }
+                let (mut sum, mut n) = ([0u32; 3], 0u32);
+                for (dx, dy) in [(-1i64, 0i64), (1, 0), (0, -1), (0, 1)] {
+                    let (nx, ny) = (i64::from(x) + dx, i64::from(y) + dy);
+                    if nx < 0 || ny < 0 || nx >= i64::from(w) || ny >= i64::from(h) {
+                        continue;
+                    }
+                    if before[(ny as u32 * w + nx as u32) as usize] {
+                        let q = snapshot.get_pixel(nx as u32, ny as u32);
+                        for c in 0..3 {
+                            sum[c] += u32::from(q[c]);
+                        }
+                        n += 1;
+                    }
+                }
+                if n > 0 {
+                    let p = img.get_pixel_mut(x, y);
+                    for c in 0..3 {
+                        p[c] = (sum[c] / n) as u8;
+                    }
+                    known[i] = true;
+                }
+            }
+        }
+    }
+}
+
+/// Colour of a world position (x, y) projected along z onto the prepared
+/// image, which spans the model's x/y bounds. Linear-ish RGB in [0,1].
+pub fn colour_at(img: &RgbaImage, bounds_min: [f32; 3], bounds_max: [f32; 3], x: f32, y: f32) -> [f32; 3] {
+    let (w, h) = img.dimensions();
+    let u = ((x - bounds_min[0]) / (bounds_max[0] - bounds_min[0])).clamp(0.0, 1.0);
+    // Image row 0 is the top, world +y is up.
+    let v = ((bounds_max[1] - y) / (bounds_max[1] - bounds_min[1])).clamp(0.0, 1.0);
+    let px = (u * (w - 1) as f32).round() as u32;
+    let py = (v * (h - 1) as f32).round() as u32;
+    let p = img.get_pixel(px, py);
+    [f32::from(p[0]) / 255.0, f32::from(p[1]) / 255.0, f32::from(p[2]) / 255.0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(img: &RgbaImage) -> Vec<u8> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    fn disc_on_white(size: u32, opaque: bool) -> RgbaImage {
+        RgbaImage::from_fn(size, size, |x, y| {
+            let (dx, dy) = (x as f32 - size as f32 * 0.3, y as f32 - size as f32 * 0.4);
+            let inside = dx * dx + dy * dy < (size as f32 * 0.2).powi(2);
+            match (inside, opaque) {
+                (true, _) => image::Rgba([200, 30, 30, 255]),
+                (false, true) => image::Rgba([250, 250, 250, 255]),
+                (false, false) => image::Rgba([0, 0, 0, 0]),
+            }
+        })
+    }
+
+    #[test]
+    fn object_is_cut_out_centred_and_resized() {
+        for opaque in [true, false] {
+            let bytes = png(&disc_on_white(200, opaque));
+            let p = prepare(&bytes, "image/png", 4096, [64, 64]).unwrap();
+            assert_eq!(p.chw.len(), 4 * 64 * 64);
+            let alpha = &p.chw[3 * 64 * 64..];
+            // Centre is object, corners are background.
+            assert!(alpha[32 * 64 + 32] > 0.99, "opaque={opaque}");
+            assert!(alpha[0] < 0.01 && alpha[64 * 64 - 1] < 0.01);
+            // The object fills the square minus the margin.
+            let row: Vec<bool> = (0..64).map(|x| alpha[32 * 64 + x] > 0.5).collect();
+            let width = row.iter().filter(|&&b| b).count();
+            assert!((50..=62).contains(&width), "object width {width}");
+            // Red survives (no white fringe blended in at the centre).
+            assert!(p.chw[32 * 64 + 32] > 0.7 && p.chw[64 * 64 + 32 * 64 + 32] < 0.2);
+        }
+    }
+
+    #[test]
+    fn bad_inputs_get_precise_errors() {
+        let bytes = png(&disc_on_white(50, false));
+        assert!(matches!(prepare(&bytes, "image/jpeg", 4096, [8, 8]), Err(PreprocessError::Mismatch { .. })));
+        assert!(matches!(prepare(&bytes, "image/png", 40, [8, 8]), Err(PreprocessError::TooLarge { .. })));
+        assert!(matches!(prepare(b"\x89PNG\r\n\x1a\nbroken", "image/png", 4096, [8, 8]), Err(PreprocessError::Decode(_))));
+        let blank = png(&RgbaImage::from_pixel(20, 20, image::Rgba([9, 9, 9, 255])));
+        assert!(matches!(prepare(&blank, "image/png", 4096, [8, 8]), Err(PreprocessError::NoObject)));
+    }
+
+    #[test]
+    fn colours_bleed_outward_for_edge_lookups() {
+        let bytes = png(&disc_on_white(100, false));
+        let p = prepare(&bytes, "image/png", 4096, [32, 32]).unwrap();
+        // Just outside the silhouette on the left, the colour is the object's red.
+        let c = colour_at(&p.rgba, [-1.0; 3], [1.0; 3], -0.95, 0.0);
+        assert!(c[0] > 0.6 && c[1] < 0.3, "{c:?}");
+    }
+}

@@ -1,0 +1,74 @@
+//! What a node needs to know to run; built and validated by the binary's
+//! config loader before any actor starts.
+
+use std::{path::PathBuf, time::Duration};
+
+use orfeas_wire::SecretKey;
+
+/// Everything one node is configured with.
+#[derive(Clone, Debug)]
+pub struct NodeSettings {
+    /// This node's name (unique in the cluster); `iss` of its events.
+    pub node_id: String,
+    /// The deployment name agents put in `aud`.
+    pub deployment: String,
+    /// NATS server URL(s), comma separated.
+    pub nats_url: String,
+    /// Replicas of streams and buckets (1 on a single server, 3 on a cluster).
+    pub replicas: usize,
+    /// The key this node signs its events with.
+    pub node_key: SecretKey,
+    /// Folder holding `<model>/manifest.toml` + `model.pt`.
+    pub models_dir: PathBuf,
+    /// Models to load; empty = every model in `models_dir`.
+    pub models: Vec<String>,
+    /// Local folder of the object store.
+    pub store_root: PathBuf,
+    /// CPU threads for inference on the CPU device (0 = libtorch's default).
+    pub cpu_threads: usize,
+    /// Use CUDA devices when present.
+    pub use_cuda: bool,
+    /// Largest batch the scheduler forms (also capped by each model).
+    pub max_batch: usize,
+    /// How long JetStream waits for an ack before redelivering.
+    pub ack_wait: Duration,
+    /// How often held jobs are marked in progress; well under `ack_wait`.
+    pub progress_ack_interval: Duration,
+    /// Deliveries before a job is given up.
+    pub max_deliver: i64,
+    /// Submissions the submit stream holds before refusing new ones.
+    pub submit_queue_max: i64,
+    /// Tolerated clock difference to agents, seconds.
+    pub clock_skew_s: u64,
+    /// Largest image side in pixels.
+    pub max_image_side: u32,
+    /// Extra time added to every batch on a device (simulated slow device for
+    /// scale and fault tests; zero in production).
+    pub simulated_latency: Duration,
+}
+
+impl NodeSettings {
+    /// Defaults suitable for a single local node; the binary overrides them.
+    pub fn local(node_id: &str, nats_url: &str, models_dir: PathBuf, store_root: PathBuf) -> Self {
+        Self {
+            node_id: node_id.to_string(),
+            deployment: "orfeas".to_string(),
+            nats_url: nats_url.to_string(),
+            replicas: 1,
+            node_key: SecretKey::generate(),
+            models_dir,
+            models: Vec::new(),
+            store_root,
+            cpu_threads: 0,
+            use_cuda: true,
+            max_batch: 8,
+            ack_wait: Duration::from_secs(60),
+            progress_ack_interval: Duration::from_secs(15),
+            max_deliver: 5,
+            submit_queue_max: 100_000,
+            clock_skew_s: 120,
+            max_image_side: 4096,
+            simulated_latency: Duration::ZERO,
+        }
+    }
+}

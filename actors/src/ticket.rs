@@ -1,0 +1,67 @@
+//! A job in flight on this node: the admitted job, which delivery attempt
+//! this is, and the record revision that fences its completion.
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
+
+use orfeas_wire::v1::AdmittedJob;
+
+/// One delivery attempt of an admitted job, handed from actor to actor.
+#[derive(Clone, Debug)]
+pub struct Ticket {
+    /// The job.
+    pub job: Arc<AdmittedJob>,
+    /// JetStream delivery count of this attempt (1 for the first).
+    pub attempt: u64,
+    /// Revision of the job record written when this attempt started; a
+    /// completion must update exactly this revision or it lost its lease.
+    pub revision: u64,
+    step: Arc<AtomicU64>,
+}
+
+impl Ticket {
+    /// A ticket for delivery `attempt` holding record `revision`.
+    pub fn new(job: AdmittedJob, attempt: u64, revision: u64) -> Self {
+        Self { job: Arc::new(job), attempt, revision, step: Arc::new(AtomicU64::new(1)) }
+    }
+
+    /// Next event sequence number: strictly increasing within the job, also
+    /// across attempts (`attempt << 16 | step`); `accepted` is 0.
+    pub fn next_seq(&self) -> u64 {
+        (self.attempt << 16) | self.step.fetch_add(1, Ordering::Relaxed).min(0xffff)
+    }
+
+    /// Key of the job in the jobs bucket.
+    pub fn key(&self) -> String {
+        crate::jobs::key(&self.job.agent, &self.job.job_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orfeas_wire::v1::{Format, ImageInput};
+
+    fn job() -> AdmittedJob {
+        AdmittedJob {
+            job_id: uuid::Uuid::nil(),
+            agent: "a".into(),
+            model: "m".into(),
+            formats: vec![Format::Glb],
+            image: ImageInput::Inline { media_type: "image/png".into(), data: vec![] },
+            admitted_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn seq_increases_within_and_across_attempts() {
+        let first = Ticket::new(job(), 1, 5);
+        let a = first.next_seq();
+        let b = first.next_seq();
+        assert!(a > 0 && b > a);
+        let second = Ticket::new(job(), 2, 9);
+        assert!(second.next_seq() > b);
+    }
+}

@@ -1,0 +1,123 @@
+//! An agent's client (feature `client`): sign and publish submissions, then
+//! read the job's events, verifying each one against the signing key the
+//! node published in the `orfeas_nodes` bucket.
+
+use std::{collections::HashMap, time::Duration};
+
+use async_nats::{jetstream, HeaderMap, Subscriber};
+use futures::StreamExt;
+
+use crate::{
+    envelope::{self, ContentKind},
+    subjects,
+    v1::{Event, NodeRecord, SubmitJob, MAX_LIFETIME_S},
+    PublicKey, SecretKey,
+};
+
+/// Errors an agent sees from its client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// NATS refused or timed out.
+    #[error("nats: {0}")]
+    Nats(String),
+    /// An event failed verification: it is not from a known node.
+    #[error("event rejected: {0}")]
+    Unverified(String),
+    /// No event arrived in time.
+    #[error("no event within {0:?}")]
+    Timeout(Duration),
+}
+
+fn nats_err(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Nats(e.to_string())
+}
+
+/// One agent's connection to a deployment.
+pub struct AgentClient {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    agent: String,
+    key: SecretKey,
+    audience: String,
+    node_keys: HashMap<String, PublicKey>,
+}
+
+/// Events of one submitted job, in arrival order.
+pub struct JobEvents {
+    subject: String,
+    subscriber: Subscriber,
+}
+
+impl AgentClient {
+    /// A client for `agent` signing with `key`, for deployment `audience`.
+    pub fn new(client: async_nats::Client, agent: &str, key: SecretKey, audience: &str) -> Self {
+        let js = jetstream::new(client.clone());
+        Self { client, js, agent: agent.to_string(), key, audience: audience.to_string(), node_keys: HashMap::new() }
+    }
+
+    /// Sign and publish `job`; returns the subscription to its events,
+    /// opened before publishing so no event is missed. Waits for the
+    /// submit stream's PubAck (a full queue refuses here, at once).
+    pub async fn submit(&self, job: &SubmitJob) -> Result<JobEvents, ClientError> {
+        let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let (subject, bytes) = job.seal(&self.agent, &self.key, &self.audience, now_s, MAX_LIFETIME_S / 2);
+        self.publish_raw(&job.job_id, subject, bytes).await
+    }
+
+    /// Publish already-sealed bytes (tests use this to send tampered or
+    /// foreign messages) and subscribe to the job's events.
+    pub async fn publish_raw(&self, job_id: &uuid::Uuid, subject: String, bytes: Vec<u8>) -> Result<JobEvents, ClientError> {
+        let events_subject = subjects::events(&self.agent, job_id);
+        let subscriber = self.client.subscribe(events_subject.clone()).await.map_err(nats_err)?;
+        let mut headers = HeaderMap::new();
+        let msg_id = format!("{}:{}:{}", self.agent, job_id, hex::encode(&bytes[bytes.len().saturating_sub(8)..]));
+        headers.insert("Nats-Msg-Id", msg_id.as_str());
+        self.js
+            .publish_with_headers(subject, headers, bytes.into())
+            .await
+            .map_err(nats_err)?
+            .await
+            .map_err(nats_err)?;
+        Ok(JobEvents { subject: events_subject, subscriber })
+    }
+
+    /// The next verified event of a job.
+    pub async fn next_event(&mut self, events: &mut JobEvents, timeout: Duration) -> Result<Event, ClientError> {
+        let message = tokio::time::timeout(timeout, events.subscriber.next())
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))?
+            .ok_or_else(|| nats_err("subscription closed"))?;
+        self.verify_event(&events.subject, &message.payload).await
+    }
+
+    /// Verify a signed event received on `subject`.
+    pub async fn verify_event(&mut self, subject: &str, bytes: &[u8]) -> Result<Event, ClientError> {
+        let opened = envelope::open(bytes, 1 << 20, ContentKind::Event).map_err(|e| ClientError::Unverified(e.to_string()))?;
+        let node = opened.claims.iss.clone();
+        let key = match self.node_keys.get(&node) {
+            Some(key) if *key.id().0 == opened.kid.0 => *key,
+            _ => {
+                let key = self.fetch_node_key(&node).await?;
+                self.node_keys.insert(node.clone(), key);
+                key
+            }
+        };
+        opened.verify(&key, subject).map_err(|e| ClientError::Unverified(e.to_string()))?;
+        let event: Event = crate::from_cbor(&opened.payload).map_err(ClientError::Unverified)?;
+        if event.node != node {
+            return Err(ClientError::Unverified(format!("event names node {:?} but was signed by {node:?}", event.node)));
+        }
+        Ok(event)
+    }
+
+    async fn fetch_node_key(&self, node: &str) -> Result<PublicKey, ClientError> {
+        let kv = self.js.get_key_value(subjects::NODES_BUCKET).await.map_err(nats_err)?;
+        let bytes = kv
+            .get(node)
+            .await
+            .map_err(nats_err)?
+            .ok_or_else(|| ClientError::Unverified(format!("node {node:?} is not registered")))?;
+        let record: NodeRecord = crate::from_cbor(&bytes).map_err(ClientError::Unverified)?;
+        PublicKey::from_hex(&record.public_key).map_err(|e| ClientError::Unverified(e.to_string()))
+    }
+}

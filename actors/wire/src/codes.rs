@@ -1,0 +1,101 @@
+//! Stable error codes: the same string goes on the wire, into logs and into
+//! metric labels. Never rename one; add new ones.
+
+use serde::{Deserialize, Serialize};
+
+/// Why a message was rejected or a job failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The envelope could not be decoded (not COSE_Sign1, bad CBOR, missing headers).
+    Malformed,
+    /// No active key for the issuer / key id.
+    UnknownKey,
+    /// Signature did not verify over the received bytes.
+    BadSignature,
+    /// The message is outside its validity window (`iat`/`exp`).
+    Stale,
+    /// Issuer does not match the subject the message arrived on, or wrong audience.
+    Forbidden,
+    /// The message is larger than the cap.
+    TooLarge,
+    /// The payload decoded but a field is invalid.
+    Invalid,
+    /// The requested model is not served here.
+    UnknownModel,
+    /// The image could not be decoded or is outside the limits.
+    InvalidImage,
+    /// Same job_id was submitted before with a different request.
+    Conflict,
+    /// The system is full; retry later.
+    Unavailable,
+    /// The model failed while running.
+    InferenceFailed,
+    /// The volume could not be turned into a valid mesh.
+    MeshFailed,
+    /// Results could not be stored.
+    StorageFailed,
+    /// Something inside the node broke.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The stable snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::UnknownKey => "unknown_key",
+            Self::BadSignature => "bad_signature",
+            Self::Stale => "stale",
+            Self::Forbidden => "forbidden",
+            Self::TooLarge => "too_large",
+            Self::Invalid => "invalid",
+            Self::UnknownModel => "unknown_model",
+            Self::InvalidImage => "invalid_image",
+            Self::Conflict => "conflict",
+            Self::Unavailable => "unavailable",
+            Self::InferenceFailed => "inference_failed",
+            Self::MeshFailed => "mesh_failed",
+            Self::StorageFailed => "storage_failed",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// The HTTP-like status class agents can branch on.
+    pub fn status(self) -> u16 {
+        match self {
+            Self::UnknownKey | Self::BadSignature | Self::Stale => 401,
+            Self::Forbidden => 403,
+            Self::Conflict => 409,
+            Self::TooLarge => 413,
+            Self::Malformed | Self::Invalid | Self::UnknownModel | Self::InvalidImage => 422,
+            Self::Unavailable | Self::StorageFailed => 503,
+            Self::InferenceFailed | Self::MeshFailed | Self::Internal => 500,
+        }
+    }
+
+    /// Whether the same request may succeed if sent again later.
+    pub fn retryable(self) -> bool {
+        matches!(self, Self::Unavailable | Self::StorageFailed | Self::Internal | Self::Stale)
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_serialize_as_their_stable_names() {
+        for code in [ErrorCode::BadSignature, ErrorCode::InvalidImage, ErrorCode::StorageFailed] {
+            let bytes = crate::to_cbor(&code);
+            let text: String = crate::from_cbor(&bytes).unwrap();
+            assert_eq!(text, code.as_str());
+        }
+    }
+}

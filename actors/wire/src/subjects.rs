@@ -1,0 +1,74 @@
+//! NATS subjects, streams, consumers and buckets. `subjects.md` at the
+//! repository root is the catalogue; these functions are its only spelling.
+
+/// Prefix of every subject orfeas uses.
+pub const ROOT: &str = "orfeas";
+/// Stream holding agents' signed submissions (work queue).
+pub const SUBMIT_STREAM: &str = "ORFEAS_SUBMIT";
+/// Subjects of [`SUBMIT_STREAM`].
+pub const SUBMIT_WILDCARD: &str = "orfeas.jobs.submit.*";
+/// Stream holding admitted jobs waiting for a device (work queue).
+pub const QUEUE_STREAM: &str = "ORFEAS_QUEUE";
+/// Subjects of [`QUEUE_STREAM`].
+pub const QUEUE_WILDCARD: &str = "orfeas.jobs.queue.*";
+/// Stream keeping events for replay by agents that were not listening.
+pub const EVENTS_STREAM: &str = "ORFEAS_EVENTS";
+/// Subjects of [`EVENTS_STREAM`].
+pub const EVENTS_WILDCARD: &str = "orfeas.events.>";
+/// Durable consumer of [`SUBMIT_STREAM`].
+pub const INGRESS_CONSUMER: &str = "ingress";
+/// Durable consumer of [`QUEUE_STREAM`].
+pub const SCHEDULER_CONSUMER: &str = "scheduler";
+/// KV bucket: one record per job.
+pub const JOBS_BUCKET: &str = "orfeas_jobs";
+/// KV bucket: the agent registry.
+pub const AGENTS_BUCKET: &str = "orfeas_agents";
+/// KV bucket: nodes and their event-signing keys.
+pub const NODES_BUCKET: &str = "orfeas_nodes";
+
+/// Where agent `agent` publishes submissions.
+pub fn submit(agent: &str) -> String {
+    format!("orfeas.jobs.submit.{agent}")
+}
+
+/// Where the events of one job are published.
+pub fn events(agent: &str, job_id: &uuid::Uuid) -> String {
+    format!("orfeas.events.{agent}.{job_id}")
+}
+
+/// Where admitted jobs of a priority lane wait.
+pub fn queue(lane: &str) -> String {
+    format!("orfeas.jobs.queue.{lane}")
+}
+
+/// The agent token of a submit subject, if the subject is one.
+pub fn agent_of_submit(subject: &str) -> Option<&str> {
+    subject.strip_prefix("orfeas.jobs.submit.").filter(|a| is_valid_agent_name(a))
+}
+
+/// Agent names are subject tokens: 1–64 of `a-z 0-9 _ -`.
+pub fn is_valid_agent_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_of_submit_accepts_only_valid_tokens() {
+        assert_eq!(agent_of_submit("orfeas.jobs.submit.alice"), Some("alice"));
+        assert_eq!(agent_of_submit("orfeas.jobs.submit.Alice"), None);
+        assert_eq!(agent_of_submit("orfeas.jobs.submit."), None);
+        assert_eq!(agent_of_submit("orfeas.jobs.queue.normal"), None);
+        assert!(!is_valid_agent_name(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn events_subject_names_agent_and_job() {
+        let id = uuid::Uuid::nil();
+        assert_eq!(events("bob", &id), "orfeas.events.bob.00000000-0000-0000-0000-000000000000");
+    }
+}

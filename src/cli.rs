@@ -1,0 +1,140 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// orfeas: images in, printable 3D models out — for AI agents, over NATS.
+#[derive(Parser, Debug)]
+#[command(name = "orfeas", version, about)]
+pub struct Cli {
+    /// Configuration file (TOML, version = 1).
+    #[arg(long, global = true, env = "ORFEAS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log as JSON lines.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Turn images into 3D models. With no NATS configured, starts an embedded
+    /// single-node setup for the duration of the command.
+    Generate(GenerateArgs),
+    /// Run a node against a NATS server until SIGTERM / Ctrl-C.
+    Serve(ServeArgs),
+    /// Agent keys.
+    Keys {
+        /// What to do with keys.
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// The agent registry.
+    Agents {
+        /// What to do with agents.
+        #[command(subcommand)]
+        command: AgentsCommand,
+    },
+    /// Submit one image as an agent and print its events.
+    Submit(SubmitArgs),
+    /// Print the resolved configuration (secrets redacted).
+    Config,
+}
+
+/// `orfeas generate`
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Input images (PNG, JPEG, WebP).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// Output file (one image: `out.glb` → `out.glb` + `out.stl`) or folder.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Output formats, comma separated.
+    #[arg(long, default_value = "glb,stl", value_delimiter = ',')]
+    pub format: Vec<String>,
+    /// Model to run.
+    #[arg(long, default_value = "inflate")]
+    pub model: String,
+    /// Use this NATS instead of an embedded server.
+    #[arg(long)]
+    pub nats: Option<String>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_s: u64,
+}
+
+/// `orfeas serve`
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// NATS URL (overrides nats.url).
+    #[arg(long)]
+    pub nats: Option<String>,
+}
+
+/// `orfeas keys …`
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Make a new Ed25519 key; prints its public key.
+    New {
+        /// Write the secret key here (mode 0600); stdout if absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the public key of a secret key file.
+    Public {
+        /// The secret key file.
+        key: PathBuf,
+    },
+}
+
+/// `orfeas agents …`
+#[derive(Subcommand, Debug)]
+pub enum AgentsCommand {
+    /// Register a public key for an agent (creates the agent if new).
+    Add {
+        /// Agent name (subject token: a-z 0-9 _ -).
+        name: String,
+        /// Public key, 64 hex digits.
+        #[arg(long)]
+        pubkey: String,
+        /// NATS URL.
+        #[arg(long)]
+        nats: Option<String>,
+    },
+}
+
+/// `orfeas submit`
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// NATS URL.
+    #[arg(long)]
+    pub nats: Option<String>,
+    /// Agent name.
+    #[arg(long)]
+    pub agent: String,
+    /// Agent secret key file.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// The image.
+    pub image: PathBuf,
+    /// Model.
+    #[arg(long, default_value = "inflate")]
+    pub model: String,
+    /// Output formats, comma separated.
+    #[arg(long, default_value = "glb", value_delimiter = ',')]
+    pub format: Vec<String>,
+    /// Wait for the final event (and download with -o).
+    #[arg(long)]
+    pub wait: bool,
+    /// Where to put the result files (with --wait).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_s: u64,
+}

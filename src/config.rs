@@ -1,0 +1,335 @@
+//! Configuration: one typed struct, `version = 1`, resolved in layers —
+//! built-in defaults, then a TOML file, then `ORFEAS_<SECTION>_<KEY>`
+//! environment variables, then command-line flags — and validated before
+//! any actor starts. The loader takes the environment as a parameter so
+//! tests need no process environment.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use orfeas_actors::NodeSettings;
+use orfeas_wire::SecretKey;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Format version; only 1 exists.
+    pub version: u32,
+    /// This node.
+    pub node: NodeSection,
+    /// NATS.
+    pub nats: NatsSection,
+    /// Result storage.
+    pub store: StoreSection,
+    /// Models.
+    pub models: ModelsSection,
+    /// Devices.
+    pub devices: DevicesSection,
+    /// Scheduling and delivery.
+    pub scheduler: SchedulerSection,
+    /// Admission.
+    pub ingress: IngressSection,
+}
+
+/// `[node]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Unique node name; empty = `<hostname>-<pid>`.
+    pub id: String,
+    /// Deployment name agents sign for (`aud`).
+    pub deployment: String,
+    /// File with the node's event-signing key; empty = a new key each start.
+    pub key_file: String,
+    /// Added to every batch (simulated device; tests and scale experiments).
+    pub simulated_latency_ms: u64,
+}
+
+/// `[nats]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSection {
+    /// Server URL(s); empty = start an embedded server (`generate` only).
+    pub url: String,
+    /// The `nats-server` binary used for the embedded server; empty = search.
+    pub server_bin: String,
+    /// Replicas of streams and buckets (3 on a cluster).
+    pub replicas: usize,
+}
+
+/// `[store]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// Local folder of the object store.
+    pub root: String,
+}
+
+/// `[models]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsSection {
+    /// Folder of `<name>/manifest.toml` + `model.pt`.
+    pub dir: String,
+    /// Models to load; empty = all.
+    pub enabled: Vec<String>,
+}
+
+/// `[devices]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicesSection {
+    /// CPU inference threads (0 = libtorch default).
+    pub cpu_threads: usize,
+    /// Use CUDA GPUs when present.
+    pub use_cuda: bool,
+}
+
+/// `[scheduler]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerSection {
+    /// Largest batch (also capped per model).
+    pub max_batch: usize,
+    /// JetStream ack wait, seconds.
+    pub ack_wait_s: u64,
+    /// Interval of in-progress acks, seconds (must be below ack_wait_s).
+    pub progress_ack_s: u64,
+    /// Deliveries before a job fails for good.
+    pub max_deliver: i64,
+}
+
+/// `[ingress]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressSection {
+    /// Tolerated clock skew, seconds.
+    pub clock_skew_s: u64,
+    /// Largest image side, pixels.
+    pub max_image_side: u32,
+    /// Submissions held before new ones are refused.
+    pub submit_queue_max: i64,
+}
+
+/// Where the repository's models are when nothing else is configured.
+pub fn default_models_dir() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/models").to_string()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            version: 1,
+            node: NodeSection { id: String::new(), deployment: "orfeas".into(), key_file: String::new(), simulated_latency_ms: 0 },
+            nats: NatsSection { url: String::new(), server_bin: String::new(), replicas: 1 },
+            store: StoreSection { root: String::new() },
+            models: ModelsSection { dir: default_models_dir(), enabled: vec![] },
+            devices: DevicesSection { cpu_threads: 0, use_cuda: true },
+            scheduler: SchedulerSection { max_batch: 8, ack_wait_s: 60, progress_ack_s: 15, max_deliver: 5 },
+            ingress: IngressSection { clock_skew_s: 120, max_image_side: 4096, submit_queue_max: 100_000 },
+        }
+    }
+}
+
+impl Config {
+    /// Resolve: defaults ← file ← env (`ORFEAS_<SECTION>_<KEY>`) ← `overrides`
+    /// (`section.key` → TOML value text).
+    pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>, overrides: &[(&str, String)]) -> Result<Self> {
+        let mut tree = toml::Value::try_from(Config::default()).context("defaults")?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+            let from_file: toml::Value = toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+            merge(&mut tree, from_file);
+        }
+        let sections: Vec<String> = tree.as_table().map(|t| t.keys().cloned().collect()).unwrap_or_default();
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("ORFEAS_") else { continue };
+            let rest = rest.to_ascii_lowercase();
+            // Only variables naming a known section are configuration; others
+            // (e.g. ORFEAS_CACHE_DIR for the setup script) are not ours here.
+            let Some(section) = sections.iter().find(|s| rest.starts_with(&format!("{s}_"))) else { continue };
+            let key = &rest[section.len() + 1..];
+            set(&mut tree, section, key, value).with_context(|| format!("environment variable {name}"))?;
+        }
+        for (path, value) in overrides {
+            let (section, key) = path.split_once('.').context("override must be section.key")?;
+            set(&mut tree, section, key, value).with_context(|| format!("flag for {path}"))?;
+        }
+        let config: Config = tree.try_into().context("invalid configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.version != 1 {
+            bail!("config version {} is not supported (only 1)", self.version);
+        }
+        if !self.node.id.is_empty() && !orfeas_wire::subjects::is_valid_agent_name(&self.node.id) {
+            bail!("node.id {:?} must be 1-64 of a-z 0-9 _ -", self.node.id);
+        }
+        if self.scheduler.max_batch == 0 {
+            bail!("scheduler.max_batch must be at least 1");
+        }
+        if self.scheduler.progress_ack_s == 0 || self.scheduler.progress_ack_s >= self.scheduler.ack_wait_s {
+            bail!(
+                "scheduler.progress_ack_s ({}) must be between 1 and ack_wait_s ({}) exclusive",
+                self.scheduler.progress_ack_s,
+                self.scheduler.ack_wait_s
+            );
+        }
+        if self.nats.replicas == 0 || self.nats.replicas > 5 {
+            bail!("nats.replicas must be 1..=5, not {}", self.nats.replicas);
+        }
+        if self.scheduler.max_deliver < 1 {
+            bail!("scheduler.max_deliver must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML with secrets redacted (`orfeas config`).
+    pub fn redacted(&self) -> String {
+        let mut shown = self.clone();
+        if !shown.node.key_file.is_empty() {
+            shown.node.key_file = format!("{} (contents not shown)", shown.node.key_file);
+        }
+        toml::to_string_pretty(&shown).unwrap_or_default()
+    }
+
+    /// The node settings for the actors, with the resolved NATS URL and store.
+    pub fn node_settings(&self, nats_url: &str, store_root: PathBuf) -> Result<NodeSettings> {
+        let node_id = if self.node.id.is_empty() { default_node_id() } else { self.node.id.clone() };
+        let node_key = if self.node.key_file.is_empty() {
+            SecretKey::generate()
+        } else {
+            let text = std::fs::read_to_string(&self.node.key_file).with_context(|| format!("reading node.key_file {}", self.node.key_file))?;
+            SecretKey::from_text(&text)?
+        };
+        let mut settings = NodeSettings::local(&node_id, nats_url, PathBuf::from(&self.models.dir), store_root);
+        settings.deployment = self.node.deployment.clone();
+        settings.replicas = self.nats.replicas;
+        settings.node_key = node_key;
+        settings.models = self.models.enabled.clone();
+        settings.cpu_threads = self.devices.cpu_threads;
+        settings.use_cuda = self.devices.use_cuda;
+        settings.max_batch = self.scheduler.max_batch;
+        settings.ack_wait = Duration::from_secs(self.scheduler.ack_wait_s);
+        settings.progress_ack_interval = Duration::from_secs(self.scheduler.progress_ack_s);
+        settings.max_deliver = self.scheduler.max_deliver;
+        settings.submit_queue_max = self.ingress.submit_queue_max;
+        settings.clock_skew_s = self.ingress.clock_skew_s;
+        settings.max_image_side = self.ingress.max_image_side;
+        settings.simulated_latency = Duration::from_millis(self.node.simulated_latency_ms);
+        Ok(settings)
+    }
+
+    /// The store folder: configured, or `<data dir>/orfeas/results`.
+    pub fn store_root(&self) -> PathBuf {
+        if !self.store.root.is_empty() {
+            return PathBuf::from(&self.store.root);
+        }
+        let base = std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+            .unwrap_or_else(std::env::temp_dir);
+        base.join("orfeas/results")
+    }
+}
+
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "node".into());
+    let host: String = host
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .take(40)
+        .collect();
+    format!("{}-{}", if host.is_empty() { "node" } else { &host }, std::process::id())
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+/// Set `section.key` from text, typed like the default already there.
+fn set(tree: &mut toml::Value, section: &str, key: &str, text: &str) -> Result<()> {
+    let table = tree
+        .get_mut(section)
+        .and_then(|s| s.as_table_mut())
+        .with_context(|| format!("unknown section {section:?}"))?;
+    let current = table.get(key).with_context(|| format!("unknown key {section}.{key}"))?;
+    let value = match current {
+        toml::Value::String(_) => toml::Value::String(text.to_string()),
+        toml::Value::Integer(_) => toml::Value::Integer(text.trim().parse().with_context(|| format!("{section}.{key} wants an integer, got {text:?}"))?),
+        toml::Value::Boolean(_) => toml::Value::Boolean(text.trim().parse().with_context(|| format!("{section}.{key} wants true or false, got {text:?}"))?),
+        toml::Value::Float(_) => toml::Value::Float(text.trim().parse().with_context(|| format!("{section}.{key} wants a number, got {text:?}"))?),
+        toml::Value::Array(_) => toml::Value::Array(
+            text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.to_string())).collect(),
+        ),
+        other => bail!("{section}.{key} cannot be set from text (it is {})", other.type_str()),
+    };
+    table.insert(key.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn layers_apply_in_order_file_env_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("orfeas.toml");
+        std::fs::write(&file, "version = 1\n[scheduler]\nmax_batch = 4\nack_wait_s = 30\n[nats]\nurl = \"nats://file:4222\"\n").unwrap();
+        let e = env(&[("ORFEAS_SCHEDULER_MAX_BATCH", "6"), ("ORFEAS_MODELS_ENABLED", "inflate, null"), ("ORFEAS_CACHE_DIR", "/x")]);
+        let config = Config::load(Some(&file), &e, &[("nats.url", "nats://flag:4222".into())]).unwrap();
+        assert_eq!(config.scheduler.max_batch, 6, "env beats file");
+        assert_eq!(config.scheduler.ack_wait_s, 30, "file beats default");
+        assert_eq!(config.nats.url, "nats://flag:4222", "flag beats file");
+        assert_eq!(config.models.enabled, vec!["inflate", "null"]);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = Config::load(None, &env(&[("ORFEAS_SCHEDULER_MAX_BATCH", "many")]), &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("ORFEAS_SCHEDULER_MAX_BATCH"), "{err:#}");
+        let err = Config::load(None, &env(&[("ORFEAS_SCHEDULER_NOPE", "1")]), &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("unknown key scheduler.nope"), "{err:#}");
+        let err = Config::load(None, &env(&[("ORFEAS_SCHEDULER_PROGRESS_ACK_S", "90")]), &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("progress_ack_s"), "{err:#}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "version = 1\n[node]\ncolour = \"red\"\n").unwrap();
+        assert!(Config::load(Some(&file), &BTreeMap::new(), &[]).is_err(), "unknown fields are refused");
+    }
+
+    #[test]
+    fn redacted_output_parses_back() {
+        let config = Config::default();
+        let text = config.redacted();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, config);
+    }
+}

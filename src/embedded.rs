@@ -1,0 +1,120 @@
+//! The embedded default: a child `nats-server` with JetStream in a
+//! temporary folder on a free loopback port, using `nats/embedded.conf`.
+//! The child is killed when this value is dropped, and the kernel kills it
+//! if orfeas itself dies (parent-death signal), so no server is left behind.
+
+use std::{
+    net::TcpListener,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+const CONFIG_TEMPLATE: &str = include_str!("../nats/embedded.conf");
+
+/// A running embedded nats-server.
+pub struct EmbeddedNats {
+    child: Child,
+    /// Client URL, `nats://127.0.0.1:<port>`.
+    pub url: String,
+    // Holds the JetStream store and the config; removed on drop.
+    dir: tempfile::TempDir,
+}
+
+/// Find `nats-server`: the configured path, then PATH, then the binary the
+/// set-up script installed (recorded at build time).
+pub fn find_server(configured: &str) -> Result<PathBuf> {
+    if !configured.is_empty() {
+        return Ok(PathBuf::from(configured));
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join("nats-server");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    if let Some(built) = option_env!("ORFEAS_BUILD_NATS_SERVER") {
+        if Path::new(built).is_file() {
+            return Ok(PathBuf::from(built));
+        }
+    }
+    bail!("nats-server not found: set nats.server_bin (ORFEAS_NATS_SERVER_BIN), put it on PATH, or run scripts/setup.sh")
+}
+
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+impl EmbeddedNats {
+    /// Start the server and wait until it accepts connections.
+    pub fn start(server_bin: &Path) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("orfeas-nats-").tempdir().context("creating a temp dir for nats")?;
+        let port = free_port()?;
+        let store = dir.path().join("jetstream");
+        let config = CONFIG_TEMPLATE.replace("{{port}}", &port.to_string()).replace("{{store_dir}}", &store.display().to_string());
+        let config_path = dir.path().join("nats.conf");
+        std::fs::write(&config_path, config)?;
+        let log = std::fs::File::create(dir.path().join("nats.log"))?;
+        let mut command = Command::new(server_bin);
+        command.arg("-c").arg(&config_path).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        // SAFETY: prctl is async-signal-safe; it only sets this child's
+        // parent-death signal so a killed orfeas takes its server with it.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().with_context(|| format!("starting {}", server_bin.display()))?;
+        let mut server = Self { child, url: format!("nats://127.0.0.1:{port}"), dir };
+        server.wait_ready(port, Duration::from_secs(15))?;
+        Ok(server)
+    }
+
+    fn wait_ready(&mut self, port: u16, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("nats-server exited with {status}: {}", self.log_tail());
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("nats-server did not listen on port {port} within {timeout:?}: {}", self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default();
+        text.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ")
+    }
+}
+
+impl Drop for EmbeddedNats {
+    fn drop(&mut self) {
+        // SIGTERM first so JetStream closes its files; SIGKILL if it lingers.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

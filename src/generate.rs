@@ -1,0 +1,114 @@
+//! `orfeas generate`: images in, model files out. With no NATS configured
+//! it starts the embedded default — a child nats-server, this node's actor
+//! tree, a throwaway agent key — and tears all of it down on success, on
+//! error and on Ctrl-C.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use orfeas_actors::{node, registry::Registry};
+use orfeas_wire::{
+    client::AgentClient,
+    v1::{EventKind, Format},
+    SecretKey,
+};
+
+use crate::{agent, cli::GenerateArgs, config::Config, embedded::EmbeddedNats};
+
+/// The agent name of the throwaway key.
+const LOCAL_AGENT: &str = "local";
+
+/// Run `generate`; returns the number of images that failed.
+pub async fn run(config: Config, args: GenerateArgs) -> Result<usize> {
+    let formats = agent::formats(&args.format)?;
+    for image in &args.images {
+        if !image.is_file() {
+            bail!("{} does not exist", image.display());
+        }
+    }
+    let url = args.nats.clone().unwrap_or_else(|| config.nats.url.clone());
+    let (embedded, url) = if url.is_empty() {
+        let bin = crate::embedded::find_server(&config.nats.server_bin)?;
+        // Starting waits for the port with short blocking sleeps.
+        let server = tokio::task::spawn_blocking(move || EmbeddedNats::start(&bin)).await??;
+        let url = server.url.clone();
+        (Some(server), url)
+    } else {
+        (None, url)
+    };
+    let scratch = tempfile::Builder::new().prefix("orfeas-generate-").tempdir()?;
+    let store_root = if embedded.is_some() { scratch.path().join("store") } else { config.store_root() };
+    let settings = config.node_settings(&url, store_root)?;
+    let deployment = settings.deployment.clone();
+    let node = node::start(settings).await.context("starting the node")?;
+    let outcome = tokio::select! {
+        result = submit_all(&node, &deployment, &args, formats) => result,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    node.stop().await;
+    drop(embedded);
+    outcome
+}
+
+async fn submit_all(node: &node::RunningNode, deployment: &str, args: &GenerateArgs, formats: Vec<Format>) -> Result<usize> {
+    let key = SecretKey::generate();
+    Registry::new(node.bus.agents.clone(), node.bus.nodes.clone()).add_agent_key(LOCAL_AGENT, &key.public().to_hex()).await?;
+    let mut client = AgentClient::new(node.bus.client.clone(), LOCAL_AGENT, key, deployment);
+    let bars = MultiProgress::new();
+    let style = ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos:>3}% {msg}").expect("template").progress_chars("=> ");
+    let mut running = Vec::new();
+    for image in &args.images {
+        let job = agent::job_for(image, &args.model, formats.clone())?;
+        let events = client.submit(&job).await?;
+        let bar = bars.add(ProgressBar::new(100));
+        bar.set_style(style.clone());
+        bar.set_prefix(image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        bar.set_message("submitted");
+        running.push((image.clone(), events, bar));
+    }
+    let mut failed = 0;
+    for (image, mut events, bar) in running {
+        let name = image.display().to_string();
+        let last = agent::follow(&mut client, &mut events, Duration::from_secs(args.timeout_s), |event| {
+            if let EventKind::Progress { percent, .. } = &event.kind {
+                bar.set_position(u64::from(*percent));
+            }
+            bar.set_message(agent::describe(event));
+            // Without a terminal the bars are hidden: print one line per event.
+            if bar.is_hidden() {
+                eprintln!("{name}: {}", agent::describe(event));
+            }
+        })
+        .await;
+        match last.map(|e| e.kind) {
+            Ok(EventKind::Completed { results, mesh }) => {
+                let mut written: Vec<PathBuf> = Vec::new();
+                for file in &results {
+                    let to = agent::output_path(args.output.as_deref(), &image, file.format);
+                    agent::fetch(file, &to)?;
+                    written.push(to);
+                }
+                bar.set_position(100);
+                let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+                let summary = format!("{} faces, closed manifold: {} → {}", mesh.faces, mesh.closed_manifold, names.join(", "));
+                if bar.is_hidden() {
+                    eprintln!("{name}: wrote {summary}");
+                }
+                bar.finish_with_message(summary);
+            }
+            Ok(kind) => {
+                failed += 1;
+                bar.abandon_with_message(match &kind {
+                    EventKind::Failed(f) | EventKind::Rejected(f) => format!("{} ({}): {}", kind.name(), f.code, f.error),
+                    other => other.name().to_string(),
+                });
+            }
+            Err(e) => {
+                failed += 1;
+                bar.abandon_with_message(format!("error: {e:#}"));
+            }
+        }
+    }
+    Ok(failed)
+}

@@ -1,0 +1,156 @@
+//! The `orfeas` binary: CLI, configuration, the embedded default and
+//! telemetry around the engine in `orfeas-actors`.
+
+mod agent;
+mod cli;
+mod config;
+mod embedded;
+mod generate;
+mod telemetry;
+
+use std::{collections::BTreeMap, process::ExitCode, time::Duration};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use orfeas_actors::{bus, node, registry::Registry};
+use orfeas_wire::{client::AgentClient, v1::EventKind, SecretKey};
+
+use cli::{AgentsCommand, Cli, Command, KeysCommand};
+use config::Config;
+
+fn main() -> ExitCode {
+    // libtorch's OpenMP threads spin while idle by default, stealing the
+    // core from the rest of the node on small machines; must be set before
+    // libtorch starts its thread pool (no other threads exist yet).
+    if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+        std::env::set_var("OMP_WAIT_POLICY", "PASSIVE");
+    }
+    let cli = Cli::parse();
+    telemetry::init(cli.log_json, if matches!(cli.command, Command::Generate(_)) { "warn" } else { "info" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn load_config(cli: &Cli, overrides: &[(&str, String)]) -> Result<Config> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    Config::load(cli.config.as_deref(), &env, overrides)
+}
+
+fn nats_url(config: &Config, flag: &Option<String>) -> Result<String> {
+    let url = flag.clone().unwrap_or_else(|| config.nats.url.clone());
+    anyhow::ensure!(!url.is_empty(), "no NATS URL: pass --nats or set nats.url / ORFEAS_NATS_URL");
+    Ok(url)
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let config = load_config(&cli, &[])?;
+    match cli.command {
+        Command::Generate(args) => {
+            let failed = generate::run(config, args).await?;
+            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
+        }
+        Command::Serve(args) => {
+            let url = nats_url(&config, &args.nats)?;
+            let settings = config.node_settings(&url, config.store_root())?;
+            node::run(settings, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys { command: KeysCommand::New { out } } => {
+            let key = SecretKey::generate();
+            match out {
+                Some(path) => {
+                    write_secret(&path, &key.to_text())?;
+                    println!("{}", key.public().to_hex());
+                }
+                None => println!("{}\n{}", key.to_text(), key.public().to_hex()),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys { command: KeysCommand::Public { key } } => {
+            println!("{}", read_key(&key)?.public().to_hex());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Agents { command: AgentsCommand::Add { name, pubkey, nats } } => {
+            let url = nats_url(&config, &nats)?;
+            let client = bus::connect(&url, "orfeas-cli").await?;
+            let settings = config.node_settings(&url, config.store_root())?;
+            let bus = bus::Bus::ensure(client, &settings).await?;
+            let record = Registry::new(bus.agents.clone(), bus.nodes.clone()).add_agent_key(&name, &pubkey).await?;
+            println!("agent {} has {} key(s); added kid {}", record.name, record.keys.len(), orfeas_wire::PublicKey::from_hex(&pubkey)?.id().0);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Submit(args) => {
+            let url = nats_url(&config, &args.nats)?;
+            let key = read_key(&args.key)?;
+            let client = bus::connect(&url, &format!("orfeas-agent-{}", args.agent)).await?;
+            let mut agent_client = AgentClient::new(client.clone(), &args.agent, key, &config.node.deployment);
+            let job = agent::job_for(&args.image, &args.model, agent::formats(&args.format)?)?;
+            let mut events = agent_client.submit(&job).await?;
+            println!("submitted job {}", job.job_id);
+            if !args.wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let last = agent::follow(&mut agent_client, &mut events, Duration::from_secs(args.timeout_s), |e| {
+                println!("{}", agent::describe(e));
+            })
+            .await?;
+            match last.kind {
+                EventKind::Completed { results, .. } => {
+                    for file in &results {
+                        let to = agent::output_path(args.output.as_deref(), &args.image, file.format);
+                        if args.output.is_some() {
+                            agent::fetch(file, &to)?;
+                            println!("wrote {}", to.display());
+                        } else {
+                            println!("{} {}", file.format.extension(), file.url);
+                        }
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                _ => Ok(ExitCode::from(2)),
+            }
+        }
+        Command::Config => {
+            print!("{}", config.redacted());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn read_key(path: &std::path::Path) -> Result<SecretKey> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
+    Ok(SecretKey::from_text(&text)?)
+}
+
+fn write_secret(path: &std::path::Path, text: &str) -> Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {} (refusing to overwrite a key)", path.display()))?;
+    writeln!(file, "{text}")?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,270 @@
+//! Test harness: real `nats-server` processes (from the shipped
+//! `nats/embedded.conf`) and real `orfeas` node processes, started per test
+//! and killed on drop. No sleeps as synchronisation: everything polls with a
+//! deadline.
+#![allow(dead_code)]
+
+use std::{
+    future::Future,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use orfeas_actors::{bus::Bus, registry::Registry};
+use orfeas_wire::{client::AgentClient, SecretKey};
+
+/// Repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `orfeas` binary under test.
+pub fn orfeas_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_orfeas"))
+}
+
+/// `nats-server`: `$NATS_SERVER_BIN`, else PATH, else the set-up script's venv.
+pub fn nats_server_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("NATS_SERVER_BIN") {
+        return bin.into();
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            if dir.join("nats-server").is_file() {
+                return dir.join("nats-server");
+            }
+        }
+    }
+    if let Some(built) = option_env!("ORFEAS_BUILD_NATS_SERVER") {
+        return built.into();
+    }
+    panic!("nats-server not found: run scripts/setup.sh or set NATS_SERVER_BIN");
+}
+
+/// Poll `check` until it returns Some or the deadline passes.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A nats-server with JetStream in a temp dir on a free loopback port.
+pub struct NatsServer {
+    child: Child,
+    pub url: String,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new().prefix("orfeas-test-nats-").tempdir().unwrap();
+        let port = free_port();
+        let template = std::fs::read_to_string(repo().join("nats/embedded.conf")).unwrap();
+        let config = template
+            .replace("{{port}}", &port.to_string())
+            .replace("{{store_dir}}", &dir.path().join("js").display().to_string());
+        let conf = dir.path().join("nats.conf");
+        std::fs::write(&conf, config).unwrap();
+        let child = Command::new(nats_server_bin())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("nats.log")).unwrap())
+            .spawn()
+            .expect("start nats-server");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, url: format!("nats://127.0.0.1:{port}"), port, dir }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An `orfeas serve` process.
+pub struct NodeProcess {
+    child: Child,
+    pub node_id: String,
+    pub log: PathBuf,
+}
+
+/// Options of a node process.
+pub struct NodeOptions<'a> {
+    pub node_id: &'a str,
+    pub store: &'a Path,
+    pub env: Vec<(&'a str, String)>,
+}
+
+impl NodeProcess {
+    /// Start `orfeas serve` and wait until it registered itself.
+    pub async fn start(nats: &NatsServer, options: NodeOptions<'_>) -> Self {
+        let log = nats.dir.path().join(format!("{}.log", options.node_id));
+        let mut command = Command::new(orfeas_bin());
+        command
+            .arg("serve")
+            .arg("--nats")
+            .arg(&nats.url)
+            .env("ORFEAS_NODE_ID", options.node_id)
+            .env("ORFEAS_STORE_ROOT", options.store)
+            .env("ORFEAS_DEVICES_CPU_THREADS", "1")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in &options.env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("start orfeas serve");
+        let mut node = Self { child, node_id: options.node_id.to_string(), log };
+        node.wait_registered(&nats.url).await;
+        node
+    }
+
+    async fn wait_registered(&mut self, url: &str) {
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let node_id = self.node_id.clone();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("node exited early with {status}: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            }
+            // The node writes its record before starting actors, and the
+            // consumers exist once Ingress and Scheduler are up.
+            if let Ok(kv) = js.get_key_value("orfeas_nodes").await {
+                if let Ok(Some(_)) = kv.get(&node_id).await {
+                    if consumers_present(&js).await {
+                        return;
+                    }
+                }
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "node did not start: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// SIGKILL: no shutdown, no acks.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The node's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn consumers_present(js: &async_nats::jetstream::Context) -> bool {
+    let Ok(submit) = js.get_stream("ORFEAS_SUBMIT").await else { return false };
+    let Ok(queue) = js.get_stream("ORFEAS_QUEUE").await else { return false };
+    submit.consumer_info("ingress").await.is_ok() && queue.consumer_info("scheduler").await.is_ok()
+}
+
+/// Register a fresh key for `agent` and return a client for it.
+pub async fn agent(url: &str, name: &str) -> (AgentClient, SecretKey) {
+    let client = async_nats::connect(url).await.unwrap();
+    let bus = Bus::attach(client.clone()).await.expect("buckets exist once a node started");
+    let key = SecretKey::generate();
+    Registry::new(bus.agents.clone(), bus.nodes.clone()).add_agent_key(name, &key.public().to_hex()).await.unwrap();
+    (AgentClient::new(client, name, key.clone(), "orfeas"), key)
+}
+
+/// A bundled example image.
+pub fn example(name: &str) -> Vec<u8> {
+    std::fs::read(repo().join("examples").join(name)).unwrap()
+}
+
+/// Read positions and triangle indices out of a GLB written by anyone,
+/// using only the glTF spec (independent of orfeas-mesh).
+pub fn glb_triangles(glb: &[u8]) -> (Vec<[f32; 3]>, Vec<[u32; 3]>) {
+    assert_eq!(&glb[0..4], b"glTF", "GLB magic");
+    assert_eq!(u32::from_le_bytes(glb[4..8].try_into().unwrap()), 2, "glTF version 2");
+    assert_eq!(u32::from_le_bytes(glb[8..12].try_into().unwrap()) as usize, glb.len(), "GLB length header");
+    let json_len = u32::from_le_bytes(glb[12..16].try_into().unwrap()) as usize;
+    assert_eq!(&glb[16..20], b"JSON");
+    let root: gltf_json::Root = gltf_json::Root::from_slice(&glb[20..20 + json_len]).expect("GLB JSON parses as glTF");
+    let bin_start = 20 + json_len;
+    let bin_len = u32::from_le_bytes(glb[bin_start..bin_start + 4].try_into().unwrap()) as usize;
+    assert_eq!(&glb[bin_start + 4..bin_start + 8], b"BIN\0");
+    let bin = &glb[bin_start + 8..bin_start + 8 + bin_len];
+    let primitive = &root.meshes[0].primitives[0];
+    let accessor_bytes = |index: usize| {
+        let accessor = &root.accessors[index];
+        let view = &root.buffer_views[accessor.buffer_view.expect("accessor has a view").value()];
+        let start = view.byte_offset.map(|o| o.0 as usize).unwrap_or(0) + accessor.byte_offset.map(|o| o.0 as usize).unwrap_or(0);
+        (accessor.count.0 as usize, &bin[start..view.byte_offset.map(|o| o.0 as usize).unwrap_or(0) + view.byte_length.0 as usize])
+    };
+    let position_index = primitive
+        .attributes
+        .iter()
+        .find(|(k, _)| matches!(k, gltf_json::validation::Checked::Valid(gltf_json::mesh::Semantic::Positions)))
+        .map(|(_, v)| v.value())
+        .expect("POSITION");
+    let (count, bytes) = accessor_bytes(position_index);
+    let positions: Vec<[f32; 3]> = (0..count)
+        .map(|i| {
+            let f = |j: usize| f32::from_le_bytes(bytes[i * 12 + j * 4..i * 12 + j * 4 + 4].try_into().unwrap());
+            [f(0), f(1), f(2)]
+        })
+        .collect();
+    let (count, bytes) = accessor_bytes(primitive.indices.expect("indexed").value());
+    let flat: Vec<u32> = (0..count).map(|i| u32::from_le_bytes(bytes[i * 4..i * 4 + 4].try_into().unwrap())).collect();
+    let triangles = flat.chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect();
+    (positions, triangles)
+}
+
+/// Every undirected edge used by exactly two triangles, once in each
+/// direction (closed and consistently oriented), after welding by position.
+pub fn assert_closed(positions: &[[f32; 3]], triangles: &[[u32; 3]]) {
+    use std::collections::HashMap;
+    assert!(!triangles.is_empty(), "mesh has no triangles");
+    let mut weld: HashMap<[u32; 3], u32> = HashMap::new();
+    let ids: Vec<u32> = positions
+        .iter()
+        .map(|p| {
+            let key = [p[0].to_bits(), p[1].to_bits(), p[2].to_bits()];
+            let next = weld.len() as u32;
+            *weld.entry(key).or_insert(next)
+        })
+        .collect();
+    let mut directed: HashMap<(u32, u32), u32> = HashMap::new();
+    for t in triangles {
+        let v = [ids[t[0] as usize], ids[t[1] as usize], ids[t[2] as usize]];
+        for k in 0..3 {
+            *directed.entry((v[k], v[(k + 1) % 3])).or_insert(0) += 1;
+        }
+    }
+    for (&(a, b), &n) in &directed {
+        assert_eq!(n, 1, "directed edge {a}->{b} used {n} times (non-manifold or flipped)");
+        assert_eq!(directed.get(&(b, a)), Some(&1), "edge {a}-{b} has no opposite (hole)");
+    }
+}
