@@ -54,6 +54,23 @@ impl EventSink {
         Self { tx, node_id: node_id.into() }
     }
 
+    /// A sink that publishes nowhere: events land on the returned channel
+    /// (unit tests of single actors).
+    #[cfg(test)]
+    pub(crate) fn detached(node_id: &str) -> (Self, mpsc::Receiver<(String, Event)>) {
+        let (tx, mut rx) = mpsc::channel::<Outgoing>(QUEUE);
+        let (out_tx, out_rx) = mpsc::channel(QUEUE);
+        tokio::spawn(async move {
+            while let Some(out) = rx.recv().await {
+                let _ = out_tx.send((out.agent, out.event)).await;
+                if let Some(confirmed) = out.confirmed {
+                    let _ = confirmed.send(Ok(()));
+                }
+            }
+        });
+        (Self { tx, node_id: node_id.into() }, out_rx)
+    }
+
     fn event(&self, job_id: Uuid, seq: u64, kind: EventKind) -> Event {
         Event { job_id, seq, node: self.node_id.to_string(), at_ms: now_ms(), kind }
     }

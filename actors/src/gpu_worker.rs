@@ -226,3 +226,79 @@ impl BatchRunner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orfeas_wire::v1::{AdmittedJob, Format};
+    use tokio::sync::mpsc;
+
+    /// Stands in for Postprocess: forwards what it receives to the test.
+    struct Collector(mpsc::UnboundedSender<PostprocessMsg>);
+
+    impl Actor for Collector {
+        type Msg = PostprocessMsg;
+        type State = ();
+        type Arguments = ();
+        async fn pre_start(&self, _: ActorRef<Self::Msg>, _: ()) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+        async fn handle(&self, _: ActorRef<Self::Msg>, message: Self::Msg, _: &mut ()) -> Result<(), ActorProcessingErr> {
+            let _ = self.0.send(message);
+            Ok(())
+        }
+    }
+
+    fn ticket(n: u128, image: Vec<u8>) -> Ticket {
+        let job = AdmittedJob {
+            job_id: uuid::Uuid::from_u128(n),
+            agent: "t".into(),
+            model: "inflate".into(),
+            formats: vec![Format::Glb],
+            image: ImageInput::Inline { media_type: "image/png".into(), data: image },
+            admitted_at_ms: 0,
+        };
+        Ticket::new(job, 1, 1)
+    }
+
+    #[tokio::test]
+    async fn batch_yields_volumes_and_per_job_failures() {
+        let roster = Roster::new("gpu-worker-test");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (collector, _) = Actor::spawn(Some(roster.name("postprocess")), Collector(tx), ()).await.unwrap();
+        let (events, mut published) = EventSink::detached("gpu-worker-test");
+        let settings = NodeSettings::local("gpu-worker-test", "nats://unused", crate::model::tests::models_dir(), std::env::temp_dir());
+        let worker = GpuWorker {
+            device: crate::device::discover(false).remove(0),
+            settings: Arc::new(settings),
+            models: vec![crate::model::tests::inflate()],
+            roster: roster.clone(),
+            events,
+        };
+        let (worker, _) = Actor::spawn(Some(roster.worker_name("cpu")), worker, ()).await.unwrap();
+        let mug = std::fs::read(crate::model::tests::models_dir().join("../examples/mug.png")).unwrap();
+        worker.cast(GpuWorkerMsg::Run(vec![ticket(1, mug.clone()), ticket(2, b"not a png".to_vec()), ticket(3, mug)])).unwrap();
+        let (mut volumes, mut failures) = (Vec::new(), Vec::new());
+        while volumes.len() + failures.len() < 3 {
+            match tokio::time::timeout(std::time::Duration::from_secs(60), rx.recv()).await.unwrap().unwrap() {
+                PostprocessMsg::Volume(job) => volumes.push(job),
+                PostprocessMsg::Fail { ticket, failure } => failures.push((ticket.job.job_id.as_u128(), failure.code)),
+            }
+        }
+        assert_eq!(failures, vec![(2, ErrorCode::InvalidImage)]);
+        let ids: Vec<u128> = volumes.iter().map(|v| v.ticket.job.job_id.as_u128()).collect();
+        assert_eq!(ids, vec![1, 3]);
+        let n: usize = volumes[0].manifest.grid.iter().product();
+        assert_eq!(volumes[0].data.len(), n);
+        assert_eq!(volumes[0].data, volumes[1].data, "same image, same volume, in one batch");
+        assert!(volumes[0].data.iter().any(|&v| v > 0.0));
+        // Progress was reported for the jobs that ran.
+        let mut stages = Vec::new();
+        while let Ok((_, event)) = published.try_recv() {
+            stages.push((event.job_id.as_u128(), event.kind.name()));
+        }
+        assert!(stages.contains(&(1, "progress")) && stages.contains(&(3, "progress")));
+        worker.stop(None);
+        collector.stop(None);
+    }
+}

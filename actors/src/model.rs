@@ -207,3 +207,72 @@ fn forward_error(name: &str, e: tch::TchError) -> ModelError {
     let out_of_memory = detail.to_ascii_lowercase().contains("out of memory");
     ModelError::Forward { name: name.to_string(), detail, out_of_memory }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The repository's models folder.
+    pub(crate) fn models_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
+    }
+
+    pub(crate) fn inflate() -> (Manifest, PathBuf) {
+        read_manifests(&models_dir(), &["inflate".to_string()]).unwrap().remove(0)
+    }
+
+    fn disc(h: usize, w: usize, radius: f32) -> Vec<f32> {
+        let mut chw = vec![0f32; 4 * h * w];
+        for y in 0..h {
+            for x in 0..w {
+                let (dx, dy) = (x as f32 - w as f32 / 2.0, y as f32 - h as f32 / 2.0);
+                let inside = (dx * dx + dy * dy).sqrt() < radius;
+                for c in 0..4 {
+                    chw[c * h * w + y * w + x] = if inside { 1.0 } else { 0.0 };
+                }
+            }
+        }
+        chw
+    }
+
+    #[test]
+    fn built_in_models_have_valid_manifests() {
+        let all = read_manifests(&models_dir(), &[]).unwrap();
+        let names: Vec<&str> = all.iter().map(|(m, _)| m.name.as_str()).collect();
+        assert!(names.contains(&"inflate") && names.contains(&"null"), "{names:?}");
+        assert!(read_manifests(&models_dir(), &["nope".to_string()]).is_err());
+    }
+
+    #[test]
+    fn inflate_runs_batched_and_items_are_independent() {
+        let (manifest, path) = inflate();
+        let [h, w] = manifest.input_size;
+        let model = LoadedModel::load(manifest.clone(), &path, Device::Cpu).unwrap();
+        let small = disc(h, w, 20.0);
+        let large = disc(h, w, 50.0);
+        let batch = Tensor::from_slice(&[small.clone(), large].concat()).view([2, 4, h as i64, w as i64]);
+        let out = model.forward(&batch).unwrap();
+        let grid: Vec<i64> = manifest.grid.iter().map(|&n| n as i64).collect();
+        assert_eq!(out.size(), [vec![2], grid].concat());
+        let alone = model.forward(&Tensor::from_slice(&small).view([1, 4, h as i64, w as i64])).unwrap();
+        let diff = (out.get(0) - alone.get(0)).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "batch item differs from running it alone by {diff}");
+        // The larger disc has more solid samples.
+        let solid = |t: &Tensor| t.gt(manifest.iso as f64).sum(Kind::Int64).int64_value(&[]);
+        assert!(solid(&out.get(1)) > 2 * solid(&out.get(0)));
+        assert!(solid(&out.get(0)) > 0);
+    }
+
+    #[test]
+    fn contract_violation_is_reported_at_load() {
+        let (mut manifest, path) = inflate();
+        manifest.grid = [10, 10, 10];
+        match LoadedModel::load(manifest, &path, Device::Cpu) {
+            Err(e @ ModelError::Contract { .. }) => assert_eq!(e.code(), "model_contract"),
+            other => panic!("expected a contract error, got {:?}", other.err()),
+        }
+        let (manifest, _) = inflate();
+        let missing = LoadedModel::load(manifest, Path::new("/nonexistent/model.pt"), Device::Cpu);
+        assert_eq!(missing.err().map(|e| e.code()), Some("model_load"));
+    }
+}

@@ -258,3 +258,39 @@ impl Finisher {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orfeas_wire::v1::{AdmittedJob, ImageInput};
+    use tch::{Device, Tensor};
+
+    #[test]
+    fn inflated_mug_becomes_a_closed_coloured_mesh_in_both_formats() {
+        let (manifest, path) = crate::model::tests::inflate();
+        let model = crate::model::LoadedModel::load(manifest.clone(), &path, Device::Cpu).unwrap();
+        let png = std::fs::read(crate::model::tests::models_dir().join("../examples/mug.png")).unwrap();
+        let prepared = crate::preprocess::prepare(&png, "image/png", 4096, manifest.input_size).unwrap();
+        let [h, w] = manifest.input_size;
+        let out = model.forward(&Tensor::from_slice(&prepared.chw).view([1, 4, h as i64, w as i64])).unwrap();
+        let mut data = vec![0f32; out.numel()];
+        let len = data.len();
+        out.copy_data(&mut data, len);
+        let job = AdmittedJob {
+            job_id: uuid::Uuid::nil(),
+            agent: "t".into(),
+            model: "inflate".into(),
+            formats: vec![Format::Glb, Format::Stl],
+            image: ImageInput::Inline { media_type: "image/png".into(), data: vec![] },
+            admitted_at_ms: 0,
+        };
+        let volume_job = VolumeJob { ticket: Ticket::new(job, 1, 1), data, manifest: Arc::new(manifest), image: prepared.rgba };
+        let (files, stats) = mesh_and_export(&volume_job, &[Format::Glb, Format::Stl]).unwrap();
+        assert!(stats.closed_manifold, "{stats:?}");
+        assert_eq!(stats.components, 1, "the handle is attached: one piece");
+        assert!(stats.volume > 0.05);
+        assert_eq!(files.iter().map(|(f, _)| *f).collect::<Vec<_>>(), vec![Format::Glb, Format::Stl]);
+        assert_eq!(files[1].1.len() as u64, 84 + 50 * stats.faces);
+        assert_eq!(&files[0].1[..4], b"glTF");
+    }
+}
