@@ -2,6 +2,7 @@
 # Set up orfeas on this machine, idempotently, and build it.
 #
 #   deploy/setup.sh            install what is missing, build target/release/orfeas
+#   deploy/setup.sh --demo     … then turn examples/mug.png into out/mug.glb + out/mug.stl
 #   deploy/setup.sh --test     … then run the whole test suite
 #
 # What it installs, outside the checkout so later runs reuse it:
@@ -47,7 +48,13 @@ export ORFEAS_PYTHON="$venv/bin/python"
 cd "$here"
 say "building (release; the first build compiles libtorch bindings: ~10 min on 2 cores)"
 cargo build --release --locked --bin orfeas
-say "ready: $(cargo metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/orfeas"
+target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+say "ready: $target_dir/release/orfeas"
+
+if [ "$mode" = "--demo" ]; then
+  say "generating out/mug.glb and out/mug.stl from examples/mug.png on the embedded default"
+  "$target_dir/release/orfeas" generate examples/mug.png -o out/mug.glb
+fi
 
 if [ "$mode" = "--test" ]; then
   say "running the tests"

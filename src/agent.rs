@@ -46,18 +46,19 @@ pub async fn follow(
     mut on_event: impl FnMut(&Event),
 ) -> Result<Event> {
     let deadline = Instant::now() + timeout;
-    let mut last_seq = None;
+    // Events can arrive out of order (a worker may report progress before
+    // Ingress' `accepted` lands); `seq` orders them. A re-sent event keeps
+    // its seq: show it once.
+    let mut seen = std::collections::HashSet::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             bail!("no final event within {timeout:?}");
         }
         let event = client.next_event(events, left).await?;
-        // A re-sent answer carries the seq it had; show it once.
-        if last_seq.is_some_and(|s| event.seq <= s) && !event.kind.is_terminal() {
+        if !seen.insert(event.seq) {
             continue;
         }
-        last_seq = Some(event.seq);
         on_event(&event);
         if event.kind.is_terminal() {
             return Ok(event);

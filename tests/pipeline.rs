@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{agent, assert_closed, example, glb_triangles, NatsServer, NodeOptions, NodeProcess};
+use common::{agent, assert_closed, example, glb_triangles, trimesh_check, NatsServer, NodeOptions, NodeProcess};
 use orfeas_wire::{
     v1::{EventKind, Format, ImageInput, Stage, SubmitJob},
     ErrorCode,
@@ -40,22 +40,26 @@ async fn pipeline_signed_png_completes_with_closed_mesh_then_tampered_is_rejecte
         let event = client.next_event(&mut events, WAIT).await.expect("verified event");
         assert_eq!(event.job_id, submit.job_id);
         assert_eq!(event.node, "n1");
-        if let Some(last) = seen.last() {
-            assert!(event.seq > *last, "seq must increase: {} after {}", event.seq, last);
-        }
+        assert!(!seen.contains(&event.seq), "seq {} seen twice", event.seq);
         seen.push(event.seq);
         match event.kind {
             EventKind::Completed { results, mesh } => break (results, mesh),
             EventKind::Failed(f) | EventKind::Rejected(f) => panic!("job failed: {f:?}"),
-            EventKind::Accepted { .. } => assert_eq!(seen.len(), 1, "accepted comes first"),
+            EventKind::Accepted { .. } => assert_eq!(event.seq, 0, "accepted is seq 0"),
             EventKind::Progress { stage, percent } => {
                 assert!(percent <= 100);
                 assert_ne!(stage, Stage::Queued);
+                assert!(event.seq > 0);
             }
         }
     };
     let (results, mesh) = completed;
-    assert!(seen.len() >= 4, "accepted, progress…, completed: got {}", seen.len());
+    assert!(seen.contains(&0), "accepted was published");
+    // Progress events of one attempt come from one publisher, in order, and
+    // the final answer carries the highest seq.
+    let progress: Vec<u64> = seen.iter().copied().filter(|&s| s > 0).collect();
+    assert!(progress.windows(2).all(|w| w[0] < w[1]), "progress seqs increase: {progress:?}");
+    assert!(progress.len() >= 3, "progress…, completed: got {progress:?}");
     assert!(mesh.closed_manifold, "node reports a closed manifold: {mesh:?}");
     assert!(mesh.volume > 0.0);
     assert_eq!(results.len(), 2);
@@ -70,6 +74,14 @@ async fn pipeline_signed_png_completes_with_closed_mesh_then_tampered_is_rejecte
     let stl_faces = u32::from_le_bytes(stl[80..84].try_into().unwrap()) as usize;
     assert_eq!(stl.len(), 84 + 50 * stl_faces);
     assert_eq!(stl_faces as u64, mesh.faces);
+    // An independent implementation agrees: both files are watertight,
+    // consistently wound, with positive volume and the same face count.
+    for file in [glb_file, stl_file] {
+        let verdict = trimesh_check(std::path::Path::new(file.url.strip_prefix("file://").unwrap()));
+        assert!(verdict.watertight && verdict.winding_consistent, "{:?}: {verdict:?}", file.format);
+        assert!(verdict.volume > 0.0, "{:?}: {verdict:?}", file.format);
+        assert_eq!(verdict.faces, mesh.faces, "{:?}", file.format);
+    }
 
     // 2. One flipped byte inside the signed payload: 401 bad_signature, no files.
     let tampered_job = job("star.png", vec![Format::Glb]);

@@ -266,8 +266,10 @@ impl Ingress {
         };
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", format!("{agent}:{}", job.job_id).as_str());
+        // Jobs ahead of this one, read before it is queued so that `accepted`
+        // follows the PubAck at once (a worker may start the job right away).
+        let queue_position = self.queue_depth().await;
         let ack = self.bus.publish_acked(subjects::queue(LANE), headers, orfeas_wire::to_cbor(&admitted).into()).await?;
-        let queue_position = self.queue_depth().await.saturating_sub(1);
         self.events.publish(&agent, job.job_id, 0, EventKind::Accepted { queue_position }).await?;
         metrics::SUBMISSIONS.with_label_values(&["accepted"]).inc();
         tracing::info!(agent, job_id = %job.job_id, seq = ack.sequence, "job admitted");

@@ -268,3 +268,26 @@ pub fn assert_closed(positions: &[[f32; 3]], triangles: &[[u32; 3]]) {
         assert_eq!(directed.get(&(b, a)), Some(&1), "edge {a}-{b} has no opposite (hole)");
     }
 }
+
+/// What trimesh (an independent implementation) says about a mesh file.
+#[derive(Debug)]
+pub struct TrimeshVerdict {
+    pub faces: u64,
+    pub watertight: bool,
+    pub winding_consistent: bool,
+    pub volume: f64,
+}
+
+/// Run trimesh on `path` through the set-up venv's Python (`ORFEAS_PYTHON`).
+pub fn trimesh_check(path: &Path) -> TrimeshVerdict {
+    let python = std::env::var("ORFEAS_PYTHON").expect("ORFEAS_PYTHON is not set: run the tests through `deploy/setup.sh --test`");
+    let out = Command::new(python).arg(repo().join("tests/oracles/trimesh_check.py")).arg(path).output().unwrap();
+    assert!(out.status.success(), "trimesh failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    TrimeshVerdict {
+        faces: v["faces"].as_u64().unwrap(),
+        watertight: v["watertight"].as_bool().unwrap(),
+        winding_consistent: v["winding_consistent"].as_bool().unwrap(),
+        volume: v["volume"].as_f64().unwrap(),
+    }
+}

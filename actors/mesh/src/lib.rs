@@ -2,31 +2,53 @@
 //!
 //! A scalar [`Volume`] (occupancy or signed distance) becomes a closed, consistently
 //! oriented, welded triangle [`Mesh`] through [`extract`]; [`remove_floaters`] drops small
-//! disconnected pieces; [`check`] measures the topology a slicer or viewer cares about;
-//! [`to_glb`] and [`to_stl`] serialise the result.
+//! disconnected pieces; [`smooth`] removes grid terracing; [`decimate`] reduces the face
+//! count with meshoptimizer and repairs what it breaks ([`clean`], [`repair`]); [`check`]
+//! measures the topology and [`print_report`] says whether and why not a mesh can be
+//! printed. [`process`] runs all of it with [`MeshOptions`]; [`export`] writes GLB, STL,
+//! OBJ, PLY or 3MF at a real-world size; [`render_previews`] draws PNG previews;
+//! [`read_npy`] loads a volume saved by NumPy.
 //!
-//! World space is Y-up (glTF's convention). Only the STL export converts to the Z-up frame
-//! printers expect.
+//! World space is Y-up (glTF's convention). Print formats convert to the Z-up frame
+//! printers expect, resting on z = 0.
 
 #![warn(missing_docs)]
 
+mod decimate;
 mod error;
 mod extract;
 mod floaters;
+mod formats;
 mod glb;
+mod intersect;
 mod mesh;
 mod normals;
+mod npy;
+mod pipeline;
+mod place;
+mod preview;
+mod repair;
+mod report;
+mod smooth;
 mod stl;
 mod topology;
 mod union_find;
 mod volume;
 
+pub use decimate::{decimate, Decimated};
 pub use error::MeshError;
 pub use extract::extract;
 pub use floaters::remove_floaters;
+pub use formats::{export, ExportFormat};
 pub use glb::to_glb;
 pub use mesh::Mesh;
 pub use normals::vertex_normals;
+pub use npy::read_npy;
+pub use pipeline::{process, MeshOptions, Processed};
+pub use preview::render_previews;
+pub use repair::{clean, repair};
+pub use report::{print_report, PrintReport, DEFAULT_BUILD_VOLUME_MM};
+pub use smooth::smooth;
 pub use stl::to_stl;
 pub use topology::{check, Topology};
 pub use volume::{Inside, Volume};

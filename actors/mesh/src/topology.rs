@@ -212,7 +212,7 @@ fn count_edges_fans_components(faces: &[[u32; 3]], n: usize, topo: &mut Topology
 }
 
 /// Maps each position to the index of the first position with the same coordinates.
-fn weld_by_position(positions: &[[f32; 3]]) -> Vec<u32> {
+pub(crate) fn weld_by_position(positions: &[[f32; 3]]) -> Vec<u32> {
     let mut ids: HashMap<(u64, u32), u32, BuildHasherDefault<MixHasher>> =
         HashMap::with_capacity_and_hasher(positions.len(), Default::default());
     positions

@@ -51,3 +51,33 @@ pub fn assert_close(actual: f64, expected: f64, rel: f64, what: &str) {
         "{what}: {actual} vs {expected} (relative error {err:.4} > {rel})"
     );
 }
+
+/// Signed distance to an axis-aligned box with half sizes `h`, centred at the origin.
+pub fn cuboid(h: [f32; 3]) -> impl Fn(f32, f32, f32) -> f32 {
+    move |x, y, z| {
+        let q = [x.abs() - h[0], y.abs() - h[1], z.abs() - h[2]];
+        let outside = q.iter().map(|c| c.max(0.0).powi(2)).sum::<f32>().sqrt();
+        outside + q[0].max(q[1]).max(q[2]).min(0.0)
+    }
+}
+
+pub fn torus_volume(major: f32, minor: f32) -> f64 {
+    2.0 * std::f64::consts::PI.powi(2) * f64::from(major) * f64::from(minor).powi(2)
+}
+
+/// A small xorshift PRNG: deterministic test inputs without a dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Uniform in [0, 1).
+    pub fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    pub fn range(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * self.next()
+    }
+}

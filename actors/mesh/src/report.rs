@@ -1,0 +1,165 @@
+//! The printability report: everything a slicer would complain about, in millimetres.
+
+use crate::intersect::count_self_intersections;
+use crate::place::{scale_for, to_print_frame};
+use crate::{check, Mesh, MeshOptions};
+
+/// Default build volume: 256 × 256 × 256 mm (a common desktop printer).
+pub const DEFAULT_BUILD_VOLUME_MM: [f32; 3] = [256.0, 256.0, 256.0];
+
+/// Above this many faces the self-intersection count is skipped (`None`).
+pub const SELF_INTERSECTION_MAX_FACES: usize = 2_000_000;
+
+/// Candidate pairs the broad phase may produce before the count is skipped.
+const SELF_INTERSECTION_MAX_PAIRS: u64 = 50_000_000;
+
+/// Whether and why a mesh can be printed, measured in the print frame (Z up, resting on
+/// z = 0) at the requested size.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrintReport {
+    /// Faces in the mesh.
+    pub faces: usize,
+    /// Distinct positions used by faces.
+    pub vertices: usize,
+    /// No hole: every edge has two faces (and there is at least one face).
+    pub closed: bool,
+    /// No edge with more than two faces and no pinched vertex.
+    pub two_manifold: bool,
+    /// Neighbouring faces traverse their shared edge in opposite directions, and the
+    /// enclosed volume is positive (faces point outward).
+    pub winding_consistent: bool,
+    /// Edges with one face.
+    pub boundary_edges: usize,
+    /// Edges with more than two faces.
+    pub non_manifold_edges: usize,
+    /// Vertices whose faces form more than one fan.
+    pub non_manifold_vertices: usize,
+    /// Connected pieces (through edges).
+    pub components: usize,
+    /// Euler characteristic V − E + F.
+    pub euler: i64,
+    /// Total genus Σ (2 − χᵢ)/2 = (2·C − χ)/2 (number of handles), when closed and
+    /// 2-manifold; `None` otherwise.
+    pub genus: Option<i64>,
+    /// Enclosed volume in mm³ (meaningful when closed).
+    pub volume_mm3: f64,
+    /// Surface area in mm².
+    pub area_mm2: f64,
+    /// Size of the bounding box (x, y, z) in mm, Z up.
+    pub bbox_mm: [f32; 3],
+    /// Faces with a repeated vertex or (near) zero area.
+    pub degenerate_faces: usize,
+    /// Pairs of faces crossing each other; `None` when skipped for size.
+    pub self_intersections: Option<usize>,
+    /// The build volume the box was compared with, (x, y, z) mm.
+    pub build_volume_mm: [f32; 3],
+    /// The box fits the build volume (x and y may be swapped by turning the part).
+    pub fits_build_volume: bool,
+    /// Why the mesh is not printable as is; empty when it is.
+    pub problems: Vec<String>,
+}
+
+impl PrintReport {
+    /// True when nothing in `problems` stands in the way of printing.
+    pub fn is_printable(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Measures `mesh` (world units, Y up) for printing at `options.size_mm` (longest side;
+/// `None` takes one world unit as one millimetre) in a printer of
+/// `options.build_volume_mm`, counting self-intersections up to
+/// `options.self_intersection_max_faces` faces.
+pub fn print_report(mesh: &Mesh, options: &MeshOptions) -> PrintReport {
+    let build_volume_mm = options.build_volume_mm;
+    let scale = scale_for(mesh, options.size_mm);
+    let placed = to_print_frame(mesh, scale);
+    let topo = check(&placed);
+    let closed = topo.faces > 0 && topo.boundary_edges == 0;
+    let two_manifold = topo.non_manifold_edges == 0 && topo.non_manifold_vertices == 0;
+    let winding_consistent = topo.inconsistent_edges == 0 && topo.volume > 0.0;
+    let genus = (closed && two_manifold && topo.inconsistent_edges == 0)
+        .then(|| (2 * topo.components as i64 - topo.euler) / 2);
+    let bbox_mm: [f32; 3] = std::array::from_fn(|i| topo.bbox_max[i] - topo.bbox_min[i]);
+    let fits = |a: f32, b: f32| a <= b;
+    let [bx, by, bz] = build_volume_mm;
+    let fits_build_volume = fits(bbox_mm[2], bz)
+        && ((fits(bbox_mm[0], bx) && fits(bbox_mm[1], by))
+            || (fits(bbox_mm[0], by) && fits(bbox_mm[1], bx)));
+    let self_intersections = count_self_intersections(
+        &placed,
+        options.self_intersection_max_faces,
+        SELF_INTERSECTION_MAX_PAIRS,
+    );
+
+    let mut problems = Vec::new();
+    if topo.faces == 0 {
+        problems.push("the mesh has no faces".to_string());
+    }
+    if topo.boundary_edges > 0 {
+        problems.push(format!(
+            "not closed: {} boundary edges (holes)",
+            topo.boundary_edges
+        ));
+    }
+    if topo.non_manifold_edges > 0 {
+        problems.push(format!(
+            "not 2-manifold: {} edges shared by more than two faces",
+            topo.non_manifold_edges
+        ));
+    }
+    if topo.non_manifold_vertices > 0 {
+        problems.push(format!(
+            "not 2-manifold: {} pinched vertices (more than one fan of faces)",
+            topo.non_manifold_vertices
+        ));
+    }
+    if topo.inconsistent_edges > 0 {
+        problems.push(format!(
+            "inconsistent winding: {} edges traversed the same way by both faces",
+            topo.inconsistent_edges
+        ));
+    }
+    if topo.faces > 0 && topo.inconsistent_edges == 0 && topo.volume <= 0.0 {
+        problems.push(format!(
+            "faces point inward: enclosed volume {:.3} mm³",
+            topo.volume
+        ));
+    }
+    if topo.degenerate_faces > 0 {
+        problems.push(format!(
+            "{} degenerate faces (repeated vertex or zero area)",
+            topo.degenerate_faces
+        ));
+    }
+    if let Some(k) = self_intersections.filter(|&k| k > 0) {
+        problems.push(format!("{k} pairs of faces intersect each other"));
+    }
+    if !fits_build_volume {
+        problems.push(format!(
+            "size {:.1} × {:.1} × {:.1} mm exceeds the build volume {} × {} × {} mm",
+            bbox_mm[0], bbox_mm[1], bbox_mm[2], bx, by, bz
+        ));
+    }
+    PrintReport {
+        faces: topo.faces,
+        vertices: topo.vertices,
+        closed,
+        two_manifold,
+        winding_consistent,
+        boundary_edges: topo.boundary_edges,
+        non_manifold_edges: topo.non_manifold_edges,
+        non_manifold_vertices: topo.non_manifold_vertices,
+        components: topo.components,
+        euler: topo.euler,
+        genus,
+        volume_mm3: topo.volume,
+        area_mm2: topo.area,
+        bbox_mm,
+        degenerate_faces: topo.degenerate_faces,
+        self_intersections,
+        build_volume_mm,
+        fits_build_volume,
+        problems,
+    }
+}
