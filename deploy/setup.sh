@@ -14,7 +14,8 @@ set -euo pipefail
 
 TORCH_VERSION=2.13.0          # tch 0.26 is built against exactly this
 NATS_SERVER_VERSION=2.15.1    # minimum supported server: see md/operations.md
-ORACLES="numpy==2.4.6 trimesh==5.2.0 nats-py==2.16.0 cbor2==6.2.1 pynacl==1.6.2"
+ORACLES="numpy==2.4.6 trimesh==5.2.0 manifold3d==3.5.4 lxml==6.1.3 networkx==3.6.1 nats-py==2.16.0 cbor2==6.2.1 pynacl==1.6.2"
+GLTF_VALIDATOR=gltf-validator@2.0.0-dev.3.10   # Khronos validator (npm), test oracle for GLB
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${ORFEAS_CACHE_DIR:-$HOME/.cache/orfeas}"
@@ -38,6 +39,17 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$venv/bin/pip" install --disable-pip-version-check -q $want
   echo "$want" > "$stamp"
 fi
+
+validator="$cache/npm/node_modules/gltf-validator"
+if [ "$mode" = "--test" ] && [ ! -f "$validator/package.json" ]; then
+  if command -v npm >/dev/null 2>&1; then
+    say "installing the glTF validator ($GLTF_VALIDATOR) for the tests"
+    npm install --silent --no-audit --no-fund --prefix "$cache/npm" "$GLTF_VALIDATOR" >/dev/null
+  else
+    say "npm not found: the GLB validator test will fail (apt-get install -y nodejs npm)"
+  fi
+fi
+export ORFEAS_GLTF_VALIDATOR="$validator"
 
 export PATH="$venv/bin:$PATH"
 export LIBTORCH_USE_PYTORCH=1

@@ -35,6 +35,16 @@ pub struct Config {
     pub scheduler: SchedulerSection,
     /// Admission.
     pub ingress: IngressSection,
+    /// Operator endpoint.
+    pub http: HttpSection,
+}
+
+/// `[http]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Address of `/metrics`, `/healthz`, `/readyz` for `serve`; empty = off.
+    pub listen: String,
 }
 
 /// `[node]`
@@ -133,6 +143,7 @@ impl Default for Config {
             devices: DevicesSection { cpu_threads: 0, use_cuda: true },
             scheduler: SchedulerSection { max_batch: 8, ack_wait_s: 60, progress_ack_s: 15, max_deliver: 5 },
             ingress: IngressSection { clock_skew_s: 120, max_image_side: 4096, submit_queue_max: 100_000 },
+            http: HttpSection { listen: "127.0.0.1:9470".into() },
         }
     }
 }
@@ -186,6 +197,9 @@ impl Config {
         if self.nats.replicas == 0 || self.nats.replicas > 5 {
             bail!("nats.replicas must be 1..=5, not {}", self.nats.replicas);
         }
+        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            bail!("http.listen {:?} is not an address like 0.0.0.0:9470", self.http.listen);
+        }
         if self.scheduler.max_deliver < 1 {
             bail!("scheduler.max_deliver must be at least 1");
         }
@@ -225,6 +239,7 @@ impl Config {
         settings.clock_skew_s = self.ingress.clock_skew_s;
         settings.max_image_side = self.ingress.max_image_side;
         settings.simulated_latency = Duration::from_millis(self.node.simulated_latency_ms);
+        settings.http_listen = if self.http.listen.is_empty() { None } else { Some(self.http.listen.parse()?) };
         Ok(settings)
     }
 

@@ -39,7 +39,9 @@ pub async fn run(config: Config, args: GenerateArgs) -> Result<usize> {
     };
     let scratch = tempfile::Builder::new().prefix("orfeas-generate-").tempdir()?;
     let store_root = if embedded.is_some() { scratch.path().join("store") } else { config.store_root() };
-    let settings = config.node_settings(&url, store_root)?;
+    let mut settings = config.node_settings(&url, store_root)?;
+    // A one-off command serves no operator endpoint.
+    settings.http_listen = None;
     let deployment = settings.deployment.clone();
     let node = node::start(settings).await.context("starting the node")?;
     let outcome = tokio::select! {

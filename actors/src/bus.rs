@@ -96,6 +96,13 @@ pub struct Bus {
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BusError> {
     async_nats::ConnectOptions::new()
         .name(name)
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => crate::metrics::NATS_RECONNECTS.inc(),
+                async_nats::Event::Disconnected => tracing::warn!("nats connection lost; reconnecting"),
+                other => tracing::debug!(event = %other, "nats event"),
+            }
+        })
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None)

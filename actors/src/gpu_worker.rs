@@ -78,6 +78,7 @@ impl Actor for GpuWorker {
             roster: self.roster.clone(),
             events: self.events.clone(),
             max_image_side: self.settings.max_image_side,
+            max_batch: self.settings.max_batch,
             simulated_latency: self.settings.simulated_latency,
         };
         if self.settings.cpu_threads > 0 {
@@ -91,7 +92,9 @@ impl Actor for GpuWorker {
                     let started = Instant::now();
                     match LoadedModel::load(manifest, &path, device.device) {
                         Ok(model) => {
-                            tracing::info!(model = %model.manifest.name, device = %device.id, seconds = started.elapsed().as_secs_f64(), "model loaded");
+                            let seconds = started.elapsed().as_secs_f64();
+                            metrics::MODEL_LOAD_SECONDS.with_label_values(&[&model.manifest.name, &device.id]).set(seconds);
+                            tracing::info!(model = %model.manifest.name, device = %device.id, seconds, "model loaded");
                             loaded.insert(model.manifest.name.clone(), model);
                         }
                         Err(e) => {
@@ -125,6 +128,7 @@ struct BatchRunner {
     roster: Roster,
     events: EventSink,
     max_image_side: u32,
+    max_batch: usize,
     simulated_latency: Duration,
 }
 
@@ -186,12 +190,19 @@ impl BatchRunner {
             flat.extend_from_slice(&prepared.chw);
         }
         let input = Tensor::from_slice(&flat).view([items.len() as i64, 4, h as i64, w as i64]);
+        let now = crate::now_ms();
+        for (ticket, _) in &items {
+            let waited = now.saturating_sub(ticket.job.admitted_at_ms) as f64 / 1000.0;
+            metrics::QUEUE_WAIT.with_label_values(&["normal"]).observe(waited);
+        }
         let started = Instant::now();
         let result = model.forward(&input);
         metrics::STAGE_SECONDS.with_label_values(&["inference"]).observe(started.elapsed().as_secs_f64());
         match result {
             Ok(volumes) => {
                 metrics::BATCH_SIZE.with_label_values(&[&model.manifest.name]).observe(items.len() as f64);
+                let cap = self.max_batch.min(model.manifest.max_batch).max(1);
+                metrics::BATCH_FILL.with_label_values(&[&model.manifest.name]).observe(items.len() as f64 / cap as f64);
                 let manifest = Arc::new(model.manifest.clone());
                 for (i, (ticket, prepared)) in items.into_iter().enumerate() {
                     let volume = volumes.get(i as i64);

@@ -46,6 +46,8 @@ use crate::{
 const CREDITS: usize = 64;
 /// Lane every job goes to until priorities exist.
 const LANE: &str = "normal";
+/// Metric label for messages whose agent is not registered.
+const UNREGISTERED: &str = "_unregistered";
 
 /// A refused message: the job id when it could be read, and why.
 #[derive(Debug)]
@@ -194,9 +196,17 @@ impl Ingress {
             tracing::warn!(subject, "message on a subject that is not a submit subject; dropped");
             return Settled::Term;
         };
+        // Metric label: only registered agents get their own series, so a
+        // flood of made-up subject tokens cannot grow the label set.
+        let mut label = UNREGISTERED;
         let verdict = match open_submission(&message.payload) {
             Ok(opened) => match self.registry.agent_key(&agent, &opened.kid.0).await {
-                Ok(key) => check_submission(&opened, &subject, key, &self.policy, now_ms() / 1000),
+                Ok(key) => {
+                    if key.is_some() {
+                        label = &agent;
+                    }
+                    check_submission(&opened, &subject, key, &self.policy, now_ms() / 1000)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "registry unreadable");
                     return Settled::Retry;
@@ -213,7 +223,9 @@ impl Ingress {
                 }
             },
             Err(rejection) => {
-                metrics::SUBMISSIONS.with_label_values(&[rejection.failure.code.as_str()]).inc();
+                let code = rejection.failure.code.as_str();
+                metrics::REQUESTS.with_label_values(&[label, "submit", code]).inc();
+                metrics::ERRORS.with_label_values(&[label, code]).inc();
                 tracing::info!(agent, code = %rejection.failure.code, error = %rejection.failure.error, "submission rejected");
                 let job_id = rejection.job_id.unwrap_or(Uuid::nil());
                 match self.events.publish(&agent, job_id, 0, EventKind::Rejected(rejection.failure)).await {
@@ -242,7 +254,8 @@ impl Ingress {
         match self.jobs.create(&record).await? {
             Created::New(_) => {}
             Created::Exists(existing, _) if existing.digest != digest => {
-                metrics::SUBMISSIONS.with_label_values(&[ErrorCode::Conflict.as_str()]).inc();
+                metrics::REQUESTS.with_label_values(&[&agent, "submit", ErrorCode::Conflict.as_str()]).inc();
+                metrics::ERRORS.with_label_values(&[&agent, ErrorCode::Conflict.as_str()]).inc();
                 let failure = Failure::new(ErrorCode::Conflict, format!("job {} exists with a different request", job.job_id));
                 self.events.publish(&agent, job.job_id, 0, EventKind::Rejected(failure)).await?;
                 return Ok(Settled::Term);
@@ -271,7 +284,7 @@ impl Ingress {
         let queue_position = self.queue_depth().await;
         let ack = self.bus.publish_acked(subjects::queue(LANE), headers, orfeas_wire::to_cbor(&admitted).into()).await?;
         self.events.publish(&agent, job.job_id, 0, EventKind::Accepted { queue_position }).await?;
-        metrics::SUBMISSIONS.with_label_values(&["accepted"]).inc();
+        metrics::REQUESTS.with_label_values(&[&agent, "submit", "accepted"]).inc();
         tracing::info!(agent, job_id = %job.job_id, seq = ack.sequence, "job admitted");
         Ok(Settled::Ack)
     }

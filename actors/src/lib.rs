@@ -15,6 +15,7 @@ pub mod bus;
 pub mod device;
 pub mod events;
 pub mod gpu_worker;
+pub mod http;
 pub mod ingress;
 pub mod jobs;
 pub mod metrics;

@@ -60,6 +60,10 @@ pub struct Manifest {
     pub precision: Precision,
     /// Largest batch the model accepts.
     pub max_batch: usize,
+    /// Defaults of the model's optional per-job parameters (second forward
+    /// input, `[B, n]` in the order the model documents).
+    #[serde(default)]
+    pub params: toml::Table,
 }
 
 /// A model that could not be used.

@@ -2,7 +2,7 @@
 //! publish the node's event key, start the actor tree; on shutdown stop
 //! intake first and flush NATS last.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use ractor::{Actor, ActorRef};
 use tokio::task::JoinHandle;
@@ -11,6 +11,8 @@ use crate::{
     bus::{self, Bus, BusError},
     device,
     events::EventSink,
+    http::{self, Health},
+    metrics,
     model::{self, ModelError},
     now_ms,
     registry::{NodeRecord, Registry},
@@ -32,6 +34,9 @@ pub enum NodeError {
     /// The object store cannot be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The HTTP endpoint could not bind.
+    #[error("cannot serve http on {0}: {1}")]
+    Http(SocketAddr, std::io::Error),
     /// An actor failed to start.
     #[error("actor tree failed to start: {0}")]
     Spawn(String),
@@ -44,6 +49,9 @@ pub struct RunningNode {
     client: async_nats::Client,
     /// The node's NATS handles (tests use them).
     pub bus: Bus,
+    health: Health,
+    http: Option<(SocketAddr, JoinHandle<()>)>,
+    sampler: JoinHandle<()>,
 }
 
 /// Start a node and return once every actor is up and models are warm.
@@ -66,16 +74,56 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, NodeError> {
     let store = ResultStore::local(settings.store_root.clone())?;
     let roster = Roster::new(&settings.node_id);
     let ctx = NodeContext { settings: Arc::new(settings), bus: bus.clone(), events, store, devices, models, roster: roster.clone() };
+    let health = Health::new(client.clone());
+    let http = match ctx.settings.http_listen {
+        Some(listen) => {
+            let (bound, task) = http::serve(listen, health.clone()).await.map_err(|e| NodeError::Http(listen, e))?;
+            tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
+            Some((bound, task))
+        }
+        None => None,
+    };
+    let sampler = tokio::spawn(sample_devices(ctx.devices.clone()));
     let (supervisor, handle) = Actor::spawn(Some(roster.name("supervisor")), NodeSupervisor { ctx }, ())
         .await
         .map_err(|e| NodeError::Spawn(e.to_string()))?;
-    Ok(RunningNode { supervisor, handle, client, bus })
+    health.set_warm(true);
+    Ok(RunningNode { supervisor, handle, client, bus, health, http, sampler })
+}
+
+/// Refresh device memory and utilisation gauges every few seconds.
+async fn sample_devices(devices: Vec<device::ComputeDevice>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        for d in &devices {
+            let load = device::load(d);
+            if let (Some(free), Some(total)) = (load.free_bytes, d.total_bytes) {
+                metrics::DEVICE_MEMORY.with_label_values(&[&d.id, "free"]).set(free as f64);
+                metrics::DEVICE_MEMORY.with_label_values(&[&d.id, "total"]).set(total as f64);
+                metrics::DEVICE_MEMORY.with_label_values(&[&d.id, "used"]).set(total.saturating_sub(free) as f64);
+            }
+            if let Some(u) = load.utilization {
+                metrics::DEVICE_UTILIZATION.with_label_values(&[&d.id]).set(f64::from(u) / 100.0);
+            }
+        }
+    }
 }
 
 impl RunningNode {
+    /// Where the HTTP endpoint listens, if enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|(a, _)| *a)
+    }
+
     /// Stop intake, then the rest of the tree, then flush NATS.
     pub async fn stop(self) {
+        self.health.set_warm(false);
         let _ = ractor::call_t!(self.supervisor, SupervisorMsg::Shutdown, 60_000);
+        self.sampler.abort();
+        if let Some((_, task)) = &self.http {
+            task.abort();
+        }
         self.supervisor.stop(None);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
         let _ = self.client.flush().await;

@@ -223,6 +223,10 @@ impl Finisher {
                 tracing::info!(job_id = %ticket.job.job_id, code = %failure.code, attempt = ticket.attempt, "retryable failure; redelivering");
                 return Ok(Outcome::Nak(Duration::from_secs(2)));
             }
+            if failure.retryable {
+                // Out of deliveries: the job fails for good (dead letter).
+                metrics::DEAD_LETTERS.inc();
+            }
         }
         let Some((mut record, _)) = self.jobs.get(&ticket.job.agent, &ticket.job.job_id).await? else {
             tracing::error!(job_id = %ticket.job.job_id, "job record vanished; dropping the job");
@@ -248,10 +252,15 @@ impl Finisher {
         self.events.publish(&ticket.job.agent, ticket.job.job_id, seq, kind.clone()).await?;
         let outcome = match &kind {
             EventKind::Completed { .. } => "completed",
-            EventKind::Failed(f) | EventKind::Rejected(f) => f.code.as_str(),
+            EventKind::Failed(f) | EventKind::Rejected(f) => {
+                metrics::ERRORS.with_label_values(&[&ticket.job.agent, f.code.as_str()]).inc();
+                f.code.as_str()
+            }
             _ => "other",
         };
         metrics::JOBS_FINISHED.with_label_values(&[outcome]).inc();
+        let seconds = now_ms().saturating_sub(ticket.job.admitted_at_ms) as f64 / 1000.0;
+        metrics::JOB_SECONDS.with_label_values(&[&ticket.job.model]).observe(seconds);
         Ok(match kind {
             EventKind::Completed { .. } => Outcome::Ack,
             _ => Outcome::Term,

@@ -32,7 +32,7 @@ use crate::{
     events::EventSink,
     gpu_worker::GpuWorkerMsg,
     jobs::{JobState, JobStore, Updated},
-    now_ms,
+    metrics, now_ms,
     roster::Roster,
     settings::NodeSettings,
     ticket::Ticket,
@@ -94,7 +94,7 @@ pub struct Scheduler {
 pub struct SchedulerState {
     credits: Arc<Semaphore>,
     puller: JoinHandle<()>,
-    held: HashMap<Uuid, jetstream::Message>,
+    held: HashMap<Uuid, (jetstream::Message, String)>,
     waiting: VecDeque<Ticket>,
     idle: BTreeSet<String>,
     running: HashMap<String, Vec<Uuid>>,
@@ -197,7 +197,8 @@ pub fn take_batch(waiting: &mut VecDeque<Ticket>, max_batch: usize, model_max: &
 }
 
 fn settle(state: &mut SchedulerState, job_id: Uuid, outcome: Outcome) {
-    let Some(message) = state.held.remove(&job_id) else { return };
+    let Some((message, agent)) = state.held.remove(&job_id) else { return };
+    metrics::ACTIVE_JOBS.with_label_values(&[&agent]).dec();
     state.credits.add_permits(1);
     tokio::spawn(ack(message, outcome));
 }
@@ -258,9 +259,11 @@ impl Actor for Scheduler {
             SchedulerMsg::Delivered(message) => match self.admit(&message).await {
                 Ok(Some(ticket)) => {
                     let job_id = ticket.job.job_id;
-                    if let Some(previous) = state.held.insert(job_id, message) {
+                    let agent = ticket.job.agent.clone();
+                    metrics::ACTIVE_JOBS.with_label_values(&[&agent]).inc();
+                    if state.held.insert(job_id, (message, agent.clone())).is_some() {
                         // Redelivered while we still hold it: keep the newest handle.
-                        drop(previous);
+                        metrics::ACTIVE_JOBS.with_label_values(&[&agent]).dec();
                         state.credits.add_permits(1);
                         state.waiting.retain(|t| t.job.job_id != job_id);
                     }
@@ -285,10 +288,16 @@ impl Actor for Scheduler {
                 self.dispatch(state);
             }
             SchedulerMsg::KeepAlive => {
-                let held: Vec<jetstream::Message> = state.held.values().cloned().collect();
+                let held: Vec<jetstream::Message> = state.held.values().map(|(m, _)| m.clone()).collect();
+                let js = self.bus.js.clone();
                 tokio::spawn(async move {
                     for message in held {
                         let _ = message.ack_with(AckKind::Progress).await;
+                    }
+                    if let Ok(stream) = js.get_stream(orfeas_wire::subjects::QUEUE_STREAM).await {
+                        if let Ok(info) = stream.consumer_info(orfeas_wire::subjects::SCHEDULER_CONSUMER).await {
+                            metrics::QUEUE_DEPTH.with_label_values(&["normal"]).set(info.num_pending as i64);
+                        }
                     }
                 });
             }

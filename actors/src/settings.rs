@@ -42,6 +42,8 @@ pub struct NodeSettings {
     pub clock_skew_s: u64,
     /// Largest image side in pixels.
     pub max_image_side: u32,
+    /// Where to serve `/metrics`, `/healthz`, `/readyz`; `None` = no endpoint.
+    pub http_listen: Option<std::net::SocketAddr>,
     /// Extra time added to every batch on a device (simulated slow device for
     /// scale and fault tests; zero in production).
     pub simulated_latency: Duration,
@@ -68,6 +70,7 @@ impl NodeSettings {
             submit_queue_max: 100_000,
             clock_skew_s: 120,
             max_image_side: 4096,
+            http_listen: None,
             simulated_latency: Duration::ZERO,
         }
     }

@@ -109,6 +109,8 @@ pub struct NodeProcess {
     child: Child,
     pub node_id: String,
     pub log: PathBuf,
+    /// Port of the node's /metrics, /healthz, /readyz.
+    pub http_port: u16,
 }
 
 /// Options of a node process.
@@ -122,9 +124,11 @@ impl NodeProcess {
     /// Start `orfeas serve` and wait until it registered itself.
     pub async fn start(nats: &NatsServer, options: NodeOptions<'_>) -> Self {
         let log = nats.dir.path().join(format!("{}.log", options.node_id));
+        let http_port = free_port();
         let mut command = Command::new(orfeas_bin());
         command
             .arg("serve")
+            .env("ORFEAS_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
             .arg("--nats")
             .arg(&nats.url)
             .env("ORFEAS_NODE_ID", options.node_id)
@@ -137,7 +141,7 @@ impl NodeProcess {
             command.env(k, v);
         }
         let child = command.spawn().expect("start orfeas serve");
-        let mut node = Self { child, node_id: options.node_id.to_string(), log };
+        let mut node = Self { child, node_id: options.node_id.to_string(), log, http_port };
         node.wait_registered(&nats.url).await;
         node
     }
@@ -290,4 +294,25 @@ pub fn trimesh_check(path: &Path) -> TrimeshVerdict {
         winding_consistent: v["winding_consistent"].as_bool().unwrap(),
         volume: v["volume"].as_f64().unwrap(),
     }
+}
+
+/// A plain HTTP/1.1 GET on loopback: (status, body).
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the http endpoint");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one sample line of a Prometheus text exposition, 0 if absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map(|v| v.trim().parse().expect("a number"))
+        .unwrap_or(0.0)
 }
