@@ -9,7 +9,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use orfeas_wire::{
     client::{AgentClient, JobEvents},
-    v1::{Event, EventKind, Format, ImageInput, ResultFile, SubmitJob},
+    v1::{Event, EventKind, Format, ImageInput, JobParams, ResultFile, SubmitJob},
 };
 use uuid::Uuid;
 
@@ -27,15 +27,15 @@ pub fn media_type(bytes: &[u8], path: &Path) -> Result<&'static str> {
 pub fn formats(names: &[String]) -> Result<Vec<Format>> {
     names
         .iter()
-        .map(|n| Format::parse(n).with_context(|| format!("unknown format {n:?} (glb, stl)")))
+        .map(|n| Format::parse(n).with_context(|| format!("unknown format {n:?} (glb, stl, obj, ply, 3mf)")))
         .collect()
 }
 
 /// A job for `image` (a fresh time-ordered job id).
-pub fn job_for(image: &Path, model: &str, formats: Vec<Format>) -> Result<SubmitJob> {
+pub fn job_for(image: &Path, model: &str, formats: Vec<Format>, params: JobParams) -> Result<SubmitJob> {
     let data = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
     let media_type = media_type(&data, image)?.to_string();
-    Ok(SubmitJob { job_id: Uuid::now_v7(), model: model.to_string(), image: ImageInput::Inline { media_type, data }, formats })
+    Ok(SubmitJob { job_id: Uuid::now_v7(), model: model.to_string(), image: ImageInput::Inline { media_type, data }, formats, params })
 }
 
 /// Read events until the terminal one, calling `on_event` for each.
@@ -95,7 +95,7 @@ pub fn describe(event: &Event) -> String {
     match &event.kind {
         EventKind::Accepted { queue_position } => format!("accepted (queue position {queue_position})"),
         EventKind::Progress { stage, percent } => format!("{} {percent}%", stage.as_str()),
-        EventKind::Completed { results, mesh } => format!(
+        EventKind::Completed { results, mesh, .. } => format!(
             "completed: {} files, {} faces, closed manifold: {}",
             results.len(),
             mesh.faces,

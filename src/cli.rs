@@ -41,8 +41,65 @@ pub enum Command {
     },
     /// Submit one image as an agent and print its events.
     Submit(SubmitArgs),
+    /// Run the mesh pipeline on a volume saved by NumPy (`.npy`, float32,
+    /// C order, axes [z, y, x]; value > iso is solid unless --sdf).
+    Mesh(MeshArgs),
     /// Print the resolved configuration (secrets redacted).
     Config,
+}
+
+/// How the mesh is made (job parameters).
+#[derive(Args, Debug, Clone)]
+pub struct ShapeArgs {
+    /// Decimate to about this many triangles (100..=2000000).
+    #[arg(long)]
+    pub faces: Option<u32>,
+    /// Longest side of the printed object, millimetres.
+    #[arg(long)]
+    pub size_mm: Option<f32>,
+    /// Keep the voxel terracing (no smoothing).
+    #[arg(long)]
+    pub no_smooth: bool,
+    /// No vertex colours.
+    #[arg(long)]
+    pub no_colour: bool,
+    /// No preview renders.
+    #[arg(long)]
+    pub no_previews: bool,
+}
+
+/// `orfeas mesh`
+#[derive(Args, Debug)]
+pub struct MeshArgs {
+    /// The volume (.npy).
+    pub volume: PathBuf,
+    /// Output file; its extension picks the format (glb, stl, obj, ply, 3mf).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Surface level.
+    #[arg(long, default_value_t = 0.0)]
+    pub iso: f32,
+    /// Values below iso are solid (signed distance) instead of above (occupancy).
+    #[arg(long)]
+    pub sdf: bool,
+    /// World bounds: minimum x,y,z.
+    #[arg(long, value_delimiter = ',', default_value = "-1,-1,-1")]
+    pub bounds_min: Vec<f32>,
+    /// World bounds: maximum x,y,z.
+    #[arg(long, value_delimiter = ',', default_value = "1,1,1")]
+    pub bounds_max: Vec<f32>,
+    /// Decimate to about this many triangles.
+    #[arg(long)]
+    pub faces: Option<usize>,
+    /// Longest side of the printed object, millimetres.
+    #[arg(long)]
+    pub size_mm: Option<f32>,
+    /// Keep the voxel terracing (no smoothing).
+    #[arg(long)]
+    pub no_smooth: bool,
+    /// Also write PNG previews next to the output.
+    #[arg(long)]
+    pub previews: bool,
 }
 
 /// `orfeas generate`
@@ -54,7 +111,7 @@ pub struct GenerateArgs {
     /// Output file (one image: `out.glb` → `out.glb` + `out.stl`) or folder.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
-    /// Output formats, comma separated.
+    /// Output formats, comma separated (glb, stl, obj, ply, 3mf).
     #[arg(long, default_value = "glb,stl", value_delimiter = ',')]
     pub format: Vec<String>,
     /// Model to run.
@@ -66,6 +123,9 @@ pub struct GenerateArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_s: u64,
+    /// How the mesh is made.
+    #[command(flatten)]
+    pub shape: ShapeArgs,
 }
 
 /// `orfeas serve`
@@ -137,4 +197,20 @@ pub struct SubmitArgs {
     /// Give up waiting after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_s: u64,
+    /// How the mesh is made.
+    #[command(flatten)]
+    pub shape: ShapeArgs,
+}
+
+impl ShapeArgs {
+    /// The job parameters these flags ask for.
+    pub fn params(&self) -> orfeas_wire::v1::JobParams {
+        orfeas_wire::v1::JobParams {
+            target_faces: self.faces,
+            size_mm: self.size_mm,
+            smooth: self.no_smooth.then_some(false),
+            colour: self.no_colour.then_some(false),
+            previews: self.no_previews.then_some(false),
+        }
+    }
 }

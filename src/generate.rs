@@ -22,6 +22,7 @@ const LOCAL_AGENT: &str = "local";
 /// Run `generate`; returns the number of images that failed.
 pub async fn run(config: Config, args: GenerateArgs) -> Result<usize> {
     let formats = agent::formats(&args.format)?;
+    args.shape.params().validate().map_err(anyhow::Error::msg)?;
     for image in &args.images {
         if !image.is_file() {
             bail!("{} does not exist", image.display());
@@ -61,7 +62,7 @@ async fn submit_all(node: &node::RunningNode, deployment: &str, args: &GenerateA
     let style = ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos:>3}% {msg}").expect("template").progress_chars("=> ");
     let mut running = Vec::new();
     for image in &args.images {
-        let job = agent::job_for(image, &args.model, formats.clone())?;
+        let job = agent::job_for(image, &args.model, formats.clone(), args.shape.params())?;
         let events = client.submit(&job).await?;
         let bar = bars.add(ProgressBar::new(100));
         bar.set_style(style.clone());
@@ -84,7 +85,7 @@ async fn submit_all(node: &node::RunningNode, deployment: &str, args: &GenerateA
         })
         .await;
         match last.map(|e| e.kind) {
-            Ok(EventKind::Completed { results, mesh }) => {
+            Ok(EventKind::Completed { results, mesh, .. }) => {
                 let mut written: Vec<PathBuf> = Vec::new();
                 for file in &results {
                     let to = agent::output_path(args.output.as_deref(), &image, file.format);

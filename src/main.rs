@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod embedded;
 mod generate;
+mod mesh_cmd;
 mod telemetry;
 
 use std::{collections::BTreeMap, process::ExitCode, time::Duration};
@@ -96,7 +97,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let key = read_key(&args.key)?;
             let client = bus::connect(&url, &format!("orfeas-agent-{}", args.agent)).await?;
             let mut agent_client = AgentClient::new(client.clone(), &args.agent, key, &config.node.deployment);
-            let job = agent::job_for(&args.image, &args.model, agent::formats(&args.format)?)?;
+            let job = agent::job_for(&args.image, &args.model, agent::formats(&args.format)?, args.shape.params())?;
             let mut events = agent_client.submit(&job).await?;
             println!("submitted job {}", job.job_id);
             if !args.wait {
@@ -121,6 +122,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 _ => Ok(ExitCode::from(2)),
             }
+        }
+        Command::Mesh(args) => {
+            mesh_cmd::run(&args)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Config => {
             print!("{}", config.redacted());

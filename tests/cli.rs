@@ -60,3 +60,48 @@ async fn cli_keys_agents_submit_round_trip() {
 }
 
 use std::os::unix::fs::PermissionsExt;
+
+/// A .npy file (format 1.0, `<f4`, C order) holding a sphere occupancy.
+fn sphere_npy(n: usize, radius: f32) -> Vec<u8> {
+    let header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({n}, {n}, {n}), }}");
+    let pad = 64 - (10 + header.len() + 1) % 64;
+    let header = format!("{header}{}\n", " ".repeat(pad % 64));
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    let c = (n - 1) as f32 / 2.0;
+    for z in 0..n {
+        for y in 0..n {
+            for x in 0..n {
+                let p = [x as f32 - c, y as f32 - c, z as f32 - c].map(|v| v / c);
+                let r = (p[0] * p[0] + p[1] * p[1] + p[2] * p[2]).sqrt();
+                out.extend_from_slice(&(radius - r).to_le_bytes());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn cli_mesh_turns_a_volume_into_a_printable_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let npy = dir.path().join("sphere.npy");
+    std::fs::write(&npy, sphere_npy(48, 0.7)).unwrap();
+    let out = dir.path().join("sphere.3mf");
+    let result = orfeas(&["mesh", npy.to_str().unwrap(), "-o", out.to_str().unwrap(), "--faces", "3000", "--size-mm", "40", "--previews"]);
+    let stdout = text(&result.stdout);
+    assert!(result.status.success(), "{stdout}\n{}", text(&result.stderr));
+    assert!(stdout.contains("closed: true  2-manifold: true  winding consistent: true"), "{stdout}");
+    assert!(dir.path().join("sphere.front.png").is_file());
+    let verdict = common::trimesh_check(&out);
+    assert!(verdict.watertight && verdict.winding_consistent, "{verdict:?}");
+    assert!(verdict.faces <= 3300, "decimated: {verdict:?}");
+    // A 40 mm sphere: volume 4/3·π·20³ ≈ 33 510 mm³ (faceting loses a little).
+    assert!((verdict.volume - 33_510.0).abs() / 33_510.0 < 0.06, "{verdict:?}");
+    // Wrong inputs get clear errors.
+    let bad = orfeas(&["mesh", npy.to_str().unwrap(), "-o", dir.path().join("x.fbx").to_str().unwrap()]);
+    assert!(!bad.status.success() && text(&bad.stderr).contains("not one of glb, stl, obj, ply, 3mf"));
+    std::fs::write(dir.path().join("junk.npy"), b"not numpy").unwrap();
+    let bad = orfeas(&["mesh", dir.path().join("junk.npy").to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert!(!bad.status.success() && text(&bad.stderr).contains("is not a float32 C-order 3-D .npy"), "{}", text(&bad.stderr));
+}

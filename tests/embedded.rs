@@ -60,6 +60,20 @@ fn embedded_generate_writes_files_and_never_leaves_a_server() {
     assert_eq!(stl.len(), 84 + 50 * u32::from_le_bytes(stl[80..84].try_into().unwrap()) as usize);
     assert!(embedded_servers().is_empty(), "server left after success");
 
+    // Every format, decimated and scaled, checked by trimesh.
+    let result = generate()
+        .arg(repo().join("examples/star.png"))
+        .args(["--format", "obj,ply,3mf", "--faces", "4000", "--size-mm", "60", "-o"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    for ext in ["obj", "ply", "3mf"] {
+        let verdict = common::trimesh_check(&out.path().join(format!("star.{ext}")));
+        assert!(verdict.watertight && verdict.winding_consistent, "{ext}: {verdict:?}");
+        assert!(verdict.faces <= 4400, "{ext}: {verdict:?}");
+    }
+
     // 2. Failure (a file that is not an image): non-zero exit, clear message.
     let bogus = out.path().join("notes.png");
     std::fs::write(&bogus, "just text").unwrap();

@@ -38,6 +38,7 @@ async fn observability_metrics_move_during_a_job_and_probes_answer() {
         model: "inflate".into(),
         image: ImageInput::Inline { media_type: "image/png".into(), data: example("mug.png") },
         formats: vec![Format::Stl],
+        params: Default::default(),
     };
     let mut events = client.submit(&job).await.unwrap();
     loop {

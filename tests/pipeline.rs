@@ -22,6 +22,7 @@ fn job(image: &str, formats: Vec<Format>) -> SubmitJob {
         model: "inflate".into(),
         image: ImageInput::Inline { media_type: "image/png".into(), data: example(image) },
         formats,
+        params: Default::default(),
     }
 }
 
@@ -43,7 +44,7 @@ async fn pipeline_signed_png_completes_with_closed_mesh_then_tampered_is_rejecte
         assert!(!seen.contains(&event.seq), "seq {} seen twice", event.seq);
         seen.push(event.seq);
         match event.kind {
-            EventKind::Completed { results, mesh } => break (results, mesh),
+            EventKind::Completed { results, mesh, report, previews } => break (results, mesh, report, previews),
             EventKind::Failed(f) | EventKind::Rejected(f) => panic!("job failed: {f:?}"),
             EventKind::Accepted { .. } => assert_eq!(event.seq, 0, "accepted is seq 0"),
             EventKind::Progress { stage, percent } => {
@@ -53,7 +54,15 @@ async fn pipeline_signed_png_completes_with_closed_mesh_then_tampered_is_rejecte
             }
         }
     };
-    let (results, mesh) = completed;
+    let (results, mesh, report, previews) = completed;
+    let report = report.expect("a printability report");
+    assert!(report.closed && report.two_manifold && report.winding_consistent, "{report:?}");
+    assert!(report.volume_mm3 > 0.0 && report.fits_build_volume);
+    assert_eq!(previews.len(), 4, "four preview renders by default");
+    for p in &previews {
+        let png = std::fs::read(p.url.strip_prefix("file://").unwrap()).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "{} is a PNG", p.view);
+    }
     assert!(seen.contains(&0), "accepted was published");
     // Progress events of one attempt come from one publisher, in order, and
     // the final answer carries the highest seq.

@@ -32,6 +32,7 @@ async fn recovery_killed_node_job_completes_once_after_restart() {
         model: "inflate".into(),
         image: ImageInput::Inline { media_type: "image/png".into(), data: example("mug.png") },
         formats: vec![Format::Stl],
+        params: Default::default(),
     };
     let mut events = client.submit(&job).await.unwrap();
     // Wait until the first node is working on it (preprocessing precedes the

@@ -266,6 +266,7 @@ mod tests {
             agent: "t".into(),
             model: "inflate".into(),
             formats: vec![Format::Glb],
+            params: Default::default(),
             image: ImageInput::Inline { media_type: "image/png".into(), data: image },
             admitted_at_ms: 0,
         };

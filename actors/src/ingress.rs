@@ -136,10 +136,17 @@ pub fn check_submission(
         served.sort_unstable();
         return Err(reject(ErrorCode::UnknownModel, format!("model {:?} is not served (models: {})", job.model, served.join(", "))));
     }
+    job.params.validate().map_err(|e| reject(ErrorCode::Invalid, e))?;
     if job.formats.is_empty() {
         job.formats = vec![Format::Glb];
     }
-    job.formats.dedup();
+    let mut unique = Vec::with_capacity(job.formats.len());
+    for f in job.formats.drain(..) {
+        if !unique.contains(&f) {
+            unique.push(f);
+        }
+    }
+    job.formats = unique;
     let ImageInput::Inline { media_type, data } = &job.image;
     if data.len() > v1::MAX_INLINE_IMAGE_BYTES {
         return Err(reject(ErrorCode::TooLarge, format!("inline image of {} bytes exceeds {}", data.len(), v1::MAX_INLINE_IMAGE_BYTES)));
@@ -274,6 +281,7 @@ impl Ingress {
             agent: agent.clone(),
             model: job.model,
             formats: job.formats,
+            params: job.params,
             image: job.image,
             admitted_at_ms: now_ms(),
         };
@@ -382,6 +390,7 @@ max_batch = 4"#,
             model: model.into(),
             image: ImageInput::Inline { media_type: "image/png".into(), data: image },
             formats: vec![],
+            params: Default::default(),
         }
     }
 
@@ -417,6 +426,12 @@ max_batch = 4"#,
         assert_eq!(code(check(&b, &s, Some(key.public()), 1_000)), ErrorCode::UnknownModel);
         let (s, b) = job("inflate", b"not an image".to_vec()).seal("alice", &key, "orfeas", 1_000, 300);
         assert_eq!(code(check(&b, &s, Some(key.public()), 1_000)), ErrorCode::InvalidImage);
+        let mut bad_params = job("inflate", png());
+        bad_params.params.target_faces = Some(3);
+        let (s, b) = bad_params.seal("alice", &key, "orfeas", 1_000, 300);
+        let r = check(&b, &s, Some(key.public()), 1_000).unwrap_err();
+        assert_eq!(r.failure.code, ErrorCode::Invalid);
+        assert!(r.failure.error.contains("target_faces 3"), "{}", r.failure.error);
         let (s, b) = job("inflate", png()).seal("alice", &key, "elsewhere", 1_000, 300);
         assert_eq!(code(check(&b, &s, Some(key.public()), 1_000)), ErrorCode::Forbidden);
         assert_eq!(code(check(b"garbage", &subject, Some(key.public()), 1_000)), ErrorCode::Malformed);

@@ -18,9 +18,9 @@
 use std::{sync::Arc, time::{Duration, Instant}};
 
 use image::RgbaImage;
-use orfeas_mesh::{Inside, Mesh, Volume};
+use orfeas_mesh::{ExportFormat, Inside, Mesh, MeshOptions, Volume};
 use orfeas_wire::{
-    v1::{EventKind, Failure, Format, MeshStats, ResultFile, Stage},
+    v1::{EventKind, Failure, Format, MeshStats, Preview, PrintReport, ResultFile, Stage},
     ErrorCode,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -41,6 +41,8 @@ use crate::{
 
 /// Components smaller than this fraction of the largest are dropped.
 const FLOATER_FRACTION: f32 = 0.02;
+/// Side of each preview image, pixels.
+const PREVIEW_SIZE: u32 = 512;
 
 /// A job's volume, straight from the device.
 pub struct VolumeJob {
@@ -134,29 +136,63 @@ async fn deliver(job: VolumeJob, meshing: Arc<Semaphore>, store: &ResultStore, e
     let started = Instant::now();
     let permit = meshing.acquire_owned().await.map_err(|_| Failure::new(ErrorCode::Internal, "meshing pool closed"))?;
     let formats = ticket.job.formats.clone();
-    let (files, stats) = tokio::task::spawn_blocking(move || {
+    let sink = events.clone();
+    let made = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        mesh_and_export(&job, &formats)
+        mesh_and_export(&job, &formats, || sink.progress(&job.ticket, Stage::Exporting, 75))
     })
     .await
     .map_err(|e| Failure::new(ErrorCode::Internal, format!("meshing task panicked: {e}")))??;
     metrics::STAGE_SECONDS.with_label_values(&["meshing"]).observe(started.elapsed().as_secs_f64());
     events.progress(&ticket, Stage::Storing, 85);
     let started = Instant::now();
-    let mut results = Vec::with_capacity(files.len());
-    for (format, bytes) in files {
-        let key = ResultStore::job_key(&ticket.job.agent, &ticket.job.job_id, &format!("model.{}", format.extension()));
-        let stored = store.put(&key, bytes).await.map_err(|e| Failure::new(ErrorCode::StorageFailed, e.to_string()))?;
+    let put = |name: String, bytes: Vec<u8>| {
+        let key = ResultStore::job_key(&ticket.job.agent, &ticket.job.job_id, &name);
+        async move { store.put(&key, bytes).await.map_err(|e| Failure::new(ErrorCode::StorageFailed, e.to_string())) }
+    };
+    let mut results = Vec::with_capacity(made.files.len());
+    for (format, bytes) in made.files {
+        let stored = put(format!("model.{}", format.extension()), bytes).await?;
         results.push(ResultFile { format, location: stored.key, url: stored.url, bytes: stored.bytes, sha256: stored.sha256 });
     }
+    let mut previews = Vec::with_capacity(made.previews.len());
+    for (view, png) in made.previews {
+        let stored = put(format!("preview-{view}.png"), png).await?;
+        previews.push(Preview { view, location: stored.key, url: stored.url, bytes: stored.bytes });
+    }
     metrics::STAGE_SECONDS.with_label_values(&["storing"]).observe(started.elapsed().as_secs_f64());
-    Ok(EventKind::Completed { results, mesh: stats })
+    Ok(EventKind::Completed { results, mesh: made.stats, report: Some(made.report), previews })
 }
 
-/// Volume → closed, coloured mesh → requested formats (CPU-heavy; runs on
-/// the blocking pool).
-pub fn mesh_and_export(job: &VolumeJob, formats: &[Format]) -> Result<(Vec<(Format, Vec<u8>)>, MeshStats), Failure> {
+/// Everything made from one volume.
+pub struct Made {
+    /// Requested formats, encoded.
+    pub files: Vec<(Format, Vec<u8>)>,
+    /// PNG previews by view name.
+    pub previews: Vec<(String, Vec<u8>)>,
+    /// Mesh facts.
+    pub stats: MeshStats,
+    /// Printability.
+    pub report: PrintReport,
+}
+
+fn export_format(format: Format) -> ExportFormat {
+    match format {
+        Format::Glb => ExportFormat::Glb,
+        Format::Stl => ExportFormat::Stl,
+        Format::Obj => ExportFormat::Obj,
+        Format::Ply => ExportFormat::Ply,
+        Format::ThreeMf => ExportFormat::ThreeMf,
+    }
+}
+
+/// Volume → cleaned, smoothed, decimated, coloured mesh → requested formats,
+/// previews and printability report, honouring the job's parameters
+/// (CPU-heavy; runs on the blocking pool). `exporting` is called between
+/// meshing and writing files.
+pub fn mesh_and_export(job: &VolumeJob, formats: &[Format], exporting: impl FnOnce()) -> Result<Made, Failure> {
     let m = &job.manifest;
+    let params = &job.ticket.job.params;
     let volume = Volume {
         data: &job.data,
         dims: m.grid,
@@ -168,29 +204,58 @@ pub fn mesh_and_export(job: &VolumeJob, formats: &[Format]) -> Result<(Vec<(Form
             OutputKind::Sdf => Inside::Below,
         },
     };
+    let options = MeshOptions {
+        target_faces: params.target_faces.map(|n| n as usize),
+        smooth: params.smooth.unwrap_or(true),
+        floater_fraction: FLOATER_FRACTION,
+        size_mm: params.size_mm,
+        ..MeshOptions::default()
+    };
     let mesh_failure = |e: orfeas_mesh::MeshError| Failure::new(ErrorCode::MeshFailed, format!("{} ({})", e, e.code()));
-    let extracted = orfeas_mesh::extract(&volume).map_err(mesh_failure)?;
-    let mut mesh: Mesh = orfeas_mesh::remove_floaters(&extracted, FLOATER_FRACTION);
-    mesh.colors = Some(mesh.positions.iter().map(|p| colour_at(&job.image, m.bounds_min, m.bounds_max, p[0], p[1])).collect());
-    let topology = orfeas_mesh::check(&mesh);
+    let processed = orfeas_mesh::process(&volume, &options).map_err(mesh_failure)?;
+    for note in &processed.notes {
+        tracing::debug!(job_id = %job.ticket.job.job_id, note, "mesh pipeline");
+    }
+    let mut mesh: Mesh = processed.mesh;
+    if params.colour.unwrap_or(true) {
+        // Colours follow the final vertices, so they are projected after
+        // smoothing and decimation moved or dropped vertices.
+        mesh.colors = Some(mesh.positions.iter().map(|p| colour_at(&job.image, m.bounds_min, m.bounds_max, p[0], p[1])).collect());
+    }
+    exporting();
     let mut files = Vec::with_capacity(formats.len());
     for &format in formats {
-        let bytes = match format {
-            Format::Glb => orfeas_mesh::to_glb(&mesh).map_err(mesh_failure)?,
-            Format::Stl => orfeas_mesh::to_stl(&mesh),
-        };
-        files.push((format, bytes));
+        files.push((format, orfeas_mesh::export(&mesh, export_format(format), params.size_mm).map_err(mesh_failure)?));
     }
+    let previews = if params.previews.unwrap_or(true) { orfeas_mesh::render_previews(&mesh, PREVIEW_SIZE) } else { Vec::new() };
+    let topology = orfeas_mesh::check(&mesh);
+    let r = processed.report;
     let stats = MeshStats {
         vertices: topology.vertices as u64,
         faces: topology.faces as u64,
-        closed_manifold: topology.is_closed_manifold(),
+        closed_manifold: r.closed && r.two_manifold && r.winding_consistent,
         components: topology.components as u64,
         volume: topology.volume,
         bbox_min: topology.bbox_min,
         bbox_max: topology.bbox_max,
     };
-    Ok((files, stats))
+    let report = PrintReport {
+        closed: r.closed,
+        two_manifold: r.two_manifold,
+        winding_consistent: r.winding_consistent,
+        components: r.components as u64,
+        euler: r.euler,
+        genus: r.genus,
+        volume_mm3: r.volume_mm3,
+        area_mm2: r.area_mm2,
+        bbox_mm: r.bbox_mm,
+        degenerate_faces: r.degenerate_faces as u64,
+        self_intersections: r.self_intersections.map(|n| n as u64),
+        build_volume_mm: r.build_volume_mm,
+        fits_build_volume: r.fits_build_volume,
+        problems: r.problems,
+    };
+    Ok(Made { files, previews, stats, report })
 }
 
 /// Writes a job's answer in the order that loses nothing and doubles nothing.
@@ -290,16 +355,36 @@ mod tests {
             agent: "t".into(),
             model: "inflate".into(),
             formats: vec![Format::Glb, Format::Stl],
+            params: Default::default(),
             image: ImageInput::Inline { media_type: "image/png".into(), data: vec![] },
             admitted_at_ms: 0,
         };
         let volume_job = VolumeJob { ticket: Ticket::new(job, 1, 1), data, manifest: Arc::new(manifest), image: prepared.rgba };
-        let (files, stats) = mesh_and_export(&volume_job, &[Format::Glb, Format::Stl]).unwrap();
+        let mut called = false;
+        let made = mesh_and_export(&volume_job, &Format::ALL, || called = true).unwrap();
+        assert!(called, "exporting stage reported");
+        let stats = &made.stats;
         assert!(stats.closed_manifold, "{stats:?}");
         assert_eq!(stats.components, 1, "the handle is attached: one piece");
         assert!(stats.volume > 0.05);
-        assert_eq!(files.iter().map(|(f, _)| *f).collect::<Vec<_>>(), vec![Format::Glb, Format::Stl]);
-        assert_eq!(files[1].1.len() as u64, 84 + 50 * stats.faces);
-        assert_eq!(&files[0].1[..4], b"glTF");
+        assert_eq!(made.files.iter().map(|(f, _)| *f).collect::<Vec<_>>(), Format::ALL.to_vec());
+        assert_eq!(made.files[1].1.len() as u64, 84 + 50 * stats.faces);
+        assert_eq!(&made.files[0].1[..4], b"glTF");
+        assert!(made.report.problems.is_empty() || !made.report.closed, "{:?}", made.report);
+        assert!(made.report.closed && made.report.two_manifold && made.report.winding_consistent);
+        assert_eq!(made.previews.len(), 4);
+        assert!(made.previews.iter().all(|(_, png)| png.starts_with(b"\x89PNG")));
+
+        // Parameters are honoured: decimation, size, no colour, no previews.
+        let mut params_job = volume_job;
+        let mut admitted = (*params_job.ticket.job).clone();
+        admitted.params = orfeas_wire::v1::JobParams { target_faces: Some(5_000), size_mm: Some(50.0), colour: Some(false), previews: Some(false), smooth: Some(false) };
+        params_job.ticket = Ticket::new(admitted, 1, 1);
+        let made = mesh_and_export(&params_job, &[Format::Stl], || {}).unwrap();
+        assert!(made.stats.faces <= 5_500, "decimated to about the target: {}", made.stats.faces);
+        assert!(made.stats.closed_manifold);
+        let longest = made.report.bbox_mm.iter().cloned().fold(0.0f32, f32::max);
+        assert!((longest - 50.0).abs() < 0.5, "longest side {longest} mm");
+        assert!(made.previews.is_empty());
     }
 }

@@ -318,6 +318,7 @@ mod tests {
             agent: "a".into(),
             model: model.into(),
             formats: vec![Format::Glb],
+            params: Default::default(),
             image: ImageInput::Inline { media_type: "image/png".into(), data: vec![] },
             admitted_at_ms: 0,
         };

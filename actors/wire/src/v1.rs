@@ -24,36 +24,82 @@ pub const MAX_LIFETIME_S: u64 = 600;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
-    /// glTF 2.0 binary: positions, normals, vertex colours.
+    /// glTF 2.0 binary: positions, normals, vertex colours; Y up, metres when `size_mm` is set.
     Glb,
-    /// Binary STL, Z up, resting on z = 0.
+    /// Binary STL, Z up, resting on z = 0, millimetres.
     Stl,
+    /// Wavefront OBJ with normals and vertex colours.
+    Obj,
+    /// Binary PLY with normals and vertex colours.
+    Ply,
+    /// 3MF package, millimetres, Z up, resting on z = 0.
+    #[serde(rename = "3mf")]
+    ThreeMf,
 }
 
 impl Format {
+    /// Every format, in a stable order.
+    pub const ALL: [Format; 5] = [Format::Glb, Format::Stl, Format::Obj, Format::Ply, Format::ThreeMf];
+
     /// File extension.
     pub fn extension(self) -> &'static str {
         match self {
             Self::Glb => "glb",
             Self::Stl => "stl",
+            Self::Obj => "obj",
+            Self::Ply => "ply",
+            Self::ThreeMf => "3mf",
         }
     }
 
-    /// Parse an extension or name (`glb`, `stl`).
+    /// Parse an extension or name (`glb`, `stl`, `obj`, `ply`, `3mf`).
     pub fn parse(text: &str) -> Option<Self> {
-        match text.trim().to_ascii_lowercase().as_str() {
-            "glb" => Some(Self::Glb),
-            "stl" => Some(Self::Stl),
-            _ => None,
-        }
+        let text = text.trim().to_ascii_lowercase();
+        Self::ALL.into_iter().find(|f| f.extension() == text)
     }
+}
 
-    /// Media type of the file.
-    pub fn media_type(self) -> &'static str {
-        match self {
-            Self::Glb => "model/gltf-binary",
-            Self::Stl => "model/stl",
+/// Largest `target_faces` a job may ask for.
+pub const MAX_TARGET_FACES: u32 = 2_000_000;
+/// Smallest `target_faces` a job may ask for.
+pub const MIN_TARGET_FACES: u32 = 100;
+/// Largest `size_mm` a job may ask for.
+pub const MAX_SIZE_MM: f32 = 10_000.0;
+
+/// How the mesh is made. Every field is optional; absent = the default.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobParams {
+    /// Decimate to about this many triangles ([`MIN_TARGET_FACES`]..=[`MAX_TARGET_FACES`]); default: no decimation.
+    #[serde(default)]
+    pub target_faces: Option<u32>,
+    /// Longest side of the printed object in millimetres (0 < size ≤ [`MAX_SIZE_MM`]); default: 1 model unit = 1 mm.
+    #[serde(default)]
+    pub size_mm: Option<f32>,
+    /// Smooth away voxel terracing; default true.
+    #[serde(default)]
+    pub smooth: Option<bool>,
+    /// Vertex colours projected from the image; default true.
+    #[serde(default)]
+    pub colour: Option<bool>,
+    /// Store four shaded PNG previews; default true.
+    #[serde(default)]
+    pub previews: Option<bool>,
+}
+
+impl JobParams {
+    /// Check bounds; the error names the offending value.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(n) = self.target_faces {
+            if !(MIN_TARGET_FACES..=MAX_TARGET_FACES).contains(&n) {
+                return Err(format!("target_faces {n} is outside {MIN_TARGET_FACES}..={MAX_TARGET_FACES}"));
+            }
         }
+        if let Some(mm) = self.size_mm {
+            if !(mm.is_finite() && mm > 0.0 && mm <= MAX_SIZE_MM) {
+                return Err(format!("size_mm {mm} is outside (0, {MAX_SIZE_MM}]"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -72,7 +118,7 @@ pub enum ImageInput {
 }
 
 /// An agent's request to turn one image into a model. Operation `submit`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SubmitJob {
     /// Chosen by the agent; the same id twice means the same job.
     pub job_id: Uuid,
@@ -83,6 +129,9 @@ pub struct SubmitJob {
     /// Output formats; empty means `[glb]`.
     #[serde(default)]
     pub formats: Vec<Format>,
+    /// How the mesh is made.
+    #[serde(default)]
+    pub params: JobParams,
 }
 
 impl SubmitJob {
@@ -163,6 +212,52 @@ pub struct MeshStats {
     pub bbox_max: [f32; 3],
 }
 
+/// A stored preview image.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Preview {
+    /// `front`, `back`, `left` or `top`.
+    pub view: String,
+    /// Key in the object store.
+    pub location: String,
+    /// Fetchable URL.
+    pub url: String,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// Can it be printed, and if not, why not. Millimetres, Z up.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PrintReport {
+    /// Every edge has two faces.
+    pub closed: bool,
+    /// No edge with more than two faces, no pinched vertex.
+    pub two_manifold: bool,
+    /// Faces consistently oriented outward.
+    pub winding_consistent: bool,
+    /// Connected pieces.
+    pub components: u64,
+    /// Euler characteristic.
+    pub euler: i64,
+    /// Number of handles, when closed and manifold.
+    pub genus: Option<i64>,
+    /// Enclosed volume, mm³.
+    pub volume_mm3: f64,
+    /// Surface area, mm².
+    pub area_mm2: f64,
+    /// Bounding box size (x, y, z), mm.
+    pub bbox_mm: [f32; 3],
+    /// Zero-area or repeated-vertex faces.
+    pub degenerate_faces: u64,
+    /// Crossing face pairs; absent when skipped for size.
+    pub self_intersections: Option<u64>,
+    /// Build volume compared with, mm.
+    pub build_volume_mm: [f32; 3],
+    /// Fits that build volume.
+    pub fits_build_volume: bool,
+    /// Why it is not printable as is; empty when it is.
+    pub problems: Vec<String>,
+}
+
 /// A refusal or failure: one shape for every error.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
@@ -208,6 +303,12 @@ pub enum EventKind {
         results: Vec<ResultFile>,
         /// Facts about the mesh.
         mesh: MeshStats,
+        /// Printability, when the node measured it.
+        #[serde(default)]
+        report: Option<PrintReport>,
+        /// Preview renders (empty when not asked for).
+        #[serde(default)]
+        previews: Vec<Preview>,
     },
     /// The admitted job failed; final.
     Failed(Failure),
@@ -286,6 +387,9 @@ pub struct AdmittedJob {
     pub formats: Vec<Format>,
     /// The image, as submitted.
     pub image: ImageInput,
+    /// How the mesh is made (validated).
+    #[serde(default)]
+    pub params: JobParams,
     /// When the node admitted it, milliseconds since the epoch.
     pub admitted_at_ms: u64,
 }
@@ -302,6 +406,8 @@ mod tests {
             EventKind::Completed {
                 results: vec![ResultFile { format: Format::Glb, location: "a/b.glb".into(), url: "file:///a/b.glb".into(), bytes: 10, sha256: "00".into() }],
                 mesh: MeshStats { vertices: 1, faces: 2, closed_manifold: true, components: 1, volume: 1.5, bbox_min: [0.0; 3], bbox_max: [1.0; 3] },
+                report: None,
+                previews: vec![],
             },
             EventKind::Failed(Failure::new(ErrorCode::InvalidImage, "image is 0x0")),
             EventKind::Rejected(Failure::new(ErrorCode::BadSignature, "signature does not verify")),
@@ -324,6 +430,25 @@ mod tests {
         let old = Old { job_id: Uuid::nil(), model: "inflate".into(), image: ImageInput::Inline { media_type: "image/png".into(), data: vec![1, 2] } };
         let job: SubmitJob = crate::from_cbor(&crate::to_cbor(&old)).unwrap();
         assert!(job.formats.is_empty());
+        assert_eq!(job.params, JobParams::default());
+    }
+
+    #[test]
+    fn formats_parse_and_serialize_by_extension() {
+        for f in Format::ALL {
+            assert_eq!(Format::parse(f.extension()), Some(f));
+            let name: String = crate::from_cbor(&crate::to_cbor(&f)).unwrap();
+            assert_eq!(name, f.extension());
+        }
+        assert_eq!(Format::parse("fbx"), None);
+    }
+
+    #[test]
+    fn params_bounds_are_checked() {
+        assert!(JobParams::default().validate().is_ok());
+        assert!(JobParams { target_faces: Some(50), ..Default::default() }.validate().unwrap_err().contains("50"));
+        assert!(JobParams { size_mm: Some(f32::NAN), ..Default::default() }.validate().is_err());
+        assert!(JobParams { size_mm: Some(80.0), target_faces: Some(20_000), ..Default::default() }.validate().is_ok());
     }
 
     #[test]
