@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{agent, example, http_get, metric, NatsServer, NodeOptions, NodeProcess};
-use orfeas_wire::v1::{EventKind, Format, ImageInput, SubmitJob};
+use common::{agent, http_get, metric, NatsServer, NodeOptions, NodeProcess};
+use orfeas_wire::v1::{EventKind, Format, SubmitJob};
 use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,13 +33,7 @@ async fn observability_metrics_move_during_a_job_and_probes_answer() {
     assert!(before.contains("# TYPE orfeas_dead_letters_total counter"), "every metric is exposed from the start");
 
     let (mut client, _) = agent(&nats.url, "eve").await;
-    let job = SubmitJob {
-        job_id: Uuid::now_v7(),
-        model: "inflate".into(),
-        image: ImageInput::Inline { media_type: "image/png".into(), data: example("mug.png") },
-        formats: vec![Format::Stl],
-        params: Default::default(),
-    };
+    let job = common::example_job("mug.png", vec![Format::Stl]);
     let mut events = client.submit(&job).await.unwrap();
     loop {
         match client.next_event(&mut events, Duration::from_secs(120)).await.unwrap().kind {

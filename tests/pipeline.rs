@@ -7,23 +7,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::{agent, assert_closed, example, glb_triangles, trimesh_check, NatsServer, NodeOptions, NodeProcess};
+use common::{agent, assert_closed, glb_triangles, trimesh_check, NatsServer, NodeOptions, NodeProcess};
 use orfeas_wire::{
     v1::{EventKind, Format, ImageInput, Stage, SubmitJob},
     ErrorCode,
 };
-use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(120);
 
 fn job(image: &str, formats: Vec<Format>) -> SubmitJob {
-    SubmitJob {
-        job_id: Uuid::now_v7(),
-        model: "inflate".into(),
-        image: ImageInput::Inline { media_type: "image/png".into(), data: example(image) },
-        formats,
-        params: Default::default(),
-    }
+    common::example_job(image, formats)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

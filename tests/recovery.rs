@@ -7,10 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{agent, eventually, example, NatsServer, NodeOptions, NodeProcess};
+use common::{agent, eventually, NatsServer, NodeOptions, NodeProcess};
 use futures::StreamExt;
-use orfeas_wire::v1::{Event, EventKind, Format, ImageInput, Stage, SubmitJob};
-use uuid::Uuid;
+use orfeas_wire::v1::{Event, EventKind, Format, Stage};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_killed_node_job_completes_once_after_restart() {
@@ -27,13 +26,7 @@ async fn recovery_killed_node_job_completes_once_after_restart() {
     };
     let mut first = NodeProcess::start(&nats, NodeOptions { node_id: "first", store: store.path(), env: env(60_000) }).await;
     let (mut client, _) = agent(&nats.url, "carol").await;
-    let job = SubmitJob {
-        job_id: Uuid::now_v7(),
-        model: "inflate".into(),
-        image: ImageInput::Inline { media_type: "image/png".into(), data: example("mug.png") },
-        formats: vec![Format::Stl],
-        params: Default::default(),
-    };
+    let job = common::example_job("mug.png", vec![Format::Stl]);
     let mut events = client.submit(&job).await.unwrap();
     // Wait until the first node is working on it (preprocessing precedes the
     // simulated device time), then kill it without any shutdown.

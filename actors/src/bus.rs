@@ -116,35 +116,28 @@ impl Bus {
     pub async fn ensure(client: async_nats::Client, settings: &NodeSettings) -> Result<Self, BusError> {
         let js = jetstream::new(client.clone());
         let replicas = settings.replicas;
-        js.get_or_create_stream(jetstream::stream::Config {
-            name: subjects::SUBMIT_STREAM.into(),
-            subjects: vec![subjects::SUBMIT_WILDCARD.into()],
+        // Both job streams are work queues on file: a message lives until a
+        // node acks it. A full queue refuses new messages at once (the
+        // overload signal); discarding old would silently drop accepted work.
+        let work_queue = |name: &str, subject: &str, max_messages: i64| jetstream::stream::Config {
+            name: name.into(),
+            subjects: vec![subject.into()],
             retention: RetentionPolicy::WorkQueue,
-            // A full queue refuses new submissions at once (the overload
-            // signal); discarding old would silently drop accepted work.
             discard: DiscardPolicy::New,
-            max_messages: settings.submit_queue_max,
+            max_messages,
             max_age: Duration::from_secs(24 * 3600),
             duplicate_window: Duration::from_secs(15 * 60),
             storage: StorageType::File,
             num_replicas: replicas,
             ..Default::default()
-        })
-        .await
-        .map_err(|e| setup_err(subjects::SUBMIT_STREAM, e))?;
-        js.get_or_create_stream(jetstream::stream::Config {
-            name: subjects::QUEUE_STREAM.into(),
-            subjects: vec![subjects::QUEUE_WILDCARD.into()],
-            retention: RetentionPolicy::WorkQueue,
-            discard: DiscardPolicy::New,
-            max_age: Duration::from_secs(24 * 3600),
-            duplicate_window: Duration::from_secs(15 * 60),
-            storage: StorageType::File,
-            num_replicas: replicas,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| setup_err(subjects::QUEUE_STREAM, e))?;
+        };
+        for config in [
+            work_queue(subjects::SUBMIT_STREAM, subjects::SUBMIT_WILDCARD, settings.submit_queue_max),
+            work_queue(subjects::QUEUE_STREAM, subjects::QUEUE_WILDCARD, -1),
+        ] {
+            let name = config.name.clone();
+            js.get_or_create_stream(config).await.map_err(|e| setup_err(&name, e))?;
+        }
         js.get_or_create_stream(jetstream::stream::Config {
             name: subjects::EVENTS_STREAM.into(),
             subjects: vec![subjects::EVENTS_WILDCARD.into()],

@@ -202,6 +202,17 @@ pub async fn agent(url: &str, name: &str) -> (AgentClient, SecretKey) {
     (AgentClient::new(client, name, key.clone(), "orfeas"), key)
 }
 
+/// A job for a bundled example PNG with the `inflate` model.
+pub fn example_job(image: &str, formats: Vec<orfeas_wire::v1::Format>) -> orfeas_wire::v1::SubmitJob {
+    orfeas_wire::v1::SubmitJob {
+        job_id: uuid::Uuid::now_v7(),
+        model: "inflate".into(),
+        image: orfeas_wire::v1::ImageInput::Inline { media_type: "image/png".into(), data: example(image) },
+        formats,
+        params: Default::default(),
+    }
+}
+
 /// A bundled example image.
 pub fn example(name: &str) -> Vec<u8> {
     std::fs::read(repo().join("examples").join(name)).unwrap()
