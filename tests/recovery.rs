@@ -83,3 +83,41 @@ async fn recovery_killed_node_job_completes_once_after_restart() {
     assert_eq!(terminal, 1, "exactly one final answer");
     assert!(store.path().join("jobs/carol").join(job.job_id.to_string()).join("model.stl").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_sigterm_stops_cleanly_without_acking_unfinished_work() {
+    let nats = NatsServer::start();
+    let store = tempfile::tempdir().unwrap();
+    let env = |latency_ms: u64| {
+        vec![
+            ("ORFEAS_SCHEDULER_ACK_WAIT_S", "3".to_string()),
+            ("ORFEAS_SCHEDULER_PROGRESS_ACK_S", "1".to_string()),
+            ("ORFEAS_NODE_SIMULATED_LATENCY_MS", latency_ms.to_string()),
+        ]
+    };
+    let mut first = NodeProcess::start(&nats, NodeOptions { node_id: "leaving", store: store.path(), env: env(60_000) }).await;
+    let (mut client, _) = agent(&nats.url, "dave").await;
+    let job = common::example_job("star.png", vec![Format::Stl]);
+    let mut events = client.submit(&job).await.unwrap();
+    loop {
+        let event = client.next_event(&mut events, Duration::from_secs(60)).await.unwrap();
+        if matches!(event.kind, EventKind::Progress { stage: Stage::Preprocessing, .. }) {
+            break;
+        }
+    }
+    // A graceful stop: exits 0 well before the 60 s batch would finish.
+    let status = first.terminate(Duration::from_secs(30));
+    assert!(status.success(), "SIGTERM exit: {status:?}\n{}", first.log_text());
+    assert!(first.log_text().contains("shutting down"));
+    // The unfinished job was not acked: another node answers it.
+    let _second = NodeProcess::start(&nats, NodeOptions { node_id: "staying", store: store.path(), env: env(0) }).await;
+    let completed = loop {
+        let event = client.next_event(&mut events, Duration::from_secs(60)).await.unwrap();
+        match &event.kind {
+            EventKind::Completed { .. } => break event,
+            EventKind::Failed(f) | EventKind::Rejected(f) => panic!("{f:?}"),
+            _ => {}
+        }
+    };
+    assert_eq!(completed.node, "staying");
+}

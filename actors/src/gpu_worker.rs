@@ -274,6 +274,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn out_of_memory_splits_the_batch_instead_of_failing_jobs() {
+        // The `oom` test model raises CUDA's out-of-memory error for batches
+        // larger than 2: the same interface a GPU presents, on the CPU.
+        let roster = Roster::new("gpu-worker-oom");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (collector, _) = Actor::spawn(Some(roster.name("postprocess")), Collector(tx), ()).await.unwrap();
+        let (events, _published) = EventSink::detached("gpu-worker-oom");
+        let testing = crate::model::tests::models_dir().join("testing");
+        let oom = crate::model::read_manifests(&testing, &["oom".to_string()]).unwrap();
+        let settings = NodeSettings::local("gpu-worker-oom", "nats://unused", testing, std::env::temp_dir());
+        let worker = GpuWorker { device: crate::device::discover(false).remove(0), settings: Arc::new(settings), models: oom, roster: roster.clone(), events };
+        let (worker, _) = Actor::spawn(Some(roster.worker_name("cpu")), worker, ()).await.unwrap();
+        let mug = std::fs::read(crate::model::tests::models_dir().join("../examples/mug.png")).unwrap();
+        let tickets: Vec<Ticket> = (1..=5)
+            .map(|n| {
+                let mut t = ticket(n, mug.clone());
+                let mut job = (*t.job).clone();
+                job.model = "oom".into();
+                t = Ticket::new(job, 1, 1);
+                t
+            })
+            .collect();
+        worker.cast(GpuWorkerMsg::Run(tickets)).unwrap();
+        let mut done = Vec::new();
+        while done.len() < 5 {
+            match tokio::time::timeout(std::time::Duration::from_secs(60), rx.recv()).await.unwrap().unwrap() {
+                PostprocessMsg::Volume(job) => done.push(job.ticket.job.job_id.as_u128()),
+                PostprocessMsg::Fail { failure, .. } => panic!("a job failed instead of the batch splitting: {failure:?}"),
+            }
+        }
+        done.sort_unstable();
+        assert_eq!(done, vec![1, 2, 3, 4, 5], "every job of the too-large batch got its volume");
+        worker.stop(None);
+        collector.stop(None);
+    }
+
+    #[tokio::test]
     async fn batch_yields_volumes_and_per_job_failures() {
         let roster = Roster::new("gpu-worker-test");
         let (tx, mut rx) = mpsc::unbounded_channel();

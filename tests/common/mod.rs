@@ -169,6 +169,19 @@ impl NodeProcess {
         }
     }
 
+    /// SIGTERM, then wait (bounded) for the process to exit.
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "node did not exit within {timeout:?} of SIGTERM");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     /// SIGKILL: no shutdown, no acks.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
