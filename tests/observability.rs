@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{agent, http_get, metric, NatsServer, NodeOptions, NodeProcess};
+use common::{agent, eventually, http_get, metric, NatsServer, NodeOptions, NodeProcess};
 use orfeas_wire::v1::{EventKind, Format, SubmitJob};
 use uuid::Uuid;
 
@@ -42,7 +42,13 @@ async fn observability_metrics_move_during_a_job_and_probes_answer() {
             _ => {}
         }
     }
-    let (_, after) = http_get(port, "/metrics");
+    // The node counts a finished job right after the event's PubAck, so the
+    // agent can see `completed` a moment before the counter moves: poll.
+    let after = eventually("the completion to be counted", Duration::from_secs(10), || async {
+        let (_, text) = http_get(port, "/metrics");
+        (metric(&text, completed) >= 1.0).then_some(text)
+    })
+    .await;
     assert_eq!(metric(&after, accepted), 1.0, "{after}");
     assert_eq!(metric(&after, completed), 1.0);
     assert!(metric(&after, batches) >= 1.0);

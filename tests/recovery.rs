@@ -11,20 +11,22 @@ use common::{agent, eventually, NatsServer, NodeOptions, NodeProcess};
 use futures::StreamExt;
 use orfeas_wire::v1::{Event, EventKind, Format, Stage};
 
+/// Node settings for these tests: a short ack_wait so redelivery happens
+/// within a test, and a simulated device that keeps a job in flight long
+/// enough to stop the node mid-job.
+fn slow_node(latency_ms: u64) -> Vec<(&'static str, String)> {
+    vec![
+        ("ORFEAS_SCHEDULER_ACK_WAIT_S", "3".to_string()),
+        ("ORFEAS_SCHEDULER_PROGRESS_ACK_S", "1".to_string()),
+        ("ORFEAS_NODE_SIMULATED_LATENCY_MS", latency_ms.to_string()),
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_killed_node_job_completes_once_after_restart() {
     let nats = NatsServer::start();
     let store = tempfile::tempdir().unwrap();
-    // Short ack_wait so redelivery happens within the test; the slow device
-    // keeps the job in flight long enough to kill the node mid-job.
-    let env = |latency_ms: u64| {
-        vec![
-            ("ORFEAS_SCHEDULER_ACK_WAIT_S", "3".to_string()),
-            ("ORFEAS_SCHEDULER_PROGRESS_ACK_S", "1".to_string()),
-            ("ORFEAS_NODE_SIMULATED_LATENCY_MS", latency_ms.to_string()),
-        ]
-    };
-    let mut first = NodeProcess::start(&nats, NodeOptions { node_id: "first", store: store.path(), env: env(60_000) }).await;
+    let mut first = NodeProcess::start(&nats, NodeOptions { node_id: "first", store: store.path(), env: slow_node(60_000) }).await;
     let (mut client, _) = agent(&nats.url, "carol").await;
     let job = common::example_job("mug.png", vec![Format::Stl]);
     let mut events = client.submit(&job).await.unwrap();
@@ -39,7 +41,7 @@ async fn recovery_killed_node_job_completes_once_after_restart() {
     }
     first.kill();
 
-    let _second = NodeProcess::start(&nats, NodeOptions { node_id: "second", store: store.path(), env: env(0) }).await;
+    let _second = NodeProcess::start(&nats, NodeOptions { node_id: "second", store: store.path(), env: slow_node(0) }).await;
     let completed: Event = loop {
         let event = client.next_event(&mut events, Duration::from_secs(60)).await.unwrap();
         match &event.kind {
@@ -88,14 +90,7 @@ async fn recovery_killed_node_job_completes_once_after_restart() {
 async fn recovery_sigterm_stops_cleanly_without_acking_unfinished_work() {
     let nats = NatsServer::start();
     let store = tempfile::tempdir().unwrap();
-    let env = |latency_ms: u64| {
-        vec![
-            ("ORFEAS_SCHEDULER_ACK_WAIT_S", "3".to_string()),
-            ("ORFEAS_SCHEDULER_PROGRESS_ACK_S", "1".to_string()),
-            ("ORFEAS_NODE_SIMULATED_LATENCY_MS", latency_ms.to_string()),
-        ]
-    };
-    let mut first = NodeProcess::start(&nats, NodeOptions { node_id: "leaving", store: store.path(), env: env(60_000) }).await;
+    let mut first = NodeProcess::start(&nats, NodeOptions { node_id: "leaving", store: store.path(), env: slow_node(60_000) }).await;
     let (mut client, _) = agent(&nats.url, "dave").await;
     let job = common::example_job("star.png", vec![Format::Stl]);
     let mut events = client.submit(&job).await.unwrap();
@@ -110,7 +105,7 @@ async fn recovery_sigterm_stops_cleanly_without_acking_unfinished_work() {
     assert!(status.success(), "SIGTERM exit: {status:?}\n{}", first.log_text());
     assert!(first.log_text().contains("shutting down"));
     // The unfinished job was not acked: another node answers it.
-    let _second = NodeProcess::start(&nats, NodeOptions { node_id: "staying", store: store.path(), env: env(0) }).await;
+    let _second = NodeProcess::start(&nats, NodeOptions { node_id: "staying", store: store.path(), env: slow_node(0) }).await;
     let completed = loop {
         let event = client.next_event(&mut events, Duration::from_secs(60)).await.unwrap();
         match &event.kind {

@@ -57,7 +57,7 @@ impl ExportFormat {
 /// position or a colour count different from the vertex count; `export_failed` when the
 /// container cannot be written.
 pub fn export(mesh: &Mesh, format: ExportFormat, size_mm: Option<f32>) -> Result<Vec<u8>, MeshError> {
-    validate(mesh)?;
+    crate::mesh::validate(mesh)?;
     let scale = scale_for(mesh, size_mm);
     match format {
         ExportFormat::Glb => {
@@ -82,36 +82,6 @@ pub fn export(mesh: &Mesh, format: ExportFormat, size_mm: Option<f32>) -> Result
             })
         }
     }
-}
-
-fn validate(mesh: &Mesh) -> Result<(), MeshError> {
-    let bad = |reason: String| Err(MeshError::BadMesh { reason });
-    if mesh.indices.is_empty() {
-        return bad("mesh has no faces".into());
-    }
-    let n = mesh.positions.len();
-    if let Some((i, f)) = mesh
-        .indices
-        .iter()
-        .enumerate()
-        .find(|(_, f)| f.iter().any(|&v| v as usize >= n))
-    {
-        return bad(format!("face {i} {f:?} indexes past {n} vertices"));
-    }
-    if let Some((i, p)) = mesh
-        .positions
-        .iter()
-        .enumerate()
-        .find(|(_, p)| p.iter().any(|c| !c.is_finite()))
-    {
-        return bad(format!("position {i} {p:?} is not finite"));
-    }
-    if let Some(c) = &mesh.colors {
-        if c.len() != n {
-            return bad(format!("{} colours for {n} vertices", c.len()));
-        }
-    }
-    Ok(())
 }
 
 /// OBJ text: `v x y z [r g b]`, `vn`, and `f a//a b//b c//c` (1-based). Colours are the

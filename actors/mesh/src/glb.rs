@@ -127,32 +127,7 @@ pub fn to_glb(mesh: &Mesh) -> Result<Vec<u8>, MeshError> {
 
 /// Rejects what would make an invalid glTF instead of writing it.
 fn validate(mesh: &Mesh) -> Result<(), MeshError> {
-    let bad = |reason: String| Err(MeshError::BadMesh { reason });
-    if mesh.indices.is_empty() {
-        return bad("mesh has no faces".into());
-    }
-    let n = mesh.positions.len();
-    if let Some((i, f)) = mesh
-        .indices
-        .iter()
-        .enumerate()
-        .find(|(_, f)| f.iter().any(|&v| v as usize >= n))
-    {
-        return bad(format!("face {i} {f:?} indexes past {n} vertices"));
-    }
-    if let Some((i, p)) = mesh
-        .positions
-        .iter()
-        .enumerate()
-        .find(|(_, p)| p.iter().any(|c| !c.is_finite()))
-    {
-        return bad(format!("position {i} {p:?} is not finite"));
-    }
-    if let Some(c) = &mesh.colors {
-        if c.len() != n {
-            return bad(format!("{} colours for {n} vertices", c.len()));
-        }
-    }
+    crate::mesh::validate(mesh)?;
     if mesh
         .indices
         .len()
@@ -160,10 +135,9 @@ fn validate(mesh: &Mesh) -> Result<(), MeshError> {
         .and_then(|k| u32::try_from(k).ok())
         .is_none()
     {
-        return bad(format!(
-            "{} faces exceed the glTF index count",
-            mesh.indices.len()
-        ));
+        return Err(MeshError::BadMesh {
+            reason: format!("{} faces exceed the glTF index count", mesh.indices.len()),
+        });
     }
     Ok(())
 }
