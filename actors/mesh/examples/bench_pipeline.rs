@@ -47,7 +47,10 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut sizes: Vec<usize> = std::env::args().skip(1).map(|a| a.parse()).collect::<Result<_, _>>()?;
+    let mut sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?;
     if sizes.is_empty() {
         sizes = vec![128, 256, 512];
     }
@@ -109,7 +112,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 glb.len()
             );
         }
-        let parts: Vec<String> = stages.iter().map(|(s, d)| format!("{s} {:.0}", ms(*d))).collect();
+        let parts: Vec<String> = stages
+            .iter()
+            .map(|(s, d)| format!("{s} {:.0}", ms(*d)))
+            .collect();
         println!(
             "{n}³ postprocess to 40k: {:.0} ms (last run: {} ms) — {summary}",
             ms(best_total),

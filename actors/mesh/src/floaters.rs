@@ -14,12 +14,7 @@ use crate::Mesh;
 /// shorter than the positions is padded with white).
 pub fn remove_floaters(mesh: &Mesh, min_fraction: f32) -> Mesh {
     let n = mesh.positions.len();
-    let faces: Vec<[u32; 3]> = mesh
-        .indices
-        .iter()
-        .copied()
-        .filter(|f| f.iter().all(|&v| (v as usize) < n))
-        .collect();
+    let faces = mesh.faces_in_range();
     let mut sets = UnionFind::new(n);
     for f in &faces {
         sets.union(f[0], f[1]);
@@ -35,32 +30,13 @@ pub fn remove_floaters(mesh: &Mesh, min_fraction: f32) -> Mesh {
     let threshold = f64::from(min_fraction) * f64::from(largest);
     let keep = |r: u32| threshold.is_nan() || f64::from(count[r as usize]) >= threshold;
 
-    let mut remap = vec![u32::MAX; n];
-    let mut out = Mesh {
-        positions: Vec::new(),
-        indices: Vec::with_capacity(faces.len()),
-        colors: mesh.colors.as_ref().map(|_| Vec::new()),
-    };
-    for (f, &r) in faces.iter().zip(&roots) {
-        if !keep(r) {
-            continue;
-        }
-        let mut g = [0u32; 3];
-        for (new, &old) in g.iter_mut().zip(f) {
-            let slot = &mut remap[old as usize];
-            if *slot == u32::MAX {
-                // At most `n` vertices are kept and `n` fits u32 because indices are u32.
-                *slot = out.positions.len() as u32;
-                out.positions.push(mesh.positions[old as usize]);
-                if let (Some(dst), Some(src)) = (out.colors.as_mut(), mesh.colors.as_ref()) {
-                    dst.push(src.get(old as usize).copied().unwrap_or([1.0; 3]));
-                }
-            }
-            *new = *slot;
-        }
-        out.indices.push(g);
-    }
-    out
+    let kept: Vec<[u32; 3]> = faces
+        .iter()
+        .zip(&roots)
+        .filter(|&(_, &r)| keep(r))
+        .map(|(f, _)| *f)
+        .collect();
+    crate::repair::compact(mesh, kept)
 }
 
 #[cfg(test)]

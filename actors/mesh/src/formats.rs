@@ -56,7 +56,11 @@ impl ExportFormat {
 /// Errors: `bad_mesh` for a mesh without faces, with an out-of-range index, a non-finite
 /// position or a colour count different from the vertex count; `export_failed` when the
 /// container cannot be written.
-pub fn export(mesh: &Mesh, format: ExportFormat, size_mm: Option<f32>) -> Result<Vec<u8>, MeshError> {
+pub fn export(
+    mesh: &Mesh,
+    format: ExportFormat,
+    size_mm: Option<f32>,
+) -> Result<Vec<u8>, MeshError> {
     crate::mesh::validate(mesh)?;
     let scale = scale_for(mesh, size_mm);
     match format {
@@ -182,7 +186,11 @@ pub(crate) fn to_3mf(mesh: &Mesh) -> Result<Vec<u8>, MeshError> {
     }
     model.push_str("   <mesh>\n    <vertices>\n");
     for p in &mesh.positions {
-        let _ = writeln!(model, "     <vertex x=\"{}\" y=\"{}\" z=\"{}\"/>", p[0], p[1], p[2]);
+        let _ = writeln!(
+            model,
+            "     <vertex x=\"{}\" y=\"{}\" z=\"{}\"/>",
+            p[0], p[1], p[2]
+        );
     }
     model.push_str("    </vertices>\n    <triangles>\n");
     for f in &mesh.indices {

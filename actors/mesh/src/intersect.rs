@@ -19,13 +19,7 @@ pub(crate) fn count_self_intersections(
     max_faces: usize,
     max_pairs: u64,
 ) -> Option<usize> {
-    let n = mesh.positions.len();
-    let faces: Vec<[u32; 3]> = mesh
-        .indices
-        .iter()
-        .copied()
-        .filter(|f| f.iter().all(|&v| (v as usize) < n))
-        .collect();
+    let faces = mesh.faces_in_range();
     if faces.len() > max_faces {
         return None;
     }

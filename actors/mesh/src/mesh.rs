@@ -14,6 +14,31 @@ pub struct Mesh {
     pub colors: Option<Vec<[f32; 3]>>,
 }
 
+impl Mesh {
+    /// The faces whose three indices all name a vertex (others are skipped
+    /// by every step that cannot report them).
+    pub(crate) fn faces_in_range(&self) -> Vec<[u32; 3]> {
+        let n = self.positions.len();
+        self.indices
+            .iter()
+            .copied()
+            .filter(|f| f.iter().all(|&v| (v as usize) < n))
+            .collect()
+    }
+}
+
+/// (b − a) × (c − a): twice the area, along the face normal of a
+/// counter-clockwise triangle.
+pub(crate) fn face_cross(a: [f64; 3], b: [f64; 3], c: [f64; 3]) -> [f64; 3] {
+    let u = [b[0] - a[0], b[1] - a[1], b[2] - a[2]];
+    let w = [c[0] - a[0], c[1] - a[1], c[2] - a[2]];
+    [
+        u[1] * w[2] - u[2] * w[1],
+        u[2] * w[0] - u[0] * w[2],
+        u[0] * w[1] - u[1] * w[0],
+    ]
+}
+
 /// Rejects what no exporter can write: no faces, indices past the vertices,
 /// non-finite positions, a colour count that differs from the vertex count.
 pub(crate) fn validate(mesh: &Mesh) -> Result<(), MeshError> {
@@ -45,4 +70,3 @@ pub(crate) fn validate(mesh: &Mesh) -> Result<(), MeshError> {
     }
     Ok(())
 }
-

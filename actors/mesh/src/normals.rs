@@ -20,13 +20,7 @@ pub fn vertex_normals(mesh: &Mesh) -> Vec<[f32; 3]> {
             continue;
         }
         let [a, b, c] = f.map(|v| mesh.positions[v as usize].map(f64::from));
-        let u = [b[0] - a[0], b[1] - a[1], b[2] - a[2]];
-        let w = [c[0] - a[0], c[1] - a[1], c[2] - a[2]];
-        let cr = [
-            u[1] * w[2] - u[2] * w[1],
-            u[2] * w[0] - u[0] * w[2],
-            u[0] * w[1] - u[1] * w[0],
-        ];
+        let cr = crate::mesh::face_cross(a, b, c);
         for &v in f {
             let s = &mut acc[v as usize];
             s[0] += cr[0];

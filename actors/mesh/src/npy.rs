@@ -20,7 +20,10 @@ pub fn read_npy(bytes: &[u8]) -> Result<(Vec<f32>, [usize; 3]), MeshError> {
     }
     let (major, minor) = (bytes[6], bytes[7]);
     let (header_len, start) = match major {
-        1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10usize),
+        1 => (
+            usize::from(u16::from_le_bytes([bytes[8], bytes[9]])),
+            10usize,
+        ),
         2 | 3 if bytes.len() >= 12 => (
             u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
             12,
@@ -31,8 +34,8 @@ pub fn read_npy(bytes: &[u8]) -> Result<(Vec<f32>, [usize; 3]), MeshError> {
         .checked_add(header_len)
         .filter(|&e| e <= bytes.len())
         .ok_or_else(|| bad(format!("header of {header_len} bytes runs past the file")))?;
-    let header = std::str::from_utf8(&bytes[start..end])
-        .map_err(|_| bad("header is not text".into()))?;
+    let header =
+        std::str::from_utf8(&bytes[start..end]).map_err(|_| bad("header is not text".into()))?;
 
     let value_of = |key: &str| -> Result<&str, MeshError> {
         let at = header
@@ -126,12 +129,34 @@ mod tests {
             assert_eq!(data[(1 * 3 + 2) * 4 + 3], 23.0);
         }
         let err = |h: &str, d: &[u8]| read_npy(&npy(1, h, d)).unwrap_err().to_string();
-        assert!(err("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3, 4), }", &values).contains("<f8"));
-        assert!(err("{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3, 4), }", &values).contains(">f4"));
-        assert!(err("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3, 4), }", &values).contains("Fortran"));
-        assert!(err("{'descr': '<f4', 'fortran_order': False, 'shape': (6, 4), }", &values).contains("2 dimensions"));
+        assert!(err(
+            "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3, 4), }",
+            &values
+        )
+        .contains("<f8"));
+        assert!(err(
+            "{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3, 4), }",
+            &values
+        )
+        .contains(">f4"));
+        assert!(err(
+            "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3, 4), }",
+            &values
+        )
+        .contains("Fortran"));
+        assert!(err(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (6, 4), }",
+            &values
+        )
+        .contains("2 dimensions"));
         assert!(err(header, &values[..20]).contains("needs 24"));
-        assert!(read_npy(b"not numpy").unwrap_err().to_string().contains("magic"));
-        assert_eq!(read_npy(b"\x93NUMPY\x09\x00\x00\x00").unwrap_err().code(), "bad_volume");
+        assert!(read_npy(b"not numpy")
+            .unwrap_err()
+            .to_string()
+            .contains("magic"));
+        assert_eq!(
+            read_npy(b"\x93NUMPY\x09\x00\x00\x00").unwrap_err().code(),
+            "bad_volume"
+        );
     }
 }

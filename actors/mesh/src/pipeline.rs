@@ -2,8 +2,8 @@
 
 use crate::report::{DEFAULT_BUILD_VOLUME_MM, SELF_INTERSECTION_MAX_FACES};
 use crate::{
-    decimate, extract, print_report, remove_floaters, repair, smooth, Mesh, MeshError,
-    PrintReport, Volume,
+    decimate, extract, print_report, remove_floaters, repair, smooth, Mesh, MeshError, PrintReport,
+    Volume,
 };
 
 /// What [`process`] does after extraction.

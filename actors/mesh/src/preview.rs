@@ -23,10 +23,30 @@ struct View {
 }
 
 const VIEWS: [View; 4] = [
-    View { name: "front", right: [1.0, 0.0, 0.0], up: [0.0, 1.0, 0.0], toward: [0.0, 0.0, 1.0] },
-    View { name: "back", right: [-1.0, 0.0, 0.0], up: [0.0, 1.0, 0.0], toward: [0.0, 0.0, -1.0] },
-    View { name: "left", right: [0.0, 0.0, 1.0], up: [0.0, 1.0, 0.0], toward: [-1.0, 0.0, 0.0] },
-    View { name: "top", right: [1.0, 0.0, 0.0], up: [0.0, 0.0, -1.0], toward: [0.0, 1.0, 0.0] },
+    View {
+        name: "front",
+        right: [1.0, 0.0, 0.0],
+        up: [0.0, 1.0, 0.0],
+        toward: [0.0, 0.0, 1.0],
+    },
+    View {
+        name: "back",
+        right: [-1.0, 0.0, 0.0],
+        up: [0.0, 1.0, 0.0],
+        toward: [0.0, 0.0, -1.0],
+    },
+    View {
+        name: "left",
+        right: [0.0, 0.0, 1.0],
+        up: [0.0, 1.0, 0.0],
+        toward: [-1.0, 0.0, 0.0],
+    },
+    View {
+        name: "top",
+        right: [1.0, 0.0, 0.0],
+        up: [0.0, 0.0, -1.0],
+        toward: [0.0, 1.0, 0.0],
+    },
 ];
 
 /// Renders `mesh` (world frame, Y up) from the front (+z), back, left (−x) and top (+y)
@@ -80,9 +100,8 @@ fn render(mesh: &Mesh, normals: &[[f32; 3]], view: &View, size: u32) -> Vec<u8> 
         let half = 0.5 * size as f32;
 
         // Key light: from the camera, raised and from the left.
-        let l: [f32; 3] = std::array::from_fn(|i| {
-            view.toward[i] + 0.6 * view.up[i] - 0.4 * view.right[i]
-        });
+        let l: [f32; 3] =
+            std::array::from_fn(|i| view.toward[i] + 0.6 * view.up[i] - 0.4 * view.right[i]);
         let len = dot(l, l).sqrt();
         let l = l.map(|c| c / len);
 

@@ -98,10 +98,14 @@ pub fn repair(mesh: &Mesh) -> Mesh {
 pub(crate) fn flip_slivers(mesh: &mut Mesh) -> usize {
     let mut flips = 0;
     for _ in 0..3 {
-        let mut edge_faces: HashMap<u64, Vec<usize>> = HashMap::with_capacity(mesh.indices.len() * 2);
+        let mut edge_faces: HashMap<u64, Vec<usize>> =
+            HashMap::with_capacity(mesh.indices.len() * 2);
         for (fi, f) in mesh.indices.iter().enumerate() {
             for i in 0..3 {
-                edge_faces.entry(key(f[i], f[(i + 1) % 3])).or_default().push(fi);
+                edge_faces
+                    .entry(key(f[i], f[(i + 1) % 3]))
+                    .or_default()
+                    .push(fi);
             }
         }
         let mut touched = vec![false; mesh.indices.len()];
@@ -129,7 +133,9 @@ pub(crate) fn flip_slivers(mesh: &mut Mesh) -> usize {
             }
             let g = mesh.indices[gi];
             // g traverses b → a; d is its third vertex.
-            let Some(d) = g.iter().copied().find(|&v| v != a && v != b) else { continue };
+            let Some(d) = g.iter().copied().find(|&v| v != a && v != b) else {
+                continue;
+            };
             if d == c || edge_faces.contains_key(&key(c, d)) {
                 continue;
             }
@@ -174,13 +180,7 @@ fn area(mesh: &Mesh, f: [u32; 3]) -> f64 {
 
 /// Area of triangle (a, b, c); 0 for NaN input.
 pub(crate) fn area_of(a: [f64; 3], b: [f64; 3], c: [f64; 3]) -> f64 {
-    let u = [b[0] - a[0], b[1] - a[1], b[2] - a[2]];
-    let w = [c[0] - a[0], c[1] - a[1], c[2] - a[2]];
-    let cr = [
-        u[1] * w[2] - u[2] * w[1],
-        u[2] * w[0] - u[0] * w[2],
-        u[0] * w[1] - u[1] * w[0],
-    ];
+    let cr = crate::mesh::face_cross(a, b, c);
     let a = 0.5 * (cr[0] * cr[0] + cr[1] * cr[1] + cr[2] * cr[2]).sqrt();
     if a.is_nan() {
         0.0
@@ -432,7 +432,11 @@ mod tests {
             [0, 2, 1], [1, 2, 3], [4, 5, 6], [5, 7, 6], [0, 1, 4], [1, 5, 4],
             [2, 6, 3], [3, 6, 7], [0, 4, 2], [2, 4, 6], [1, 3, 5], [3, 7, 5],
         ];
-        Mesh { positions, indices, colors: Some(vec![[0.5; 3]; 8]) }
+        Mesh {
+            positions,
+            indices,
+            colors: Some(vec![[0.5; 3]; 8]),
+        }
     }
 
     #[test]
@@ -466,12 +470,26 @@ mod tests {
     #[test]
     fn repair_splits_a_pinched_vertex() {
         // Two tetrahedra touching at the origin.
-        let a = [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
-        let b = [[0.0, 0.0, 0.0], [0.0, -1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, -1.0]];
+        let a = [
+            [0.0, 0.0, 0.0],
+            [1.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0],
+            [0.0, 0.0, 1.0],
+        ];
+        let b = [
+            [0.0, 0.0, 0.0],
+            [0.0, -1.0, 0.0],
+            [-1.0, 0.0, 0.0],
+            [0.0, 0.0, -1.0],
+        ];
         let faces = [[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]];
         let mesh = Mesh {
             positions: a.iter().chain(&b).copied().collect(),
-            indices: faces.iter().chain(&faces.map(|f: [u32; 3]| f.map(|v| v + 4))).copied().collect(),
+            indices: faces
+                .iter()
+                .chain(&faces.map(|f: [u32; 3]| f.map(|v| v + 4)))
+                .copied()
+                .collect(),
             colors: None,
         };
         assert_eq!(check(&mesh).non_manifold_vertices, 1);

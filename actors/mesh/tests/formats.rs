@@ -76,7 +76,11 @@ fn read_obj(bytes: &[u8]) -> (Vec<[f32; 3]>, Vec<[f32; 3]>, Vec<[u32; 3]>, usize
 }
 
 fn read_ply(bytes: &[u8]) -> (Vec<[f32; 3]>, Vec<[u8; 3]>, Vec<[u32; 3]>) {
-    let end = bytes.windows(11).position(|w| w == b"end_header\n").expect("header") + 11;
+    let end = bytes
+        .windows(11)
+        .position(|w| w == b"end_header\n")
+        .expect("header")
+        + 11;
     let header = std::str::from_utf8(&bytes[..end]).expect("ascii header");
     assert!(header.contains("format binary_little_endian 1.0"));
     let count = |what: &str| -> usize {
@@ -94,7 +98,11 @@ fn read_ply(bytes: &[u8]) -> (Vec<[f32; 3]>, Vec<[u8; 3]>, Vec<[u32; 3]>) {
     let f32_at = |at: usize| f32::from_le_bytes(body[at..at + 4].try_into().expect("4"));
     let (mut p, mut c, mut f) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..nv {
-        p.push([f32_at(i * stride), f32_at(i * stride + 4), f32_at(i * stride + 8)]);
+        p.push([
+            f32_at(i * stride),
+            f32_at(i * stride + 4),
+            f32_at(i * stride + 8),
+        ]);
         if colored {
             let at = i * stride + 24;
             c.push([body[at], body[at + 1], body[at + 2]]);
@@ -103,7 +111,9 @@ fn read_ply(bytes: &[u8]) -> (Vec<[f32; 3]>, Vec<[u8; 3]>, Vec<[u32; 3]>) {
     let mut at = nv * stride;
     for _ in 0..nf {
         assert_eq!(body[at], 3);
-        let u = |k: usize| u32::from_le_bytes(body[at + 1 + 4 * k..at + 5 + 4 * k].try_into().expect("4"));
+        let u = |k: usize| {
+            u32::from_le_bytes(body[at + 1 + 4 * k..at + 5 + 4 * k].try_into().expect("4"))
+        };
         f.push([u(0), u(1), u(2)]);
         at += 13;
     }
@@ -116,15 +126,28 @@ fn read_3mf(bytes: &[u8]) -> (String, Vec<[f32; 3]>, Vec<[u32; 3]>) {
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("zip");
     let mut names: Vec<String> = archive.file_names().map(String::from).collect();
     names.sort();
-    assert_eq!(names, ["3D/3dmodel.model", "[Content_Types].xml", "_rels/.rels"]);
+    assert_eq!(
+        names,
+        ["3D/3dmodel.model", "[Content_Types].xml", "_rels/.rels"]
+    );
     let mut rels = String::new();
-    archive.by_name("_rels/.rels").expect("rels").read_to_string(&mut rels).expect("utf-8");
+    archive
+        .by_name("_rels/.rels")
+        .expect("rels")
+        .read_to_string(&mut rels)
+        .expect("utf-8");
     assert!(rels.contains("Target=\"/3D/3dmodel.model\""));
     let mut model = String::new();
-    archive.by_name("3D/3dmodel.model").expect("model").read_to_string(&mut model).expect("utf-8");
+    archive
+        .by_name("3D/3dmodel.model")
+        .expect("model")
+        .read_to_string(&mut model)
+        .expect("utf-8");
     let attr = |tag: &str, name: &str| -> f64 {
         let at = tag.find(&format!(" {name}=\"")).expect("attribute") + name.len() + 3;
-        tag[at..at + tag[at..].find('"').expect("quote")].parse().expect("number")
+        tag[at..at + tag[at..].find('"').expect("quote")]
+            .parse()
+            .expect("number")
     };
     let (mut p, mut f) = (Vec::new(), Vec::new());
     for tag in model.split('<') {
@@ -146,7 +169,10 @@ fn obj_ply_3mf_read_back_in_the_world_and_print_frames() {
 
     // Without a size OBJ and PLY keep the world frame exactly.
     let (p, colors, f, normals) = read_obj(&export(&mesh, ExportFormat::Obj, None).unwrap());
-    assert_eq!((f.len(), p.len(), normals), (faces, mesh.positions.len(), mesh.positions.len()));
+    assert_eq!(
+        (f.len(), p.len(), normals),
+        (faces, mesh.positions.len(), mesh.positions.len())
+    );
     assert_eq!(f, mesh.indices);
     assert_eq!(p, mesh.positions);
     assert!((colors[0][0] - 1.0).abs() < 1e-3 && (colors[0][1] - 0.502).abs() < 2e-3);
@@ -164,10 +190,19 @@ fn obj_ply_3mf_read_back_in_the_world_and_print_frames() {
         let (v, lo, hi) = measure(p, f);
         assert_close(v, world_volume * k.powi(3), 1e-4, what);
         assert!(lo[2].abs() < 1e-4, "{what}: rests on z = 0: {lo:?}");
-        assert!((lo[0] + hi[0]).abs() < 1e-3 && (lo[1] + hi[1]).abs() < 1e-3, "{what}: centred");
+        assert!(
+            (lo[0] + hi[0]).abs() < 1e-3 && (lo[1] + hi[1]).abs() < 1e-3,
+            "{what}: centred"
+        );
         // World height (y) became z; world depth (z) became y.
-        assert!((f64::from(hi[2] - lo[2]) - f64::from(whi[1] - wlo[1]) * k).abs() < 1e-3, "{what}");
-        assert!((f64::from(hi[1] - lo[1]) - f64::from(whi[2] - wlo[2]) * k).abs() < 1e-3, "{what}");
+        assert!(
+            (f64::from(hi[2] - lo[2]) - f64::from(whi[1] - wlo[1]) * k).abs() < 1e-3,
+            "{what}"
+        );
+        assert!(
+            (f64::from(hi[1] - lo[1]) - f64::from(whi[2] - wlo[2]) * k).abs() < 1e-3,
+            "{what}"
+        );
     };
     let (p, _, f, _) = read_obj(&export(&mesh, ExportFormat::Obj, Some(size)).unwrap());
     check_print(&p, &f, "OBJ");
@@ -187,7 +222,9 @@ fn obj_ply_3mf_read_back_in_the_world_and_print_frames() {
         .collect();
     let at = |o: f32| f32::from_le_bytes(stl[o as usize..o as usize + 4].try_into().unwrap());
     let p: Vec<[f32; 3]> = tris.iter().map(|o| o.map(at)).collect();
-    let f: Vec<[u32; 3]> = (0..faces as u32).map(|i| [3 * i, 3 * i + 1, 3 * i + 2]).collect();
+    let f: Vec<[u32; 3]> = (0..faces as u32)
+        .map(|i| [3 * i, 3 * i + 1, 3 * i + 2])
+        .collect();
     check_print(&p, &f, "STL");
 }
 
@@ -211,10 +248,22 @@ fn glb_is_scaled_to_metres_and_keeps_y_up() {
 
 #[test]
 fn export_rejects_unusable_meshes() {
-    for format in [ExportFormat::Glb, ExportFormat::Stl, ExportFormat::Obj, ExportFormat::Ply, ExportFormat::ThreeMf] {
-        assert_eq!(export(&Mesh::default(), format, None).unwrap_err().code(), "bad_mesh");
+    for format in [
+        ExportFormat::Glb,
+        ExportFormat::Stl,
+        ExportFormat::Obj,
+        ExportFormat::Ply,
+        ExportFormat::ThreeMf,
+    ] {
+        assert_eq!(
+            export(&Mesh::default(), format, None).unwrap_err().code(),
+            "bad_mesh"
+        );
         let mut mesh = model();
         mesh.colors = Some(vec![[0.0; 3]; 2]);
-        assert_eq!(export(&mesh, format, Some(10.0)).unwrap_err().code(), "bad_mesh");
+        assert_eq!(
+            export(&mesh, format, Some(10.0)).unwrap_err().code(),
+            "bad_mesh"
+        );
     }
 }

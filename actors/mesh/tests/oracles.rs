@@ -25,7 +25,8 @@ fn required_env(name: &str, what: &str) -> String {
 }
 
 fn out_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("orfeas-mesh-oracles-{name}-{}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("orfeas-mesh-oracles-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
@@ -34,8 +35,18 @@ fn out_dir(name: &str) -> PathBuf {
 fn shapes() -> Vec<(&'static str, Mesh, f64, i64)> {
     let n = 64;
     let cases: [(&str, Box<dyn Fn(f32, f32, f32) -> f32>, f64, i64); 3] = [
-        ("sphere", Box::new(ball([0.1, 0.0, 0.0], 0.6)), ball_volume(0.6), 0),
-        ("torus", Box::new(torus(0.55, 0.2)), torus_volume(0.55, 0.2), 1),
+        (
+            "sphere",
+            Box::new(ball([0.1, 0.0, 0.0], 0.6)),
+            ball_volume(0.6),
+            0,
+        ),
+        (
+            "torus",
+            Box::new(torus(0.55, 0.2)),
+            torus_volume(0.55, 0.2),
+            1,
+        ),
         ("box", Box::new(cuboid([0.5, 0.3, 0.4])), 0.48, 0),
     ];
     cases
@@ -49,7 +60,12 @@ fn shapes() -> Vec<(&'static str, Mesh, f64, i64)> {
             let mut mesh = process(&volume(&data, n, -1.0, 1.0, 0.0, Inside::Below), &options)
                 .expect("process")
                 .mesh;
-            mesh.colors = Some(mesh.positions.iter().map(|p| p.map(|c| 0.5 + 0.4 * c)).collect());
+            mesh.colors = Some(
+                mesh.positions
+                    .iter()
+                    .map(|p| p.map(|c| 0.5 + 0.4 * c))
+                    .collect(),
+            );
             (name, mesh, v, genus)
         })
         .collect()
@@ -65,7 +81,9 @@ fn longest_side(mesh: &Mesh) -> f64 {
 }
 
 fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -106,7 +124,11 @@ fn oracles_trimesh_and_manifold3d_accept_every_format() {
         }
     }
     let manifest_path = dir.join("manifest.json");
-    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest).expect("json")).expect("write");
+    std::fs::write(
+        &manifest_path,
+        serde_json::to_vec_pretty(&manifest).expect("json"),
+    )
+    .expect("write");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracles/check_meshes.py");
     run(Command::new(python).arg(script).arg(&manifest_path));
     let _ = std::fs::remove_dir_all(&dir);
@@ -114,20 +136,31 @@ fn oracles_trimesh_and_manifold3d_accept_every_format() {
 
 #[test]
 fn oracles_gltf_validator_finds_no_errors() {
-    let package = required_env("ORFEAS_GLTF_VALIDATOR", "the npm gltf-validator package directory");
+    let package = required_env(
+        "ORFEAS_GLTF_VALIDATOR",
+        "the npm gltf-validator package directory",
+    );
     let dir = out_dir("gltf");
     let mut paths = Vec::new();
     for (name, mesh, _, _) in shapes() {
         for size_mm in [None, Some(120.0)] {
             let path = dir.join(format!("{name}-{}.glb", size_mm.is_some()));
-            std::fs::write(&path, export(&mesh, ExportFormat::Glb, size_mm).expect("export")).expect("write");
+            std::fs::write(
+                &path,
+                export(&mesh, ExportFormat::Glb, size_mm).expect("export"),
+            )
+            .expect("write");
             paths.push(path);
         }
         // Without colours too (no COLOR_0).
         let mut plain = mesh.clone();
         plain.colors = None;
         let path = dir.join(format!("{name}-plain.glb"));
-        std::fs::write(&path, export(&plain, ExportFormat::Glb, None).expect("export")).expect("write");
+        std::fs::write(
+            &path,
+            export(&plain, ExportFormat::Glb, None).expect("export"),
+        )
+        .expect("write");
         paths.push(path);
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracles/gltf_validate.js");

@@ -16,7 +16,10 @@ fn run(f: impl Fn(f32, f32, f32) -> f32, options: &MeshOptions) -> Processed {
 }
 
 fn assert_printable(r: &PrintReport, what: &str) {
-    assert!(r.closed && r.two_manifold && r.winding_consistent, "{what}: {r:#?}");
+    assert!(
+        r.closed && r.two_manifold && r.winding_consistent,
+        "{what}: {r:#?}"
+    );
     assert_eq!(r.degenerate_faces, 0, "{what}: {r:#?}");
     assert!(r.is_printable(), "{what}: {:?}", r.problems);
     assert_eq!(r.self_intersections, Some(0), "{what}");
@@ -33,8 +36,18 @@ fn decimating(target: usize) -> MeshOptions {
 fn process_analytic_shapes_with_and_without_decimation() {
     let cases: [(&str, Box<dyn Fn(f32, f32, f32) -> f32>, f64, i64); 3] = [
         ("sphere", Box::new(ball([0.0; 3], 0.6)), ball_volume(0.6), 0),
-        ("torus", Box::new(torus(0.55, 0.2)), torus_volume(0.55, 0.2), 1),
-        ("box", Box::new(cuboid([0.5, 0.3, 0.4])), 8.0 * 0.5 * 0.3 * 0.4, 0),
+        (
+            "torus",
+            Box::new(torus(0.55, 0.2)),
+            torus_volume(0.55, 0.2),
+            1,
+        ),
+        (
+            "box",
+            Box::new(cuboid([0.5, 0.3, 0.4])),
+            8.0 * 0.5 * 0.3 * 0.4,
+            0,
+        ),
     ];
     for (name, f, expected_volume, genus) in cases {
         for target in [None, Some(5_000), Some(1_000)] {
@@ -75,7 +88,10 @@ fn process_reports_size_and_build_volume_in_millimetres() {
     let r = &out.report;
     let b = r.bbox_mm;
     assert!((b[0] - 120.0).abs() < 1e-3, "{b:?}");
-    assert!((b[1] - 96.0).abs() < 1.0 && (b[2] - 72.0).abs() < 1.0, "{b:?}");
+    assert!(
+        (b[1] - 96.0).abs() < 1.0 && (b[2] - 72.0).abs() < 1.0,
+        "{b:?}"
+    );
     assert_close(r.volume_mm3, 120.0 * 96.0 * 72.0, 0.03, "box mm³");
     assert!(r.fits_build_volume && r.is_printable(), "{r:?}");
 
@@ -93,12 +109,29 @@ fn process_reports_size_and_build_volume_in_millimetres() {
 fn process_smoothing_keeps_volume_and_reduces_terracing() {
     // Hard 0/1 occupancy terraces badly; smoothing must not shrink it noticeably.
     let sdf = ball([0.0; 3], 0.6);
-    let data = sample(N, -1.0, 1.0, |x, y, z| if sdf(x, y, z) < 0.0 { 1.0 } else { 0.0 });
+    let data = sample(
+        N,
+        -1.0,
+        1.0,
+        |x, y, z| if sdf(x, y, z) < 0.0 { 1.0 } else { 0.0 },
+    );
     let v = volume(&data, N, -1.0, 1.0, 0.5, Inside::Above);
-    let rough = process(&v, &MeshOptions { smooth: false, ..MeshOptions::default() }).unwrap();
+    let rough = process(
+        &v,
+        &MeshOptions {
+            smooth: false,
+            ..MeshOptions::default()
+        },
+    )
+    .unwrap();
     let smooth = process(&v, &MeshOptions::default()).unwrap();
     assert_printable(&smooth.report, "smoothed occupancy");
-    assert_close(smooth.report.volume_mm3, ball_volume(0.6), 0.04, "smoothed volume");
+    assert_close(
+        smooth.report.volume_mm3,
+        ball_volume(0.6),
+        0.04,
+        "smoothed volume",
+    );
     // Terracing adds area; smoothing removes most of it (a sphere has the least area).
     let ideal = 4.0 * std::f64::consts::PI * 0.36;
     assert!(
@@ -118,7 +151,11 @@ fn process_random_volumes_are_always_closed_and_manifold() {
         let blobs: Vec<([f32; 3], f32)> = (0..1 + (rng.next() * 5.0) as usize)
             .map(|_| {
                 (
-                    [rng.range(-0.6, 0.6), rng.range(-0.6, 0.6), rng.range(-0.6, 0.6)],
+                    [
+                        rng.range(-0.6, 0.6),
+                        rng.range(-0.6, 0.6),
+                        rng.range(-0.6, 0.6),
+                    ],
                     rng.range(0.1, 0.5),
                 )
             })
@@ -136,7 +173,11 @@ fn process_random_volumes_are_always_closed_and_manifold() {
                         .map(|&(p, r)| ball(p, r)(x, y, z))
                         .fold(f32::INFINITY, f32::min);
                     let v = d + amplitude * (rng.next() - 0.5);
-                    data.push(if quantise { (v * 20.0).round() / 20.0 } else { v });
+                    data.push(if quantise {
+                        (v * 20.0).round() / 20.0
+                    } else {
+                        v
+                    });
                 }
             }
         }
@@ -153,7 +194,10 @@ fn process_random_volumes_are_always_closed_and_manifold() {
                 Err(e) => panic!("case {case}: {e}"),
             };
             let r = &out.report;
-            let what = format!("case {case} n {n} target {target:?}: {:?} {:?}", r.problems, out.notes);
+            let what = format!(
+                "case {case} n {n} target {target:?}: {:?} {:?}",
+                r.problems, out.notes
+            );
             assert!(r.closed && r.two_manifold && r.winding_consistent, "{what}");
             assert_eq!(r.degenerate_faces, 0, "{what}");
             assert!(check(&out.mesh).is_closed_manifold(), "{what}");
@@ -177,7 +221,12 @@ fn previews_decode_with_foreground_that_differs_between_views() {
     // An asymmetric coloured shape: a box with a ball on its +x, +y corner.
     let (b, s) = (cuboid([0.5, 0.3, 0.4]), ball([0.45, 0.35, 0.3], 0.25));
     let mut mesh: Mesh = run(|x, y, z| b(x, y, z).min(s(x, y, z)), &decimating(20_000)).mesh;
-    mesh.colors = Some(mesh.positions.iter().map(|p| [0.5 + 0.5 * p[0], 0.3, 0.5 - 0.4 * p[1]]).collect());
+    mesh.colors = Some(
+        mesh.positions
+            .iter()
+            .map(|p| [0.5 + 0.5 * p[0], 0.3, 0.5 - 0.4 * p[1]])
+            .collect(),
+    );
     let previews = render_previews(&mesh, 128);
     let names: Vec<&str> = previews.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["front", "back", "left", "top"]);
@@ -187,7 +236,10 @@ fn previews_decode_with_foreground_that_differs_between_views() {
         assert_eq!((w, h), (128, 128), "{name}");
         let background = [rgb[0], rgb[1], rgb[2]];
         let foreground = rgb.chunks(3).filter(|p| *p != background).count();
-        assert!(foreground > 128 * 128 / 5, "{name}: only {foreground} foreground pixels");
+        assert!(
+            foreground > 128 * 128 / 5,
+            "{name}: only {foreground} foreground pixels"
+        );
         images.push(rgb);
     }
     for i in 0..images.len() {
@@ -211,5 +263,8 @@ fn previews_of_a_million_triangles_render_in_about_a_second() {
     assert_eq!(previews.len(), 4);
     // ~1 s is the budget on the 2-core build machine; allow slack for a loaded machine.
     assert!(elapsed.as_secs_f64() < 3.0, "{elapsed:?}");
-    eprintln!("4 previews of {} triangles at 512²: {elapsed:?}", mesh.indices.len());
+    eprintln!(
+        "4 previews of {} triangles at 512²: {elapsed:?}",
+        mesh.indices.len()
+    );
 }
