@@ -44,8 +44,70 @@ pub enum Command {
     /// Run the mesh pipeline on a volume saved by NumPy (`.npy`, float32,
     /// C order, axes [z, y, x]; value > iso is solid unless --sdf).
     Mesh(MeshArgs),
+    /// Drive a node or cluster as N agents and measure throughput, latency
+    /// percentiles, rejections and batch sizes (embedded setup when no NATS
+    /// is given).
+    Bench(BenchArgs),
     /// Print the resolved configuration (secrets redacted).
     Config,
+}
+
+/// `orfeas bench`
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// NATS URL of a running deployment; without it (and without nats.url)
+    /// the embedded setup is started for the run.
+    #[arg(long)]
+    pub nats: Option<String>,
+    /// Metrics endpoints of the nodes (`http://host:port/metrics`), for the
+    /// batch-size distribution; the embedded node's is added by itself.
+    #[arg(long)]
+    pub metrics: Vec<String>,
+    /// Agents, each with its own key, taking turns.
+    #[arg(long, default_value_t = 4)]
+    pub agents: usize,
+    /// Model.
+    #[arg(long, default_value = "null")]
+    pub model: String,
+    /// Image to submit (default: a small generated PNG).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Output formats.
+    #[arg(long = "format", default_value = "glb")]
+    pub format: Vec<String>,
+    /// Closed loop: jobs kept in flight.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Open loop: submissions per second (overrides --concurrency).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Measured jobs (ignored with --duration-s).
+    #[arg(long, default_value_t = 500)]
+    pub jobs: u64,
+    /// Measure for this long instead of a job count.
+    #[arg(long)]
+    pub duration_s: Option<f64>,
+    /// Jobs run first and not measured (model warm, connections open).
+    #[arg(long, default_value_t = 20)]
+    pub warmup: u64,
+    /// Give up on a job's answer after this long.
+    #[arg(long, default_value_t = 60)]
+    pub timeout_s: u64,
+    /// Also measure raw JetStream publish + consume of same-size messages.
+    #[arg(long)]
+    pub raw: bool,
+    /// Messages for the raw floor.
+    #[arg(long, default_value_t = 5000)]
+    pub raw_messages: u64,
+    /// PubAcks outstanding at most in the raw floor.
+    #[arg(long, default_value_t = 32)]
+    pub raw_window: usize,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Mesh parameters for every job.
+    #[command(flatten)]
+    pub shape: ShapeArgs,
 }
 
 /// How the mesh is made (job parameters).

@@ -14,7 +14,12 @@ use orfeas_wire::{
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::{bus::{Bus, BusError}, now_ms, ticket::Ticket};
+use crate::{
+    bus::{Bus, BusError},
+    now_ms,
+    ticket::Ticket,
+    trace::TraceParent,
+};
 
 /// Events queued beyond this are progress events and are dropped.
 const QUEUE: usize = 4096;
@@ -22,6 +27,7 @@ const QUEUE: usize = 4096;
 struct Outgoing {
     agent: String,
     event: Event,
+    trace: Option<TraceParent>,
     confirmed: Option<oneshot::Sender<Result<(), BusError>>>,
 }
 
@@ -42,7 +48,13 @@ impl EventSink {
                 let bytes = out.event.seal(&subject, &key, &deployment, now_ms() / 1000);
                 let mut headers = HeaderMap::new();
                 headers.insert("Orfeas-Event", out.event.kind.name());
-                let result = bus.publish_acked(subject, headers, bytes.into()).await.map(|_| ());
+                if let Some(trace) = &out.trace {
+                    trace.inject(&mut headers);
+                }
+                let result = bus
+                    .publish_acked(subject, headers, bytes.into())
+                    .await
+                    .map(|_| ());
                 if let Err(e) = &result {
                     tracing::warn!(error = %e, job_id = %out.event.job_id, "event not confirmed");
                 }
@@ -51,7 +63,10 @@ impl EventSink {
                 }
             }
         });
-        Self { tx, node_id: node_id.into() }
+        Self {
+            tx,
+            node_id: node_id.into(),
+        }
     }
 
     /// A sink that publishes nowhere: events land on the returned channel
@@ -68,26 +83,73 @@ impl EventSink {
                 }
             }
         });
-        (Self { tx, node_id: node_id.into() }, out_rx)
+        (
+            Self {
+                tx,
+                node_id: node_id.into(),
+            },
+            out_rx,
+        )
     }
 
     fn event(&self, job_id: Uuid, seq: u64, kind: EventKind) -> Event {
-        Event { job_id, seq, node: self.node_id.to_string(), at_ms: now_ms(), kind }
+        Event {
+            job_id,
+            seq,
+            node: self.node_id.to_string(),
+            at_ms: now_ms(),
+            kind,
+        }
     }
 
     /// Report a stage; never waits, dropped if the publisher is far behind.
     pub fn progress(&self, ticket: &Ticket, stage: Stage, percent: u8) {
-        let event = self.event(ticket.job.job_id, ticket.next_seq(), EventKind::Progress { stage, percent });
-        let _ = self.tx.try_send(Outgoing { agent: ticket.job.agent.clone(), event, confirmed: None });
+        let event = self.event(
+            ticket.job.job_id,
+            ticket.next_seq(),
+            EventKind::Progress { stage, percent },
+        );
+        let _ = self.tx.try_send(Outgoing {
+            agent: ticket.job.agent.clone(),
+            event,
+            trace: Some(ticket.trace),
+            confirmed: None,
+        });
     }
 
     /// Publish an event and wait until the server stored it.
-    pub async fn publish(&self, agent: &str, job_id: Uuid, seq: u64, kind: EventKind) -> Result<(), BusError> {
+    pub async fn publish(
+        &self,
+        agent: &str,
+        job_id: Uuid,
+        seq: u64,
+        kind: EventKind,
+    ) -> Result<(), BusError> {
+        self.publish_in(None, agent, job_id, seq, kind).await
+    }
+
+    /// [`publish`](Self::publish), carrying the job's trace context.
+    pub async fn publish_in(
+        &self,
+        trace: Option<TraceParent>,
+        agent: &str,
+        job_id: Uuid,
+        seq: u64,
+        kind: EventKind,
+    ) -> Result<(), BusError> {
         let (confirmed, done) = oneshot::channel();
         let event = self.event(job_id, seq, kind);
-        let unavailable = || BusError::Publish { subject: subjects::events(agent, &job_id), detail: "event publisher stopped".into() };
+        let unavailable = || BusError::Publish {
+            subject: subjects::events(agent, &job_id),
+            detail: "event publisher stopped".into(),
+        };
         self.tx
-            .send(Outgoing { agent: agent.to_string(), event, confirmed: Some(confirmed) })
+            .send(Outgoing {
+                agent: agent.to_string(),
+                event,
+                trace,
+                confirmed: Some(confirmed),
+            })
             .await
             .map_err(|_| unavailable())?;
         done.await.map_err(|_| unavailable())?

@@ -11,14 +11,29 @@
 //!   decode, events subject, model, formats, image header and size. Then a
 //!   create-only job record makes resubmission idempotent: same id and same
 //!   request → no second job; same id, different request → `conflict`.
-//! - State: the pull loop and its credits.
+//! - Submissions are checked and admitted concurrently (up to the pull
+//!   credits) on tasks, so one slow KV or PubAck round trip never holds up
+//!   the next agent; each runs in its own `job.admit` span, in the trace
+//!   the submission's `traceparent` header names.
+//! - State: the pull loop and its credits, the admission context shared by
+//!   those tasks, and a queue-depth reading refreshed in the background.
 //! - Restart policy: stateless between messages; a restart loses nothing
 //!   (unacked submissions are redelivered; the job record makes
 //!   re-admission idempotent).
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
-use async_nats::{jetstream::{self, AckKind}, HeaderMap};
+use async_nats::{
+    jetstream::{self, AckKind},
+    HeaderMap,
+};
 use orfeas_wire::{
     envelope::{self, ContentKind, Opened},
     subjects,
@@ -28,6 +43,7 @@ use orfeas_wire::{
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use sha2::{Digest, Sha256};
 use tokio::{sync::Semaphore, task::JoinHandle};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -36,10 +52,10 @@ use crate::{
     jobs::{Created, JobRecord, JobState, JobStore},
     metrics,
     model::Manifest,
-    now_ms,
-    preprocess,
+    now_ms, preprocess,
     registry::Registry,
     settings::NodeSettings,
+    trace::{self, TraceParent},
 };
 
 /// Submissions verified concurrently at most.
@@ -60,7 +76,10 @@ pub struct Rejection {
 
 impl Rejection {
     fn new(job_id: Option<Uuid>, code: ErrorCode, error: impl Into<String>) -> Self {
-        Self { job_id, failure: Failure::new(code, error) }
+        Self {
+            job_id,
+            failure: Failure::new(code, error),
+        }
     }
 }
 
@@ -91,7 +110,9 @@ pub struct Policy {
 /// Best-effort job id from an unverified payload, so a rejection reaches the
 /// job's events subject. Never used for anything else.
 fn unverified_job_id(opened: &Opened) -> Option<Uuid> {
-    orfeas_wire::from_cbor::<SubmitJob>(&opened.payload).ok().map(|j| j.job_id)
+    orfeas_wire::from_cbor::<SubmitJob>(&opened.payload)
+        .ok()
+        .map(|j| j.job_id)
 }
 
 /// Steps 1–2: cap and decode.
@@ -110,33 +131,75 @@ pub fn check_submission(
 ) -> Result<ValidJob, Rejection> {
     let job_id = unverified_job_id(opened);
     let reject = |code, error: String| Rejection::new(job_id, code, error);
-    let agent = subjects::agent_of_submit(subject).ok_or_else(|| reject(ErrorCode::Forbidden, format!("{subject:?} is not a submit subject")))?;
+    let agent = subjects::agent_of_submit(subject).ok_or_else(|| {
+        reject(
+            ErrorCode::Forbidden,
+            format!("{subject:?} is not a submit subject"),
+        )
+    })?;
     if opened.claims.iss != agent {
-        return Err(reject(ErrorCode::Forbidden, format!("issuer {:?} published on {agent:?}'s subject", opened.claims.iss)));
+        return Err(reject(
+            ErrorCode::Forbidden,
+            format!(
+                "issuer {:?} published on {agent:?}'s subject",
+                opened.claims.iss
+            ),
+        ));
     }
-    let key = key.ok_or_else(|| reject(ErrorCode::UnknownKey, format!("agent {agent:?} has no active key {:?}", opened.kid.0)))?;
-    opened.verify(&key, subject).map_err(|e| reject(e.code(), e.to_string()))?;
-    if let Err(e) = opened.check_claims(&policy.audience, now_s, policy.clock_skew_s, v1::MAX_LIFETIME_S) {
+    let key = key.ok_or_else(|| {
+        reject(
+            ErrorCode::UnknownKey,
+            format!("agent {agent:?} has no active key {:?}", opened.kid.0),
+        )
+    })?;
+    opened
+        .verify(&key, subject)
+        .map_err(|e| reject(e.code(), e.to_string()))?;
+    if let Err(e) = opened.check_claims(
+        &policy.audience,
+        now_s,
+        policy.clock_skew_s,
+        v1::MAX_LIFETIME_S,
+    ) {
         let mut rejection = reject(e.code(), e.to_string());
         rejection.failure.server_time_ms = Some(now_s * 1000);
         return Err(rejection);
     }
     if opened.op != "submit" {
-        return Err(reject(ErrorCode::Forbidden, format!("operation {:?} is not submit", opened.op)));
+        return Err(reject(
+            ErrorCode::Forbidden,
+            format!("operation {:?} is not submit", opened.op),
+        ));
     }
-    let mut job: SubmitJob = orfeas_wire::from_cbor(&opened.payload).map_err(|e| reject(ErrorCode::Invalid, format!("submit payload: {e}")))?;
+    let mut job: SubmitJob = orfeas_wire::from_cbor(&opened.payload)
+        .map_err(|e| reject(ErrorCode::Invalid, format!("submit payload: {e}")))?;
     let job_id = Some(job.job_id);
     let reject = |code, error: String| Rejection::new(job_id, code, error);
     let expected_events = subjects::events(agent, &job.job_id);
     if opened.events_subject.as_deref() != Some(expected_events.as_str()) {
-        return Err(reject(ErrorCode::Forbidden, format!("events subject {:?} is not {expected_events:?}", opened.events_subject)));
+        return Err(reject(
+            ErrorCode::Forbidden,
+            format!(
+                "events subject {:?} is not {expected_events:?}",
+                opened.events_subject
+            ),
+        ));
     }
     if !policy.models.contains_key(&job.model) {
         let mut served: Vec<&str> = policy.models.keys().map(String::as_str).collect();
         served.sort_unstable();
-        return Err(reject(ErrorCode::UnknownModel, format!("model {:?} is not served (models: {})", job.model, served.join(", "))));
+        return Err(reject(
+            ErrorCode::UnknownModel,
+            format!(
+                "model {:?} is not served (models: {})",
+                job.model,
+                served.join(", ")
+            ),
+        ));
     }
-    job.params.validate().map_err(|e| reject(ErrorCode::Invalid, e))?;
+    job.params
+        .validate()
+        .map_err(|e| reject(ErrorCode::Invalid, e))?;
     if job.formats.is_empty() {
         job.formats = vec![Format::Glb];
     }
@@ -149,11 +212,23 @@ pub fn check_submission(
     job.formats = unique;
     let ImageInput::Inline { media_type, data } = &job.image;
     if data.len() > v1::MAX_INLINE_IMAGE_BYTES {
-        return Err(reject(ErrorCode::TooLarge, format!("inline image of {} bytes exceeds {}", data.len(), v1::MAX_INLINE_IMAGE_BYTES)));
+        return Err(reject(
+            ErrorCode::TooLarge,
+            format!(
+                "inline image of {} bytes exceeds {}",
+                data.len(),
+                v1::MAX_INLINE_IMAGE_BYTES
+            ),
+        ));
     }
-    preprocess::check_header(data, media_type, policy.max_image_side).map_err(|e| reject(e.code(), e.to_string()))?;
+    preprocess::check_header(data, media_type, policy.max_image_side)
+        .map_err(|e| reject(e.code(), e.to_string()))?;
     let digest = hex::encode(Sha256::digest(&opened.payload));
-    Ok(ValidJob { agent: agent.to_string(), job, digest })
+    Ok(ValidJob {
+        agent: agent.to_string(),
+        job,
+        digest,
+    })
 }
 
 /// Ingress configuration.
@@ -176,7 +251,25 @@ pub struct Ingress {
 pub struct IngressState {
     credits: Arc<Semaphore>,
     puller: JoinHandle<()>,
+    depth_reader: JoinHandle<()>,
+    admission: Arc<Admission>,
 }
+
+/// What an admission task needs: the actor's configuration, shared.
+struct Admission {
+    settings: Arc<NodeSettings>,
+    bus: Bus,
+    registry: Registry,
+    jobs: JobStore,
+    events: EventSink,
+    policy: Policy,
+    /// Messages in the queue stream, refreshed in the background: an
+    /// `accepted` event's queue position must not cost a round trip.
+    queue_depth: Arc<AtomicU64>,
+}
+
+/// How often the queue depth for `accepted` is re-read.
+const DEPTH_REFRESH: Duration = Duration::from_millis(250);
 
 /// Messages to Ingress.
 pub enum IngressMsg {
@@ -196,11 +289,29 @@ enum Settled {
     Retry,
 }
 
-impl Ingress {
+impl Admission {
+    /// Check and admit one submission inside its `job.admit` span.
     async fn process(&self, message: &jetstream::Message) -> Settled {
+        let trace = TraceParent::from_headers(message.headers.as_ref());
+        let agent = subjects::agent_of_submit(&message.subject).unwrap_or(UNREGISTERED);
+        let span = trace::hop_unknown_job("admit", &trace, agent);
+        self.check_and_admit(message, &span, trace)
+            .instrument(span.clone())
+            .await
+    }
+
+    async fn check_and_admit(
+        &self,
+        message: &jetstream::Message,
+        span: &tracing::Span,
+        trace: TraceParent,
+    ) -> Settled {
         let subject = message.subject.to_string();
         let Some(agent) = subjects::agent_of_submit(&subject).map(str::to_string) else {
-            tracing::warn!(subject, "message on a subject that is not a submit subject; dropped");
+            tracing::warn!(
+                subject,
+                "message on a subject that is not a submit subject; dropped"
+            );
             return Settled::Term;
         };
         // Metric label: only registered agents get their own series, so a
@@ -222,7 +333,7 @@ impl Ingress {
             Err(rejection) => Err(rejection),
         };
         match verdict {
-            Ok(valid) => match self.admit(valid).await {
+            Ok(valid) => match self.admit(valid, span, trace).await {
                 Ok(settled) => settled,
                 Err(e) => {
                     tracing::warn!(error = %e, "admission not confirmed; retrying");
@@ -231,11 +342,25 @@ impl Ingress {
             },
             Err(rejection) => {
                 let code = rejection.failure.code.as_str();
-                metrics::REQUESTS.with_label_values(&[label, "submit", code]).inc();
+                metrics::REQUESTS
+                    .with_label_values(&[label, "submit", code])
+                    .inc();
                 metrics::ERRORS.with_label_values(&[label, code]).inc();
                 tracing::info!(agent, code = %rejection.failure.code, error = %rejection.failure.error, "submission rejected");
                 let job_id = rejection.job_id.unwrap_or(Uuid::nil());
-                match self.events.publish(&agent, job_id, 0, EventKind::Rejected(rejection.failure)).await {
+                span.record("job_id", tracing::field::display(job_id));
+                let onward = trace::onward(span, &trace);
+                match self
+                    .events
+                    .publish_in(
+                        Some(onward),
+                        &agent,
+                        job_id,
+                        0,
+                        EventKind::Rejected(rejection.failure),
+                    )
+                    .await
+                {
                     Ok(()) => Settled::Term,
                     Err(_) => Settled::Retry,
                 }
@@ -244,8 +369,15 @@ impl Ingress {
     }
 
     /// Record, enqueue (PubAck), announce. Idempotent on the job id.
-    async fn admit(&self, valid: ValidJob) -> Result<Settled, BusError> {
+    async fn admit(
+        &self,
+        valid: ValidJob,
+        span: &tracing::Span,
+        trace: TraceParent,
+    ) -> Result<Settled, BusError> {
         let ValidJob { agent, job, digest } = valid;
+        span.record("job_id", tracing::field::display(job.job_id));
+        let onward = trace::onward(span, &trace);
         let record = JobRecord {
             agent: agent.clone(),
             job_id: job.job_id,
@@ -261,10 +393,25 @@ impl Ingress {
         match self.jobs.create(&record).await? {
             Created::New(_) => {}
             Created::Exists(existing, _) if existing.digest != digest => {
-                metrics::REQUESTS.with_label_values(&[&agent, "submit", ErrorCode::Conflict.as_str()]).inc();
-                metrics::ERRORS.with_label_values(&[&agent, ErrorCode::Conflict.as_str()]).inc();
-                let failure = Failure::new(ErrorCode::Conflict, format!("job {} exists with a different request", job.job_id));
-                self.events.publish(&agent, job.job_id, 0, EventKind::Rejected(failure)).await?;
+                metrics::REQUESTS
+                    .with_label_values(&[&agent, "submit", ErrorCode::Conflict.as_str()])
+                    .inc();
+                metrics::ERRORS
+                    .with_label_values(&[&agent, ErrorCode::Conflict.as_str()])
+                    .inc();
+                let failure = Failure::new(
+                    ErrorCode::Conflict,
+                    format!("job {} exists with a different request", job.job_id),
+                );
+                self.events
+                    .publish_in(
+                        Some(onward),
+                        &agent,
+                        job.job_id,
+                        0,
+                        EventKind::Rejected(failure),
+                    )
+                    .await?;
                 return Ok(Settled::Term);
             }
             Created::Exists(existing, _) if existing.state != JobState::Admitted => {
@@ -287,22 +434,49 @@ impl Ingress {
         };
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", format!("{agent}:{}", job.job_id).as_str());
-        // Jobs ahead of this one, read before it is queued so that `accepted`
-        // follows the PubAck at once (a worker may start the job right away).
-        let queue_position = self.queue_depth().await;
-        let ack = self.bus.publish_acked(subjects::queue(LANE), headers, orfeas_wire::to_cbor(&admitted).into()).await?;
-        self.events.publish(&agent, job.job_id, 0, EventKind::Accepted { queue_position }).await?;
-        metrics::REQUESTS.with_label_values(&[&agent, "submit", "accepted"]).inc();
+        onward.inject(&mut headers);
+        // Jobs ahead of this one (a recent reading, not a round trip), so
+        // that `accepted` follows the PubAck at once.
+        let queue_position = self.queue_depth.load(Ordering::Relaxed);
+        let ack = self
+            .bus
+            .publish_acked(
+                subjects::queue(LANE),
+                headers,
+                orfeas_wire::to_cbor(&admitted).into(),
+            )
+            .await?;
+        self.events
+            .publish_in(
+                Some(onward),
+                &agent,
+                job.job_id,
+                0,
+                EventKind::Accepted { queue_position },
+            )
+            .await?;
+        metrics::REQUESTS
+            .with_label_values(&[&agent, "submit", "accepted"])
+            .inc();
         tracing::info!(agent, job_id = %job.job_id, seq = ack.sequence, "job admitted");
         Ok(Settled::Ack)
     }
+}
 
-    async fn queue_depth(&self) -> u64 {
-        match self.bus.js.get_stream(subjects::QUEUE_STREAM).await {
-            Ok(mut stream) => stream.info().await.map(|i| i.state.messages).unwrap_or(0),
-            Err(_) => 0,
+/// Keep `depth` close to the number of queued jobs.
+fn spawn_depth_reader(bus: Bus, depth: Arc<AtomicU64>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(DEPTH_REFRESH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Ok(mut stream) = bus.js.get_stream(subjects::QUEUE_STREAM).await {
+                if let Ok(info) = stream.info().await {
+                    depth.store(info.state.messages, Ordering::Relaxed);
+                }
+            }
         }
-    }
+    })
 }
 
 impl Actor for Ingress {
@@ -310,10 +484,19 @@ impl Actor for Ingress {
     type State = IngressState;
     type Arguments = ();
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, _: ()) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
         let consumer = self
             .bus
-            .consumer(subjects::SUBMIT_STREAM, subjects::INGRESS_CONSUMER, &self.settings, (CREDITS * 4) as i64)
+            .consumer(
+                subjects::SUBMIT_STREAM,
+                subjects::INGRESS_CONSUMER,
+                &self.settings,
+                (CREDITS * 4) as i64,
+            )
             .await?;
         let credits = Arc::new(Semaphore::new(CREDITS));
         let me = myself.clone();
@@ -325,27 +508,57 @@ impl Actor for Ingress {
                 let _ = myself.cast(IngressMsg::PullFailed(e));
             }),
         );
-        Ok(IngressState { credits, puller })
+        let queue_depth = Arc::new(AtomicU64::new(0));
+        let depth_reader = spawn_depth_reader(self.bus.clone(), queue_depth.clone());
+        let admission = Arc::new(Admission {
+            settings: self.settings.clone(),
+            bus: self.bus.clone(),
+            registry: self.registry.clone(),
+            jobs: self.jobs.clone(),
+            events: self.events.clone(),
+            policy: self.policy.clone(),
+            queue_depth,
+        });
+        Ok(IngressState {
+            credits,
+            puller,
+            depth_reader,
+            admission,
+        })
     }
 
-    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         state.puller.abort();
+        state.depth_reader.abort();
         Ok(())
     }
 
-    async fn handle(&self, _myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match message {
             IngressMsg::Delivered(message) => {
-                let settled = self.process(&message).await;
-                let kind = match settled {
-                    Settled::Ack => AckKind::Ack,
-                    Settled::Term => AckKind::Term,
-                    Settled::Retry => AckKind::Nak(Some(std::time::Duration::from_secs(1))),
-                };
-                if let Err(e) = message.ack_with(kind).await {
-                    tracing::warn!(error = %e, "submission ack not sent; it will be redelivered");
-                }
-                state.credits.add_permits(1);
+                // The pull credit this message holds bounds the tasks.
+                let admission = state.admission.clone();
+                let credits = state.credits.clone();
+                tokio::spawn(async move {
+                    let kind = match admission.process(&message).await {
+                        Settled::Ack => AckKind::Ack,
+                        Settled::Term => AckKind::Term,
+                        Settled::Retry => AckKind::Nak(Some(Duration::from_secs(1))),
+                    };
+                    if let Err(e) = message.ack_with(kind).await {
+                        tracing::warn!(error = %e, "submission ack not sent; it will be redelivered");
+                    }
+                    credits.add_permits(1);
+                });
             }
             IngressMsg::PullFailed(e) => return Err(e.into()),
         }
@@ -359,7 +572,9 @@ mod tests {
     use orfeas_wire::SecretKey;
 
     fn png() -> Vec<u8> {
-        let img = image::RgbaImage::from_fn(16, 16, |x, _| image::Rgba([255, 0, 0, if x > 4 { 255 } else { 0 }]));
+        let img = image::RgbaImage::from_fn(16, 16, |x, _| {
+            image::Rgba([255, 0, 0, if x > 4 { 255 } else { 0 }])
+        });
         let mut out = std::io::Cursor::new(Vec::new());
         img.write_to(&mut out, image::ImageFormat::Png).unwrap();
         out.into_inner()
@@ -381,20 +596,33 @@ precision = "fp32"
 max_batch = 4"#,
         )
         .unwrap();
-        Policy { audience: "orfeas".into(), clock_skew_s: 60, max_image_side: 1024, models: HashMap::from([("inflate".into(), manifest)]) }
+        Policy {
+            audience: "orfeas".into(),
+            clock_skew_s: 60,
+            max_image_side: 1024,
+            models: HashMap::from([("inflate".into(), manifest)]),
+        }
     }
 
     fn job(model: &str, image: Vec<u8>) -> SubmitJob {
         SubmitJob {
             job_id: Uuid::from_u128(42),
             model: model.into(),
-            image: ImageInput::Inline { media_type: "image/png".into(), data: image },
+            image: ImageInput::Inline {
+                media_type: "image/png".into(),
+                data: image,
+            },
             formats: vec![],
             params: Default::default(),
         }
     }
 
-    fn check(bytes: &[u8], subject: &str, key: Option<PublicKey>, now: u64) -> Result<ValidJob, Rejection> {
+    fn check(
+        bytes: &[u8],
+        subject: &str,
+        key: Option<PublicKey>,
+        now: u64,
+    ) -> Result<ValidJob, Rejection> {
         let opened = open_submission(bytes)?;
         check_submission(&opened, subject, key, &policy(), now)
     }
@@ -415,26 +643,61 @@ max_batch = 4"#,
         let other = SecretKey::from_seed([8; 32]);
         let (subject, bytes) = job("inflate", png()).seal("alice", &key, "orfeas", 1_000, 300);
         let code = |r: Result<ValidJob, Rejection>| r.unwrap_err().failure.code;
-        assert_eq!(code(check(&bytes, &subject, None, 1_000)), ErrorCode::UnknownKey);
-        assert_eq!(code(check(&bytes, &subject, Some(other.public()), 1_000)), ErrorCode::BadSignature);
-        assert_eq!(code(check(&bytes, "orfeas.jobs.submit.bob", Some(key.public()), 1_000)), ErrorCode::Forbidden);
+        assert_eq!(
+            code(check(&bytes, &subject, None, 1_000)),
+            ErrorCode::UnknownKey
+        );
+        assert_eq!(
+            code(check(&bytes, &subject, Some(other.public()), 1_000)),
+            ErrorCode::BadSignature
+        );
+        assert_eq!(
+            code(check(
+                &bytes,
+                "orfeas.jobs.submit.bob",
+                Some(key.public()),
+                1_000
+            )),
+            ErrorCode::Forbidden
+        );
         let stale = check(&bytes, &subject, Some(key.public()), 9_000).unwrap_err();
         assert_eq!(stale.failure.code, ErrorCode::Stale);
         assert_eq!(stale.failure.server_time_ms, Some(9_000_000));
-        assert_eq!(stale.job_id, Some(Uuid::from_u128(42)), "rejection names the job");
+        assert_eq!(
+            stale.job_id,
+            Some(Uuid::from_u128(42)),
+            "rejection names the job"
+        );
         let (s, b) = job("nope", png()).seal("alice", &key, "orfeas", 1_000, 300);
-        assert_eq!(code(check(&b, &s, Some(key.public()), 1_000)), ErrorCode::UnknownModel);
-        let (s, b) = job("inflate", b"not an image".to_vec()).seal("alice", &key, "orfeas", 1_000, 300);
-        assert_eq!(code(check(&b, &s, Some(key.public()), 1_000)), ErrorCode::InvalidImage);
+        assert_eq!(
+            code(check(&b, &s, Some(key.public()), 1_000)),
+            ErrorCode::UnknownModel
+        );
+        let (s, b) =
+            job("inflate", b"not an image".to_vec()).seal("alice", &key, "orfeas", 1_000, 300);
+        assert_eq!(
+            code(check(&b, &s, Some(key.public()), 1_000)),
+            ErrorCode::InvalidImage
+        );
         let mut bad_params = job("inflate", png());
         bad_params.params.target_faces = Some(3);
         let (s, b) = bad_params.seal("alice", &key, "orfeas", 1_000, 300);
         let r = check(&b, &s, Some(key.public()), 1_000).unwrap_err();
         assert_eq!(r.failure.code, ErrorCode::Invalid);
-        assert!(r.failure.error.contains("target_faces 3"), "{}", r.failure.error);
+        assert!(
+            r.failure.error.contains("target_faces 3"),
+            "{}",
+            r.failure.error
+        );
         let (s, b) = job("inflate", png()).seal("alice", &key, "elsewhere", 1_000, 300);
-        assert_eq!(code(check(&b, &s, Some(key.public()), 1_000)), ErrorCode::Forbidden);
-        assert_eq!(code(check(b"garbage", &subject, Some(key.public()), 1_000)), ErrorCode::Malformed);
+        assert_eq!(
+            code(check(&b, &s, Some(key.public()), 1_000)),
+            ErrorCode::Forbidden
+        );
+        assert_eq!(
+            code(check(b"garbage", &subject, Some(key.public()), 1_000)),
+            ErrorCode::Malformed
+        );
     }
 
     #[test]

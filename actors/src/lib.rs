@@ -30,6 +30,7 @@ pub mod settings;
 pub mod store;
 pub mod supervisor;
 pub mod ticket;
+pub mod trace;
 
 pub use settings::NodeSettings;
 

@@ -8,6 +8,8 @@ use std::sync::{
 
 use orfeas_wire::v1::AdmittedJob;
 
+use crate::trace::TraceParent;
+
 /// One delivery attempt of an admitted job, handed from actor to actor.
 #[derive(Clone, Debug)]
 pub struct Ticket {
@@ -18,13 +20,31 @@ pub struct Ticket {
     /// Revision of the job record written when this attempt started; a
     /// completion must update exactly this revision or it lost its lease.
     pub revision: u64,
+    /// The job's trace (from the queue message's `traceparent`).
+    pub trace: TraceParent,
     step: Arc<AtomicU64>,
 }
 
 impl Ticket {
     /// A ticket for delivery `attempt` holding record `revision`.
     pub fn new(job: AdmittedJob, attempt: u64, revision: u64) -> Self {
-        Self { job: Arc::new(job), attempt, revision, step: Arc::new(AtomicU64::new(1)) }
+        Self {
+            job: Arc::new(job),
+            attempt,
+            revision,
+            trace: TraceParent::new_root(),
+            step: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// The same ticket in the given trace.
+    pub fn traced(self, trace: TraceParent) -> Self {
+        Self { trace, ..self }
+    }
+
+    /// A span for one hop of this job.
+    pub fn span(&self, hop: &'static str) -> tracing::Span {
+        crate::trace::hop(hop, &self.trace, &self.job.job_id, &self.job.agent)
     }
 
     /// Next event sequence number: strictly increasing within the job, also
@@ -51,7 +71,10 @@ mod tests {
             model: "m".into(),
             formats: vec![Format::Glb],
             params: Default::default(),
-            image: ImageInput::Inline { media_type: "image/png".into(), data: vec![] },
+            image: ImageInput::Inline {
+                media_type: "image/png".into(),
+                data: vec![],
+            },
             admitted_at_ms: 0,
         }
     }
