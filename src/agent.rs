@@ -27,29 +27,15 @@ pub fn media_type(bytes: &[u8], path: &Path) -> Result<&'static str> {
 pub fn formats(names: &[String]) -> Result<Vec<Format>> {
     names
         .iter()
-        .map(|n| {
-            Format::parse(n)
-                .with_context(|| format!("unknown format {n:?} (glb, stl, obj, ply, 3mf)"))
-        })
+        .map(|n| Format::parse(n).with_context(|| format!("unknown format {n:?} (glb, stl, obj, ply, 3mf)")))
         .collect()
 }
 
 /// A job for `image` (a fresh time-ordered job id).
-pub fn job_for(
-    image: &Path,
-    model: &str,
-    formats: Vec<Format>,
-    params: JobParams,
-) -> Result<SubmitJob> {
+pub fn job_for(image: &Path, model: &str, formats: Vec<Format>, params: JobParams) -> Result<SubmitJob> {
     let data = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
     let media_type = media_type(&data, image)?.to_string();
-    Ok(SubmitJob {
-        job_id: Uuid::now_v7(),
-        model: model.to_string(),
-        image: ImageInput::Inline { media_type, data },
-        formats,
-        params,
-    })
+    Ok(SubmitJob { job_id: Uuid::now_v7(), model: model.to_string(), image: ImageInput::Inline { media_type, data }, formats, params })
 }
 
 /// Read events until the terminal one, calling `on_event` for each.
@@ -84,10 +70,7 @@ pub async fn follow(
 /// `out.glb`, `out.stl`) when it has an extension, else a folder holding
 /// `<image stem>.<ext>`.
 pub fn output_path(output: Option<&Path>, image: &Path, format: Format) -> PathBuf {
-    let stem = image
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
+    let stem = image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     match output {
         Some(out) if out.extension().is_some() => out.with_extension(format.extension()),
         Some(dir) => dir.join(format!("{stem}.{}", format.extension())),
@@ -98,10 +81,7 @@ pub fn output_path(output: Option<&Path>, image: &Path, format: Format) -> PathB
 /// Copy a result file from its URL (a `file://` URL of a local store).
 pub fn fetch(file: &ResultFile, to: &Path) -> Result<()> {
     let Some(path) = file.url.strip_prefix("file://") else {
-        bail!(
-            "cannot fetch {}: only file:// results are supported by this command",
-            file.url
-        );
+        bail!("cannot fetch {}: only file:// results are supported by this command", file.url);
     };
     if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
@@ -113,9 +93,7 @@ pub fn fetch(file: &ResultFile, to: &Path) -> Result<()> {
 /// One line describing an event.
 pub fn describe(event: &Event) -> String {
     match &event.kind {
-        EventKind::Accepted { queue_position } => {
-            format!("accepted (queue position {queue_position})")
-        }
+        EventKind::Accepted { queue_position } => format!("accepted (queue position {queue_position})"),
         EventKind::Progress { stage, percent } => format!("{} {percent}%", stage.as_str()),
         EventKind::Completed { results, mesh, .. } => format!(
             "completed: {} files, {} faces, closed manifold: {}",
@@ -123,12 +101,6 @@ pub fn describe(event: &Event) -> String {
             mesh.faces,
             mesh.closed_manifold
         ),
-        EventKind::Failed(f) | EventKind::Rejected(f) => format!(
-            "{} {} ({}): {}",
-            event.kind.name(),
-            f.status,
-            f.code,
-            f.error
-        ),
+        EventKind::Failed(f) | EventKind::Rejected(f) => format!("{} {} ({}): {}", event.kind.name(), f.status, f.code, f.error),
     }
 }

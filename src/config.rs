@@ -136,42 +136,14 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             version: 1,
-            node: NodeSection {
-                id: String::new(),
-                deployment: "orfeas".into(),
-                key_file: String::new(),
-                simulated_latency_ms: 0,
-            },
-            nats: NatsSection {
-                url: String::new(),
-                server_bin: String::new(),
-                replicas: 1,
-            },
-            store: StoreSection {
-                root: String::new(),
-            },
-            models: ModelsSection {
-                dir: default_models_dir(),
-                enabled: vec![],
-            },
-            devices: DevicesSection {
-                cpu_threads: 0,
-                use_cuda: true,
-            },
-            scheduler: SchedulerSection {
-                max_batch: 8,
-                ack_wait_s: 60,
-                progress_ack_s: 15,
-                max_deliver: 5,
-            },
-            ingress: IngressSection {
-                clock_skew_s: 120,
-                max_image_side: 4096,
-                submit_queue_max: 100_000,
-            },
-            http: HttpSection {
-                listen: "127.0.0.1:9470".into(),
-            },
+            node: NodeSection { id: String::new(), deployment: "orfeas".into(), key_file: String::new(), simulated_latency_ms: 0 },
+            nats: NatsSection { url: String::new(), server_bin: String::new(), replicas: 1 },
+            store: StoreSection { root: String::new() },
+            models: ModelsSection { dir: default_models_dir(), enabled: vec![] },
+            devices: DevicesSection { cpu_threads: 0, use_cuda: true },
+            scheduler: SchedulerSection { max_batch: 8, ack_wait_s: 60, progress_ack_s: 15, max_deliver: 5 },
+            ingress: IngressSection { clock_skew_s: 120, max_image_side: 4096, submit_queue_max: 100_000 },
+            http: HttpSection { listen: "127.0.0.1:9470".into() },
         }
     }
 }
@@ -179,41 +151,25 @@ impl Default for Config {
 impl Config {
     /// Resolve: defaults ← file ← env (`ORFEAS_<SECTION>_<KEY>`) ← `overrides`
     /// (`section.key` → TOML value text).
-    pub fn load(
-        file: Option<&Path>,
-        env: &BTreeMap<String, String>,
-        overrides: &[(&str, String)],
-    ) -> Result<Self> {
+    pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>, overrides: &[(&str, String)]) -> Result<Self> {
         let mut tree = toml::Value::try_from(Config::default()).context("defaults")?;
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading config {}", path.display()))?;
-            let from_file: toml::Value = toml::from_str(&text)
-                .with_context(|| format!("parsing config {}", path.display()))?;
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+            let from_file: toml::Value = toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
             merge(&mut tree, from_file);
         }
-        let sections: Vec<String> = tree
-            .as_table()
-            .map(|t| t.keys().cloned().collect())
-            .unwrap_or_default();
+        let sections: Vec<String> = tree.as_table().map(|t| t.keys().cloned().collect()).unwrap_or_default();
         for (name, value) in env {
-            let Some(rest) = name.strip_prefix("ORFEAS_") else {
-                continue;
-            };
+            let Some(rest) = name.strip_prefix("ORFEAS_") else { continue };
             let rest = rest.to_ascii_lowercase();
             // Only variables naming a known section are configuration; others
             // (e.g. ORFEAS_CACHE_DIR for the setup script) are not ours here.
-            let Some(section) = sections.iter().find(|s| rest.starts_with(&format!("{s}_"))) else {
-                continue;
-            };
+            let Some(section) = sections.iter().find(|s| rest.starts_with(&format!("{s}_"))) else { continue };
             let key = &rest[section.len() + 1..];
-            set(&mut tree, section, key, value)
-                .with_context(|| format!("environment variable {name}"))?;
+            set(&mut tree, section, key, value).with_context(|| format!("environment variable {name}"))?;
         }
         for (path, value) in overrides {
-            let (section, key) = path
-                .split_once('.')
-                .context("override must be section.key")?;
+            let (section, key) = path.split_once('.').context("override must be section.key")?;
             set(&mut tree, section, key, value).with_context(|| format!("flag for {path}"))?;
         }
         let config: Config = tree.try_into().context("invalid configuration")?;
@@ -231,9 +187,7 @@ impl Config {
         if self.scheduler.max_batch == 0 {
             bail!("scheduler.max_batch must be at least 1");
         }
-        if self.scheduler.progress_ack_s == 0
-            || self.scheduler.progress_ack_s >= self.scheduler.ack_wait_s
-        {
+        if self.scheduler.progress_ack_s == 0 || self.scheduler.progress_ack_s >= self.scheduler.ack_wait_s {
             bail!(
                 "scheduler.progress_ack_s ({}) must be between 1 and ack_wait_s ({}) exclusive",
                 self.scheduler.progress_ack_s,
@@ -243,12 +197,8 @@ impl Config {
         if self.nats.replicas == 0 || self.nats.replicas > 5 {
             bail!("nats.replicas must be 1..=5, not {}", self.nats.replicas);
         }
-        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            bail!(
-                "http.listen {:?} is not an address like 0.0.0.0:9470",
-                self.http.listen
-            );
+        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            bail!("http.listen {:?} is not an address like 0.0.0.0:9470", self.http.listen);
         }
         if self.scheduler.max_deliver < 1 {
             bail!("scheduler.max_deliver must be at least 1");
@@ -267,24 +217,14 @@ impl Config {
 
     /// The node settings for the actors, with the resolved NATS URL and store.
     pub fn node_settings(&self, nats_url: &str, store_root: PathBuf) -> Result<NodeSettings> {
-        let node_id = if self.node.id.is_empty() {
-            default_node_id()
-        } else {
-            self.node.id.clone()
-        };
+        let node_id = if self.node.id.is_empty() { default_node_id() } else { self.node.id.clone() };
         let node_key = if self.node.key_file.is_empty() {
             SecretKey::generate()
         } else {
-            let text = std::fs::read_to_string(&self.node.key_file)
-                .with_context(|| format!("reading node.key_file {}", self.node.key_file))?;
+            let text = std::fs::read_to_string(&self.node.key_file).with_context(|| format!("reading node.key_file {}", self.node.key_file))?;
             SecretKey::from_text(&text)?
         };
-        let mut settings = NodeSettings::local(
-            &node_id,
-            nats_url,
-            PathBuf::from(&self.models.dir),
-            store_root,
-        );
+        let mut settings = NodeSettings::local(&node_id, nats_url, PathBuf::from(&self.models.dir), store_root);
         settings.deployment = self.node.deployment.clone();
         settings.replicas = self.nats.replicas;
         settings.node_key = node_key;
@@ -299,11 +239,7 @@ impl Config {
         settings.clock_skew_s = self.ingress.clock_skew_s;
         settings.max_image_side = self.ingress.max_image_side;
         settings.simulated_latency = Duration::from_millis(self.node.simulated_latency_ms);
-        settings.http_listen = if self.http.listen.is_empty() {
-            None
-        } else {
-            Some(self.http.listen.parse()?)
-        };
+        settings.http_listen = if self.http.listen.is_empty() { None } else { Some(self.http.listen.parse()?) };
         Ok(settings)
     }
 
@@ -326,20 +262,10 @@ fn default_node_id() -> String {
         .trim()
         .to_ascii_lowercase()
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
         .take(40)
         .collect();
-    format!(
-        "{}-{}",
-        if host.is_empty() { "node" } else { &host },
-        std::process::id()
-    )
+    format!("{}-{}", if host.is_empty() { "node" } else { &host }, std::process::id())
 }
 
 fn merge(base: &mut toml::Value, over: toml::Value) {
@@ -364,37 +290,16 @@ fn set(tree: &mut toml::Value, section: &str, key: &str, text: &str) -> Result<(
         .get_mut(section)
         .and_then(|s| s.as_table_mut())
         .with_context(|| format!("unknown section {section:?}"))?;
-    let current = table
-        .get(key)
-        .with_context(|| format!("unknown key {section}.{key}"))?;
+    let current = table.get(key).with_context(|| format!("unknown key {section}.{key}"))?;
     let value = match current {
         toml::Value::String(_) => toml::Value::String(text.to_string()),
-        toml::Value::Integer(_) => toml::Value::Integer(
-            text.trim()
-                .parse()
-                .with_context(|| format!("{section}.{key} wants an integer, got {text:?}"))?,
-        ),
-        toml::Value::Boolean(_) => toml::Value::Boolean(
-            text.trim()
-                .parse()
-                .with_context(|| format!("{section}.{key} wants true or false, got {text:?}"))?,
-        ),
-        toml::Value::Float(_) => toml::Value::Float(
-            text.trim()
-                .parse()
-                .with_context(|| format!("{section}.{key} wants a number, got {text:?}"))?,
-        ),
+        toml::Value::Integer(_) => toml::Value::Integer(text.trim().parse().with_context(|| format!("{section}.{key} wants an integer, got {text:?}"))?),
+        toml::Value::Boolean(_) => toml::Value::Boolean(text.trim().parse().with_context(|| format!("{section}.{key} wants true or false, got {text:?}"))?),
+        toml::Value::Float(_) => toml::Value::Float(text.trim().parse().with_context(|| format!("{section}.{key} wants a number, got {text:?}"))?),
         toml::Value::Array(_) => toml::Value::Array(
-            text.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| toml::Value::String(s.to_string()))
-                .collect(),
+            text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.to_string())).collect(),
         ),
-        other => bail!(
-            "{section}.{key} cannot be set from text (it is {})",
-            other.type_str()
-        ),
+        other => bail!("{section}.{key} cannot be set from text (it is {})", other.type_str()),
     };
     table.insert(key.to_string(), value);
     Ok(())
@@ -405,10 +310,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -416,13 +318,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("orfeas.toml");
         std::fs::write(&file, "version = 1\n[scheduler]\nmax_batch = 4\nack_wait_s = 30\n[nats]\nurl = \"nats://file:4222\"\n").unwrap();
-        let e = env(&[
-            ("ORFEAS_SCHEDULER_MAX_BATCH", "6"),
-            ("ORFEAS_MODELS_ENABLED", "inflate, null"),
-            ("ORFEAS_CACHE_DIR", "/x"),
-        ]);
-        let config =
-            Config::load(Some(&file), &e, &[("nats.url", "nats://flag:4222".into())]).unwrap();
+        let e = env(&[("ORFEAS_SCHEDULER_MAX_BATCH", "6"), ("ORFEAS_MODELS_ENABLED", "inflate, null"), ("ORFEAS_CACHE_DIR", "/x")]);
+        let config = Config::load(Some(&file), &e, &[("nats.url", "nats://flag:4222".into())]).unwrap();
         assert_eq!(config.scheduler.max_batch, 6, "env beats file");
         assert_eq!(config.scheduler.ack_wait_s, 30, "file beats default");
         assert_eq!(config.nats.url, "nats://flag:4222", "flag beats file");
@@ -431,31 +328,16 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let err =
-            Config::load(None, &env(&[("ORFEAS_SCHEDULER_MAX_BATCH", "many")]), &[]).unwrap_err();
-        assert!(
-            format!("{err:#}").contains("ORFEAS_SCHEDULER_MAX_BATCH"),
-            "{err:#}"
-        );
+        let err = Config::load(None, &env(&[("ORFEAS_SCHEDULER_MAX_BATCH", "many")]), &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("ORFEAS_SCHEDULER_MAX_BATCH"), "{err:#}");
         let err = Config::load(None, &env(&[("ORFEAS_SCHEDULER_NOPE", "1")]), &[]).unwrap_err();
-        assert!(
-            format!("{err:#}").contains("unknown key scheduler.nope"),
-            "{err:#}"
-        );
-        let err = Config::load(
-            None,
-            &env(&[("ORFEAS_SCHEDULER_PROGRESS_ACK_S", "90")]),
-            &[],
-        )
-        .unwrap_err();
+        assert!(format!("{err:#}").contains("unknown key scheduler.nope"), "{err:#}");
+        let err = Config::load(None, &env(&[("ORFEAS_SCHEDULER_PROGRESS_ACK_S", "90")]), &[]).unwrap_err();
         assert!(format!("{err:#}").contains("progress_ack_s"), "{err:#}");
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "version = 1\n[node]\ncolour = \"red\"\n").unwrap();
-        assert!(
-            Config::load(Some(&file), &BTreeMap::new(), &[]).is_err(),
-            "unknown fields are refused"
-        );
+        assert!(Config::load(Some(&file), &BTreeMap::new(), &[]).is_err(), "unknown fields are refused");
     }
 
     #[test]

@@ -54,25 +54,15 @@ fn free_port() -> Result<u16> {
 impl EmbeddedNats {
     /// Start the server and wait until it accepts connections.
     pub fn start(server_bin: &Path) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("orfeas-nats-")
-            .tempdir()
-            .context("creating a temp dir for nats")?;
+        let dir = tempfile::Builder::new().prefix("orfeas-nats-").tempdir().context("creating a temp dir for nats")?;
         let port = free_port()?;
         let store = dir.path().join("jetstream");
-        let config = CONFIG_TEMPLATE
-            .replace("{{port}}", &port.to_string())
-            .replace("{{store_dir}}", &store.display().to_string());
+        let config = CONFIG_TEMPLATE.replace("{{port}}", &port.to_string()).replace("{{store_dir}}", &store.display().to_string());
         let config_path = dir.path().join("nats.conf");
         std::fs::write(&config_path, config)?;
         let log = std::fs::File::create(dir.path().join("nats.log"))?;
         let mut command = Command::new(server_bin);
-        command
-            .arg("-c")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
+        command.arg("-c").arg(&config_path).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         // SAFETY: prctl is async-signal-safe; it only sets this child's
         // parent-death signal so a killed orfeas takes its server with it.
         unsafe {
@@ -83,14 +73,8 @@ impl EmbeddedNats {
                 Ok(())
             });
         }
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {}", server_bin.display()))?;
-        let mut server = Self {
-            child,
-            url: format!("nats://127.0.0.1:{port}"),
-            dir,
-        };
+        let child = command.spawn().with_context(|| format!("starting {}", server_bin.display()))?;
+        let mut server = Self { child, url: format!("nats://127.0.0.1:{port}"), dir };
         server.wait_ready(port, Duration::from_secs(15))?;
         Ok(server)
     }
@@ -105,10 +89,7 @@ impl EmbeddedNats {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!(
-                    "nats-server did not listen on port {port} within {timeout:?}: {}",
-                    self.log_tail()
-                );
+                bail!("nats-server did not listen on port {port} within {timeout:?}: {}", self.log_tail());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -116,14 +97,7 @@ impl EmbeddedNats {
 
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default();
-        text.lines()
-            .rev()
-            .take(5)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join(" | ")
+        text.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ")
     }
 }
 

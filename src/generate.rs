@@ -38,14 +38,8 @@ pub async fn run(config: Config, args: GenerateArgs) -> Result<usize> {
     } else {
         (None, url)
     };
-    let scratch = tempfile::Builder::new()
-        .prefix("orfeas-generate-")
-        .tempdir()?;
-    let store_root = if embedded.is_some() {
-        scratch.path().join("store")
-    } else {
-        config.store_root()
-    };
+    let scratch = tempfile::Builder::new().prefix("orfeas-generate-").tempdir()?;
+    let store_root = if embedded.is_some() { scratch.path().join("store") } else { config.store_root() };
     let mut settings = config.node_settings(&url, store_root)?;
     // A one-off command serves no operator endpoint.
     settings.http_listen = None;
@@ -60,54 +54,35 @@ pub async fn run(config: Config, args: GenerateArgs) -> Result<usize> {
     outcome
 }
 
-async fn submit_all(
-    node: &node::RunningNode,
-    deployment: &str,
-    args: &GenerateArgs,
-    formats: Vec<Format>,
-) -> Result<usize> {
+async fn submit_all(node: &node::RunningNode, deployment: &str, args: &GenerateArgs, formats: Vec<Format>) -> Result<usize> {
     let key = SecretKey::generate();
-    Registry::new(node.bus.agents.clone(), node.bus.nodes.clone())
-        .add_agent_key(LOCAL_AGENT, &key.public().to_hex())
-        .await?;
+    Registry::new(node.bus.agents.clone(), node.bus.nodes.clone()).add_agent_key(LOCAL_AGENT, &key.public().to_hex()).await?;
     let mut client = AgentClient::new(node.bus.client.clone(), LOCAL_AGENT, key, deployment);
     let bars = MultiProgress::new();
-    let style = ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos:>3}% {msg}")
-        .expect("template")
-        .progress_chars("=> ");
+    let style = ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos:>3}% {msg}").expect("template").progress_chars("=> ");
     let mut running = Vec::new();
     for image in &args.images {
         let job = agent::job_for(image, &args.model, formats.clone(), args.shape.params())?;
         let events = client.submit(&job).await?;
         let bar = bars.add(ProgressBar::new(100));
         bar.set_style(style.clone());
-        bar.set_prefix(
-            image
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        );
+        bar.set_prefix(image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
         bar.set_message("submitted");
         running.push((image.clone(), events, bar));
     }
     let mut failed = 0;
     for (image, mut events, bar) in running {
         let name = image.display().to_string();
-        let last = agent::follow(
-            &mut client,
-            &mut events,
-            Duration::from_secs(args.timeout_s),
-            |event| {
-                if let EventKind::Progress { percent, .. } = &event.kind {
-                    bar.set_position(u64::from(*percent));
-                }
-                bar.set_message(agent::describe(event));
-                // Without a terminal the bars are hidden: print one line per event.
-                if bar.is_hidden() {
-                    eprintln!("{name}: {}", agent::describe(event));
-                }
-            },
-        )
+        let last = agent::follow(&mut client, &mut events, Duration::from_secs(args.timeout_s), |event| {
+            if let EventKind::Progress { percent, .. } = &event.kind {
+                bar.set_position(u64::from(*percent));
+            }
+            bar.set_message(agent::describe(event));
+            // Without a terminal the bars are hidden: print one line per event.
+            if bar.is_hidden() {
+                eprintln!("{name}: {}", agent::describe(event));
+            }
+        })
         .await;
         match last.map(|e| e.kind) {
             Ok(EventKind::Completed { results, mesh, .. }) => {
@@ -119,12 +94,7 @@ async fn submit_all(
                 }
                 bar.set_position(100);
                 let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
-                let summary = format!(
-                    "{} faces, closed manifold: {} → {}",
-                    mesh.faces,
-                    mesh.closed_manifold,
-                    names.join(", ")
-                );
+                let summary = format!("{} faces, closed manifold: {} → {}", mesh.faces, mesh.closed_manifold, names.join(", "));
                 if bar.is_hidden() {
                     eprintln!("{name}: wrote {summary}");
                 }
@@ -133,9 +103,7 @@ async fn submit_all(
             Ok(kind) => {
                 failed += 1;
                 bar.abandon_with_message(match &kind {
-                    EventKind::Failed(f) | EventKind::Rejected(f) => {
-                        format!("{} ({}): {}", kind.name(), f.code, f.error)
-                    }
+                    EventKind::Failed(f) | EventKind::Rejected(f) => format!("{} ({}): {}", kind.name(), f.code, f.error),
                     other => other.name().to_string(),
                 });
             }

@@ -28,18 +28,8 @@ fn main() -> ExitCode {
         std::env::set_var("OMP_WAIT_POLICY", "PASSIVE");
     }
     let cli = Cli::parse();
-    let _telemetry = telemetry::init(
-        cli.log_json,
-        if matches!(cli.command, Command::Generate(_) | Command::Bench(_)) {
-            "warn"
-        } else {
-            "info"
-        },
-    );
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let _telemetry = telemetry::init(cli.log_json, if matches!(cli.command, Command::Generate(_) | Command::Bench(_)) { "warn" } else { "info" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -62,10 +52,7 @@ fn load_config(cli: &Cli, overrides: &[(&str, String)]) -> Result<Config> {
 
 fn nats_url(config: &Config, flag: &Option<String>) -> Result<String> {
     let url = flag.clone().unwrap_or_else(|| config.nats.url.clone());
-    anyhow::ensure!(
-        !url.is_empty(),
-        "no NATS URL: pass --nats or set nats.url / ORFEAS_NATS_URL"
-    );
+    anyhow::ensure!(!url.is_empty(), "no NATS URL: pass --nats or set nats.url / ORFEAS_NATS_URL");
     Ok(url)
 }
 
@@ -74,11 +61,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Generate(args) => {
             let failed = generate::run(config, args).await?;
-            Ok(if failed == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            })
+            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
         }
         Command::Serve(args) => {
             let url = nats_url(&config, &args.nats)?;
@@ -86,9 +69,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             node::run(settings, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Keys {
-            command: KeysCommand::New { out },
-        } => {
+        Command::Keys { command: KeysCommand::New { out } } => {
             let key = SecretKey::generate();
             match out {
                 Some(path) => {
@@ -99,61 +80,38 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Keys {
-            command: KeysCommand::Public { key },
-        } => {
+        Command::Keys { command: KeysCommand::Public { key } } => {
             println!("{}", read_key(&key)?.public().to_hex());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Agents {
-            command: AgentsCommand::Add { name, pubkey, nats },
-        } => {
+        Command::Agents { command: AgentsCommand::Add { name, pubkey, nats } } => {
             let url = nats_url(&config, &nats)?;
             let client = bus::connect(&url, "orfeas-cli").await?;
             let settings = config.node_settings(&url, config.store_root())?;
             let bus = bus::Bus::ensure(client, &settings).await?;
-            let record = Registry::new(bus.agents.clone(), bus.nodes.clone())
-                .add_agent_key(&name, &pubkey)
-                .await?;
-            println!(
-                "agent {} has {} key(s); added kid {}",
-                record.name,
-                record.keys.len(),
-                orfeas_wire::PublicKey::from_hex(&pubkey)?.id().0
-            );
+            let record = Registry::new(bus.agents.clone(), bus.nodes.clone()).add_agent_key(&name, &pubkey).await?;
+            println!("agent {} has {} key(s); added kid {}", record.name, record.keys.len(), orfeas_wire::PublicKey::from_hex(&pubkey)?.id().0);
             Ok(ExitCode::SUCCESS)
         }
         Command::Submit(args) => {
             let url = nats_url(&config, &args.nats)?;
             let key = read_key(&args.key)?;
             let client = bus::connect(&url, &format!("orfeas-agent-{}", args.agent)).await?;
-            let mut agent_client =
-                AgentClient::new(client.clone(), &args.agent, key, &config.node.deployment);
-            let job = agent::job_for(
-                &args.image,
-                &args.model,
-                agent::formats(&args.format)?,
-                args.shape.params(),
-            )?;
+            let mut agent_client = AgentClient::new(client.clone(), &args.agent, key, &config.node.deployment);
+            let job = agent::job_for(&args.image, &args.model, agent::formats(&args.format)?, args.shape.params())?;
             let mut events = agent_client.submit(&job).await?;
             println!("submitted job {}", job.job_id);
             if !args.wait {
                 return Ok(ExitCode::SUCCESS);
             }
-            let last = agent::follow(
-                &mut agent_client,
-                &mut events,
-                Duration::from_secs(args.timeout_s),
-                |e| {
-                    println!("{}", agent::describe(e));
-                },
-            )
+            let last = agent::follow(&mut agent_client, &mut events, Duration::from_secs(args.timeout_s), |e| {
+                println!("{}", agent::describe(e));
+            })
             .await?;
             match last.kind {
                 EventKind::Completed { results, .. } => {
                     for file in &results {
-                        let to =
-                            agent::output_path(args.output.as_deref(), &args.image, file.format);
+                        let to = agent::output_path(args.output.as_deref(), &args.image, file.format);
                         if args.output.is_some() {
                             agent::fetch(file, &to)?;
                             println!("wrote {}", to.display());
@@ -179,11 +137,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 bench::print(&report);
             }
             let s = &report.system;
-            Ok(if s.unanswered == 0 && s.duplicate_terminals == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            })
+            Ok(if s.unanswered == 0 && s.duplicate_terminals == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
         }
         Command::Config => {
             print!("{}", config.redacted());
@@ -193,8 +147,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn read_key(path: &std::path::Path) -> Result<SecretKey> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
     Ok(SecretKey::from_text(&text)?)
 }
 
@@ -212,8 +165,7 @@ fn write_secret(path: &std::path::Path, text: &str) -> Result<()> {
 
 /// Resolves on SIGTERM or Ctrl-C.
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("signal handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

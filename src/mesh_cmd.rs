@@ -9,11 +9,7 @@ use orfeas_mesh::{ExportFormat, Inside, MeshOptions, Volume};
 use crate::cli::MeshArgs;
 
 fn format_of(path: &std::path::Path) -> Result<ExportFormat> {
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     Ok(match ext.as_str() {
         "glb" => ExportFormat::Glb,
         "stl" => ExportFormat::Stl,
@@ -25,46 +21,27 @@ fn format_of(path: &std::path::Path) -> Result<ExportFormat> {
 }
 
 fn bounds(values: &[f32], name: &str) -> Result<[f32; 3]> {
-    values
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("{name} needs three numbers x,y,z, got {}", values.len()))
+    values.try_into().map_err(|_| anyhow::anyhow!("{name} needs three numbers x,y,z, got {}", values.len()))
 }
 
 /// Run the pipeline and write the file; prints the printability report.
 pub fn run(args: &MeshArgs) -> Result<()> {
     let format = format_of(&args.output)?;
-    let bytes = std::fs::read(&args.volume)
-        .with_context(|| format!("reading {}", args.volume.display()))?;
-    let (data, dims) = orfeas_mesh::read_npy(&bytes).with_context(|| {
-        format!(
-            "{} is not a float32 C-order 3-D .npy",
-            args.volume.display()
-        )
-    })?;
+    let bytes = std::fs::read(&args.volume).with_context(|| format!("reading {}", args.volume.display()))?;
+    let (data, dims) = orfeas_mesh::read_npy(&bytes).with_context(|| format!("{} is not a float32 C-order 3-D .npy", args.volume.display()))?;
     let volume = Volume {
         data: &data,
         dims,
         bounds_min: bounds(&args.bounds_min, "--bounds-min")?,
         bounds_max: bounds(&args.bounds_max, "--bounds-max")?,
         iso: args.iso,
-        inside: if args.sdf {
-            Inside::Below
-        } else {
-            Inside::Above
-        },
+        inside: if args.sdf { Inside::Below } else { Inside::Above },
     };
-    let options = MeshOptions {
-        target_faces: args.faces,
-        smooth: !args.no_smooth,
-        size_mm: args.size_mm,
-        ..MeshOptions::default()
-    };
+    let options = MeshOptions { target_faces: args.faces, smooth: !args.no_smooth, size_mm: args.size_mm, ..MeshOptions::default() };
     let started = Instant::now();
-    let processed = orfeas_mesh::process(&volume, &options)
-        .map_err(|e| anyhow::anyhow!("{e} ({})", e.code()))?;
+    let processed = orfeas_mesh::process(&volume, &options).map_err(|e| anyhow::anyhow!("{e} ({})", e.code()))?;
     let meshed = started.elapsed();
-    let file = orfeas_mesh::export(&processed.mesh, format, args.size_mm)
-        .map_err(|e| anyhow::anyhow!("{e} ({})", e.code()))?;
+    let file = orfeas_mesh::export(&processed.mesh, format, args.size_mm).map_err(|e| anyhow::anyhow!("{e} ({})", e.code()))?;
     if let Some(parent) = args.output.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
@@ -77,12 +54,7 @@ pub fn run(args: &MeshArgs) -> Result<()> {
         }
     }
     let r = &processed.report;
-    println!(
-        "wrote {} ({} faces, meshed in {:.3} s)",
-        args.output.display(),
-        r.faces,
-        meshed.as_secs_f64()
-    );
+    println!("wrote {} ({} faces, meshed in {:.3} s)", args.output.display(), r.faces, meshed.as_secs_f64());
     println!(
         "closed: {}  2-manifold: {}  winding consistent: {}  components: {}  genus: {}",
         r.closed,

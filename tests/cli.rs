@@ -9,11 +9,7 @@ use std::process::Command;
 use common::{orfeas_bin, repo, NatsServer, NodeOptions, NodeProcess};
 
 fn orfeas(args: &[&str]) -> std::process::Output {
-    Command::new(orfeas_bin())
-        .args(args)
-        .env_remove("ORFEAS_NATS_URL")
-        .output()
-        .unwrap()
+    Command::new(orfeas_bin()).args(args).env_remove("ORFEAS_NATS_URL").output().unwrap()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -24,15 +20,7 @@ fn text(bytes: &[u8]) -> String {
 async fn cli_keys_agents_submit_round_trip() {
     let nats = NatsServer::start();
     let store = tempfile::tempdir().unwrap();
-    let _node = NodeProcess::start(
-        &nats,
-        NodeOptions {
-            node_id: "cli",
-            store: store.path(),
-            env: vec![],
-        },
-    )
-    .await;
+    let _node = NodeProcess::start(&nats, NodeOptions { node_id: "cli", store: store.path(), env: vec![] }).await;
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("dora.key");
     let key_arg = key.to_str().unwrap();
@@ -41,10 +29,7 @@ async fn cli_keys_agents_submit_round_trip() {
     assert!(made.status.success(), "{}", text(&made.stderr));
     let pubkey = text(&made.stdout).trim().to_string();
     assert_eq!(pubkey.len(), 64);
-    assert!(
-        std::fs::metadata(&key).unwrap().permissions().mode() & 0o077 == 0,
-        "secret key readable by others"
-    );
+    assert!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o077 == 0, "secret key readable by others");
     let shown = orfeas(&["keys", "public", key_arg]);
     assert_eq!(text(&shown.stdout).trim(), pubkey);
     // A second `keys new` never overwrites a key.
@@ -53,68 +38,25 @@ async fn cli_keys_agents_submit_round_trip() {
     // Submitting before registration: refused with unknown_key.
     let star = repo().join("examples/star.png");
     let star_arg = star.to_str().unwrap();
-    let refused = orfeas(&[
-        "submit",
-        "--nats",
-        &nats.url,
-        "--agent",
-        "dora",
-        "--key",
-        key_arg,
-        star_arg,
-        "--wait",
-        "--timeout-s",
-        "60",
-    ]);
+    let refused = orfeas(&["submit", "--nats", &nats.url, "--agent", "dora", "--key", key_arg, star_arg, "--wait", "--timeout-s", "60"]);
     assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
-    assert!(
-        text(&refused.stdout).contains("unknown_key"),
-        "{}",
-        text(&refused.stdout)
-    );
+    assert!(text(&refused.stdout).contains("unknown_key"), "{}", text(&refused.stdout));
 
-    let added = orfeas(&[
-        "agents", "add", "dora", "--pubkey", &pubkey, "--nats", &nats.url,
-    ]);
+    let added = orfeas(&["agents", "add", "dora", "--pubkey", &pubkey, "--nats", &nats.url]);
     assert!(added.status.success(), "{}", text(&added.stderr));
-    assert!(
-        !orfeas(&["agents", "add", "Dora!", "--pubkey", &pubkey, "--nats", &nats.url])
-            .status
-            .success(),
-        "bad agent name accepted"
-    );
+    assert!(!orfeas(&["agents", "add", "Dora!", "--pubkey", &pubkey, "--nats", &nats.url]).status.success(), "bad agent name accepted");
 
     let out = dir.path().join("out");
     let submitted = orfeas(&[
-        "submit",
-        "--nats",
-        &nats.url,
-        "--agent",
-        "dora",
-        "--key",
-        key_arg,
-        star_arg,
-        "--format",
-        "glb,stl",
-        "--wait",
-        "-o",
-        out.to_str().unwrap(),
-        "--timeout-s",
-        "120",
+        "submit", "--nats", &nats.url, "--agent", "dora", "--key", key_arg, star_arg, "--format", "glb,stl", "--wait", "-o",
+        out.to_str().unwrap(), "--timeout-s", "120",
     ]);
     let stdout = text(&submitted.stdout);
-    assert!(
-        submitted.status.success(),
-        "{stdout}\n{}",
-        text(&submitted.stderr)
-    );
+    assert!(submitted.status.success(), "{stdout}\n{}", text(&submitted.stderr));
     for line in ["accepted", "inference", "completed"] {
         assert!(stdout.contains(line), "missing {line:?} in {stdout}");
     }
-    assert!(
-        out.join("star.glb").is_file() && out.join("star.stl").is_file(),
-        "{stdout}"
-    );
+    assert!(out.join("star.glb").is_file() && out.join("star.stl").is_file(), "{stdout}");
 }
 
 use std::os::unix::fs::PermissionsExt;
@@ -146,59 +88,20 @@ fn cli_mesh_turns_a_volume_into_a_printable_file() {
     let npy = dir.path().join("sphere.npy");
     std::fs::write(&npy, sphere_npy(48, 0.7)).unwrap();
     let out = dir.path().join("sphere.3mf");
-    let result = orfeas(&[
-        "mesh",
-        npy.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--faces",
-        "3000",
-        "--size-mm",
-        "40",
-        "--previews",
-    ]);
+    let result = orfeas(&["mesh", npy.to_str().unwrap(), "-o", out.to_str().unwrap(), "--faces", "3000", "--size-mm", "40", "--previews"]);
     let stdout = text(&result.stdout);
-    assert!(
-        result.status.success(),
-        "{stdout}\n{}",
-        text(&result.stderr)
-    );
-    assert!(
-        stdout.contains("closed: true  2-manifold: true  winding consistent: true"),
-        "{stdout}"
-    );
+    assert!(result.status.success(), "{stdout}\n{}", text(&result.stderr));
+    assert!(stdout.contains("closed: true  2-manifold: true  winding consistent: true"), "{stdout}");
     assert!(dir.path().join("sphere.front.png").is_file());
     let verdict = common::trimesh_check(&out);
-    assert!(
-        verdict.watertight && verdict.winding_consistent,
-        "{verdict:?}"
-    );
+    assert!(verdict.watertight && verdict.winding_consistent, "{verdict:?}");
     assert!(verdict.faces <= 3300, "decimated: {verdict:?}");
     // A 40 mm sphere: volume 4/3·π·20³ ≈ 33 510 mm³ (faceting loses a little).
-    assert!(
-        (verdict.volume - 33_510.0).abs() / 33_510.0 < 0.06,
-        "{verdict:?}"
-    );
+    assert!((verdict.volume - 33_510.0).abs() / 33_510.0 < 0.06, "{verdict:?}");
     // Wrong inputs get clear errors.
-    let bad = orfeas(&[
-        "mesh",
-        npy.to_str().unwrap(),
-        "-o",
-        dir.path().join("x.fbx").to_str().unwrap(),
-    ]);
-    assert!(
-        !bad.status.success() && text(&bad.stderr).contains("not one of glb, stl, obj, ply, 3mf")
-    );
+    let bad = orfeas(&["mesh", npy.to_str().unwrap(), "-o", dir.path().join("x.fbx").to_str().unwrap()]);
+    assert!(!bad.status.success() && text(&bad.stderr).contains("not one of glb, stl, obj, ply, 3mf"));
     std::fs::write(dir.path().join("junk.npy"), b"not numpy").unwrap();
-    let bad = orfeas(&[
-        "mesh",
-        dir.path().join("junk.npy").to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    assert!(
-        !bad.status.success() && text(&bad.stderr).contains("is not a float32 C-order 3-D .npy"),
-        "{}",
-        text(&bad.stderr)
-    );
+    let bad = orfeas(&["mesh", dir.path().join("junk.npy").to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert!(!bad.status.success() && text(&bad.stderr).contains("is not a float32 C-order 3-D .npy"), "{}", text(&bad.stderr));
 }

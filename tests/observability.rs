@@ -13,15 +13,7 @@ use uuid::Uuid;
 async fn observability_metrics_move_during_a_job_and_probes_answer() {
     let nats = NatsServer::start();
     let store = tempfile::tempdir().unwrap();
-    let node = NodeProcess::start(
-        &nats,
-        NodeOptions {
-            node_id: "obs",
-            store: store.path(),
-            env: vec![],
-        },
-    )
-    .await;
+    let node = NodeProcess::start(&nats, NodeOptions { node_id: "obs", store: store.path(), env: vec![] }).await;
     let port = node.http_port;
 
     assert_eq!(http_get(port, "/healthz").0, 200);
@@ -37,25 +29,14 @@ async fn observability_metrics_move_during_a_job_and_probes_answer() {
     let load = r#"orfeas_model_load_seconds{device="cpu",model="inflate"}"#;
     assert_eq!(metric(&before, accepted), 0.0);
     assert_eq!(metric(&before, completed), 0.0);
-    assert!(
-        metric(&before, load) > 0.0,
-        "model load time is recorded at start"
-    );
-    assert!(
-        before.contains("# TYPE orfeas_dead_letters_total counter"),
-        "every metric is exposed from the start"
-    );
+    assert!(metric(&before, load) > 0.0, "model load time is recorded at start");
+    assert!(before.contains("# TYPE orfeas_dead_letters_total counter"), "every metric is exposed from the start");
 
     let (mut client, _) = agent(&nats.url, "eve").await;
     let job = common::example_job("mug.png", vec![Format::Stl]);
     let mut events = client.submit(&job).await.unwrap();
     loop {
-        match client
-            .next_event(&mut events, Duration::from_secs(120))
-            .await
-            .unwrap()
-            .kind
-        {
+        match client.next_event(&mut events, Duration::from_secs(120)).await.unwrap().kind {
             EventKind::Completed { .. } => break,
             EventKind::Failed(f) | EventKind::Rejected(f) => panic!("{f:?}"),
             _ => {}
@@ -63,14 +44,10 @@ async fn observability_metrics_move_during_a_job_and_probes_answer() {
     }
     // The node counts a finished job right after the event's PubAck, so the
     // agent can see `completed` a moment before the counter moves: poll.
-    let after = eventually(
-        "the completion to be counted",
-        Duration::from_secs(10),
-        || async {
-            let (_, text) = http_get(port, "/metrics");
-            (metric(&text, completed) >= 1.0).then_some(text)
-        },
-    )
+    let after = eventually("the completion to be counted", Duration::from_secs(10), || async {
+        let (_, text) = http_get(port, "/metrics");
+        (metric(&text, completed) >= 1.0).then_some(text)
+    })
     .await;
     assert_eq!(metric(&after, accepted), 1.0, "{after}");
     assert_eq!(metric(&after, completed), 1.0);
@@ -79,44 +56,15 @@ async fn observability_metrics_move_during_a_job_and_probes_answer() {
     assert!(metric(&after, r#"orfeas_job_seconds_count{model="inflate"}"#) >= 1.0);
     // A refused message counts under an unregistered label, not a new series per token.
     let (mut stranger, _) = agent(&nats.url, "mallory").await;
-    let forged = SubmitJob {
-        job_id: Uuid::now_v7(),
-        ..job.clone()
-    };
-    let (_, bytes) = forged.seal(
-        "mallory",
-        &orfeas_wire::SecretKey::generate(),
-        "orfeas",
-        now_s(),
-        60,
-    );
-    let mut refused = stranger
-        .publish_raw(
-            &forged.job_id,
-            orfeas_wire::subjects::submit("mallory"),
-            bytes,
-        )
-        .await
-        .unwrap();
-    let event = stranger
-        .next_event(&mut refused, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let forged = SubmitJob { job_id: Uuid::now_v7(), ..job.clone() };
+    let (_, bytes) = forged.seal("mallory", &orfeas_wire::SecretKey::generate(), "orfeas", now_s(), 60);
+    let mut refused = stranger.publish_raw(&forged.job_id, orfeas_wire::subjects::submit("mallory"), bytes).await.unwrap();
+    let event = stranger.next_event(&mut refused, Duration::from_secs(60)).await.unwrap();
     assert!(matches!(event.kind, EventKind::Rejected(_)));
     let (_, last) = http_get(port, "/metrics");
-    assert_eq!(
-        metric(
-            &last,
-            r#"orfeas_errors_total{agent="_unregistered",code="unknown_key"}"#
-        ),
-        1.0,
-        "{last}"
-    );
+    assert_eq!(metric(&last, r#"orfeas_errors_total{agent="_unregistered",code="unknown_key"}"#), 1.0, "{last}");
 }
 
 fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }

@@ -8,8 +8,7 @@ mod common;
 use std::process::Command;
 
 fn verify(subject: &str) -> (bool, serde_json::Value) {
-    let python = std::env::var("ORFEAS_PYTHON")
-        .expect("ORFEAS_PYTHON is not set: run the tests through `deploy/setup.sh --test`");
+    let python = std::env::var("ORFEAS_PYTHON").expect("ORFEAS_PYTHON is not set: run the tests through `deploy/setup.sh --test`");
     let fixtures = common::repo().join("actors/wire/tests/fixtures/v1");
     let public = std::fs::read_to_string(fixtures.join("agent_public_key.hex")).unwrap();
     let out = Command::new(python)
@@ -19,8 +18,7 @@ fn verify(subject: &str) -> (bool, serde_json::Value) {
         .arg(public.trim())
         .output()
         .unwrap();
-    let report = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
     (out.status.success(), report)
 }
 
@@ -28,16 +26,10 @@ fn verify(subject: &str) -> (bool, serde_json::Value) {
 fn protocol_golden_submission_verifies_in_python() {
     let (ok, report) = verify("orfeas.jobs.submit.alice");
     assert!(ok, "{report}");
-    assert_eq!(
-        report["content_type"],
-        "application/orfeas.submit-job.v1+cbor"
-    );
+    assert_eq!(report["content_type"], "application/orfeas.submit-job.v1+cbor");
     assert_eq!(report["claims"]["iss"], "alice");
     assert_eq!(report["op"], "submit");
-    assert_eq!(
-        report["events"],
-        "orfeas.events.alice.01890a5d-ac96-774b-bcce-b302099a8057"
-    );
+    assert_eq!(report["events"], "orfeas.events.alice.01890a5d-ac96-774b-bcce-b302099a8057");
     assert_eq!(report["model"], "inflate");
     let (ok, report) = verify("orfeas.jobs.submit.bob");
     assert!(!ok, "verified on another subject: {report}");

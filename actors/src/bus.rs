@@ -74,10 +74,7 @@ impl BusError {
 }
 
 fn setup_err(what: &str, e: impl std::fmt::Display) -> BusError {
-    BusError::Setup {
-        what: what.to_string(),
-        detail: e.to_string(),
-    }
+    BusError::Setup { what: what.to_string(), detail: e.to_string() }
 }
 
 /// A connected node's handles to NATS and JetStream.
@@ -102,9 +99,7 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BusErr
         .event_callback(|event| async move {
             match event {
                 async_nats::Event::Connected => crate::metrics::NATS_RECONNECTS.inc(),
-                async_nats::Event::Disconnected => {
-                    tracing::warn!("nats connection lost; reconnecting")
-                }
+                async_nats::Event::Disconnected => tracing::warn!("nats connection lost; reconnecting"),
                 other => tracing::debug!(event = %other, "nats event"),
             }
         })
@@ -113,18 +108,12 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BusErr
         .max_reconnects(None)
         .connect(url)
         .await
-        .map_err(|e| BusError::Connect {
-            url: url.to_string(),
-            detail: e.to_string(),
-        })
+        .map_err(|e| BusError::Connect { url: url.to_string(), detail: e.to_string() })
 }
 
 impl Bus {
     /// Create (or reuse) every stream, consumer and bucket the node needs.
-    pub async fn ensure(
-        client: async_nats::Client,
-        settings: &NodeSettings,
-    ) -> Result<Self, BusError> {
+    pub async fn ensure(client: async_nats::Client, settings: &NodeSettings) -> Result<Self, BusError> {
         let js = jetstream::new(client.clone());
         let replicas = settings.replicas;
         // Both job streams are work queues on file: a message lives until a
@@ -143,17 +132,11 @@ impl Bus {
             ..Default::default()
         };
         for config in [
-            work_queue(
-                subjects::SUBMIT_STREAM,
-                subjects::SUBMIT_WILDCARD,
-                settings.submit_queue_max,
-            ),
+            work_queue(subjects::SUBMIT_STREAM, subjects::SUBMIT_WILDCARD, settings.submit_queue_max),
             work_queue(subjects::QUEUE_STREAM, subjects::QUEUE_WILDCARD, -1),
         ] {
             let name = config.name.clone();
-            js.get_or_create_stream(config)
-                .await
-                .map_err(|e| setup_err(&name, e))?;
+            js.get_or_create_stream(config).await.map_err(|e| setup_err(&name, e))?;
         }
         js.get_or_create_stream(jetstream::stream::Config {
             name: subjects::EVENTS_STREAM.into(),
@@ -176,13 +159,7 @@ impl Bus {
         let jobs = ensure_bucket(&js, bucket(subjects::JOBS_BUCKET, 1)).await?;
         let agents = ensure_bucket(&js, bucket(subjects::AGENTS_BUCKET, 5)).await?;
         let nodes = ensure_bucket(&js, bucket(subjects::NODES_BUCKET, 1)).await?;
-        Ok(Self {
-            client,
-            js,
-            jobs,
-            agents,
-            nodes,
-        })
+        Ok(Self { client, js, jobs, agents, nodes })
     }
 
     /// Connect to the buckets of an existing deployment (agents and tools).
@@ -209,11 +186,7 @@ impl Bus {
         settings: &NodeSettings,
         max_ack_pending: i64,
     ) -> Result<jetstream::consumer::Consumer<pull::Config>, BusError> {
-        let stream_handle = self
-            .js
-            .get_stream(stream)
-            .await
-            .map_err(|e| setup_err(stream, e))?;
+        let stream_handle = self.js.get_stream(stream).await.map_err(|e| setup_err(stream, e))?;
         stream_handle
             .get_or_create_consumer(
                 name,
@@ -237,10 +210,7 @@ impl Bus {
         headers: HeaderMap,
         payload: bytes::Bytes,
     ) -> Result<jetstream::publish::PublishAck, BusError> {
-        let perr = |e: &dyn std::fmt::Display| BusError::Publish {
-            subject: subject.clone(),
-            detail: e.to_string(),
-        };
+        let perr = |e: &dyn std::fmt::Display| BusError::Publish { subject: subject.clone(), detail: e.to_string() };
         let ack = self
             .js
             .publish_with_headers(subject.clone(), headers, payload)
@@ -254,10 +224,7 @@ async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv
     let name = config.bucket.clone();
     match js.get_key_value(&name).await {
         Ok(store) => Ok(store),
-        Err(_) => js
-            .create_key_value(config)
-            .await
-            .map_err(|e| setup_err(&name, e)),
+        Err(_) => js.create_key_value(config).await.map_err(|e| setup_err(&name, e)),
     }
 }
 
@@ -278,9 +245,7 @@ pub fn spawn_puller(
     tokio::spawn(async move {
         let mut failures = 0u32;
         loop {
-            let Ok(first) = credits.clone().acquire_owned().await else {
-                return;
-            };
+            let Ok(first) = credits.clone().acquire_owned().await else { return };
             first.forget();
             let extra = credits.available_permits().min(255);
             let mut wanted = 1 + extra;
@@ -290,12 +255,7 @@ pub fn spawn_puller(
                     Err(_) => wanted = 1,
                 }
             }
-            let batch = consumer
-                .batch()
-                .max_messages(wanted)
-                .expires(Duration::from_secs(1))
-                .messages()
-                .await;
+            let batch = consumer.batch().max_messages(wanted).expires(Duration::from_secs(1)).messages().await;
             let mut got = 0usize;
             match batch {
                 Ok(mut messages) => {

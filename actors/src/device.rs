@@ -27,17 +27,9 @@ pub struct DeviceLoad {
 /// The devices of this machine: every CUDA device libtorch can use (with
 /// NVML facts where NVML loads), else the CPU.
 pub fn discover(use_cuda: bool) -> Vec<ComputeDevice> {
-    let cuda_count = if use_cuda && tch::Cuda::is_available() {
-        tch::Cuda::device_count()
-    } else {
-        0
-    };
+    let cuda_count = if use_cuda && tch::Cuda::is_available() { tch::Cuda::device_count() } else { 0 };
     if cuda_count == 0 {
-        return vec![ComputeDevice {
-            id: "cpu".into(),
-            device: Device::Cpu,
-            total_bytes: None,
-        }];
+        return vec![ComputeDevice { id: "cpu".into(), device: Device::Cpu, total_bytes: None }];
     }
     let nvml = nvml_wrapper::Nvml::init().ok();
     (0..cuda_count as usize)
@@ -47,26 +39,16 @@ pub fn discover(use_cuda: bool) -> Vec<ComputeDevice> {
                 .and_then(|n| n.device_by_index(i as u32).ok())
                 .and_then(|d| d.memory_info().ok())
                 .map(|m| m.total);
-            ComputeDevice {
-                id: format!("cuda{i}"),
-                device: Device::Cuda(i),
-                total_bytes,
-            }
+            ComputeDevice { id: format!("cuda{i}"), device: Device::Cuda(i), total_bytes }
         })
         .collect()
 }
 
 /// Current load of `device` (NVML on CUDA; nothing known on the CPU).
 pub fn load(device: &ComputeDevice) -> DeviceLoad {
-    let Device::Cuda(index) = device.device else {
-        return DeviceLoad::default();
-    };
-    let Ok(nvml) = nvml_wrapper::Nvml::init() else {
-        return DeviceLoad::default();
-    };
-    let Ok(handle) = nvml.device_by_index(index as u32) else {
-        return DeviceLoad::default();
-    };
+    let Device::Cuda(index) = device.device else { return DeviceLoad::default() };
+    let Ok(nvml) = nvml_wrapper::Nvml::init() else { return DeviceLoad::default() };
+    let Ok(handle) = nvml.device_by_index(index as u32) else { return DeviceLoad::default() };
     DeviceLoad {
         free_bytes: handle.memory_info().ok().map(|m| m.free),
         utilization: handle.utilization_rates().ok().map(|u| u.gpu),

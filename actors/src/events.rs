@@ -2,6 +2,12 @@
 //! by one task onto `orfeas.events.<agent>.<job_id>` (stored in the events
 //! stream for replay). Progress is best effort; terminal events are awaited
 //! until the server confirms them, because a job is only acked after that.
+//!
+//! Publishing and confirming are pipelined: one task writes events in order
+//! without waiting, a second awaits their PubAcks in the same order (the
+//! server answers in order on one connection). Waiting for each PubAck
+//! before the next publish would cap the whole node at one event per round
+//! trip. Events carry the job's `traceparent`.
 
 use std::sync::Arc;
 
@@ -14,20 +20,25 @@ use orfeas_wire::{
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::{
-    bus::{Bus, BusError},
-    now_ms,
-    ticket::Ticket,
-    trace::TraceParent,
-};
+use crate::{bus::{Bus, BusError}, now_ms, ticket::Ticket, trace::TraceParent};
 
 /// Events queued beyond this are progress events and are dropped.
 const QUEUE: usize = 4096;
+/// Published events awaiting their PubAck at most.
+const IN_FLIGHT: usize = 1024;
 
 struct Outgoing {
     agent: String,
     event: Event,
     trace: Option<TraceParent>,
+    confirmed: Option<oneshot::Sender<Result<(), BusError>>>,
+}
+
+/// A published event waiting for its PubAck.
+struct Pending {
+    subject: String,
+    job_id: Uuid,
+    ack: Result<async_nats::jetstream::context::PublishAckFuture, BusError>,
     confirmed: Option<oneshot::Sender<Result<(), BusError>>>,
 }
 
@@ -42,6 +53,7 @@ impl EventSink {
     /// Start the publisher task.
     pub fn spawn(bus: Bus, node_id: &str, key: SecretKey, deployment: String) -> Self {
         let (tx, mut rx) = mpsc::channel::<Outgoing>(QUEUE);
+        let (pending_tx, mut pending_rx) = mpsc::channel::<Pending>(IN_FLIGHT);
         tokio::spawn(async move {
             while let Some(out) = rx.recv().await {
                 let subject = subjects::events(&out.agent, &out.event.job_id);
@@ -51,22 +63,32 @@ impl EventSink {
                 if let Some(trace) = &out.trace {
                     trace.inject(&mut headers);
                 }
-                let result = bus
-                    .publish_acked(subject, headers, bytes.into())
+                let ack = bus
+                    .js
+                    .publish_with_headers(subject.clone(), headers, bytes.into())
                     .await
-                    .map(|_| ());
-                if let Err(e) = &result {
-                    tracing::warn!(error = %e, job_id = %out.event.job_id, "event not confirmed");
+                    .map_err(|e| BusError::Publish { subject: subject.clone(), detail: e.to_string() });
+                let pending = Pending { subject, job_id: out.event.job_id, ack, confirmed: out.confirmed };
+                if pending_tx.send(pending).await.is_err() {
+                    return;
                 }
-                if let Some(confirmed) = out.confirmed {
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(pending) = pending_rx.recv().await {
+                let result = match pending.ack {
+                    Ok(ack) => ack.await.map(|_| ()).map_err(|e| BusError::Publish { subject: pending.subject, detail: e.to_string() }),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = &result {
+                    tracing::warn!(error = %e, job_id = %pending.job_id, "event not confirmed");
+                }
+                if let Some(confirmed) = pending.confirmed {
                     let _ = confirmed.send(result);
                 }
             }
         });
-        Self {
-            tx,
-            node_id: node_id.into(),
-        }
+        Self { tx, node_id: node_id.into() }
     }
 
     /// A sink that publishes nowhere: events land on the returned channel
@@ -83,73 +105,31 @@ impl EventSink {
                 }
             }
         });
-        (
-            Self {
-                tx,
-                node_id: node_id.into(),
-            },
-            out_rx,
-        )
+        (Self { tx, node_id: node_id.into() }, out_rx)
     }
 
     fn event(&self, job_id: Uuid, seq: u64, kind: EventKind) -> Event {
-        Event {
-            job_id,
-            seq,
-            node: self.node_id.to_string(),
-            at_ms: now_ms(),
-            kind,
-        }
+        Event { job_id, seq, node: self.node_id.to_string(), at_ms: now_ms(), kind }
     }
 
     /// Report a stage; never waits, dropped if the publisher is far behind.
     pub fn progress(&self, ticket: &Ticket, stage: Stage, percent: u8) {
-        let event = self.event(
-            ticket.job.job_id,
-            ticket.next_seq(),
-            EventKind::Progress { stage, percent },
-        );
-        let _ = self.tx.try_send(Outgoing {
-            agent: ticket.job.agent.clone(),
-            event,
-            trace: Some(ticket.trace),
-            confirmed: None,
-        });
+        let event = self.event(ticket.job.job_id, ticket.next_seq(), EventKind::Progress { stage, percent });
+        let _ = self.tx.try_send(Outgoing { agent: ticket.job.agent.clone(), event, trace: Some(ticket.trace), confirmed: None });
     }
 
     /// Publish an event and wait until the server stored it.
-    pub async fn publish(
-        &self,
-        agent: &str,
-        job_id: Uuid,
-        seq: u64,
-        kind: EventKind,
-    ) -> Result<(), BusError> {
+    pub async fn publish(&self, agent: &str, job_id: Uuid, seq: u64, kind: EventKind) -> Result<(), BusError> {
         self.publish_in(None, agent, job_id, seq, kind).await
     }
 
     /// [`publish`](Self::publish), carrying the job's trace context.
-    pub async fn publish_in(
-        &self,
-        trace: Option<TraceParent>,
-        agent: &str,
-        job_id: Uuid,
-        seq: u64,
-        kind: EventKind,
-    ) -> Result<(), BusError> {
+    pub async fn publish_in(&self, trace: Option<TraceParent>, agent: &str, job_id: Uuid, seq: u64, kind: EventKind) -> Result<(), BusError> {
         let (confirmed, done) = oneshot::channel();
         let event = self.event(job_id, seq, kind);
-        let unavailable = || BusError::Publish {
-            subject: subjects::events(agent, &job_id),
-            detail: "event publisher stopped".into(),
-        };
+        let unavailable = || BusError::Publish { subject: subjects::events(agent, &job_id), detail: "event publisher stopped".into() };
         self.tx
-            .send(Outgoing {
-                agent: agent.to_string(),
-                event,
-                trace,
-                confirmed: Some(confirmed),
-            })
+            .send(Outgoing { agent: agent.to_string(), event, trace, confirmed: Some(confirmed) })
             .await
             .map_err(|_| unavailable())?;
         done.await.map_err(|_| unavailable())?

@@ -15,13 +15,7 @@
 //!   actor; the supervisor restarts it (reloading the models) and the
 //!   Scheduler hands the lost batch back to JetStream.
 
-use std::{
-    collections::HashMap,
-    path::PathBuf,
-    sync::Arc,
-    thread,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, path::PathBuf, sync::Arc, thread, time::{Duration, Instant}};
 
 use orfeas_wire::{
     v1::{Failure, ImageInput, Stage},
@@ -74,11 +68,7 @@ impl Actor for GpuWorker {
     type State = GpuWorkerState;
     type Arguments = ();
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        _: (),
-    ) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, _: ()) -> Result<Self::State, ActorProcessingErr> {
         let (work, inbox) = std::sync::mpsc::channel::<Vec<Ticket>>();
         let (loaded_tx, loaded_rx) = oneshot::channel::<Result<(), ModelError>>();
         let device = self.device.clone();
@@ -118,24 +108,14 @@ impl Actor for GpuWorker {
                     runner.run(&loaded, batch);
                 }
             })?;
-        loaded_rx
-            .await
-            .map_err(|_| "device thread ended while loading models")??;
+        loaded_rx.await.map_err(|_| "device thread ended while loading models")??;
         Ok(GpuWorkerState { work })
     }
 
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn handle(&self, _myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         match message {
             GpuWorkerMsg::Run(batch) => {
-                state
-                    .work
-                    .send(batch)
-                    .map_err(|_| format!("device thread of {} is gone", self.device.id))?;
+                state.work.send(batch).map_err(|_| format!("device thread of {} is gone", self.device.id))?;
             }
         }
         Ok(())
@@ -167,15 +147,10 @@ impl BatchRunner {
     }
 
     fn run_batch(&self, models: &HashMap<String, LoadedModel>, batch: Vec<Ticket>) {
-        let Some(model_name) = batch.first().map(|t| t.job.model.clone()) else {
-            return;
-        };
+        let Some(model_name) = batch.first().map(|t| t.job.model.clone()) else { return };
         let Some(model) = models.get(&model_name) else {
             for ticket in batch {
-                let failure = Failure::new(
-                    ErrorCode::UnknownModel,
-                    format!("model {model_name:?} is not loaded on {}", self.device_id),
-                );
+                let failure = Failure::new(ErrorCode::UnknownModel, format!("model {model_name:?} is not loaded on {}", self.device_id));
                 self.fail(ticket, failure);
             }
             return;
@@ -187,12 +162,7 @@ impl BatchRunner {
         for ticket in batch {
             self.events.progress(&ticket, Stage::Preprocessing, 10);
             let ImageInput::Inline { media_type, data } = &ticket.job.image;
-            match preprocess::prepare(
-                data,
-                media_type,
-                self.max_image_side,
-                model.manifest.input_size,
-            ) {
+            match preprocess::prepare(data, media_type, self.max_image_side, model.manifest.input_size) {
                 Ok(prepared) => ready.push((ticket, prepared)),
                 Err(e) => {
                     let failure = Failure::new(e.code(), e.to_string());
@@ -200,9 +170,7 @@ impl BatchRunner {
                 }
             }
         }
-        metrics::STAGE_SECONDS
-            .with_label_values(&["preprocessing"])
-            .observe(started.elapsed().as_secs_f64());
+        metrics::STAGE_SECONDS.with_label_values(&["preprocessing"]).observe(started.elapsed().as_secs_f64());
         if ready.is_empty() {
             return;
         }
@@ -227,50 +195,32 @@ impl BatchRunner {
         let now = crate::now_ms();
         for (ticket, _) in &items {
             let waited = now.saturating_sub(ticket.job.admitted_at_ms) as f64 / 1000.0;
-            metrics::QUEUE_WAIT
-                .with_label_values(&["normal"])
-                .observe(waited);
+            metrics::QUEUE_WAIT.with_label_values(&["normal"]).observe(waited);
         }
         let started = Instant::now();
         let result = model.forward(&input);
-        metrics::STAGE_SECONDS
-            .with_label_values(&["inference"])
-            .observe(started.elapsed().as_secs_f64());
+        metrics::STAGE_SECONDS.with_label_values(&["inference"]).observe(started.elapsed().as_secs_f64());
         match result {
             Ok(volumes) => {
-                metrics::BATCH_SIZE
-                    .with_label_values(&[&model.manifest.name])
-                    .observe(items.len() as f64);
+                metrics::BATCH_SIZE.with_label_values(&[&model.manifest.name]).observe(items.len() as f64);
                 let cap = self.max_batch.min(model.manifest.max_batch).max(1);
-                metrics::BATCH_FILL
-                    .with_label_values(&[&model.manifest.name])
-                    .observe(items.len() as f64 / cap as f64);
+                metrics::BATCH_FILL.with_label_values(&[&model.manifest.name]).observe(items.len() as f64 / cap as f64);
                 let manifest = Arc::new(model.manifest.clone());
                 for (i, (ticket, prepared)) in items.into_iter().enumerate() {
                     let volume = volumes.get(i as i64);
                     let len = volume.numel();
                     let mut data = vec![0f32; len];
                     volume.to_kind(Kind::Float).copy_data(&mut data, len);
-                    let job = VolumeJob {
-                        ticket,
-                        data,
-                        manifest: manifest.clone(),
-                        image: prepared.rgba,
-                    };
+                    let job = VolumeJob { ticket, data, manifest: manifest.clone(), image: prepared.rgba };
                     match self.roster.postprocess() {
                         Some(post) => {
                             let _ = post.cast(PostprocessMsg::Volume(Box::new(job)));
                         }
-                        None => tracing::error!(
-                            "postprocess is not running; job returns to the queue after ack_wait"
-                        ),
+                        None => tracing::error!("postprocess is not running; job returns to the queue after ack_wait"),
                     }
                 }
             }
-            Err(ModelError::Forward {
-                out_of_memory: true,
-                ..
-            }) if items.len() > 1 => {
+            Err(ModelError::Forward { out_of_memory: true, .. }) if items.len() > 1 => {
                 tracing::warn!(model = %model.manifest.name, batch = items.len(), "out of memory; splitting the batch");
                 let mut first = items;
                 let second = first.split_off(first.len() / 2);
@@ -279,10 +229,7 @@ impl BatchRunner {
             }
             Err(e) => {
                 let code = match &e {
-                    ModelError::Forward {
-                        out_of_memory: true,
-                        ..
-                    } => ErrorCode::Unavailable,
+                    ModelError::Forward { out_of_memory: true, .. } => ErrorCode::Unavailable,
                     _ => ErrorCode::InferenceFailed,
                 };
                 for (ticket, _) in items {
@@ -309,12 +256,7 @@ mod tests {
         async fn pre_start(&self, _: ActorRef<Self::Msg>, _: ()) -> Result<(), ActorProcessingErr> {
             Ok(())
         }
-        async fn handle(
-            &self,
-            _: ActorRef<Self::Msg>,
-            message: Self::Msg,
-            _: &mut (),
-        ) -> Result<(), ActorProcessingErr> {
+        async fn handle(&self, _: ActorRef<Self::Msg>, message: Self::Msg, _: &mut ()) -> Result<(), ActorProcessingErr> {
             let _ = self.0.send(message);
             Ok(())
         }
@@ -327,10 +269,7 @@ mod tests {
             model: "inflate".into(),
             formats: vec![Format::Glb],
             params: Default::default(),
-            image: ImageInput::Inline {
-                media_type: "image/png".into(),
-                data: image,
-            },
+            image: ImageInput::Inline { media_type: "image/png".into(), data: image },
             admitted_at_ms: 0,
         };
         Ticket::new(job, 1, 1)
@@ -342,30 +281,14 @@ mod tests {
         // larger than 2: the same interface a GPU presents, on the CPU.
         let roster = Roster::new("gpu-worker-oom");
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let (collector, _) = Actor::spawn(Some(roster.name("postprocess")), Collector(tx), ())
-            .await
-            .unwrap();
+        let (collector, _) = Actor::spawn(Some(roster.name("postprocess")), Collector(tx), ()).await.unwrap();
         let (events, _published) = EventSink::detached("gpu-worker-oom");
         let testing = crate::model::tests::models_dir().join("testing");
         let oom = crate::model::read_manifests(&testing, &["oom".to_string()]).unwrap();
-        let settings = NodeSettings::local(
-            "gpu-worker-oom",
-            "nats://unused",
-            testing,
-            std::env::temp_dir(),
-        );
-        let worker = GpuWorker {
-            device: crate::device::discover(false).remove(0),
-            settings: Arc::new(settings),
-            models: oom,
-            roster: roster.clone(),
-            events,
-        };
-        let (worker, _) = Actor::spawn(Some(roster.worker_name("cpu")), worker, ())
-            .await
-            .unwrap();
-        let mug =
-            std::fs::read(crate::model::tests::models_dir().join("../examples/mug.png")).unwrap();
+        let settings = NodeSettings::local("gpu-worker-oom", "nats://unused", testing, std::env::temp_dir());
+        let worker = GpuWorker { device: crate::device::discover(false).remove(0), settings: Arc::new(settings), models: oom, roster: roster.clone(), events };
+        let (worker, _) = Actor::spawn(Some(roster.worker_name("cpu")), worker, ()).await.unwrap();
+        let mug = std::fs::read(crate::model::tests::models_dir().join("../examples/mug.png")).unwrap();
         let tickets: Vec<Ticket> = (1..=5)
             .map(|n| {
                 let mut t = ticket(n, mug.clone());
@@ -378,23 +301,13 @@ mod tests {
         worker.cast(GpuWorkerMsg::Run(tickets)).unwrap();
         let mut done = Vec::new();
         while done.len() < 5 {
-            match tokio::time::timeout(std::time::Duration::from_secs(60), rx.recv())
-                .await
-                .unwrap()
-                .unwrap()
-            {
+            match tokio::time::timeout(std::time::Duration::from_secs(60), rx.recv()).await.unwrap().unwrap() {
                 PostprocessMsg::Volume(job) => done.push(job.ticket.job.job_id.as_u128()),
-                PostprocessMsg::Fail { failure, .. } => {
-                    panic!("a job failed instead of the batch splitting: {failure:?}")
-                }
+                PostprocessMsg::Fail { failure, .. } => panic!("a job failed instead of the batch splitting: {failure:?}"),
             }
         }
         done.sort_unstable();
-        assert_eq!(
-            done,
-            vec![1, 2, 3, 4, 5],
-            "every job of the too-large batch got its volume"
-        );
+        assert_eq!(done, vec![1, 2, 3, 4, 5], "every job of the too-large batch got its volume");
         worker.stop(None);
         collector.stop(None);
     }
@@ -403,16 +316,9 @@ mod tests {
     async fn batch_yields_volumes_and_per_job_failures() {
         let roster = Roster::new("gpu-worker-test");
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let (collector, _) = Actor::spawn(Some(roster.name("postprocess")), Collector(tx), ())
-            .await
-            .unwrap();
+        let (collector, _) = Actor::spawn(Some(roster.name("postprocess")), Collector(tx), ()).await.unwrap();
         let (events, mut published) = EventSink::detached("gpu-worker-test");
-        let settings = NodeSettings::local(
-            "gpu-worker-test",
-            "nats://unused",
-            crate::model::tests::models_dir(),
-            std::env::temp_dir(),
-        );
+        let settings = NodeSettings::local("gpu-worker-test", "nats://unused", crate::model::tests::models_dir(), std::env::temp_dir());
         let worker = GpuWorker {
             device: crate::device::discover(false).remove(0),
             settings: Arc::new(settings),
@@ -420,43 +326,22 @@ mod tests {
             roster: roster.clone(),
             events,
         };
-        let (worker, _) = Actor::spawn(Some(roster.worker_name("cpu")), worker, ())
-            .await
-            .unwrap();
-        let mug =
-            std::fs::read(crate::model::tests::models_dir().join("../examples/mug.png")).unwrap();
-        worker
-            .cast(GpuWorkerMsg::Run(vec![
-                ticket(1, mug.clone()),
-                ticket(2, b"not a png".to_vec()),
-                ticket(3, mug),
-            ]))
-            .unwrap();
+        let (worker, _) = Actor::spawn(Some(roster.worker_name("cpu")), worker, ()).await.unwrap();
+        let mug = std::fs::read(crate::model::tests::models_dir().join("../examples/mug.png")).unwrap();
+        worker.cast(GpuWorkerMsg::Run(vec![ticket(1, mug.clone()), ticket(2, b"not a png".to_vec()), ticket(3, mug)])).unwrap();
         let (mut volumes, mut failures) = (Vec::new(), Vec::new());
         while volumes.len() + failures.len() < 3 {
-            match tokio::time::timeout(std::time::Duration::from_secs(60), rx.recv())
-                .await
-                .unwrap()
-                .unwrap()
-            {
+            match tokio::time::timeout(std::time::Duration::from_secs(60), rx.recv()).await.unwrap().unwrap() {
                 PostprocessMsg::Volume(job) => volumes.push(job),
-                PostprocessMsg::Fail { ticket, failure } => {
-                    failures.push((ticket.job.job_id.as_u128(), failure.code))
-                }
+                PostprocessMsg::Fail { ticket, failure } => failures.push((ticket.job.job_id.as_u128(), failure.code)),
             }
         }
         assert_eq!(failures, vec![(2, ErrorCode::InvalidImage)]);
-        let ids: Vec<u128> = volumes
-            .iter()
-            .map(|v| v.ticket.job.job_id.as_u128())
-            .collect();
+        let ids: Vec<u128> = volumes.iter().map(|v| v.ticket.job.job_id.as_u128()).collect();
         assert_eq!(ids, vec![1, 3]);
         let n: usize = volumes[0].manifest.grid.iter().product();
         assert_eq!(volumes[0].data.len(), n);
-        assert_eq!(
-            volumes[0].data, volumes[1].data,
-            "same image, same volume, in one batch"
-        );
+        assert_eq!(volumes[0].data, volumes[1].data, "same image, same volume, in one batch");
         assert!(volumes[0].data.iter().any(|&v| v > 0.0));
         // Progress was reported for the jobs that ran.
         let mut stages = Vec::new();

@@ -25,11 +25,7 @@ pub struct Health {
 impl Health {
     /// Readiness of a node on `client`; not warm until [`Health::set_warm`].
     pub fn new(client: async_nats::Client) -> Self {
-        Self {
-            js: async_nats::jetstream::new(client.clone()),
-            client,
-            warm: Arc::new(AtomicBool::new(false)),
-        }
+        Self { js: async_nats::jetstream::new(client.clone()), client, warm: Arc::new(AtomicBool::new(false)) }
     }
 
     /// Mark models loaded and actors started (or stopping, with `false`).
@@ -62,11 +58,7 @@ impl Health {
 }
 
 async fn metrics() -> (StatusCode, [(&'static str, &'static str); 1], String) {
-    (
-        StatusCode::OK,
-        [("content-type", "text/plain; version=0.0.4")],
-        crate::metrics::render(),
-    )
+    (StatusCode::OK, [("content-type", "text/plain; version=0.0.4")], crate::metrics::render())
 }
 
 async fn healthz() -> (StatusCode, &'static str) {
@@ -76,19 +68,13 @@ async fn healthz() -> (StatusCode, &'static str) {
 async fn readyz(State(health): State<Health>) -> (StatusCode, String) {
     match health.not_ready().await {
         None => (StatusCode::OK, "ready\n".into()),
-        Some(why) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {why}\n"),
-        ),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
     }
 }
 
 /// Bind `listen` and serve until the task is aborted. Returns the bound
 /// address (port 0 picks a free one).
-pub async fn serve(
-    listen: SocketAddr,
-    health: Health,
-) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+pub async fn serve(listen: SocketAddr, health: Health) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let bound = listener.local_addr()?;
     let app = Router::new()

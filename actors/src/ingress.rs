@@ -30,10 +30,7 @@ use std::{
     time::Duration,
 };
 
-use async_nats::{
-    jetstream::{self, AckKind},
-    HeaderMap,
-};
+use async_nats::{jetstream::{self, AckKind}, HeaderMap};
 use orfeas_wire::{
     envelope::{self, ContentKind, Opened},
     subjects,
@@ -52,7 +49,8 @@ use crate::{
     jobs::{Created, JobRecord, JobState, JobStore},
     metrics,
     model::Manifest,
-    now_ms, preprocess,
+    now_ms,
+    preprocess,
     registry::Registry,
     settings::NodeSettings,
     trace::{self, TraceParent},
@@ -76,10 +74,7 @@ pub struct Rejection {
 
 impl Rejection {
     fn new(job_id: Option<Uuid>, code: ErrorCode, error: impl Into<String>) -> Self {
-        Self {
-            job_id,
-            failure: Failure::new(code, error),
-        }
+        Self { job_id, failure: Failure::new(code, error) }
     }
 }
 
@@ -110,9 +105,7 @@ pub struct Policy {
 /// Best-effort job id from an unverified payload, so a rejection reaches the
 /// job's events subject. Never used for anything else.
 fn unverified_job_id(opened: &Opened) -> Option<Uuid> {
-    orfeas_wire::from_cbor::<SubmitJob>(&opened.payload)
-        .ok()
-        .map(|j| j.job_id)
+    orfeas_wire::from_cbor::<SubmitJob>(&opened.payload).ok().map(|j| j.job_id)
 }
 
 /// Steps 1–2: cap and decode.
@@ -131,75 +124,33 @@ pub fn check_submission(
 ) -> Result<ValidJob, Rejection> {
     let job_id = unverified_job_id(opened);
     let reject = |code, error: String| Rejection::new(job_id, code, error);
-    let agent = subjects::agent_of_submit(subject).ok_or_else(|| {
-        reject(
-            ErrorCode::Forbidden,
-            format!("{subject:?} is not a submit subject"),
-        )
-    })?;
+    let agent = subjects::agent_of_submit(subject).ok_or_else(|| reject(ErrorCode::Forbidden, format!("{subject:?} is not a submit subject")))?;
     if opened.claims.iss != agent {
-        return Err(reject(
-            ErrorCode::Forbidden,
-            format!(
-                "issuer {:?} published on {agent:?}'s subject",
-                opened.claims.iss
-            ),
-        ));
+        return Err(reject(ErrorCode::Forbidden, format!("issuer {:?} published on {agent:?}'s subject", opened.claims.iss)));
     }
-    let key = key.ok_or_else(|| {
-        reject(
-            ErrorCode::UnknownKey,
-            format!("agent {agent:?} has no active key {:?}", opened.kid.0),
-        )
-    })?;
-    opened
-        .verify(&key, subject)
-        .map_err(|e| reject(e.code(), e.to_string()))?;
-    if let Err(e) = opened.check_claims(
-        &policy.audience,
-        now_s,
-        policy.clock_skew_s,
-        v1::MAX_LIFETIME_S,
-    ) {
+    let key = key.ok_or_else(|| reject(ErrorCode::UnknownKey, format!("agent {agent:?} has no active key {:?}", opened.kid.0)))?;
+    opened.verify(&key, subject).map_err(|e| reject(e.code(), e.to_string()))?;
+    if let Err(e) = opened.check_claims(&policy.audience, now_s, policy.clock_skew_s, v1::MAX_LIFETIME_S) {
         let mut rejection = reject(e.code(), e.to_string());
         rejection.failure.server_time_ms = Some(now_s * 1000);
         return Err(rejection);
     }
     if opened.op != "submit" {
-        return Err(reject(
-            ErrorCode::Forbidden,
-            format!("operation {:?} is not submit", opened.op),
-        ));
+        return Err(reject(ErrorCode::Forbidden, format!("operation {:?} is not submit", opened.op)));
     }
-    let mut job: SubmitJob = orfeas_wire::from_cbor(&opened.payload)
-        .map_err(|e| reject(ErrorCode::Invalid, format!("submit payload: {e}")))?;
+    let mut job: SubmitJob = orfeas_wire::from_cbor(&opened.payload).map_err(|e| reject(ErrorCode::Invalid, format!("submit payload: {e}")))?;
     let job_id = Some(job.job_id);
     let reject = |code, error: String| Rejection::new(job_id, code, error);
     let expected_events = subjects::events(agent, &job.job_id);
     if opened.events_subject.as_deref() != Some(expected_events.as_str()) {
-        return Err(reject(
-            ErrorCode::Forbidden,
-            format!(
-                "events subject {:?} is not {expected_events:?}",
-                opened.events_subject
-            ),
-        ));
+        return Err(reject(ErrorCode::Forbidden, format!("events subject {:?} is not {expected_events:?}", opened.events_subject)));
     }
     if !policy.models.contains_key(&job.model) {
         let mut served: Vec<&str> = policy.models.keys().map(String::as_str).collect();
         served.sort_unstable();
-        return Err(reject(
-            ErrorCode::UnknownModel,
-            format!(
-                "model {:?} is not served (models: {})",
-                job.model,
-                served.join(", ")
-            ),
-        ));
+        return Err(reject(ErrorCode::UnknownModel, format!("model {:?} is not served (models: {})", job.model, served.join(", "))));
     }
-    job.params
-        .validate()
-        .map_err(|e| reject(ErrorCode::Invalid, e))?;
+    job.params.validate().map_err(|e| reject(ErrorCode::Invalid, e))?;
     if job.formats.is_empty() {
         job.formats = vec![Format::Glb];
     }
@@ -212,23 +163,11 @@ pub fn check_submission(
     job.formats = unique;
     let ImageInput::Inline { media_type, data } = &job.image;
     if data.len() > v1::MAX_INLINE_IMAGE_BYTES {
-        return Err(reject(
-            ErrorCode::TooLarge,
-            format!(
-                "inline image of {} bytes exceeds {}",
-                data.len(),
-                v1::MAX_INLINE_IMAGE_BYTES
-            ),
-        ));
+        return Err(reject(ErrorCode::TooLarge, format!("inline image of {} bytes exceeds {}", data.len(), v1::MAX_INLINE_IMAGE_BYTES)));
     }
-    preprocess::check_header(data, media_type, policy.max_image_side)
-        .map_err(|e| reject(e.code(), e.to_string()))?;
+    preprocess::check_header(data, media_type, policy.max_image_side).map_err(|e| reject(e.code(), e.to_string()))?;
     let digest = hex::encode(Sha256::digest(&opened.payload));
-    Ok(ValidJob {
-        agent: agent.to_string(),
-        job,
-        digest,
-    })
+    Ok(ValidJob { agent: agent.to_string(), job, digest })
 }
 
 /// Ingress configuration.
@@ -295,23 +234,13 @@ impl Admission {
         let trace = TraceParent::from_headers(message.headers.as_ref());
         let agent = subjects::agent_of_submit(&message.subject).unwrap_or(UNREGISTERED);
         let span = trace::hop_unknown_job("admit", &trace, agent);
-        self.check_and_admit(message, &span, trace)
-            .instrument(span.clone())
-            .await
+        self.check_and_admit(message, &span, trace).instrument(span.clone()).await
     }
 
-    async fn check_and_admit(
-        &self,
-        message: &jetstream::Message,
-        span: &tracing::Span,
-        trace: TraceParent,
-    ) -> Settled {
+    async fn check_and_admit(&self, message: &jetstream::Message, span: &tracing::Span, trace: TraceParent) -> Settled {
         let subject = message.subject.to_string();
         let Some(agent) = subjects::agent_of_submit(&subject).map(str::to_string) else {
-            tracing::warn!(
-                subject,
-                "message on a subject that is not a submit subject; dropped"
-            );
+            tracing::warn!(subject, "message on a subject that is not a submit subject; dropped");
             return Settled::Term;
         };
         // Metric label: only registered agents get their own series, so a
@@ -342,25 +271,13 @@ impl Admission {
             },
             Err(rejection) => {
                 let code = rejection.failure.code.as_str();
-                metrics::REQUESTS
-                    .with_label_values(&[label, "submit", code])
-                    .inc();
+                metrics::REQUESTS.with_label_values(&[label, "submit", code]).inc();
                 metrics::ERRORS.with_label_values(&[label, code]).inc();
                 tracing::info!(agent, code = %rejection.failure.code, error = %rejection.failure.error, "submission rejected");
                 let job_id = rejection.job_id.unwrap_or(Uuid::nil());
                 span.record("job_id", tracing::field::display(job_id));
                 let onward = trace::onward(span, &trace);
-                match self
-                    .events
-                    .publish_in(
-                        Some(onward),
-                        &agent,
-                        job_id,
-                        0,
-                        EventKind::Rejected(rejection.failure),
-                    )
-                    .await
-                {
+                match self.events.publish_in(Some(onward), &agent, job_id, 0, EventKind::Rejected(rejection.failure)).await {
                     Ok(()) => Settled::Term,
                     Err(_) => Settled::Retry,
                 }
@@ -369,12 +286,7 @@ impl Admission {
     }
 
     /// Record, enqueue (PubAck), announce. Idempotent on the job id.
-    async fn admit(
-        &self,
-        valid: ValidJob,
-        span: &tracing::Span,
-        trace: TraceParent,
-    ) -> Result<Settled, BusError> {
+    async fn admit(&self, valid: ValidJob, span: &tracing::Span, trace: TraceParent) -> Result<Settled, BusError> {
         let ValidJob { agent, job, digest } = valid;
         span.record("job_id", tracing::field::display(job.job_id));
         let onward = trace::onward(span, &trace);
@@ -393,25 +305,10 @@ impl Admission {
         match self.jobs.create(&record).await? {
             Created::New(_) => {}
             Created::Exists(existing, _) if existing.digest != digest => {
-                metrics::REQUESTS
-                    .with_label_values(&[&agent, "submit", ErrorCode::Conflict.as_str()])
-                    .inc();
-                metrics::ERRORS
-                    .with_label_values(&[&agent, ErrorCode::Conflict.as_str()])
-                    .inc();
-                let failure = Failure::new(
-                    ErrorCode::Conflict,
-                    format!("job {} exists with a different request", job.job_id),
-                );
-                self.events
-                    .publish_in(
-                        Some(onward),
-                        &agent,
-                        job.job_id,
-                        0,
-                        EventKind::Rejected(failure),
-                    )
-                    .await?;
+                metrics::REQUESTS.with_label_values(&[&agent, "submit", ErrorCode::Conflict.as_str()]).inc();
+                metrics::ERRORS.with_label_values(&[&agent, ErrorCode::Conflict.as_str()]).inc();
+                let failure = Failure::new(ErrorCode::Conflict, format!("job {} exists with a different request", job.job_id));
+                self.events.publish_in(Some(onward), &agent, job.job_id, 0, EventKind::Rejected(failure)).await?;
                 return Ok(Settled::Term);
             }
             Created::Exists(existing, _) if existing.state != JobState::Admitted => {
@@ -438,29 +335,13 @@ impl Admission {
         // Jobs ahead of this one (a recent reading, not a round trip), so
         // that `accepted` follows the PubAck at once.
         let queue_position = self.queue_depth.load(Ordering::Relaxed);
-        let ack = self
-            .bus
-            .publish_acked(
-                subjects::queue(LANE),
-                headers,
-                orfeas_wire::to_cbor(&admitted).into(),
-            )
-            .await?;
-        self.events
-            .publish_in(
-                Some(onward),
-                &agent,
-                job.job_id,
-                0,
-                EventKind::Accepted { queue_position },
-            )
-            .await?;
-        metrics::REQUESTS
-            .with_label_values(&[&agent, "submit", "accepted"])
-            .inc();
+        let ack = self.bus.publish_acked(subjects::queue(LANE), headers, orfeas_wire::to_cbor(&admitted).into()).await?;
+        self.events.publish_in(Some(onward), &agent, job.job_id, 0, EventKind::Accepted { queue_position }).await?;
+        metrics::REQUESTS.with_label_values(&[&agent, "submit", "accepted"]).inc();
         tracing::info!(agent, job_id = %job.job_id, seq = ack.sequence, "job admitted");
         Ok(Settled::Ack)
     }
+
 }
 
 /// Keep `depth` close to the number of queued jobs.
@@ -484,19 +365,10 @@ impl Actor for Ingress {
     type State = IngressState;
     type Arguments = ();
 
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        _: (),
-    ) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, _: ()) -> Result<Self::State, ActorProcessingErr> {
         let consumer = self
             .bus
-            .consumer(
-                subjects::SUBMIT_STREAM,
-                subjects::INGRESS_CONSUMER,
-                &self.settings,
-                (CREDITS * 4) as i64,
-            )
+            .consumer(subjects::SUBMIT_STREAM, subjects::INGRESS_CONSUMER, &self.settings, (CREDITS * 4) as i64)
             .await?;
         let credits = Arc::new(Semaphore::new(CREDITS));
         let me = myself.clone();
@@ -519,30 +391,16 @@ impl Actor for Ingress {
             policy: self.policy.clone(),
             queue_depth,
         });
-        Ok(IngressState {
-            credits,
-            puller,
-            depth_reader,
-            admission,
-        })
+        Ok(IngressState { credits, puller, depth_reader, admission })
     }
 
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         state.puller.abort();
         state.depth_reader.abort();
         Ok(())
     }
 
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn handle(&self, _myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         match message {
             IngressMsg::Delivered(message) => {
                 // The pull credit this message holds bounds the tasks.
@@ -572,9 +430,7 @@ mod tests {
     use orfeas_wire::SecretKey;
 
     fn png() -> Vec<u8> {
-        let img = image::RgbaImage::from_fn(16, 16, |x, _| {
-            image::Rgba([255, 0, 0, if x > 4 { 255 } else { 0 }])
-        });
+        let img = image::RgbaImage::from_fn(16, 16, |x, _| image::Rgba([255, 0, 0, if x > 4 { 255 } else { 0 }]));
         let mut out = std::io::Cursor::new(Vec::new());
         img.write_to(&mut out, image::ImageFormat::Png).unwrap();
         out.into_inner()
@@ -596,33 +452,20 @@ precision = "fp32"
 max_batch = 4"#,
         )
         .unwrap();
-        Policy {
-            audience: "orfeas".into(),
-            clock_skew_s: 60,
-            max_image_side: 1024,
-            models: HashMap::from([("inflate".into(), manifest)]),
-        }
+        Policy { audience: "orfeas".into(), clock_skew_s: 60, max_image_side: 1024, models: HashMap::from([("inflate".into(), manifest)]) }
     }
 
     fn job(model: &str, image: Vec<u8>) -> SubmitJob {
         SubmitJob {
             job_id: Uuid::from_u128(42),
             model: model.into(),
-            image: ImageInput::Inline {
-                media_type: "image/png".into(),
-                data: image,
-            },
+            image: ImageInput::Inline { media_type: "image/png".into(), data: image },
             formats: vec![],
             params: Default::default(),
         }
     }
 
-    fn check(
-        bytes: &[u8],
-        subject: &str,
-        key: Option<PublicKey>,
-        now: u64,
-    ) -> Result<ValidJob, Rejection> {
+    fn check(bytes: &[u8], subject: &str, key: Option<PublicKey>, now: u64) -> Result<ValidJob, Rejection> {
         let opened = open_submission(bytes)?;
         check_submission(&opened, subject, key, &policy(), now)
     }
@@ -643,61 +486,26 @@ max_batch = 4"#,
         let other = SecretKey::from_seed([8; 32]);
         let (subject, bytes) = job("inflate", png()).seal("alice", &key, "orfeas", 1_000, 300);
         let code = |r: Result<ValidJob, Rejection>| r.unwrap_err().failure.code;
-        assert_eq!(
-            code(check(&bytes, &subject, None, 1_000)),
-            ErrorCode::UnknownKey
-        );
-        assert_eq!(
-            code(check(&bytes, &subject, Some(other.public()), 1_000)),
-            ErrorCode::BadSignature
-        );
-        assert_eq!(
-            code(check(
-                &bytes,
-                "orfeas.jobs.submit.bob",
-                Some(key.public()),
-                1_000
-            )),
-            ErrorCode::Forbidden
-        );
+        assert_eq!(code(check(&bytes, &subject, None, 1_000)), ErrorCode::UnknownKey);
+        assert_eq!(code(check(&bytes, &subject, Some(other.public()), 1_000)), ErrorCode::BadSignature);
+        assert_eq!(code(check(&bytes, "orfeas.jobs.submit.bob", Some(key.public()), 1_000)), ErrorCode::Forbidden);
         let stale = check(&bytes, &subject, Some(key.public()), 9_000).unwrap_err();
         assert_eq!(stale.failure.code, ErrorCode::Stale);
         assert_eq!(stale.failure.server_time_ms, Some(9_000_000));
-        assert_eq!(
-            stale.job_id,
-            Some(Uuid::from_u128(42)),
-            "rejection names the job"
-        );
+        assert_eq!(stale.job_id, Some(Uuid::from_u128(42)), "rejection names the job");
         let (s, b) = job("nope", png()).seal("alice", &key, "orfeas", 1_000, 300);
-        assert_eq!(
-            code(check(&b, &s, Some(key.public()), 1_000)),
-            ErrorCode::UnknownModel
-        );
-        let (s, b) =
-            job("inflate", b"not an image".to_vec()).seal("alice", &key, "orfeas", 1_000, 300);
-        assert_eq!(
-            code(check(&b, &s, Some(key.public()), 1_000)),
-            ErrorCode::InvalidImage
-        );
+        assert_eq!(code(check(&b, &s, Some(key.public()), 1_000)), ErrorCode::UnknownModel);
+        let (s, b) = job("inflate", b"not an image".to_vec()).seal("alice", &key, "orfeas", 1_000, 300);
+        assert_eq!(code(check(&b, &s, Some(key.public()), 1_000)), ErrorCode::InvalidImage);
         let mut bad_params = job("inflate", png());
         bad_params.params.target_faces = Some(3);
         let (s, b) = bad_params.seal("alice", &key, "orfeas", 1_000, 300);
         let r = check(&b, &s, Some(key.public()), 1_000).unwrap_err();
         assert_eq!(r.failure.code, ErrorCode::Invalid);
-        assert!(
-            r.failure.error.contains("target_faces 3"),
-            "{}",
-            r.failure.error
-        );
+        assert!(r.failure.error.contains("target_faces 3"), "{}", r.failure.error);
         let (s, b) = job("inflate", png()).seal("alice", &key, "elsewhere", 1_000, 300);
-        assert_eq!(
-            code(check(&b, &s, Some(key.public()), 1_000)),
-            ErrorCode::Forbidden
-        );
-        assert_eq!(
-            code(check(b"garbage", &subject, Some(key.public()), 1_000)),
-            ErrorCode::Malformed
-        );
+        assert_eq!(code(check(&b, &s, Some(key.public()), 1_000)), ErrorCode::Forbidden);
+        assert_eq!(code(check(b"garbage", &subject, Some(key.public()), 1_000)), ErrorCode::Malformed);
     }
 
     #[test]

@@ -94,11 +94,7 @@ impl JobStore {
     /// Insert `record` only if no record exists for the job.
     pub async fn create(&self, record: &JobRecord) -> Result<Created, BusError> {
         let k = key(&record.agent, &record.job_id);
-        match self
-            .kv
-            .create(&k, orfeas_wire::to_cbor(record).into())
-            .await
-        {
+        match self.kv.create(&k, orfeas_wire::to_cbor(record).into()).await {
             Ok(revision) => Ok(Created::New(revision)),
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => match self.get_key(&k).await? {
                 Some((existing, revision)) => Ok(Created::Exists(existing, revision)),
@@ -109,11 +105,7 @@ impl JobStore {
     }
 
     /// The record of a job and its revision.
-    pub async fn get(
-        &self,
-        agent: &str,
-        job_id: &Uuid,
-    ) -> Result<Option<(JobRecord, u64)>, BusError> {
+    pub async fn get(&self, agent: &str, job_id: &Uuid) -> Result<Option<(JobRecord, u64)>, BusError> {
         self.get_key(&key(agent, job_id)).await
     }
 
@@ -130,11 +122,7 @@ impl JobStore {
     /// Write `record` if the stored revision is still `revision`.
     pub async fn update(&self, record: &JobRecord, revision: u64) -> Result<Updated, BusError> {
         let k = key(&record.agent, &record.job_id);
-        match self
-            .kv
-            .update(&k, orfeas_wire::to_cbor(record).into(), revision)
-            .await
-        {
+        match self.kv.update(&k, orfeas_wire::to_cbor(record).into(), revision).await {
             Ok(revision) => Ok(Updated::Ok(revision)),
             Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(Updated::Fenced),
             Err(e) => Err(kv_err("update", &k, e)),
@@ -143,9 +131,5 @@ impl JobStore {
 }
 
 fn kv_err(op: &'static str, key: &str, e: impl std::fmt::Display) -> BusError {
-    BusError::Kv {
-        op,
-        key: key.to_string(),
-        detail: e.to_string(),
-    }
+    BusError::Kv { op, key: key.to_string(), detail: e.to_string() }
 }

@@ -6,9 +6,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    exponential_buckets, register_gauge_vec, register_histogram_vec, register_int_counter,
-    register_int_counter_vec, register_int_gauge_vec, Encoder, GaugeVec, HistogramVec, IntCounter,
-    IntCounterVec, IntGaugeVec, TextEncoder,
+    exponential_buckets, register_gauge_vec, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge_vec, Encoder, GaugeVec, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, TextEncoder,
 };
 
 fn seconds_buckets() -> Vec<f64> {
@@ -17,74 +16,44 @@ fn seconds_buckets() -> Vec<f64> {
 
 /// Requests by agent, operation and outcome (`accepted` or an error code).
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "orfeas_requests_total",
-        "Agent requests by agent, operation and outcome",
-        &["agent", "op", "outcome"]
-    )
-    .expect("metric registers once")
+    register_int_counter_vec!("orfeas_requests_total", "Agent requests by agent, operation and outcome", &["agent", "op", "outcome"])
+        .expect("metric registers once")
 });
 
 /// Errors by agent and code (rejections and failed jobs).
 pub static ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "orfeas_errors_total",
-        "Rejections and job failures by agent and code",
-        &["agent", "code"]
-    )
-    .expect("metric registers once")
+    register_int_counter_vec!("orfeas_errors_total", "Rejections and job failures by agent and code", &["agent", "code"])
+        .expect("metric registers once")
 });
 
 /// Finished jobs by outcome (`completed` or an error code).
 pub static JOBS_FINISHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "orfeas_jobs_finished_total",
-        "Jobs with a terminal answer, by outcome",
-        &["outcome"]
-    )
-    .expect("metric registers once")
+    register_int_counter_vec!("orfeas_jobs_finished_total", "Jobs with a terminal answer, by outcome", &["outcome"])
+        .expect("metric registers once")
 });
 
 /// Jobs this node holds, by agent.
 pub static ACTIVE_JOBS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register_int_gauge_vec!(
-        "orfeas_active_jobs",
-        "Jobs held by this node (waiting or running), by agent",
-        &["agent"]
-    )
-    .expect("metric registers once")
+    register_int_gauge_vec!("orfeas_active_jobs", "Jobs held by this node (waiting or running), by agent", &["agent"])
+        .expect("metric registers once")
 });
 
 /// Admitted jobs waiting in JetStream, by lane.
 pub static QUEUE_DEPTH: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register_int_gauge_vec!(
-        "orfeas_queue_depth",
-        "Admitted jobs not yet taken by a node, by lane",
-        &["lane"]
-    )
-    .expect("metric registers once")
+    register_int_gauge_vec!("orfeas_queue_depth", "Admitted jobs not yet taken by a node, by lane", &["lane"])
+        .expect("metric registers once")
 });
 
 /// Time from admission to the start of the forward pass, by lane.
 pub static QUEUE_WAIT: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register_histogram_vec!(
-        "orfeas_queue_wait_seconds",
-        "Admission to forward pass",
-        &["lane"],
-        seconds_buckets()
-    )
-    .expect("metric registers once")
+    register_histogram_vec!("orfeas_queue_wait_seconds", "Admission to forward pass", &["lane"], seconds_buckets())
+        .expect("metric registers once")
 });
 
 /// Jobs per forward pass.
 pub static BATCH_SIZE: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register_histogram_vec!(
-        "orfeas_batch_size",
-        "Jobs per forward pass",
-        &["model"],
-        vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
-    )
-    .expect("metric registers once")
+    register_histogram_vec!("orfeas_batch_size", "Jobs per forward pass", &["model"], vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0])
+        .expect("metric registers once")
 });
 
 /// Batch size over the largest batch allowed for the model.
@@ -100,79 +69,47 @@ pub static BATCH_FILL: LazyLock<HistogramVec> = LazyLock::new(|| {
 
 /// Seconds per pipeline stage.
 pub static STAGE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register_histogram_vec!(
-        "orfeas_stage_seconds",
-        "Time spent per pipeline stage",
-        &["stage"],
-        seconds_buckets()
-    )
-    .expect("metric registers once")
+    register_histogram_vec!("orfeas_stage_seconds", "Time spent per pipeline stage", &["stage"], seconds_buckets())
+        .expect("metric registers once")
 });
 
 /// Admission to terminal answer.
 pub static JOB_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register_histogram_vec!(
-        "orfeas_job_seconds",
-        "Admission to terminal answer, by model",
-        &["model"],
-        seconds_buckets()
-    )
-    .expect("metric registers once")
+    register_histogram_vec!("orfeas_job_seconds", "Admission to terminal answer, by model", &["model"], seconds_buckets())
+        .expect("metric registers once")
 });
 
 /// Device memory in bytes (`kind` = used | free | total).
 pub static DEVICE_MEMORY: LazyLock<GaugeVec> = LazyLock::new(|| {
-    register_gauge_vec!(
-        "orfeas_device_memory_bytes",
-        "Device memory by device and kind (used, free, total)",
-        &["device", "kind"]
-    )
-    .expect("metric registers once")
+    register_gauge_vec!("orfeas_device_memory_bytes", "Device memory by device and kind (used, free, total)", &["device", "kind"])
+        .expect("metric registers once")
 });
 
 /// Device utilisation 0–1.
 pub static DEVICE_UTILIZATION: LazyLock<GaugeVec> = LazyLock::new(|| {
-    register_gauge_vec!(
-        "orfeas_device_utilization_ratio",
-        "Device compute utilisation (0-1)",
-        &["device"]
-    )
-    .expect("metric registers once")
+    register_gauge_vec!("orfeas_device_utilization_ratio", "Device compute utilisation (0-1)", &["device"]).expect("metric registers once")
 });
 
 /// Model load time, seconds (load + contract-check warm-up).
 pub static MODEL_LOAD_SECONDS: LazyLock<GaugeVec> = LazyLock::new(|| {
-    register_gauge_vec!(
-        "orfeas_model_load_seconds",
-        "Seconds to load and warm a model on a device",
-        &["model", "device"]
-    )
-    .expect("metric registers once")
+    register_gauge_vec!("orfeas_model_load_seconds", "Seconds to load and warm a model on a device", &["model", "device"])
+        .expect("metric registers once")
 });
 
 /// Actor restarts by actor.
 pub static ACTOR_RESTARTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "orfeas_actor_restarts_total",
-        "Actor restarts by the supervisor",
-        &["actor"]
-    )
-    .expect("metric registers once")
+    register_int_counter_vec!("orfeas_actor_restarts_total", "Actor restarts by the supervisor", &["actor"])
+        .expect("metric registers once")
 });
 
 /// NATS reconnects.
 pub static NATS_RECONNECTS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("orfeas_nats_reconnects_total", "Reconnections to NATS")
-        .expect("metric registers once")
+    register_int_counter!("orfeas_nats_reconnects_total", "Reconnections to NATS").expect("metric registers once")
 });
 
 /// Jobs given up after their last delivery.
 pub static DEAD_LETTERS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
-        "orfeas_dead_letters_total",
-        "Jobs failed for good after exhausting deliveries"
-    )
-    .expect("metric registers once")
+    register_int_counter!("orfeas_dead_letters_total", "Jobs failed for good after exhausting deliveries").expect("metric registers once")
 });
 
 /// All metrics in the Prometheus text format.

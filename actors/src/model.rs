@@ -114,26 +114,18 @@ impl ModelError {
             Self::Manifest { .. } => "model_manifest",
             Self::Load { .. } => "model_load",
             Self::Contract { .. } => "model_contract",
-            Self::Forward {
-                out_of_memory: true,
-                ..
-            } => "out_of_memory",
+            Self::Forward { out_of_memory: true, .. } => "out_of_memory",
             Self::Forward { .. } => "forward_failed",
         }
     }
 }
 
 /// Read the manifests of `names` (all models in `dir` when empty), sorted by name.
-pub fn read_manifests(
-    dir: &Path,
-    names: &[String],
-) -> Result<Vec<(Manifest, PathBuf)>, ModelError> {
+pub fn read_manifests(dir: &Path, names: &[String]) -> Result<Vec<(Manifest, PathBuf)>, ModelError> {
     let mut wanted: Vec<String> = names.to_vec();
     if wanted.is_empty() {
-        let entries = std::fs::read_dir(dir).map_err(|e| ModelError::Manifest {
-            path: dir.to_path_buf(),
-            detail: e.to_string(),
-        })?;
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| ModelError::Manifest { path: dir.to_path_buf(), detail: e.to_string() })?;
         for entry in entries.flatten() {
             if entry.path().join("manifest.toml").is_file() {
                 wanted.push(entry.file_name().to_string_lossy().into_owned());
@@ -145,33 +137,19 @@ pub fn read_manifests(
     let mut out = Vec::new();
     for name in wanted {
         let path = dir.join(&name).join("manifest.toml");
-        let err = |detail: String| ModelError::Manifest {
-            path: path.clone(),
-            detail,
-        };
+        let err = |detail: String| ModelError::Manifest { path: path.clone(), detail };
         let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
         let manifest: Manifest = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
         if manifest.name != name {
-            return Err(err(format!(
-                "name {:?} differs from its folder {name:?}",
-                manifest.name
-            )));
+            return Err(err(format!("name {:?} differs from its folder {name:?}", manifest.name)));
         }
-        if manifest.input_channels != 4
-            || manifest.grid.iter().any(|&n| n < 2)
-            || manifest.max_batch == 0
-        {
-            return Err(err(
-                "needs input_channels = 4, every grid side >= 2, max_batch >= 1".into(),
-            ));
+        if manifest.input_channels != 4 || manifest.grid.iter().any(|&n| n < 2) || manifest.max_batch == 0 {
+            return Err(err("needs input_channels = 4, every grid side >= 2, max_batch >= 1".into()));
         }
         out.push((manifest, dir.join(&name).join("model.pt")));
     }
     if out.is_empty() {
-        return Err(ModelError::Manifest {
-            path: dir.to_path_buf(),
-            detail: "no models found".into(),
-        });
+        return Err(ModelError::Manifest { path: dir.to_path_buf(), detail: "no models found".into() });
     }
     Ok(out)
 }
@@ -194,17 +172,11 @@ impl LoadedModel {
             detail: e.to_string(),
         })?;
         module.set_eval();
-        let model = Self {
-            manifest,
-            module,
-            device,
-        };
+        let model = Self { manifest, module, device };
         let [h, w] = model.manifest.input_size;
         let probe = Tensor::zeros([1, 4, h as i64, w as i64], (Kind::Float, Device::Cpu));
         let out = model.forward(&probe)?;
-        let want: Vec<i64> = std::iter::once(1)
-            .chain(model.manifest.grid.iter().map(|&n| n as i64))
-            .collect();
+        let want: Vec<i64> = std::iter::once(1).chain(model.manifest.grid.iter().map(|&n| n as i64)).collect();
         if out.size() != want {
             return Err(ModelError::Contract {
                 name: model.manifest.name.clone(),
@@ -226,20 +198,10 @@ impl LoadedModel {
         let name = &self.manifest.name;
         tch::no_grad(|| {
             // pin_memory speeds the host-to-device copy and needs CUDA.
-            let input = if self.device.is_cuda() {
-                batch.pin_memory(self.device)
-            } else {
-                batch.shallow_clone()
-            };
+            let input = if self.device.is_cuda() { batch.pin_memory(self.device) } else { batch.shallow_clone() };
             let input = input.to_device(self.device).to_kind(kind);
-            let out = self
-                .module
-                .forward_ts(&[input])
-                .map_err(|e| forward_error(name, e))?;
-            out.to_kind(Kind::Float)
-                .to_device(Device::Cpu)
-                .f_contiguous()
-                .map_err(|e| forward_error(name, e))
+            let out = self.module.forward_ts(&[input]).map_err(|e| forward_error(name, e))?;
+            out.to_kind(Kind::Float).to_device(Device::Cpu).f_contiguous().map_err(|e| forward_error(name, e))
         })
     }
 }
@@ -247,11 +209,7 @@ impl LoadedModel {
 fn forward_error(name: &str, e: tch::TchError) -> ModelError {
     let detail = e.to_string();
     let out_of_memory = detail.to_ascii_lowercase().contains("out of memory");
-    ModelError::Forward {
-        name: name.to_string(),
-        detail,
-        out_of_memory,
-    }
+    ModelError::Forward { name: name.to_string(), detail, out_of_memory }
 }
 
 #[cfg(test)]
@@ -264,9 +222,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn inflate() -> (Manifest, PathBuf) {
-        read_manifests(&models_dir(), &["inflate".to_string()])
-            .unwrap()
-            .remove(0)
+        read_manifests(&models_dir(), &["inflate".to_string()]).unwrap().remove(0)
     }
 
     fn disc(h: usize, w: usize, radius: f32) -> Vec<f32> {
@@ -287,10 +243,7 @@ pub(crate) mod tests {
     fn built_in_models_have_valid_manifests() {
         let all = read_manifests(&models_dir(), &[]).unwrap();
         let names: Vec<&str> = all.iter().map(|(m, _)| m.name.as_str()).collect();
-        assert!(
-            names.contains(&"inflate") && names.contains(&"null"),
-            "{names:?}"
-        );
+        assert!(names.contains(&"inflate") && names.contains(&"null"), "{names:?}");
         assert!(read_manifests(&models_dir(), &["nope".to_string()]).is_err());
     }
 
@@ -301,19 +254,13 @@ pub(crate) mod tests {
         let model = LoadedModel::load(manifest.clone(), &path, Device::Cpu).unwrap();
         let small = disc(h, w, 20.0);
         let large = disc(h, w, 50.0);
-        let batch =
-            Tensor::from_slice(&[small.clone(), large].concat()).view([2, 4, h as i64, w as i64]);
+        let batch = Tensor::from_slice(&[small.clone(), large].concat()).view([2, 4, h as i64, w as i64]);
         let out = model.forward(&batch).unwrap();
         let grid: Vec<i64> = manifest.grid.iter().map(|&n| n as i64).collect();
         assert_eq!(out.size(), [vec![2], grid].concat());
-        let alone = model
-            .forward(&Tensor::from_slice(&small).view([1, 4, h as i64, w as i64]))
-            .unwrap();
+        let alone = model.forward(&Tensor::from_slice(&small).view([1, 4, h as i64, w as i64])).unwrap();
         let diff = (out.get(0) - alone.get(0)).abs().max().double_value(&[]);
-        assert!(
-            diff < 1e-5,
-            "batch item differs from running it alone by {diff}"
-        );
+        assert!(diff < 1e-5, "batch item differs from running it alone by {diff}");
         // The larger disc has more solid samples.
         let solid = |t: &Tensor| t.gt(manifest.iso as f64).sum(Kind::Int64).int64_value(&[]);
         assert!(solid(&out.get(1)) > 2 * solid(&out.get(0)));

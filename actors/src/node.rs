@@ -59,11 +59,7 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, NodeError> {
     let models = model::read_manifests(&settings.models_dir, &settings.models)?;
     let devices = device::discover(settings.use_cuda);
     tracing::info!(node = %settings.node_id, devices = ?devices.iter().map(|d| &d.id).collect::<Vec<_>>(), models = ?models.iter().map(|(m, _)| &m.name).collect::<Vec<_>>(), "starting node");
-    let client = bus::connect(
-        &settings.nats_url,
-        &format!("orfeas-node-{}", settings.node_id),
-    )
-    .await?;
+    let client = bus::connect(&settings.nats_url, &format!("orfeas-node-{}", settings.node_id)).await?;
     let bus = Bus::ensure(client.clone(), &settings).await?;
     let registry = Registry::new(bus.agents.clone(), bus.nodes.clone());
     registry
@@ -74,49 +70,25 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, NodeError> {
             started_at_ms: now_ms(),
         })
         .await?;
-    let events = EventSink::spawn(
-        bus.clone(),
-        &settings.node_id,
-        settings.node_key.clone(),
-        settings.deployment.clone(),
-    );
+    let events = EventSink::spawn(bus.clone(), &settings.node_id, settings.node_key.clone(), settings.deployment.clone());
     let store = ResultStore::local(settings.store_root.clone())?;
     let roster = Roster::new(&settings.node_id);
-    let ctx = NodeContext {
-        settings: Arc::new(settings),
-        bus: bus.clone(),
-        events,
-        store,
-        devices,
-        models,
-        roster: roster.clone(),
-    };
+    let ctx = NodeContext { settings: Arc::new(settings), bus: bus.clone(), events, store, devices, models, roster: roster.clone() };
     let health = Health::new(client.clone());
     let http = match ctx.settings.http_listen {
         Some(listen) => {
-            let (bound, task) = http::serve(listen, health.clone())
-                .await
-                .map_err(|e| NodeError::Http(listen, e))?;
+            let (bound, task) = http::serve(listen, health.clone()).await.map_err(|e| NodeError::Http(listen, e))?;
             tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
             Some((bound, task))
         }
         None => None,
     };
     let sampler = tokio::spawn(sample_devices(ctx.devices.clone()));
-    let (supervisor, handle) =
-        Actor::spawn(Some(roster.name("supervisor")), NodeSupervisor { ctx }, ())
-            .await
-            .map_err(|e| NodeError::Spawn(e.to_string()))?;
+    let (supervisor, handle) = Actor::spawn(Some(roster.name("supervisor")), NodeSupervisor { ctx }, ())
+        .await
+        .map_err(|e| NodeError::Spawn(e.to_string()))?;
     health.set_warm(true);
-    Ok(RunningNode {
-        supervisor,
-        handle,
-        client,
-        bus,
-        health,
-        http,
-        sampler,
-    })
+    Ok(RunningNode { supervisor, handle, client, bus, health, http, sampler })
 }
 
 /// Refresh device memory and utilisation gauges every few seconds.
@@ -127,20 +99,12 @@ async fn sample_devices(devices: Vec<device::ComputeDevice>) {
         for d in &devices {
             let load = device::load(d);
             if let (Some(free), Some(total)) = (load.free_bytes, d.total_bytes) {
-                metrics::DEVICE_MEMORY
-                    .with_label_values(&[&d.id, "free"])
-                    .set(free as f64);
-                metrics::DEVICE_MEMORY
-                    .with_label_values(&[&d.id, "total"])
-                    .set(total as f64);
-                metrics::DEVICE_MEMORY
-                    .with_label_values(&[&d.id, "used"])
-                    .set(total.saturating_sub(free) as f64);
+                metrics::DEVICE_MEMORY.with_label_values(&[&d.id, "free"]).set(free as f64);
+                metrics::DEVICE_MEMORY.with_label_values(&[&d.id, "total"]).set(total as f64);
+                metrics::DEVICE_MEMORY.with_label_values(&[&d.id, "used"]).set(total.saturating_sub(free) as f64);
             }
             if let Some(u) = load.utilization {
-                metrics::DEVICE_UTILIZATION
-                    .with_label_values(&[&d.id])
-                    .set(f64::from(u) / 100.0);
+                metrics::DEVICE_UTILIZATION.with_label_values(&[&d.id]).set(f64::from(u) / 100.0);
             }
         }
     }
@@ -167,10 +131,7 @@ impl RunningNode {
 }
 
 /// Run a node until `shutdown` resolves.
-pub async fn run(
-    settings: NodeSettings,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), NodeError> {
+pub async fn run(settings: NodeSettings, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     let node = start(settings).await?;
     shutdown.await;
     tracing::info!("shutting down");

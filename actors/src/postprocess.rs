@@ -15,10 +15,7 @@
 //!   job (tasks in flight keep running, and any job whose answer was not
 //!   stored is redelivered by JetStream).
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::{Duration, Instant}};
 
 use image::RgbaImage;
 use orfeas_mesh::{ExportFormat, Inside, Mesh, MeshOptions, Volume};
@@ -99,25 +96,12 @@ impl Actor for Postprocess {
     type State = PostprocessState;
     type Arguments = ();
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        _: (),
-    ) -> Result<Self::State, ActorProcessingErr> {
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
-        Ok(PostprocessState {
-            meshing: Arc::new(Semaphore::new(cores)),
-        })
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, _: ()) -> Result<Self::State, ActorProcessingErr> {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Ok(PostprocessState { meshing: Arc::new(Semaphore::new(cores)) })
     }
 
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn handle(&self, _myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         let finisher = Finisher {
             node_id: self.node_id.clone(),
             roster: self.roster.clone(),
@@ -132,10 +116,7 @@ impl Actor for Postprocess {
                 tokio::spawn(async move {
                     let ticket = job.ticket.clone();
                     let span = ticket.span("postprocess");
-                    let kind = match deliver(*job, meshing, &store, &finisher.events)
-                        .instrument(span)
-                        .await
-                    {
+                    let kind = match deliver(*job, meshing, &store, &finisher.events).instrument(span).await {
                         Ok(kind) => kind,
                         Err(failure) => EventKind::Failed(failure),
                     };
@@ -143,9 +124,7 @@ impl Actor for Postprocess {
                 });
             }
             PostprocessMsg::Fail { ticket, failure } => {
-                tokio::spawn(
-                    async move { finisher.finish(ticket, EventKind::Failed(failure)).await },
-                );
+                tokio::spawn(async move { finisher.finish(ticket, EventKind::Failed(failure)).await });
             }
         }
         Ok(())
@@ -153,73 +132,38 @@ impl Actor for Postprocess {
 }
 
 /// Mesh, export and store one job; the `completed` event on success.
-async fn deliver(
-    job: VolumeJob,
-    meshing: Arc<Semaphore>,
-    store: &ResultStore,
-    events: &EventSink,
-) -> Result<EventKind, Failure> {
+async fn deliver(job: VolumeJob, meshing: Arc<Semaphore>, store: &ResultStore, events: &EventSink) -> Result<EventKind, Failure> {
     let ticket = job.ticket.clone();
     events.progress(&ticket, Stage::Meshing, 60);
     let started = Instant::now();
-    let permit = meshing
-        .acquire_owned()
-        .await
-        .map_err(|_| Failure::new(ErrorCode::Internal, "meshing pool closed"))?;
+    let permit = meshing.acquire_owned().await.map_err(|_| Failure::new(ErrorCode::Internal, "meshing pool closed"))?;
     let formats = ticket.job.formats.clone();
     let sink = events.clone();
     let made = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        mesh_and_export(&job, &formats, || {
-            sink.progress(&job.ticket, Stage::Exporting, 75)
-        })
+        mesh_and_export(&job, &formats, || sink.progress(&job.ticket, Stage::Exporting, 75))
     })
     .await
     .map_err(|e| Failure::new(ErrorCode::Internal, format!("meshing task panicked: {e}")))??;
-    metrics::STAGE_SECONDS
-        .with_label_values(&["meshing"])
-        .observe(started.elapsed().as_secs_f64());
+    metrics::STAGE_SECONDS.with_label_values(&["meshing"]).observe(started.elapsed().as_secs_f64());
     events.progress(&ticket, Stage::Storing, 85);
     let started = Instant::now();
     let put = |name: String, bytes: Vec<u8>| {
         let key = ResultStore::job_key(&ticket.job.agent, &ticket.job.job_id, &name);
-        async move {
-            store
-                .put(&key, bytes)
-                .await
-                .map_err(|e| Failure::new(ErrorCode::StorageFailed, e.to_string()))
-        }
+        async move { store.put(&key, bytes).await.map_err(|e| Failure::new(ErrorCode::StorageFailed, e.to_string())) }
     };
     let mut results = Vec::with_capacity(made.files.len());
     for (format, bytes) in made.files {
         let stored = put(format!("model.{}", format.extension()), bytes).await?;
-        results.push(ResultFile {
-            format,
-            location: stored.key,
-            url: stored.url,
-            bytes: stored.bytes,
-            sha256: stored.sha256,
-        });
+        results.push(ResultFile { format, location: stored.key, url: stored.url, bytes: stored.bytes, sha256: stored.sha256 });
     }
     let mut previews = Vec::with_capacity(made.previews.len());
     for (view, png) in made.previews {
         let stored = put(format!("preview-{view}.png"), png).await?;
-        previews.push(Preview {
-            view,
-            location: stored.key,
-            url: stored.url,
-            bytes: stored.bytes,
-        });
+        previews.push(Preview { view, location: stored.key, url: stored.url, bytes: stored.bytes });
     }
-    metrics::STAGE_SECONDS
-        .with_label_values(&["storing"])
-        .observe(started.elapsed().as_secs_f64());
-    Ok(EventKind::Completed {
-        results,
-        mesh: made.stats,
-        report: Some(made.report),
-        previews,
-    })
+    metrics::STAGE_SECONDS.with_label_values(&["storing"]).observe(started.elapsed().as_secs_f64());
+    Ok(EventKind::Completed { results, mesh: made.stats, report: Some(made.report), previews })
 }
 
 /// Everything made from one volume.
@@ -248,11 +192,7 @@ fn export_format(format: Format) -> ExportFormat {
 /// previews and printability report, honouring the job's parameters
 /// (CPU-heavy; runs on the blocking pool). `exporting` is called between
 /// meshing and writing files.
-pub fn mesh_and_export(
-    job: &VolumeJob,
-    formats: &[Format],
-    exporting: impl FnOnce(),
-) -> Result<Made, Failure> {
+pub fn mesh_and_export(job: &VolumeJob, formats: &[Format], exporting: impl FnOnce()) -> Result<Made, Failure> {
     let m = &job.manifest;
     let params = &job.ticket.job.params;
     let volume = Volume {
@@ -273,9 +213,7 @@ pub fn mesh_and_export(
         size_mm: params.size_mm,
         ..MeshOptions::default()
     };
-    let mesh_failure = |e: orfeas_mesh::MeshError| {
-        Failure::new(ErrorCode::MeshFailed, format!("{} ({})", e, e.code()))
-    };
+    let mesh_failure = |e: orfeas_mesh::MeshError| Failure::new(ErrorCode::MeshFailed, format!("{} ({})", e, e.code()));
     let processed = orfeas_mesh::process(&volume, &options).map_err(mesh_failure)?;
     for note in &processed.notes {
         tracing::debug!(job_id = %job.ticket.job.job_id, note, "mesh pipeline");
@@ -284,27 +222,14 @@ pub fn mesh_and_export(
     if params.colour.unwrap_or(true) {
         // Colours follow the final vertices, so they are projected after
         // smoothing and decimation moved or dropped vertices.
-        mesh.colors = Some(
-            mesh.positions
-                .iter()
-                .map(|p| colour_at(&job.image, m.bounds_min, m.bounds_max, p[0], p[1]))
-                .collect(),
-        );
+        mesh.colors = Some(mesh.positions.iter().map(|p| colour_at(&job.image, m.bounds_min, m.bounds_max, p[0], p[1])).collect());
     }
     exporting();
     let mut files = Vec::with_capacity(formats.len());
     for &format in formats {
-        files.push((
-            format,
-            orfeas_mesh::export(&mesh, export_format(format), params.size_mm)
-                .map_err(mesh_failure)?,
-        ));
+        files.push((format, orfeas_mesh::export(&mesh, export_format(format), params.size_mm).map_err(mesh_failure)?));
     }
-    let previews = if params.previews.unwrap_or(true) {
-        orfeas_mesh::render_previews(&mesh, PREVIEW_SIZE)
-    } else {
-        Vec::new()
-    };
+    let previews = if params.previews.unwrap_or(true) { orfeas_mesh::render_previews(&mesh, PREVIEW_SIZE) } else { Vec::new() };
     let topology = orfeas_mesh::check(&mesh);
     let r = processed.report;
     let stats = MeshStats {
@@ -332,12 +257,7 @@ pub fn mesh_and_export(
         fits_build_volume: r.fits_build_volume,
         problems: r.problems,
     };
-    Ok(Made {
-        files,
-        previews,
-        stats,
-        report,
-    })
+    Ok(Made { files, previews, stats, report })
 }
 
 /// Writes a job's answer in the order that loses nothing and doubles nothing.
@@ -360,18 +280,11 @@ impl Finisher {
             }
         };
         if let Some(scheduler) = self.roster.scheduler() {
-            let _ = scheduler.cast(SchedulerMsg::Finished {
-                job_id: ticket.job.job_id,
-                outcome,
-            });
+            let _ = scheduler.cast(SchedulerMsg::Finished { job_id: ticket.job.job_id, outcome });
         }
     }
 
-    async fn try_finish(
-        &self,
-        ticket: &Ticket,
-        kind: EventKind,
-    ) -> Result<Outcome, crate::bus::BusError> {
+    async fn try_finish(&self, ticket: &Ticket, kind: EventKind) -> Result<Outcome, crate::bus::BusError> {
         // A retryable failure before the last delivery: hand the job back.
         if let EventKind::Failed(failure) = &kind {
             if failure.retryable && ticket.attempt < self.max_deliver {
@@ -383,8 +296,7 @@ impl Finisher {
                 metrics::DEAD_LETTERS.inc();
             }
         }
-        let Some((mut record, _)) = self.jobs.get(&ticket.job.agent, &ticket.job.job_id).await?
-        else {
+        let Some((mut record, _)) = self.jobs.get(&ticket.job.agent, &ticket.job.job_id).await? else {
             tracing::error!(job_id = %ticket.job.job_id, "job record vanished; dropping the job");
             return Ok(Outcome::Term);
         };
@@ -405,30 +317,18 @@ impl Finisher {
                 return Ok(Outcome::Abandon);
             }
         }
-        self.events
-            .publish_in(
-                Some(ticket.trace),
-                &ticket.job.agent,
-                ticket.job.job_id,
-                seq,
-                kind.clone(),
-            )
-            .await?;
+        self.events.publish_in(Some(ticket.trace), &ticket.job.agent, ticket.job.job_id, seq, kind.clone()).await?;
         let outcome = match &kind {
             EventKind::Completed { .. } => "completed",
             EventKind::Failed(f) | EventKind::Rejected(f) => {
-                metrics::ERRORS
-                    .with_label_values(&[&ticket.job.agent, f.code.as_str()])
-                    .inc();
+                metrics::ERRORS.with_label_values(&[&ticket.job.agent, f.code.as_str()]).inc();
                 f.code.as_str()
             }
             _ => "other",
         };
         metrics::JOBS_FINISHED.with_label_values(&[outcome]).inc();
         let seconds = now_ms().saturating_sub(ticket.job.admitted_at_ms) as f64 / 1000.0;
-        metrics::JOB_SECONDS
-            .with_label_values(&[&ticket.job.model])
-            .observe(seconds);
+        metrics::JOB_SECONDS.with_label_values(&[&ticket.job.model]).observe(seconds);
         Ok(match kind {
             EventKind::Completed { .. } => Outcome::Ack,
             _ => Outcome::Term,
@@ -446,14 +346,10 @@ mod tests {
     fn inflated_mug_becomes_a_closed_coloured_mesh_in_both_formats() {
         let (manifest, path) = crate::model::tests::inflate();
         let model = crate::model::LoadedModel::load(manifest.clone(), &path, Device::Cpu).unwrap();
-        let png =
-            std::fs::read(crate::model::tests::models_dir().join("../examples/mug.png")).unwrap();
-        let prepared =
-            crate::preprocess::prepare(&png, "image/png", 4096, manifest.input_size).unwrap();
+        let png = std::fs::read(crate::model::tests::models_dir().join("../examples/mug.png")).unwrap();
+        let prepared = crate::preprocess::prepare(&png, "image/png", 4096, manifest.input_size).unwrap();
         let [h, w] = manifest.input_size;
-        let out = model
-            .forward(&Tensor::from_slice(&prepared.chw).view([1, 4, h as i64, w as i64]))
-            .unwrap();
+        let out = model.forward(&Tensor::from_slice(&prepared.chw).view([1, 4, h as i64, w as i64])).unwrap();
         let mut data = vec![0f32; out.numel()];
         let len = data.len();
         out.copy_data(&mut data, len);
@@ -463,18 +359,10 @@ mod tests {
             model: "inflate".into(),
             formats: vec![Format::Glb, Format::Stl],
             params: Default::default(),
-            image: ImageInput::Inline {
-                media_type: "image/png".into(),
-                data: vec![],
-            },
+            image: ImageInput::Inline { media_type: "image/png".into(), data: vec![] },
             admitted_at_ms: 0,
         };
-        let volume_job = VolumeJob {
-            ticket: Ticket::new(job, 1, 1),
-            data,
-            manifest: Arc::new(manifest),
-            image: prepared.rgba,
-        };
+        let volume_job = VolumeJob { ticket: Ticket::new(job, 1, 1), data, manifest: Arc::new(manifest), image: prepared.rgba };
         let mut called = false;
         let made = mesh_and_export(&volume_job, &Format::ALL, || called = true).unwrap();
         assert!(called, "exporting stage reported");
@@ -482,41 +370,21 @@ mod tests {
         assert!(stats.closed_manifold, "{stats:?}");
         assert_eq!(stats.components, 1, "the handle is attached: one piece");
         assert!(stats.volume > 0.05);
-        assert_eq!(
-            made.files.iter().map(|(f, _)| *f).collect::<Vec<_>>(),
-            Format::ALL.to_vec()
-        );
+        assert_eq!(made.files.iter().map(|(f, _)| *f).collect::<Vec<_>>(), Format::ALL.to_vec());
         assert_eq!(made.files[1].1.len() as u64, 84 + 50 * stats.faces);
         assert_eq!(&made.files[0].1[..4], b"glTF");
-        assert!(
-            made.report.problems.is_empty() || !made.report.closed,
-            "{:?}",
-            made.report
-        );
+        assert!(made.report.problems.is_empty() || !made.report.closed, "{:?}", made.report);
         assert!(made.report.closed && made.report.two_manifold && made.report.winding_consistent);
         assert_eq!(made.previews.len(), 4);
-        assert!(made
-            .previews
-            .iter()
-            .all(|(_, png)| png.starts_with(b"\x89PNG")));
+        assert!(made.previews.iter().all(|(_, png)| png.starts_with(b"\x89PNG")));
 
         // Parameters are honoured: decimation, size, no colour, no previews.
         let mut params_job = volume_job;
         let mut admitted = (*params_job.ticket.job).clone();
-        admitted.params = orfeas_wire::v1::JobParams {
-            target_faces: Some(5_000),
-            size_mm: Some(50.0),
-            colour: Some(false),
-            previews: Some(false),
-            smooth: Some(false),
-        };
+        admitted.params = orfeas_wire::v1::JobParams { target_faces: Some(5_000), size_mm: Some(50.0), colour: Some(false), previews: Some(false), smooth: Some(false) };
         params_job.ticket = Ticket::new(admitted, 1, 1);
         let made = mesh_and_export(&params_job, &[Format::Stl], || {}).unwrap();
-        assert!(
-            made.stats.faces <= 5_500,
-            "decimated to about the target: {}",
-            made.stats.faces
-        );
+        assert!(made.stats.faces <= 5_500, "decimated to about the target: {}", made.stats.faces);
         assert!(made.stats.closed_manifold);
         let longest = made.report.bbox_mm.iter().cloned().fold(0.0f32, f32::max);
         assert!((longest - 50.0).abs() < 0.5, "longest side {longest} mm");

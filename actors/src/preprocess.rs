@@ -70,79 +70,45 @@ fn format_of(media_type: &str) -> Option<ImageFormat> {
 }
 
 /// Check format and dimensions from the header only (cheap; used at admission).
-pub fn check_header(
-    bytes: &[u8],
-    media_type: &str,
-    max_side: u32,
-) -> Result<(u32, u32), PreprocessError> {
+pub fn check_header(bytes: &[u8], media_type: &str, max_side: u32) -> Result<(u32, u32), PreprocessError> {
     // Dimensions come from the header alone; the decode limits apply later.
     let reader = reader(bytes, media_type, u32::MAX)?;
-    let (width, height) = reader
-        .into_dimensions()
-        .map_err(|e| PreprocessError::Decode(e.to_string()))?;
+    let (width, height) = reader.into_dimensions().map_err(|e| PreprocessError::Decode(e.to_string()))?;
     if width > max_side || height > max_side {
-        return Err(PreprocessError::TooLarge {
-            width,
-            height,
-            max: max_side,
-        });
+        return Err(PreprocessError::TooLarge { width, height, max: max_side });
     }
     if width == 0 || height == 0 {
-        return Err(PreprocessError::Decode(format!(
-            "image is {width}x{height}"
-        )));
+        return Err(PreprocessError::Decode(format!("image is {width}x{height}")));
     }
     Ok((width, height))
 }
 
-fn reader<'a>(
-    bytes: &'a [u8],
-    media_type: &str,
-    max_side: u32,
-) -> Result<ImageReader<std::io::Cursor<&'a [u8]>>, PreprocessError> {
+fn reader<'a>(bytes: &'a [u8], media_type: &str, max_side: u32) -> Result<ImageReader<std::io::Cursor<&'a [u8]>>, PreprocessError> {
     let declared = format_of(media_type);
     let sniffed = image::guess_format(bytes).ok();
     if declared.is_none() || declared != sniffed {
         return Err(PreprocessError::Mismatch {
             declared: media_type.to_string(),
-            sniffed: sniffed
-                .map(|f| format!("{f:?}").to_lowercase())
-                .unwrap_or_else(|| "unknown data".into()),
+            sniffed: sniffed.map(|f| format!("{f:?}").to_lowercase()).unwrap_or_else(|| "unknown data".into()),
         });
     }
-    let mut reader = ImageReader::with_format(
-        std::io::Cursor::new(bytes),
-        declared.expect("checked above"),
-    );
+    let mut reader = ImageReader::with_format(std::io::Cursor::new(bytes), declared.expect("checked above"));
     let mut limits = Limits::default();
     limits.max_image_width = Some(max_side);
     limits.max_image_height = Some(max_side);
     // Decoded RGBA8 plus the decoder's own buffers.
-    limits.max_alloc = Some(
-        u64::from(max_side)
-            .saturating_mul(u64::from(max_side))
-            .saturating_mul(12),
-    );
+    limits.max_alloc = Some(u64::from(max_side).saturating_mul(u64::from(max_side)).saturating_mul(12));
     reader.limits(limits);
     Ok(reader)
 }
 
 /// Decode and prepare an image for a model with input `size` [H, W].
-pub fn prepare(
-    bytes: &[u8],
-    media_type: &str,
-    max_side: u32,
-    size: [usize; 2],
-) -> Result<Prepared, PreprocessError> {
+pub fn prepare(bytes: &[u8], media_type: &str, max_side: u32, size: [usize; 2]) -> Result<Prepared, PreprocessError> {
     let (width, height) = check_header(bytes, media_type, max_side)?;
     let decoded = reader(bytes, media_type, max_side)?
         .decode()
         .map_err(|e| match e {
-            image::ImageError::Limits(_) => PreprocessError::TooLarge {
-                width,
-                height,
-                max: max_side,
-            },
+            image::ImageError::Limits(_) => PreprocessError::TooLarge { width, height, max: max_side },
             other => PreprocessError::Decode(other.to_string()),
         })?;
     let mut rgba = decoded.to_rgba8();
@@ -152,11 +118,7 @@ pub fn prepare(
     let chw = to_chw(&resized);
     let mut bled = resized;
     bleed_colours(&mut bled, 8);
-    Ok(Prepared {
-        size,
-        chw,
-        rgba: bled,
-    })
+    Ok(Prepared { size, chw, rgba: bled })
 }
 
 /// Make alpha the foreground mask: keep a real alpha channel; otherwise key
@@ -183,15 +145,8 @@ fn separate_foreground(img: &mut RgbaImage) {
         })
         .collect();
     for p in img.pixels_mut() {
-        let distance = (0..3)
-            .map(|c| (i32::from(p[c]) - background[c]).abs())
-            .max()
-            .unwrap_or(0);
-        p[3] = if distance > BACKGROUND_TOLERANCE {
-            255
-        } else {
-            0
-        };
+        let distance = (0..3).map(|c| (i32::from(p[c]) - background[c]).abs()).max().unwrap_or(0);
+        p[3] = if distance > BACKGROUND_TOLERANCE { 255 } else { 0 };
     }
 }
 
@@ -302,13 +257,7 @@ fn bleed_colours(img: &mut RgbaImage, rounds: usize) {
 
 /// Colour of a world position (x, y) projected along z onto the prepared
 /// image, which spans the model's x/y bounds. Linear-ish RGB in [0,1].
-pub fn colour_at(
-    img: &RgbaImage,
-    bounds_min: [f32; 3],
-    bounds_max: [f32; 3],
-    x: f32,
-    y: f32,
-) -> [f32; 3] {
+pub fn colour_at(img: &RgbaImage, bounds_min: [f32; 3], bounds_max: [f32; 3], x: f32, y: f32) -> [f32; 3] {
     let (w, h) = img.dimensions();
     let u = ((x - bounds_min[0]) / (bounds_max[0] - bounds_min[0])).clamp(0.0, 1.0);
     // Image row 0 is the top, world +y is up.
@@ -316,11 +265,7 @@ pub fn colour_at(
     let px = (u * (w - 1) as f32).round() as u32;
     let py = (v * (h - 1) as f32).round() as u32;
     let p = img.get_pixel(px, py);
-    [
-        f32::from(p[0]) / 255.0,
-        f32::from(p[1]) / 255.0,
-        f32::from(p[2]) / 255.0,
-    ]
+    [f32::from(p[0]) / 255.0, f32::from(p[1]) / 255.0, f32::from(p[2]) / 255.0]
 }
 
 #[cfg(test)]
@@ -367,23 +312,11 @@ mod tests {
     #[test]
     fn bad_inputs_get_precise_errors() {
         let bytes = png(&disc_on_white(50, false));
-        assert!(matches!(
-            prepare(&bytes, "image/jpeg", 4096, [8, 8]),
-            Err(PreprocessError::Mismatch { .. })
-        ));
-        assert!(matches!(
-            prepare(&bytes, "image/png", 40, [8, 8]),
-            Err(PreprocessError::TooLarge { .. })
-        ));
-        assert!(matches!(
-            prepare(b"\x89PNG\r\n\x1a\nbroken", "image/png", 4096, [8, 8]),
-            Err(PreprocessError::Decode(_))
-        ));
+        assert!(matches!(prepare(&bytes, "image/jpeg", 4096, [8, 8]), Err(PreprocessError::Mismatch { .. })));
+        assert!(matches!(prepare(&bytes, "image/png", 40, [8, 8]), Err(PreprocessError::TooLarge { .. })));
+        assert!(matches!(prepare(b"\x89PNG\r\n\x1a\nbroken", "image/png", 4096, [8, 8]), Err(PreprocessError::Decode(_))));
         let blank = png(&RgbaImage::from_pixel(20, 20, image::Rgba([9, 9, 9, 255])));
-        assert!(matches!(
-            prepare(&blank, "image/png", 4096, [8, 8]),
-            Err(PreprocessError::NoObject)
-        ));
+        assert!(matches!(prepare(&blank, "image/png", 4096, [8, 8]), Err(PreprocessError::NoObject)));
     }
 
     #[test]

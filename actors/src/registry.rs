@@ -30,6 +30,7 @@ pub struct AgentRecord {
     pub keys: Vec<AgentKey>,
 }
 
+
 /// Problems changing the registry.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -58,35 +59,20 @@ impl Registry {
     }
 
     /// Register `public_key` for agent `name` (creating the agent if new).
-    pub async fn add_agent_key(
-        &self,
-        name: &str,
-        public_key: &str,
-    ) -> Result<AgentRecord, RegistryError> {
+    pub async fn add_agent_key(&self, name: &str, public_key: &str) -> Result<AgentRecord, RegistryError> {
         if !orfeas_wire::subjects::is_valid_agent_name(name) {
             return Err(RegistryError::BadName(name.to_string()));
         }
         let key = PublicKey::from_hex(public_key)?;
-        let mut record = self.agent(name).await?.unwrap_or(AgentRecord {
-            name: name.to_string(),
-            keys: vec![],
-        });
+        let mut record = self.agent(name).await?.unwrap_or(AgentRecord { name: name.to_string(), keys: vec![] });
         let kid = key.id().0;
         if !record.keys.iter().any(|k| k.kid == kid) {
-            record.keys.push(AgentKey {
-                kid,
-                public_key: key.to_hex(),
-                revoked: false,
-            });
+            record.keys.push(AgentKey { kid, public_key: key.to_hex(), revoked: false });
         }
         self.agents
             .put(name, orfeas_wire::to_cbor(&record).into())
             .await
-            .map_err(|e| BusError::Kv {
-                op: "put",
-                key: name.to_string(),
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| BusError::Kv { op: "put", key: name.to_string(), detail: e.to_string() })?;
         Ok(record)
     }
 
@@ -97,9 +83,7 @@ impl Registry {
 
     /// The active key `kid` of agent `name`, if registered and not revoked.
     pub async fn agent_key(&self, name: &str, kid: &str) -> Result<Option<PublicKey>, BusError> {
-        let Some(record) = self.agent(name).await? else {
-            return Ok(None);
-        };
+        let Some(record) = self.agent(name).await? else { return Ok(None) };
         Ok(record
             .keys
             .iter()
@@ -113,11 +97,7 @@ impl Registry {
             .put(&record.node_id, orfeas_wire::to_cbor(record).into())
             .await
             .map(|_| ())
-            .map_err(|e| BusError::Kv {
-                op: "put",
-                key: record.node_id.clone(),
-                detail: e.to_string(),
-            })
+            .map_err(|e| BusError::Kv { op: "put", key: record.node_id.clone(), detail: e.to_string() })
     }
 
     /// The event key of node `node_id`.
@@ -127,19 +107,10 @@ impl Registry {
     }
 }
 
-async fn read<T: serde::de::DeserializeOwned>(
-    store: &kv::Store,
-    key: &str,
-) -> Result<Option<T>, BusError> {
-    let kv_err = |e: &dyn std::fmt::Display| BusError::Kv {
-        op: "get",
-        key: key.to_string(),
-        detail: e.to_string(),
-    };
+async fn read<T: serde::de::DeserializeOwned>(store: &kv::Store, key: &str) -> Result<Option<T>, BusError> {
+    let kv_err = |e: &dyn std::fmt::Display| BusError::Kv { op: "get", key: key.to_string(), detail: e.to_string() };
     match store.get(key).await.map_err(|e| kv_err(&e))? {
-        Some(bytes) if !bytes.is_empty() => orfeas_wire::from_cbor(&bytes)
-            .map(Some)
-            .map_err(|e| kv_err(&e)),
+        Some(bytes) if !bytes.is_empty() => orfeas_wire::from_cbor(&bytes).map(Some).map_err(|e| kv_err(&e)),
         _ => Ok(None),
     }
 }

@@ -15,9 +15,7 @@ pub struct Roster {
 impl Roster {
     /// Names for node `node_id`.
     pub fn new(node_id: &str) -> Self {
-        Self {
-            node_id: node_id.to_string(),
-        }
+        Self { node_id: node_id.to_string() }
     }
 
     /// Registry name of an actor of this node.

@@ -124,12 +124,7 @@ impl Scheduler {
     }
 
     /// Take the job's lease: record state `running` at this attempt.
-    async fn claim(
-        &self,
-        job: AdmittedJob,
-        attempt: u64,
-        trace: TraceParent,
-    ) -> Result<Option<Ticket>, Outcome> {
+    async fn claim(&self, job: AdmittedJob, attempt: u64, trace: TraceParent) -> Result<Option<Ticket>, Outcome> {
         let record = match self.jobs.get(&job.agent, &job.job_id).await {
             Ok(Some(record)) => record,
             Ok(None) => {
@@ -146,18 +141,7 @@ impl Scheduler {
             // Answered before but the ack was lost: say the same answer
             // again (same seq, so agents see one answer), then ack.
             if let Some(kind) = record.terminal.clone() {
-                if self
-                    .events
-                    .publish_in(
-                        Some(trace),
-                        &job.agent,
-                        job.job_id,
-                        record.terminal_seq,
-                        kind,
-                    )
-                    .await
-                    .is_err()
-                {
+                if self.events.publish_in(Some(trace), &job.agent, job.job_id, record.terminal_seq, kind).await.is_err() {
                     return Err(Outcome::Nak(Duration::from_secs(1)));
                 }
             }
@@ -168,9 +152,7 @@ impl Scheduler {
         record.node = self.settings.node_id.clone();
         record.updated_at_ms = now_ms();
         match self.jobs.update(&record, revision).await {
-            Ok(Updated::Ok(revision)) => {
-                Ok(Some(Ticket::new(job, attempt, revision).traced(trace)))
-            }
+            Ok(Updated::Ok(revision)) => Ok(Some(Ticket::new(job, attempt, revision).traced(trace))),
             Ok(Updated::Fenced) => Err(Outcome::Nak(Duration::from_millis(200))),
             Err(e) => {
                 tracing::warn!(error = %e, "job record not updated; retrying later");
@@ -181,21 +163,13 @@ impl Scheduler {
 
     fn dispatch(&self, state: &mut SchedulerState) {
         while !state.waiting.is_empty() {
-            let Some(device) = state.idle.iter().next().cloned() else {
-                return;
-            };
+            let Some(device) = state.idle.iter().next().cloned() else { return };
             let Some(worker) = self.roster.worker(&device) else {
                 state.idle.remove(&device);
                 continue;
             };
-            let batch = take_batch(
-                &mut state.waiting,
-                self.settings.max_batch,
-                &self.model_max_batch,
-            );
-            state
-                .running
-                .insert(device.clone(), batch.iter().map(|t| t.job.job_id).collect());
+            let batch = take_batch(&mut state.waiting, self.settings.max_batch, &self.model_max_batch);
+            state.running.insert(device.clone(), batch.iter().map(|t| t.job.job_id).collect());
             state.idle.remove(&device);
             if worker.cast(GpuWorkerMsg::Run(batch)).is_err() {
                 tracing::warn!(device, "worker unreachable; its batch returns to the queue");
@@ -214,18 +188,10 @@ impl Scheduler {
 
 /// The oldest waiting ticket and every later one with the same model, up to
 /// the batch cap (the smaller of the configured and the model's maximum).
-pub fn take_batch(
-    waiting: &mut VecDeque<Ticket>,
-    max_batch: usize,
-    model_max: &HashMap<String, usize>,
-) -> Vec<Ticket> {
-    let Some(first) = waiting.front() else {
-        return Vec::new();
-    };
+pub fn take_batch(waiting: &mut VecDeque<Ticket>, max_batch: usize, model_max: &HashMap<String, usize>) -> Vec<Ticket> {
+    let Some(first) = waiting.front() else { return Vec::new() };
     let model = first.job.model.clone();
-    let cap = max_batch
-        .min(model_max.get(&model).copied().unwrap_or(1))
-        .max(1);
+    let cap = max_batch.min(model_max.get(&model).copied().unwrap_or(1)).max(1);
     let mut batch = Vec::with_capacity(cap);
     let mut rest = VecDeque::with_capacity(waiting.len());
     while let Some(ticket) = waiting.pop_front() {
@@ -240,9 +206,7 @@ pub fn take_batch(
 }
 
 fn settle(state: &mut SchedulerState, job_id: Uuid, outcome: Outcome) {
-    let Some((message, agent)) = state.held.remove(&job_id) else {
-        return;
-    };
+    let Some((message, agent)) = state.held.remove(&job_id) else { return };
     metrics::ACTIVE_JOBS.with_label_values(&[&agent]).dec();
     state.credits.add_permits(1);
     tokio::spawn(ack(message, outcome));
@@ -265,20 +229,11 @@ impl Actor for Scheduler {
     type State = SchedulerState;
     type Arguments = ();
 
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        _: (),
-    ) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, _: ()) -> Result<Self::State, ActorProcessingErr> {
         let credits = self.credits();
         let consumer = self
             .bus
-            .consumer(
-                orfeas_wire::subjects::QUEUE_STREAM,
-                orfeas_wire::subjects::SCHEDULER_CONSUMER,
-                &self.settings,
-                (credits * 4) as i64,
-            )
+            .consumer(orfeas_wire::subjects::QUEUE_STREAM, orfeas_wire::subjects::SCHEDULER_CONSUMER, &self.settings, (credits * 4) as i64)
             .await?;
         let semaphore = Arc::new(Semaphore::new(credits));
         let me = myself.clone();
@@ -291,9 +246,7 @@ impl Actor for Scheduler {
                 let _ = me_err.cast(SchedulerMsg::PullFailed(e));
             }),
         );
-        myself.send_interval(self.settings.progress_ack_interval, || {
-            SchedulerMsg::KeepAlive
-        });
+        myself.send_interval(self.settings.progress_ack_interval, || SchedulerMsg::KeepAlive);
         Ok(SchedulerState {
             credits: semaphore,
             puller,
@@ -304,33 +257,20 @@ impl Actor for Scheduler {
         })
     }
 
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         // Held messages are left unacked on purpose: JetStream redelivers them.
         state.puller.abort();
         Ok(())
     }
 
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn handle(&self, _myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         match message {
             SchedulerMsg::Delivered(message) => match self.admit(&message).await {
                 Ok(Some(ticket)) => {
                     let job_id = ticket.job.job_id;
                     let agent = ticket.job.agent.clone();
                     metrics::ACTIVE_JOBS.with_label_values(&[&agent]).inc();
-                    if state
-                        .held
-                        .insert(job_id, (message, agent.clone()))
-                        .is_some()
-                    {
+                    if state.held.insert(job_id, (message, agent.clone())).is_some() {
                         // Redelivered while we still hold it: keep the newest handle.
                         metrics::ACTIVE_JOBS.with_label_values(&[&agent]).dec();
                         state.credits.add_permits(1);
@@ -357,21 +297,15 @@ impl Actor for Scheduler {
                 self.dispatch(state);
             }
             SchedulerMsg::KeepAlive => {
-                let held: Vec<jetstream::Message> =
-                    state.held.values().map(|(m, _)| m.clone()).collect();
+                let held: Vec<jetstream::Message> = state.held.values().map(|(m, _)| m.clone()).collect();
                 let js = self.bus.js.clone();
                 tokio::spawn(async move {
                     for message in held {
                         let _ = message.ack_with(AckKind::Progress).await;
                     }
                     if let Ok(stream) = js.get_stream(orfeas_wire::subjects::QUEUE_STREAM).await {
-                        if let Ok(info) = stream
-                            .consumer_info(orfeas_wire::subjects::SCHEDULER_CONSUMER)
-                            .await
-                        {
-                            metrics::QUEUE_DEPTH
-                                .with_label_values(&["normal"])
-                                .set(info.num_pending as i64);
+                        if let Ok(info) = stream.consumer_info(orfeas_wire::subjects::SCHEDULER_CONSUMER).await {
+                            metrics::QUEUE_DEPTH.with_label_values(&["normal"]).set(info.num_pending as i64);
                         }
                     }
                 });
@@ -394,10 +328,7 @@ mod tests {
             model: model.into(),
             formats: vec![Format::Glb],
             params: Default::default(),
-            image: ImageInput::Inline {
-                media_type: "image/png".into(),
-                data: vec![],
-            },
+            image: ImageInput::Inline { media_type: "image/png".into(), data: vec![] },
             admitted_at_ms: 0,
         };
         Ticket::new(job, 1, 1)
@@ -405,10 +336,7 @@ mod tests {
 
     #[test]
     fn batch_takes_oldest_model_in_order_up_to_the_cap() {
-        let mut waiting: VecDeque<Ticket> = [("a", 1), ("b", 2), ("a", 3), ("a", 4), ("a", 5)]
-            .iter()
-            .map(|&(m, n)| ticket(m, n))
-            .collect();
+        let mut waiting: VecDeque<Ticket> = [("a", 1), ("b", 2), ("a", 3), ("a", 4), ("a", 5)].iter().map(|&(m, n)| ticket(m, n)).collect();
         let caps = HashMap::from([("a".to_string(), 3), ("b".to_string(), 8)]);
         let batch = take_batch(&mut waiting, 8, &caps);
         let ids: Vec<u128> = batch.iter().map(|t| t.job.job_id.as_u128()).collect();

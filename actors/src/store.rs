@@ -38,18 +38,11 @@ pub struct ResultStore {
 impl ResultStore {
     /// A store in a local folder (created if missing).
     pub fn local(root: PathBuf) -> Result<Self, StoreError> {
-        let err = |e: &dyn std::fmt::Display| StoreError {
-            op: "open",
-            key: root.display().to_string(),
-            detail: e.to_string(),
-        };
+        let err = |e: &dyn std::fmt::Display| StoreError { op: "open", key: root.display().to_string(), detail: e.to_string() };
         std::fs::create_dir_all(&root).map_err(|e| err(&e))?;
         let root = root.canonicalize().map_err(|e| err(&e))?;
         let inner = LocalFileSystem::new_with_prefix(&root).map_err(|e| err(&e))?;
-        Ok(Self {
-            inner: Arc::new(inner),
-            root,
-        })
+        Ok(Self { inner: Arc::new(inner), root })
     }
 
     /// The key of a job's file.
@@ -64,32 +57,15 @@ impl ResultStore {
         self.inner
             .put(&Path::from(key), PutPayload::from(bytes))
             .await
-            .map_err(|e| StoreError {
-                op: "put",
-                key: key.to_string(),
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| StoreError { op: "put", key: key.to_string(), detail: e.to_string() })?;
         let url = format!("file://{}", self.root.join(key).display());
-        Ok(Stored {
-            key: key.to_string(),
-            url,
-            bytes: len,
-            sha256,
-        })
+        Ok(Stored { key: key.to_string(), url, bytes: len, sha256 })
     }
 
     /// Read a stored file back.
     pub async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
-        let err = |e: &dyn std::fmt::Display| StoreError {
-            op: "get",
-            key: key.to_string(),
-            detail: e.to_string(),
-        };
-        let result = self
-            .inner
-            .get(&Path::from(key))
-            .await
-            .map_err(|e| err(&e))?;
+        let err = |e: &dyn std::fmt::Display| StoreError { op: "get", key: key.to_string(), detail: e.to_string() };
+        let result = self.inner.get(&Path::from(key)).await.map_err(|e| err(&e))?;
         Ok(result.bytes().await.map_err(|e| err(&e))?.to_vec())
     }
 }

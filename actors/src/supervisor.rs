@@ -13,9 +13,7 @@
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
-use ractor::{
-    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
-};
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::{
     bus::Bus,
@@ -100,11 +98,7 @@ pub struct SupervisorState {
 }
 
 impl NodeSupervisor {
-    async fn spawn_child(
-        &self,
-        child: &Child,
-        myself: &ActorRef<SupervisorMsg>,
-    ) -> Result<ActorCell, ActorProcessingErr> {
+    async fn spawn_child(&self, child: &Child, myself: &ActorRef<SupervisorMsg>) -> Result<ActorCell, ActorProcessingErr> {
         let ctx = &self.ctx;
         let me = myself.get_cell();
         let jobs = JobStore::new(ctx.bus.jobs.clone());
@@ -118,10 +112,7 @@ impl NodeSupervisor {
                     store: ctx.store.clone(),
                     max_deliver: ctx.settings.max_deliver.max(1) as u64,
                 };
-                Actor::spawn_linked(Some(ctx.roster.name("postprocess")), actor, (), me)
-                    .await?
-                    .0
-                    .get_cell()
+                Actor::spawn_linked(Some(ctx.roster.name("postprocess")), actor, (), me).await?.0.get_cell()
             }
             Child::Worker(i) => {
                 let device = ctx.devices[*i].clone();
@@ -133,10 +124,7 @@ impl NodeSupervisor {
                     roster: ctx.roster.clone(),
                     events: ctx.events.clone(),
                 };
-                Actor::spawn_linked(Some(name), actor, (), me)
-                    .await?
-                    .0
-                    .get_cell()
+                Actor::spawn_linked(Some(name), actor, (), me).await?.0.get_cell()
             }
             Child::Scheduler => {
                 let actor = Scheduler {
@@ -146,27 +134,16 @@ impl NodeSupervisor {
                     events: ctx.events.clone(),
                     roster: ctx.roster.clone(),
                     devices: ctx.devices.iter().map(|d| d.id.clone()).collect(),
-                    model_max_batch: ctx
-                        .models
-                        .iter()
-                        .map(|(m, _)| (m.name.clone(), m.max_batch))
-                        .collect(),
+                    model_max_batch: ctx.models.iter().map(|(m, _)| (m.name.clone(), m.max_batch)).collect(),
                 };
-                Actor::spawn_linked(Some(ctx.roster.name("scheduler")), actor, (), me)
-                    .await?
-                    .0
-                    .get_cell()
+                Actor::spawn_linked(Some(ctx.roster.name("scheduler")), actor, (), me).await?.0.get_cell()
             }
             Child::Ingress => {
                 let policy = Policy {
                     audience: ctx.settings.deployment.clone(),
                     clock_skew_s: ctx.settings.clock_skew_s,
                     max_image_side: ctx.settings.max_image_side,
-                    models: ctx
-                        .models
-                        .iter()
-                        .map(|(m, _)| (m.name.clone(), m.clone()))
-                        .collect(),
+                    models: ctx.models.iter().map(|(m, _)| (m.name.clone(), m.clone())).collect(),
                 };
                 let actor = Ingress {
                     settings: ctx.settings.clone(),
@@ -176,10 +153,7 @@ impl NodeSupervisor {
                     events: ctx.events.clone(),
                     policy,
                 };
-                Actor::spawn_linked(Some(ctx.roster.name("ingress")), actor, (), me)
-                    .await?
-                    .0
-                    .get_cell()
+                Actor::spawn_linked(Some(ctx.roster.name("ingress")), actor, (), me).await?.0.get_cell()
             }
         };
         Ok(cell)
@@ -192,24 +166,15 @@ impl NodeSupervisor {
         order
     }
 
-    fn lost(
-        &self,
-        child: Child,
-        state: &mut SupervisorState,
-        myself: &ActorRef<SupervisorMsg>,
-        why: String,
-    ) {
+    fn lost(&self, child: Child, state: &mut SupervisorState, myself: &ActorRef<SupervisorMsg>, why: String) {
         if state.stopping {
             return;
         }
         let count = state.restarts.entry(child.clone()).or_insert(0);
         *count += 1;
-        let backoff = Duration::from_millis(200u64.saturating_mul(1 << (*count - 1).min(6)))
-            .min(Duration::from_secs(10));
+        let backoff = Duration::from_millis(200u64.saturating_mul(1 << (*count - 1).min(6))).min(Duration::from_secs(10));
         tracing::error!(child = ?child, restarts = *count, backoff_ms = backoff.as_millis() as u64, why, "actor lost; restarting");
-        metrics::ACTOR_RESTARTS
-            .with_label_values(&[child.label()])
-            .inc();
+        metrics::ACTOR_RESTARTS.with_label_values(&[child.label()]).inc();
         if let Child::Worker(i) = child {
             if let Some(scheduler) = self.ctx.roster.scheduler() {
                 let _ = scheduler.cast(SchedulerMsg::WorkerLost(self.ctx.devices[i].id.clone()));
@@ -224,17 +189,8 @@ impl Actor for NodeSupervisor {
     type State = SupervisorState;
     type Arguments = ();
 
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        _: (),
-    ) -> Result<Self::State, ActorProcessingErr> {
-        let mut state = SupervisorState {
-            by_id: HashMap::new(),
-            cells: HashMap::new(),
-            restarts: HashMap::new(),
-            stopping: false,
-        };
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, _: ()) -> Result<Self::State, ActorProcessingErr> {
+        let mut state = SupervisorState { by_id: HashMap::new(), cells: HashMap::new(), restarts: HashMap::new(), stopping: false };
         for child in self.children_in_start_order() {
             let cell = self.spawn_child(&child, &myself).await?;
             state.by_id.insert(cell.get_id(), child.clone());
@@ -243,12 +199,7 @@ impl Actor for NodeSupervisor {
         Ok(state)
     }
 
-    async fn handle(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn handle(&self, myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         match message {
             SupervisorMsg::Restart(child) => {
                 if state.stopping {
@@ -269,12 +220,7 @@ impl Actor for NodeSupervisor {
                 order.reverse();
                 for child in order {
                     if let Some(cell) = state.cells.remove(&child) {
-                        let _ = cell
-                            .stop_and_wait(
-                                Some("node shutting down".into()),
-                                Some(Duration::from_secs(30)),
-                            )
-                            .await;
+                        let _ = cell.stop_and_wait(Some("node shutting down".into()), Some(Duration::from_secs(30))).await;
                     }
                 }
                 let _ = reply.send(());
@@ -283,17 +229,10 @@ impl Actor for NodeSupervisor {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        event: SupervisionEvent,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(&self, myself: ActorRef<Self::Msg>, event: SupervisionEvent, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         let (cell, why) = match event {
             SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".into()))
-            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".into())),
             _ => return Ok(()),
         };
         if let Some(child) = state.by_id.remove(&cell.get_id()) {

@@ -28,13 +28,7 @@ pub struct Ticket {
 impl Ticket {
     /// A ticket for delivery `attempt` holding record `revision`.
     pub fn new(job: AdmittedJob, attempt: u64, revision: u64) -> Self {
-        Self {
-            job: Arc::new(job),
-            attempt,
-            revision,
-            trace: TraceParent::new_root(),
-            step: Arc::new(AtomicU64::new(1)),
-        }
+        Self { job: Arc::new(job), attempt, revision, trace: TraceParent::new_root(), step: Arc::new(AtomicU64::new(1)) }
     }
 
     /// The same ticket in the given trace.
@@ -71,10 +65,7 @@ mod tests {
             model: "m".into(),
             formats: vec![Format::Glb],
             params: Default::default(),
-            image: ImageInput::Inline {
-                media_type: "image/png".into(),
-                data: vec![],
-            },
+            image: ImageInput::Inline { media_type: "image/png".into(), data: vec![] },
             admitted_at_ms: 0,
         }
     }

@@ -54,20 +54,13 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A nats-server with JetStream in a temp dir on a free loopback port.
@@ -80,16 +73,12 @@ pub struct NatsServer {
 
 impl NatsServer {
     pub fn start() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("orfeas-test-nats-")
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("orfeas-test-nats-").tempdir().unwrap();
         let port = free_port();
         let template = std::fs::read_to_string(repo().join("nats/embedded.conf")).unwrap();
-        let config = template.replace("{{port}}", &port.to_string()).replace(
-            "{{store_dir}}",
-            &dir.path().join("js").display().to_string(),
-        );
+        let config = template
+            .replace("{{port}}", &port.to_string())
+            .replace("{{store_dir}}", &dir.path().join("js").display().to_string());
         let conf = dir.path().join("nats.conf");
         std::fs::write(&conf, config).unwrap();
         let child = Command::new(nats_server_bin())
@@ -104,12 +93,7 @@ impl NatsServer {
             assert!(Instant::now() < deadline, "nats-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self {
-            child,
-            url: format!("nats://127.0.0.1:{port}"),
-            port,
-            dir,
-        }
+        Self { child, url: format!("nats://127.0.0.1:{port}"), port, dir }
     }
 }
 
@@ -157,12 +141,7 @@ impl NodeProcess {
             command.env(k, v);
         }
         let child = command.spawn().expect("start orfeas serve");
-        let mut node = Self {
-            child,
-            node_id: options.node_id.to_string(),
-            log,
-            http_port,
-        };
+        let mut node = Self { child, node_id: options.node_id.to_string(), log, http_port };
         node.wait_registered(&nats.url).await;
         node
     }
@@ -174,10 +153,7 @@ impl NodeProcess {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "node exited early with {status}: {}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
+                panic!("node exited early with {status}: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
             }
             // The node writes its record before starting actors, and the
             // consumers exist once Ingress and Scheduler are up.
@@ -188,11 +164,7 @@ impl NodeProcess {
                     }
                 }
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "node did not start: {}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
+            assert!(started.elapsed() < Duration::from_secs(60), "node did not start: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -205,10 +177,7 @@ impl NodeProcess {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "node did not exit within {timeout:?} of SIGTERM"
-            );
+            assert!(Instant::now() < deadline, "node did not exit within {timeout:?} of SIGTERM");
             std::thread::sleep(Duration::from_millis(25));
         }
     }
@@ -232,41 +201,26 @@ impl Drop for NodeProcess {
 }
 
 async fn consumers_present(js: &async_nats::jetstream::Context) -> bool {
-    let Ok(submit) = js.get_stream("ORFEAS_SUBMIT").await else {
-        return false;
-    };
-    let Ok(queue) = js.get_stream("ORFEAS_QUEUE").await else {
-        return false;
-    };
+    let Ok(submit) = js.get_stream("ORFEAS_SUBMIT").await else { return false };
+    let Ok(queue) = js.get_stream("ORFEAS_QUEUE").await else { return false };
     submit.consumer_info("ingress").await.is_ok() && queue.consumer_info("scheduler").await.is_ok()
 }
 
 /// Register a fresh key for `agent` and return a client for it.
 pub async fn agent(url: &str, name: &str) -> (AgentClient, SecretKey) {
     let client = async_nats::connect(url).await.unwrap();
-    let bus = Bus::attach(client.clone())
-        .await
-        .expect("buckets exist once a node started");
+    let bus = Bus::attach(client.clone()).await.expect("buckets exist once a node started");
     let key = SecretKey::generate();
-    Registry::new(bus.agents.clone(), bus.nodes.clone())
-        .add_agent_key(name, &key.public().to_hex())
-        .await
-        .unwrap();
+    Registry::new(bus.agents.clone(), bus.nodes.clone()).add_agent_key(name, &key.public().to_hex()).await.unwrap();
     (AgentClient::new(client, name, key.clone(), "orfeas"), key)
 }
 
 /// A job for a bundled example PNG with the `inflate` model.
-pub fn example_job(
-    image: &str,
-    formats: Vec<orfeas_wire::v1::Format>,
-) -> orfeas_wire::v1::SubmitJob {
+pub fn example_job(image: &str, formats: Vec<orfeas_wire::v1::Format>) -> orfeas_wire::v1::SubmitJob {
     orfeas_wire::v1::SubmitJob {
         job_id: uuid::Uuid::now_v7(),
         model: "inflate".into(),
-        image: orfeas_wire::v1::ImageInput::Inline {
-            media_type: "image/png".into(),
-            data: example(image),
-        },
+        image: orfeas_wire::v1::ImageInput::Inline { media_type: "image/png".into(), data: example(image) },
         formats,
         params: Default::default(),
     }
@@ -281,20 +235,11 @@ pub fn example(name: &str) -> Vec<u8> {
 /// using only the glTF spec (independent of orfeas-mesh).
 pub fn glb_triangles(glb: &[u8]) -> (Vec<[f32; 3]>, Vec<[u32; 3]>) {
     assert_eq!(&glb[0..4], b"glTF", "GLB magic");
-    assert_eq!(
-        u32::from_le_bytes(glb[4..8].try_into().unwrap()),
-        2,
-        "glTF version 2"
-    );
-    assert_eq!(
-        u32::from_le_bytes(glb[8..12].try_into().unwrap()) as usize,
-        glb.len(),
-        "GLB length header"
-    );
+    assert_eq!(u32::from_le_bytes(glb[4..8].try_into().unwrap()), 2, "glTF version 2");
+    assert_eq!(u32::from_le_bytes(glb[8..12].try_into().unwrap()) as usize, glb.len(), "GLB length header");
     let json_len = u32::from_le_bytes(glb[12..16].try_into().unwrap()) as usize;
     assert_eq!(&glb[16..20], b"JSON");
-    let root: gltf_json::Root =
-        gltf_json::Root::from_slice(&glb[20..20 + json_len]).expect("GLB JSON parses as glTF");
+    let root: gltf_json::Root = gltf_json::Root::from_slice(&glb[20..20 + json_len]).expect("GLB JSON parses as glTF");
     let bin_start = 20 + json_len;
     let bin_len = u32::from_le_bytes(glb[bin_start..bin_start + 4].try_into().unwrap()) as usize;
     assert_eq!(&glb[bin_start + 4..bin_start + 8], b"BIN\0");
@@ -303,43 +248,24 @@ pub fn glb_triangles(glb: &[u8]) -> (Vec<[f32; 3]>, Vec<[u32; 3]>) {
     let accessor_bytes = |index: usize| {
         let accessor = &root.accessors[index];
         let view = &root.buffer_views[accessor.buffer_view.expect("accessor has a view").value()];
-        let start = view.byte_offset.map(|o| o.0 as usize).unwrap_or(0)
-            + accessor.byte_offset.map(|o| o.0 as usize).unwrap_or(0);
-        (
-            accessor.count.0 as usize,
-            &bin[start
-                ..view.byte_offset.map(|o| o.0 as usize).unwrap_or(0)
-                    + view.byte_length.0 as usize],
-        )
+        let start = view.byte_offset.map(|o| o.0 as usize).unwrap_or(0) + accessor.byte_offset.map(|o| o.0 as usize).unwrap_or(0);
+        (accessor.count.0 as usize, &bin[start..view.byte_offset.map(|o| o.0 as usize).unwrap_or(0) + view.byte_length.0 as usize])
     };
     let position_index = primitive
         .attributes
         .iter()
-        .find(|(k, _)| {
-            matches!(
-                k,
-                gltf_json::validation::Checked::Valid(gltf_json::mesh::Semantic::Positions)
-            )
-        })
+        .find(|(k, _)| matches!(k, gltf_json::validation::Checked::Valid(gltf_json::mesh::Semantic::Positions)))
         .map(|(_, v)| v.value())
         .expect("POSITION");
     let (count, bytes) = accessor_bytes(position_index);
     let positions: Vec<[f32; 3]> = (0..count)
         .map(|i| {
-            let f = |j: usize| {
-                f32::from_le_bytes(
-                    bytes[i * 12 + j * 4..i * 12 + j * 4 + 4]
-                        .try_into()
-                        .unwrap(),
-                )
-            };
+            let f = |j: usize| f32::from_le_bytes(bytes[i * 12 + j * 4..i * 12 + j * 4 + 4].try_into().unwrap());
             [f(0), f(1), f(2)]
         })
         .collect();
     let (count, bytes) = accessor_bytes(primitive.indices.expect("indexed").value());
-    let flat: Vec<u32> = (0..count)
-        .map(|i| u32::from_le_bytes(bytes[i * 4..i * 4 + 4].try_into().unwrap()))
-        .collect();
+    let flat: Vec<u32> = (0..count).map(|i| u32::from_le_bytes(bytes[i * 4..i * 4 + 4].try_into().unwrap())).collect();
     let triangles = flat.chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect();
     (positions, triangles)
 }
@@ -366,15 +292,8 @@ pub fn assert_closed(positions: &[[f32; 3]], triangles: &[[u32; 3]]) {
         }
     }
     for (&(a, b), &n) in &directed {
-        assert_eq!(
-            n, 1,
-            "directed edge {a}->{b} used {n} times (non-manifold or flipped)"
-        );
-        assert_eq!(
-            directed.get(&(b, a)),
-            Some(&1),
-            "edge {a}-{b} has no opposite (hole)"
-        );
+        assert_eq!(n, 1, "directed edge {a}->{b} used {n} times (non-manifold or flipped)");
+        assert_eq!(directed.get(&(b, a)), Some(&1), "edge {a}-{b} has no opposite (hole)");
     }
 }
 
@@ -389,18 +308,9 @@ pub struct TrimeshVerdict {
 
 /// Run trimesh on `path` through the set-up venv's Python (`ORFEAS_PYTHON`).
 pub fn trimesh_check(path: &Path) -> TrimeshVerdict {
-    let python = std::env::var("ORFEAS_PYTHON")
-        .expect("ORFEAS_PYTHON is not set: run the tests through `deploy/setup.sh --test`");
-    let out = Command::new(python)
-        .arg(repo().join("tests/oracles/trimesh_check.py"))
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "trimesh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let python = std::env::var("ORFEAS_PYTHON").expect("ORFEAS_PYTHON is not set: run the tests through `deploy/setup.sh --test`");
+    let out = Command::new(python).arg(repo().join("tests/oracles/trimesh_check.py")).arg(path).output().unwrap();
+    assert!(out.status.success(), "trimesh failed: {}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     TrimeshVerdict {
         faces: v["faces"].as_u64().unwrap(),
@@ -413,37 +323,20 @@ pub fn trimesh_check(path: &Path) -> TrimeshVerdict {
 /// A plain HTTP/1.1 GET on loopback: (status, body).
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
-    let mut stream =
-        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the http endpoint");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the http endpoint");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }
 
 /// The value of one sample line of a Prometheus text exposition, 0 if absent.
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|line| {
-            line.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
         .map(|v| v.trim().parse().expect("a number"))
         .unwrap_or(0.0)
 }

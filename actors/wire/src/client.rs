@@ -61,14 +61,7 @@ impl AgentClient {
     /// A client for `agent` signing with `key`, for deployment `audience`.
     pub fn new(client: async_nats::Client, agent: &str, key: SecretKey, audience: &str) -> Self {
         let js = jetstream::new(client.clone());
-        Self {
-            client,
-            js,
-            agent: agent.to_string(),
-            key,
-            audience: audience.to_string(),
-            node_keys: HashMap::new(),
-        }
+        Self { client, js, agent: agent.to_string(), key, audience: audience.to_string(), node_keys: HashMap::new() }
     }
 
     /// Sign and publish `job`; returns the subscription to its events,
@@ -81,34 +74,15 @@ impl AgentClient {
 
     /// [`submit`](Self::submit) inside the caller's trace: `traceparent` is
     /// a W3C header value; the job's spans and events join that trace.
-    pub async fn submit_traced(
-        &self,
-        job: &SubmitJob,
-        traceparent: &str,
-    ) -> Result<JobEvents, ClientError> {
-        let now_s = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let (subject, bytes) = job.seal(
-            &self.agent,
-            &self.key,
-            &self.audience,
-            now_s,
-            MAX_LIFETIME_S / 2,
-        );
-        self.publish_with(&job.job_id, subject, bytes, Some(traceparent))
-            .await
+    pub async fn submit_traced(&self, job: &SubmitJob, traceparent: &str) -> Result<JobEvents, ClientError> {
+        let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let (subject, bytes) = job.seal(&self.agent, &self.key, &self.audience, now_s, MAX_LIFETIME_S / 2);
+        self.publish_with(&job.job_id, subject, bytes, Some(traceparent)).await
     }
 
     /// Publish already-sealed bytes (tests use this to send tampered or
     /// foreign messages) and subscribe to the job's events.
-    pub async fn publish_raw(
-        &self,
-        job_id: &uuid::Uuid,
-        subject: String,
-        bytes: Vec<u8>,
-    ) -> Result<JobEvents, ClientError> {
+    pub async fn publish_raw(&self, job_id: &uuid::Uuid, subject: String, bytes: Vec<u8>) -> Result<JobEvents, ClientError> {
         self.publish_with(job_id, subject, bytes, None).await
     }
 
@@ -120,18 +94,9 @@ impl AgentClient {
         traceparent: Option<&str>,
     ) -> Result<JobEvents, ClientError> {
         let events_subject = subjects::events(&self.agent, job_id);
-        let subscriber = self
-            .client
-            .subscribe(events_subject.clone())
-            .await
-            .map_err(nats_err)?;
+        let subscriber = self.client.subscribe(events_subject.clone()).await.map_err(nats_err)?;
         let mut headers = HeaderMap::new();
-        let msg_id = format!(
-            "{}:{}:{}",
-            self.agent,
-            job_id,
-            hex::encode(&bytes[bytes.len().saturating_sub(8)..])
-        );
+        let msg_id = format!("{}:{}:{}", self.agent, job_id, hex::encode(&bytes[bytes.len().saturating_sub(8)..]));
         headers.insert("Nats-Msg-Id", msg_id.as_str());
         if let Some(traceparent) = traceparent {
             headers.insert("traceparent", traceparent);
@@ -142,19 +107,11 @@ impl AgentClient {
             .map_err(nats_err)?
             .await
             .map_err(nats_err)?;
-        Ok(JobEvents {
-            subject: events_subject,
-            subscriber,
-            traceparent: traceparent.map(str::to_string),
-        })
+        Ok(JobEvents { subject: events_subject, subscriber, traceparent: traceparent.map(str::to_string) })
     }
 
     /// The next verified event of a job.
-    pub async fn next_event(
-        &mut self,
-        events: &mut JobEvents,
-        timeout: Duration,
-    ) -> Result<Event, ClientError> {
+    pub async fn next_event(&mut self, events: &mut JobEvents, timeout: Duration) -> Result<Event, ClientError> {
         let message = tokio::time::timeout(timeout, events.subscriber.next())
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
@@ -163,13 +120,8 @@ impl AgentClient {
     }
 
     /// Verify a signed event received on `subject`.
-    pub async fn verify_event(
-        &mut self,
-        subject: &str,
-        bytes: &[u8],
-    ) -> Result<Event, ClientError> {
-        let opened = envelope::open(bytes, 1 << 20, ContentKind::Event)
-            .map_err(|e| ClientError::Unverified(e.to_string()))?;
+    pub async fn verify_event(&mut self, subject: &str, bytes: &[u8]) -> Result<Event, ClientError> {
+        let opened = envelope::open(bytes, 1 << 20, ContentKind::Event).map_err(|e| ClientError::Unverified(e.to_string()))?;
         let node = opened.claims.iss.clone();
         let key = match self.node_keys.get(&node) {
             Some(key) if *key.id().0 == opened.kid.0 => *key,
@@ -179,29 +131,21 @@ impl AgentClient {
                 key
             }
         };
-        opened
-            .verify(&key, subject)
-            .map_err(|e| ClientError::Unverified(e.to_string()))?;
+        opened.verify(&key, subject).map_err(|e| ClientError::Unverified(e.to_string()))?;
         let event: Event = crate::from_cbor(&opened.payload).map_err(ClientError::Unverified)?;
         if event.node != node {
-            return Err(ClientError::Unverified(format!(
-                "event names node {:?} but was signed by {node:?}",
-                event.node
-            )));
+            return Err(ClientError::Unverified(format!("event names node {:?} but was signed by {node:?}", event.node)));
         }
         Ok(event)
     }
 
     async fn fetch_node_key(&self, node: &str) -> Result<PublicKey, ClientError> {
-        let kv = self
-            .js
-            .get_key_value(subjects::NODES_BUCKET)
+        let kv = self.js.get_key_value(subjects::NODES_BUCKET).await.map_err(nats_err)?;
+        let bytes = kv
+            .get(node)
             .await
-            .map_err(nats_err)?;
-        let bytes =
-            kv.get(node).await.map_err(nats_err)?.ok_or_else(|| {
-                ClientError::Unverified(format!("node {node:?} is not registered"))
-            })?;
+            .map_err(nats_err)?
+            .ok_or_else(|| ClientError::Unverified(format!("node {node:?} is not registered")))?;
         let record: NodeRecord = crate::from_cbor(&bytes).map_err(ClientError::Unverified)?;
         PublicKey::from_hex(&record.public_key).map_err(|e| ClientError::Unverified(e.to_string()))
     }

@@ -76,10 +76,7 @@ impl ErrorCode {
 
     /// Whether the same request may succeed if sent again later.
     pub fn retryable(self) -> bool {
-        matches!(
-            self,
-            Self::Unavailable | Self::StorageFailed | Self::Internal | Self::Stale
-        )
+        matches!(self, Self::Unavailable | Self::StorageFailed | Self::Internal | Self::Stale)
     }
 }
 
@@ -95,11 +92,7 @@ mod tests {
 
     #[test]
     fn codes_serialize_as_their_stable_names() {
-        for code in [
-            ErrorCode::BadSignature,
-            ErrorCode::InvalidImage,
-            ErrorCode::StorageFailed,
-        ] {
+        for code in [ErrorCode::BadSignature, ErrorCode::InvalidImage, ErrorCode::StorageFailed] {
             let bytes = crate::to_cbor(&code);
             let text: String = crate::from_cbor(&bytes).unwrap();
             assert_eq!(text, code.as_str());

@@ -46,9 +46,7 @@ impl ContentKind {
     }
 
     fn from_content_type(text: &str) -> Option<Self> {
-        [Self::SubmitJob, Self::Event]
-            .into_iter()
-            .find(|k| k.content_type() == text)
+        [Self::SubmitJob, Self::Event].into_iter().find(|k| k.content_type() == text)
     }
 }
 
@@ -72,13 +70,7 @@ impl Claims {
     pub fn new(iss: &str, aud: &str, now_s: u64, lifetime_s: u64) -> Self {
         let mut cti = vec![0u8; 16];
         getrandom::fill(&mut cti).expect("operating system random source");
-        Self {
-            iss: iss.to_string(),
-            aud: aud.to_string(),
-            iat: now_s,
-            exp: now_s + lifetime_s,
-            cti,
-        }
+        Self { iss: iss.to_string(), aud: aud.to_string(), iat: now_s, exp: now_s + lifetime_s, cti }
     }
 }
 
@@ -213,40 +205,22 @@ pub struct Opened {
 /// caller looks up the key by `claims.iss` and `kid`, then calls `verify`.
 pub fn open(bytes: &[u8], cap: usize, want: ContentKind) -> Result<Opened, EnvelopeError> {
     if bytes.len() > cap {
-        return Err(EnvelopeError::TooLarge {
-            len: bytes.len(),
-            cap,
-        });
+        return Err(EnvelopeError::TooLarge { len: bytes.len(), cap });
     }
-    let sign1 = CoseSign1::from_slice(bytes)
-        .map_err(|e| EnvelopeError::Malformed(format!("cose: {e:?}")))?;
+    let sign1 = CoseSign1::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(format!("cose: {e:?}")))?;
     let header = &sign1.protected.header;
     // alg and kid must be protected: an unprotected one could be swapped.
-    if header.alg
-        != Some(coset::RegisteredLabelWithPrivate::Assigned(
-            iana::Algorithm::Ed25519,
-        ))
-    {
-        return Err(EnvelopeError::Malformed(
-            "protected alg is not Ed25519 (-19)".into(),
-        ));
+    if header.alg != Some(coset::RegisteredLabelWithPrivate::Assigned(iana::Algorithm::Ed25519)) {
+        return Err(EnvelopeError::Malformed("protected alg is not Ed25519 (-19)".into()));
     }
     let content_type = match &header.content_type {
         Some(coset::ContentType::Text(text)) => text.clone(),
-        _ => {
-            return Err(EnvelopeError::Malformed(
-                "protected content type missing".into(),
-            ))
-        }
+        _ => return Err(EnvelopeError::Malformed("protected content type missing".into())),
     };
-    let kind = ContentKind::from_content_type(&content_type).ok_or_else(|| {
-        EnvelopeError::Malformed(format!("unknown content type {content_type:?}"))
-    })?;
+    let kind = ContentKind::from_content_type(&content_type)
+        .ok_or_else(|| EnvelopeError::Malformed(format!("unknown content type {content_type:?}")))?;
     if kind != want {
-        return Err(EnvelopeError::WrongKind {
-            got: content_type,
-            want: want.content_type(),
-        });
+        return Err(EnvelopeError::WrongKind { got: content_type, want: want.content_type() });
     }
     let kid = String::from_utf8(header.key_id.clone())
         .ok()
@@ -259,28 +233,14 @@ pub fn open(bytes: &[u8], cap: usize, want: ContentKind) -> Result<Opened, Envel
         match label {
             Label::Int(CWT_CLAIMS_LABEL) => claims = Some(decode_claims(value.clone())?),
             Label::Text(t) if t == OP_LABEL => op = value.as_text().map(str::to_string),
-            Label::Text(t) if t == EVENTS_LABEL => {
-                events_subject = value.as_text().map(str::to_string)
-            }
+            Label::Text(t) if t == EVENTS_LABEL => events_subject = value.as_text().map(str::to_string),
             _ => {}
         }
     }
-    let claims =
-        claims.ok_or_else(|| EnvelopeError::Malformed("protected CWT claims missing".into()))?;
+    let claims = claims.ok_or_else(|| EnvelopeError::Malformed("protected CWT claims missing".into()))?;
     let op = op.ok_or_else(|| EnvelopeError::Malformed("protected operation missing".into()))?;
-    let payload = sign1
-        .payload
-        .clone()
-        .ok_or_else(|| EnvelopeError::Malformed("payload missing".into()))?;
-    Ok(Opened {
-        kind,
-        claims,
-        kid: KeyId(kid),
-        op,
-        events_subject,
-        payload,
-        sign1,
-    })
+    let payload = sign1.payload.clone().ok_or_else(|| EnvelopeError::Malformed("payload missing".into()))?;
+    Ok(Opened { kind, claims, kid: KeyId(kid), op, events_subject, payload, sign1 })
 }
 
 fn decode_claims(value: ciborium::Value) -> Result<Claims, EnvelopeError> {
@@ -289,23 +249,14 @@ fn decode_claims(value: ciborium::Value) -> Result<Claims, EnvelopeError> {
         .map_err(|e| EnvelopeError::Malformed(format!("claims: {e:?}")))?;
     let seconds = |t: Option<Timestamp>, name: &str| match t {
         Some(Timestamp::WholeSeconds(s)) if s >= 0 => Ok(s as u64),
-        _ => Err(EnvelopeError::Malformed(format!(
-            "claim {name} missing or not whole seconds"
-        ))),
+        _ => Err(EnvelopeError::Malformed(format!("claim {name} missing or not whole seconds"))),
     };
     Ok(Claims {
-        iss: set
-            .issuer
-            .ok_or_else(|| EnvelopeError::Malformed("claim iss missing".into()))?,
-        aud: set
-            .audience
-            .ok_or_else(|| EnvelopeError::Malformed("claim aud missing".into()))?,
+        iss: set.issuer.ok_or_else(|| EnvelopeError::Malformed("claim iss missing".into()))?,
+        aud: set.audience.ok_or_else(|| EnvelopeError::Malformed("claim aud missing".into()))?,
         iat: seconds(set.issued_at, "iat")?,
         exp: seconds(set.expiration_time, "exp")?,
-        cti: set
-            .cwt_id
-            .filter(|c| !c.is_empty())
-            .ok_or_else(|| EnvelopeError::Malformed("claim cti missing".into()))?,
+        cti: set.cwt_id.filter(|c| !c.is_empty()).ok_or_else(|| EnvelopeError::Malformed("claim cti missing".into()))?,
     })
 }
 
@@ -325,29 +276,16 @@ impl Opened {
 
     /// Check audience and validity window: `iat - skew ≤ now ≤ exp + skew`
     /// and a lifetime no longer than `max_lifetime_s`.
-    pub fn check_claims(
-        &self,
-        aud: &str,
-        now_s: u64,
-        skew_s: u64,
-        max_lifetime_s: u64,
-    ) -> Result<(), EnvelopeError> {
+    pub fn check_claims(&self, aud: &str, now_s: u64, skew_s: u64, max_lifetime_s: u64) -> Result<(), EnvelopeError> {
         let c = &self.claims;
         if c.aud != aud {
-            return Err(EnvelopeError::WrongAudience {
-                got: c.aud.clone(),
-                want: aud.to_string(),
-            });
+            return Err(EnvelopeError::WrongAudience { got: c.aud.clone(), want: aud.to_string() });
         }
         let too_early = c.iat > now_s + skew_s;
         let expired = now_s > c.exp + skew_s;
         let too_long = c.exp < c.iat || c.exp - c.iat > max_lifetime_s;
         if too_early || expired || too_long {
-            return Err(EnvelopeError::Stale {
-                iat: c.iat,
-                exp: c.exp,
-                now: now_s,
-            });
+            return Err(EnvelopeError::Stale { iat: c.iat, exp: c.exp, now: now_s });
         }
         Ok(())
     }
@@ -359,12 +297,7 @@ mod tests {
 
     fn sealed(kind: ContentKind, subject: &str, key: &SecretKey) -> Vec<u8> {
         let claims = Claims::new("alice", "orfeas", 1_000, 300);
-        let header = Seal {
-            kind,
-            claims: &claims,
-            op: "submit",
-            events_subject: Some("orfeas.events.alice.x"),
-        };
+        let header = Seal { kind, claims: &claims, op: "submit", events_subject: Some("orfeas.events.alice.x") };
         seal(&header, b"payload".to_vec(), subject, key)
     }
 
@@ -375,15 +308,10 @@ mod tests {
         let opened = open(&bytes, 1 << 20, ContentKind::SubmitJob).unwrap();
         assert_eq!(opened.claims.iss, "alice");
         assert_eq!(opened.op, "submit");
-        assert_eq!(
-            opened.events_subject.as_deref(),
-            Some("orfeas.events.alice.x")
-        );
+        assert_eq!(opened.events_subject.as_deref(), Some("orfeas.events.alice.x"));
         assert_eq!(opened.kid, key.public().id());
         assert_eq!(opened.payload, b"payload");
-        opened
-            .verify(&key.public(), "orfeas.jobs.submit.alice")
-            .unwrap();
+        opened.verify(&key.public(), "orfeas.jobs.submit.alice").unwrap();
         opened.check_claims("orfeas", 1_100, 60, 600).unwrap();
     }
 
@@ -393,32 +321,14 @@ mod tests {
         let other = SecretKey::from_seed([4; 32]);
         let bytes = sealed(ContentKind::SubmitJob, "orfeas.jobs.submit.alice", &key);
         let opened = open(&bytes, 1 << 20, ContentKind::SubmitJob).unwrap();
-        assert_eq!(
-            opened
-                .verify(&key.public(), "orfeas.jobs.submit.bob")
-                .unwrap_err()
-                .code(),
-            ErrorCode::BadSignature
-        );
-        assert_eq!(
-            opened
-                .verify(&other.public(), "orfeas.jobs.submit.alice")
-                .unwrap_err()
-                .code(),
-            ErrorCode::BadSignature
-        );
+        assert_eq!(opened.verify(&key.public(), "orfeas.jobs.submit.bob").unwrap_err().code(), ErrorCode::BadSignature);
+        assert_eq!(opened.verify(&other.public(), "orfeas.jobs.submit.alice").unwrap_err().code(), ErrorCode::BadSignature);
         // Flip one payload byte: still decodes, no longer verifies.
         let at = bytes.windows(7).position(|w| w == b"payload").unwrap();
         let mut tampered = bytes.clone();
         tampered[at] ^= 1;
         let opened = open(&tampered, 1 << 20, ContentKind::SubmitJob).unwrap();
-        assert_eq!(
-            opened
-                .verify(&key.public(), "orfeas.jobs.submit.alice")
-                .unwrap_err()
-                .code(),
-            ErrorCode::BadSignature
-        );
+        assert_eq!(opened.verify(&key.public(), "orfeas.jobs.submit.alice").unwrap_err().code(), ErrorCode::BadSignature);
     }
 
     #[test]
@@ -433,45 +343,13 @@ mod tests {
     fn caps_garbage_and_time_window() {
         let key = SecretKey::from_seed([3; 32]);
         let bytes = sealed(ContentKind::SubmitJob, "s", &key);
-        assert_eq!(
-            open(&bytes, 10, ContentKind::SubmitJob).unwrap_err().code(),
-            ErrorCode::TooLarge
-        );
-        assert_eq!(
-            open(b"\xff\x00garbage", 1 << 20, ContentKind::SubmitJob)
-                .unwrap_err()
-                .code(),
-            ErrorCode::Malformed
-        );
+        assert_eq!(open(&bytes, 10, ContentKind::SubmitJob).unwrap_err().code(), ErrorCode::TooLarge);
+        assert_eq!(open(b"\xff\x00garbage", 1 << 20, ContentKind::SubmitJob).unwrap_err().code(), ErrorCode::Malformed);
         let opened = open(&bytes, 1 << 20, ContentKind::SubmitJob).unwrap();
-        assert_eq!(
-            opened
-                .check_claims("orfeas", 5_000, 60, 600)
-                .unwrap_err()
-                .code(),
-            ErrorCode::Stale
-        );
-        assert_eq!(
-            opened
-                .check_claims("orfeas", 800, 60, 600)
-                .unwrap_err()
-                .code(),
-            ErrorCode::Stale
-        );
-        assert_eq!(
-            opened
-                .check_claims("other", 1_000, 60, 600)
-                .unwrap_err()
-                .code(),
-            ErrorCode::Forbidden
-        );
-        assert_eq!(
-            opened
-                .check_claims("orfeas", 1_000, 60, 100)
-                .unwrap_err()
-                .code(),
-            ErrorCode::Stale
-        );
+        assert_eq!(opened.check_claims("orfeas", 5_000, 60, 600).unwrap_err().code(), ErrorCode::Stale);
+        assert_eq!(opened.check_claims("orfeas", 800, 60, 600).unwrap_err().code(), ErrorCode::Stale);
+        assert_eq!(opened.check_claims("other", 1_000, 60, 600).unwrap_err().code(), ErrorCode::Forbidden);
+        assert_eq!(opened.check_claims("orfeas", 1_000, 60, 100).unwrap_err().code(), ErrorCode::Stale);
     }
 
     #[test]
@@ -481,15 +359,8 @@ mod tests {
         // Move alg from the protected to the unprotected header.
         sign1.protected.header.alg = None;
         sign1.protected.original_data = None;
-        sign1.unprotected.alg = Some(coset::RegisteredLabelWithPrivate::Assigned(
-            iana::Algorithm::Ed25519,
-        ));
+        sign1.unprotected.alg = Some(coset::RegisteredLabelWithPrivate::Assigned(iana::Algorithm::Ed25519));
         let bytes = sign1.to_vec().unwrap();
-        assert_eq!(
-            open(&bytes, 1 << 20, ContentKind::SubmitJob)
-                .unwrap_err()
-                .code(),
-            ErrorCode::Malformed
-        );
+        assert_eq!(open(&bytes, 1 << 20, ContentKind::SubmitJob).unwrap_err().code(), ErrorCode::Malformed);
     }
 }

@@ -52,13 +52,10 @@ impl SecretKey {
 
     /// Parse the one-line text form written by [`SecretKey::to_text`].
     pub fn from_text(text: &str) -> Result<Self, KeyError> {
-        let hex_part = text
-            .trim()
-            .strip_prefix(SECRET_PREFIX)
-            .ok_or_else(|| KeyError::Format {
-                expected: "an orfeas secret key",
-                detail: format!("missing prefix {SECRET_PREFIX:?}"),
-            })?;
+        let hex_part = text.trim().strip_prefix(SECRET_PREFIX).ok_or_else(|| KeyError::Format {
+            expected: "an orfeas secret key",
+            detail: format!("missing prefix {SECRET_PREFIX:?}"),
+        })?;
         let seed: [u8; 32] = decode_hex32(hex_part, "an orfeas secret key")?;
         Ok(Self::from_seed(seed))
     }
@@ -120,14 +117,10 @@ impl PublicKey {
 }
 
 fn decode_hex32(text: &str, expected: &'static str) -> Result<[u8; 32], KeyError> {
-    let bytes = hex::decode(text).map_err(|e| KeyError::Format {
-        expected,
-        detail: e.to_string(),
-    })?;
-    bytes.try_into().map_err(|b: Vec<u8>| KeyError::Format {
-        expected,
-        detail: format!("{} bytes, want 32", b.len()),
-    })
+    let bytes = hex::decode(text).map_err(|e| KeyError::Format { expected, detail: e.to_string() })?;
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| KeyError::Format { expected, detail: format!("{} bytes, want 32", b.len()) })
 }
 
 #[cfg(test)]
@@ -147,10 +140,7 @@ mod tests {
         // The identity point is of small order.
         let mut identity = [0u8; 32];
         identity[0] = 1;
-        assert!(matches!(
-            PublicKey::from_hex(&hex::encode(identity)),
-            Err(KeyError::Weak(_))
-        ));
+        assert!(matches!(PublicKey::from_hex(&hex::encode(identity)), Err(KeyError::Weak(_))));
         assert!(PublicKey::from_hex("abcd").is_err());
         let key = SecretKey::from_seed([7; 32]).public();
         assert_eq!(PublicKey::from_hex(&key.to_hex()).unwrap(), key);

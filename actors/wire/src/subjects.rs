@@ -43,18 +43,14 @@ pub fn queue(lane: &str) -> String {
 
 /// The agent token of a submit subject, if the subject is one.
 pub fn agent_of_submit(subject: &str) -> Option<&str> {
-    subject
-        .strip_prefix("orfeas.jobs.submit.")
-        .filter(|a| is_valid_agent_name(a))
+    subject.strip_prefix("orfeas.jobs.submit.").filter(|a| is_valid_agent_name(a))
 }
 
 /// Agent names are subject tokens: 1–64 of `a-z 0-9 _ -`.
 pub fn is_valid_agent_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]
@@ -73,9 +69,6 @@ mod tests {
     #[test]
     fn events_subject_names_agent_and_job() {
         let id = uuid::Uuid::nil();
-        assert_eq!(
-            events("bob", &id),
-            "orfeas.events.bob.00000000-0000-0000-0000-000000000000"
-        );
+        assert_eq!(events("bob", &id), "orfeas.events.bob.00000000-0000-0000-0000-000000000000");
     }
 }

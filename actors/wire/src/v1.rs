@@ -39,13 +39,7 @@ pub enum Format {
 
 impl Format {
     /// Every format, in a stable order.
-    pub const ALL: [Format; 5] = [
-        Format::Glb,
-        Format::Stl,
-        Format::Obj,
-        Format::Ply,
-        Format::ThreeMf,
-    ];
+    pub const ALL: [Format; 5] = [Format::Glb, Format::Stl, Format::Obj, Format::Ply, Format::ThreeMf];
 
     /// File extension.
     pub fn extension(self) -> &'static str {
@@ -97,9 +91,7 @@ impl JobParams {
     pub fn validate(&self) -> Result<(), String> {
         if let Some(n) = self.target_faces {
             if !(MIN_TARGET_FACES..=MAX_TARGET_FACES).contains(&n) {
-                return Err(format!(
-                    "target_faces {n} is outside {MIN_TARGET_FACES}..={MAX_TARGET_FACES}"
-                ));
+                return Err(format!("target_faces {n} is outside {MIN_TARGET_FACES}..={MAX_TARGET_FACES}"));
             }
         }
         if let Some(mm) = self.size_mm {
@@ -144,23 +136,11 @@ pub struct SubmitJob {
 
 impl SubmitJob {
     /// Sign this job as `agent` and return `(subject, envelope bytes)`.
-    pub fn seal(
-        &self,
-        agent: &str,
-        key: &SecretKey,
-        audience: &str,
-        now_s: u64,
-        lifetime_s: u64,
-    ) -> (String, Vec<u8>) {
+    pub fn seal(&self, agent: &str, key: &SecretKey, audience: &str, now_s: u64, lifetime_s: u64) -> (String, Vec<u8>) {
         let subject = subjects::submit(agent);
         let events = subjects::events(agent, &self.job_id);
         let claims = Claims::new(agent, audience, now_s, lifetime_s);
-        let header = Seal {
-            kind: ContentKind::SubmitJob,
-            claims: &claims,
-            op: "submit",
-            events_subject: Some(&events),
-        };
+        let header = Seal { kind: ContentKind::SubmitJob, claims: &claims, op: "submit", events_subject: Some(&events) };
         let bytes = envelope::seal(&header, crate::to_cbor(self), &subject, key);
         (subject, bytes)
     }
@@ -297,13 +277,7 @@ pub struct Failure {
 impl Failure {
     /// A failure with the code's status and retryability.
     pub fn new(code: ErrorCode, error: impl Into<String>) -> Self {
-        Self {
-            code,
-            status: code.status(),
-            error: error.into(),
-            retryable: code.retryable(),
-            server_time_ms: None,
-        }
+        Self { code, status: code.status(), error: error.into(), retryable: code.retryable(), server_time_ms: None }
     }
 }
 
@@ -357,10 +331,7 @@ impl EventKind {
 
     /// Whether no further event follows.
     pub fn is_terminal(&self) -> bool {
-        matches!(
-            self,
-            Self::Completed { .. } | Self::Failed(_) | Self::Rejected(_)
-        )
+        matches!(self, Self::Completed { .. } | Self::Failed(_) | Self::Rejected(_))
     }
 }
 
@@ -383,12 +354,7 @@ impl Event {
     /// Sign this event with the node's key for publication on `subject`.
     pub fn seal(&self, subject: &str, key: &SecretKey, audience: &str, now_s: u64) -> Vec<u8> {
         let claims = Claims::new(&self.node, audience, now_s, MAX_LIFETIME_S);
-        let header = Seal {
-            kind: ContentKind::Event,
-            claims: &claims,
-            op: "event",
-            events_subject: None,
-        };
+        let header = Seal { kind: ContentKind::Event, claims: &claims, op: "event", events_subject: None };
         envelope::seal(&header, crate::to_cbor(self), subject, key)
     }
 }
@@ -436,44 +402,18 @@ mod tests {
     fn event_kinds_round_trip_through_cbor() {
         let kinds = vec![
             EventKind::Accepted { queue_position: 3 },
-            EventKind::Progress {
-                stage: Stage::Meshing,
-                percent: 60,
-            },
+            EventKind::Progress { stage: Stage::Meshing, percent: 60 },
             EventKind::Completed {
-                results: vec![ResultFile {
-                    format: Format::Glb,
-                    location: "a/b.glb".into(),
-                    url: "file:///a/b.glb".into(),
-                    bytes: 10,
-                    sha256: "00".into(),
-                }],
-                mesh: MeshStats {
-                    vertices: 1,
-                    faces: 2,
-                    closed_manifold: true,
-                    components: 1,
-                    volume: 1.5,
-                    bbox_min: [0.0; 3],
-                    bbox_max: [1.0; 3],
-                },
+                results: vec![ResultFile { format: Format::Glb, location: "a/b.glb".into(), url: "file:///a/b.glb".into(), bytes: 10, sha256: "00".into() }],
+                mesh: MeshStats { vertices: 1, faces: 2, closed_manifold: true, components: 1, volume: 1.5, bbox_min: [0.0; 3], bbox_max: [1.0; 3] },
                 report: None,
                 previews: vec![],
             },
             EventKind::Failed(Failure::new(ErrorCode::InvalidImage, "image is 0x0")),
-            EventKind::Rejected(Failure::new(
-                ErrorCode::BadSignature,
-                "signature does not verify",
-            )),
+            EventKind::Rejected(Failure::new(ErrorCode::BadSignature, "signature does not verify")),
         ];
         for kind in kinds {
-            let event = Event {
-                job_id: Uuid::nil(),
-                seq: 7,
-                node: "n1".into(),
-                at_ms: 5,
-                kind,
-            };
+            let event = Event { job_id: Uuid::nil(), seq: 7, node: "n1".into(), at_ms: 5, kind };
             let back: Event = crate::from_cbor(&crate::to_cbor(&event)).unwrap();
             assert_eq!(back, event);
         }
@@ -487,14 +427,7 @@ mod tests {
             model: String,
             image: ImageInput,
         }
-        let old = Old {
-            job_id: Uuid::nil(),
-            model: "inflate".into(),
-            image: ImageInput::Inline {
-                media_type: "image/png".into(),
-                data: vec![1, 2],
-            },
-        };
+        let old = Old { job_id: Uuid::nil(), model: "inflate".into(), image: ImageInput::Inline { media_type: "image/png".into(), data: vec![1, 2] } };
         let job: SubmitJob = crate::from_cbor(&crate::to_cbor(&old)).unwrap();
         assert!(job.formats.is_empty());
         assert_eq!(job.params, JobParams::default());
@@ -513,26 +446,9 @@ mod tests {
     #[test]
     fn params_bounds_are_checked() {
         assert!(JobParams::default().validate().is_ok());
-        assert!(JobParams {
-            target_faces: Some(50),
-            ..Default::default()
-        }
-        .validate()
-        .unwrap_err()
-        .contains("50"));
-        assert!(JobParams {
-            size_mm: Some(f32::NAN),
-            ..Default::default()
-        }
-        .validate()
-        .is_err());
-        assert!(JobParams {
-            size_mm: Some(80.0),
-            target_faces: Some(20_000),
-            ..Default::default()
-        }
-        .validate()
-        .is_ok());
+        assert!(JobParams { target_faces: Some(50), ..Default::default() }.validate().unwrap_err().contains("50"));
+        assert!(JobParams { size_mm: Some(f32::NAN), ..Default::default() }.validate().is_err());
+        assert!(JobParams { size_mm: Some(80.0), target_faces: Some(20_000), ..Default::default() }.validate().is_ok());
     }
 
     #[test]

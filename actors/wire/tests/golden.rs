@@ -10,10 +10,7 @@ use std::path::PathBuf;
 use orfeas_wire::{
     envelope::{self, Claims, ContentKind, Seal},
     subjects,
-    v1::{
-        self, Event, EventKind, Failure, Format, ImageInput, JobParams, MeshStats, ResultFile,
-        Stage, SubmitJob,
-    },
+    v1::{self, Event, EventKind, Failure, Format, ImageInput, JobParams, MeshStats, ResultFile, Stage, SubmitJob},
     ErrorCode, SecretKey,
 };
 use uuid::Uuid;
@@ -29,13 +26,7 @@ fn node_key() -> SecretKey {
 }
 
 fn claims(iss: &str) -> Claims {
-    Claims {
-        iss: iss.into(),
-        aud: "orfeas".into(),
-        iat: 1_700_000_000,
-        exp: 1_700_000_300,
-        cti: vec![0x11; 16],
-    }
+    Claims { iss: iss.into(), aud: "orfeas".into(), iat: 1_700_000_000, exp: 1_700_000_300, cti: vec![0x11; 16] }
 }
 
 fn job_id() -> Uuid {
@@ -47,27 +38,14 @@ fn submit_job() -> SubmitJob {
         job_id: job_id(),
         model: "inflate".into(),
         // The first bytes of a PNG; the envelope does not look inside images.
-        image: ImageInput::Inline {
-            media_type: "image/png".into(),
-            data: vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a],
-        },
+        image: ImageInput::Inline { media_type: "image/png".into(), data: vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a] },
         formats: vec![Format::Glb, Format::Stl],
-        params: JobParams {
-            target_faces: Some(20_000),
-            size_mm: Some(80.0),
-            ..JobParams::default()
-        },
+        params: JobParams { target_faces: Some(20_000), size_mm: Some(80.0), ..JobParams::default() },
     }
 }
 
 fn events() -> Vec<(&'static str, Event)> {
-    let event = |seq, kind| Event {
-        job_id: job_id(),
-        seq,
-        node: "node-a".into(),
-        at_ms: 1_700_000_001_000,
-        kind,
-    };
+    let event = |seq, kind| Event { job_id: job_id(), seq, node: "node-a".into(), at_ms: 1_700_000_001_000, kind };
     vec![
         ("event_accepted", event(0, EventKind::Accepted { queue_position: 3 })),
         ("event_progress", event(65_537, EventKind::Progress { stage: Stage::Inference, percent: 30 })),
@@ -98,40 +76,18 @@ fn sealed_submit() -> Vec<u8> {
     let job = submit_job();
     let events_subject = subjects::events("alice", &job.job_id);
     let c = claims("alice");
-    let header = Seal {
-        kind: ContentKind::SubmitJob,
-        claims: &c,
-        op: "submit",
-        events_subject: Some(&events_subject),
-    };
-    envelope::seal(
-        &header,
-        orfeas_wire::to_cbor(&job),
-        &subjects::submit("alice"),
-        &agent_key(),
-    )
+    let header = Seal { kind: ContentKind::SubmitJob, claims: &c, op: "submit", events_subject: Some(&events_subject) };
+    envelope::seal(&header, orfeas_wire::to_cbor(&job), &subjects::submit("alice"), &agent_key())
 }
 
 fn sealed_event(event: &Event) -> Vec<u8> {
     let c = claims(&event.node);
-    let header = Seal {
-        kind: ContentKind::Event,
-        claims: &c,
-        op: "event",
-        events_subject: None,
-    };
-    envelope::seal(
-        &header,
-        orfeas_wire::to_cbor(event),
-        &subjects::events("alice", &event.job_id),
-        &node_key(),
-    )
+    let header = Seal { kind: ContentKind::Event, claims: &c, op: "event", events_subject: None };
+    envelope::seal(&header, orfeas_wire::to_cbor(event), &subjects::events("alice", &event.job_id), &node_key())
 }
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/v1")
-        .join(format!("{name}.cbor"))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1").join(format!("{name}.cbor"))
 }
 
 fn compare(name: &str, fresh: &[u8]) -> Vec<u8> {
@@ -139,13 +95,8 @@ fn compare(name: &str, fresh: &[u8]) -> Vec<u8> {
     if std::env::var_os("ORFEAS_BLESS").is_some() {
         std::fs::write(&path, fresh).unwrap();
     }
-    let committed = std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (ORFEAS_BLESS=1 writes it)", path.display()));
-    assert_eq!(
-        hex::encode(&committed),
-        hex::encode(fresh),
-        "{name}: sealing the fixed inputs no longer gives the committed bytes"
-    );
+    let committed = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (ORFEAS_BLESS=1 writes it)", path.display()));
+    assert_eq!(hex::encode(&committed), hex::encode(fresh), "{name}: sealing the fixed inputs no longer gives the committed bytes");
     committed
 }
 
@@ -153,24 +104,15 @@ fn compare(name: &str, fresh: &[u8]) -> Vec<u8> {
 fn golden_submit_job_is_stable_and_verifies() {
     let committed = compare("submit_job", &sealed_submit());
     let opened = envelope::open(&committed, v1::MAX_SUBMIT_BYTES, ContentKind::SubmitJob).unwrap();
-    opened
-        .verify(&agent_key().public(), "orfeas.jobs.submit.alice")
-        .unwrap();
-    opened
-        .check_claims("orfeas", 1_700_000_100, 60, v1::MAX_LIFETIME_S)
-        .unwrap();
+    opened.verify(&agent_key().public(), "orfeas.jobs.submit.alice").unwrap();
+    opened.check_claims("orfeas", 1_700_000_100, 60, v1::MAX_LIFETIME_S).unwrap();
     assert_eq!(opened.claims, claims("alice"));
     assert_eq!(opened.op, "submit");
-    assert_eq!(
-        opened.events_subject.as_deref(),
-        Some("orfeas.events.alice.01890a5d-ac96-774b-bcce-b302099a8057")
-    );
+    assert_eq!(opened.events_subject.as_deref(), Some("orfeas.events.alice.01890a5d-ac96-774b-bcce-b302099a8057"));
     let job: SubmitJob = orfeas_wire::from_cbor(&opened.payload).unwrap();
     assert_eq!(job, submit_job());
     // Bound to its subject: the same bytes do not verify on another agent's subject.
-    assert!(opened
-        .verify(&agent_key().public(), "orfeas.jobs.submit.bob")
-        .is_err());
+    assert!(opened.verify(&agent_key().public(), "orfeas.jobs.submit.bob").is_err());
 }
 
 #[test]
@@ -178,29 +120,16 @@ fn golden_events_are_stable_and_verify() {
     for (name, event) in events() {
         let committed = compare(name, &sealed_event(&event));
         let opened = envelope::open(&committed, 1 << 20, ContentKind::Event).unwrap();
-        opened
-            .verify(
-                &node_key().public(),
-                &subjects::events("alice", &event.job_id),
-            )
-            .unwrap();
+        opened.verify(&node_key().public(), &subjects::events("alice", &event.job_id)).unwrap();
         let back: Event = orfeas_wire::from_cbor(&opened.payload).unwrap();
         assert_eq!(back, event, "{name}");
         // A signed event never opens as a submission.
-        assert!(
-            envelope::open(&committed, 1 << 20, ContentKind::SubmitJob).is_err(),
-            "{name}"
-        );
+        assert!(envelope::open(&committed, 1 << 20, ContentKind::SubmitJob).is_err(), "{name}");
     }
 }
 
 #[test]
 fn golden_test_vector_keys() {
     // Printed in md/protocol.md; a client in another language starts here.
-    assert_eq!(
-        agent_key().public().to_hex(),
-        std::fs::read_to_string(fixture("agent_public_key").with_extension("hex"))
-            .unwrap()
-            .trim()
-    );
+    assert_eq!(agent_key().public().to_hex(), std::fs::read_to_string(fixture("agent_public_key").with_extension("hex")).unwrap().trim());
 }
