@@ -9,6 +9,9 @@
 //!   compatible work waits); acks / naks / terms on the job messages;
 //!   in-progress acks for every held job so JetStream does not redeliver
 //!   work that is merely waiting here.
+//! - Claiming a delivered job (its record set to `running` at this
+//!   attempt, revision-fenced) runs on a task that answers with `Claimed`,
+//!   so KV round trips never hold up batching.
 //! - State: held messages by job id, the local FIFO of tickets, idle
 //!   devices, what each device is running.
 //! - Restart policy: restartable at any time. Held messages are never acked
@@ -57,6 +60,9 @@ pub enum Outcome {
 pub enum SchedulerMsg {
     /// A job message from JetStream.
     Delivered(jetstream::Message),
+    /// A delivered job after its claim: a ticket to run, nothing (already
+    /// handled), or how to settle the message at once.
+    Claimed(jetstream::Message, Result<Option<Ticket>, Outcome>),
     /// A device finished its batch.
     DeviceIdle(String),
     /// A job's answer is stored (or it must be retried).
@@ -92,22 +98,16 @@ pub struct Scheduler {
     pub model_max_batch: HashMap<String, usize>,
 }
 
-/// Scheduler state.
-pub struct SchedulerState {
-    credits: Arc<Semaphore>,
-    puller: JoinHandle<()>,
-    held: HashMap<Uuid, (jetstream::Message, String)>,
-    waiting: VecDeque<Ticket>,
-    idle: BTreeSet<String>,
-    running: HashMap<String, Vec<Uuid>>,
+/// Claims delivered jobs (record → `running` at this attempt) on tasks,
+/// so the Scheduler's loop never waits on a KV round trip.
+#[derive(Clone)]
+struct Claimer {
+    jobs: JobStore,
+    events: EventSink,
+    node_id: String,
 }
 
-impl Scheduler {
-    fn credits(&self) -> usize {
-        // Enough to fill every device twice: one batch running, one ready.
-        (self.devices.len() * self.settings.max_batch * 2).max(1)
-    }
-
+impl Claimer {
     /// Turn a delivered message into a ticket, or settle it at once.
     async fn admit(&self, message: &jetstream::Message) -> Result<Option<Ticket>, Outcome> {
         let trace = TraceParent::from_headers(message.headers.as_ref());
@@ -149,7 +149,7 @@ impl Scheduler {
         }
         record.state = JobState::Running;
         record.attempt = attempt;
-        record.node = self.settings.node_id.clone();
+        record.node = self.node_id.clone();
         record.updated_at_ms = now_ms();
         match self.jobs.update(&record, revision).await {
             Ok(Updated::Ok(revision)) => Ok(Some(Ticket::new(job, attempt, revision).traced(trace))),
@@ -159,6 +159,27 @@ impl Scheduler {
                 Err(Outcome::Nak(Duration::from_secs(1)))
             }
         }
+    }
+}
+
+/// Scheduler state.
+pub struct SchedulerState {
+    credits: Arc<Semaphore>,
+    puller: JoinHandle<()>,
+    held: HashMap<Uuid, (jetstream::Message, String)>,
+    waiting: VecDeque<Ticket>,
+    idle: BTreeSet<String>,
+    running: HashMap<String, Vec<Uuid>>,
+}
+
+impl Scheduler {
+    fn claimer(&self) -> Claimer {
+        Claimer { jobs: self.jobs.clone(), events: self.events.clone(), node_id: self.settings.node_id.clone() }
+    }
+
+    fn credits(&self) -> usize {
+        // Enough to fill every device twice: one batch running, one ready.
+        (self.devices.len() * self.settings.max_batch * 2).max(1)
     }
 
     fn dispatch(&self, state: &mut SchedulerState) {
@@ -263,9 +284,18 @@ impl Actor for Scheduler {
         Ok(())
     }
 
-    async fn handle(&self, _myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(&self, myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         match message {
-            SchedulerMsg::Delivered(message) => match self.admit(&message).await {
+            SchedulerMsg::Delivered(message) => {
+                let claimer = self.claimer();
+                tokio::spawn(async move {
+                    let claimed = claimer.admit(&message).await;
+                    // If the Scheduler is gone the message stays unacked and
+                    // JetStream redelivers it.
+                    let _ = myself.cast(SchedulerMsg::Claimed(message, claimed));
+                });
+            }
+            SchedulerMsg::Claimed(message, claimed) => match claimed {
                 Ok(Some(ticket)) => {
                     let job_id = ticket.job.job_id;
                     let agent = ticket.job.agent.clone();
