@@ -22,10 +22,13 @@ use config::Config;
 
 fn main() -> ExitCode {
     // libtorch's OpenMP threads spin while idle by default, stealing the
-    // core from the rest of the node on small machines; must be set before
-    // libtorch starts its thread pool (no other threads exist yet).
+    // cores from meshing and NATS on small machines (measured: half the
+    // node's CPU time under load). libgomp reads its environment when the
+    // library is loaded, before `main`, so setting the variable here would
+    // be too late: start this program again with it set (same pid, same
+    // arguments). An operator's own setting is left alone.
     if std::env::var_os("OMP_WAIT_POLICY").is_none() {
-        std::env::set_var("OMP_WAIT_POLICY", "PASSIVE");
+        reexec_with_passive_openmp();
     }
     let cli = Cli::parse();
     let _telemetry = telemetry::init(cli.log_json, if matches!(cli.command, Command::Generate(_) | Command::Bench(_)) { "warn" } else { "info" });
@@ -44,6 +47,21 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(unix)]
+fn reexec_with_passive_openmp() {
+    use std::os::unix::process::CommandExt;
+    let Ok(exe) = std::env::current_exe() else { return };
+    let error = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("OMP_WAIT_POLICY", "PASSIVE")
+        .exec();
+    // Only reached when exec failed: run on, with spinning OpenMP threads.
+    eprintln!("warning: could not restart with OMP_WAIT_POLICY=PASSIVE: {error}");
+}
+
+#[cfg(not(unix))]
+fn reexec_with_passive_openmp() {}
 
 fn load_config(cli: &Cli, overrides: &[(&str, String)]) -> Result<Config> {
     let env: BTreeMap<String, String> = std::env::vars().collect();

@@ -16,6 +16,11 @@ async fn observability_metrics_move_during_a_job_and_probes_answer() {
     let node = NodeProcess::start(&nats, NodeOptions { node_id: "obs", store: store.path(), env: vec![] }).await;
     let port = node.http_port;
 
+    // OpenMP reads its settings when libtorch loads; the node restarts
+    // itself with passive waiting so idle OpenMP threads do not spin.
+    let environ = std::fs::read(format!("/proc/{}/environ", node.pid())).unwrap();
+    assert!(environ.split(|b| *b == 0).any(|v| v == b"OMP_WAIT_POLICY=PASSIVE"), "node runs without OMP_WAIT_POLICY=PASSIVE");
+
     assert_eq!(http_get(port, "/healthz").0, 200);
     let (status, body) = http_get(port, "/readyz");
     assert_eq!(status, 200, "{body}");

@@ -135,6 +135,8 @@ impl NodeProcess {
             .env("ORFEAS_STORE_ROOT", options.store)
             .env("ORFEAS_DEVICES_CPU_THREADS", "1")
             .env("RUST_LOG", "info")
+            // Nodes must set it for themselves (see the observability test).
+            .env_remove("OMP_WAIT_POLICY")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         for (k, v) in &options.env {
@@ -167,6 +169,11 @@ impl NodeProcess {
             assert!(started.elapsed() < Duration::from_secs(60), "node did not start: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGTERM, then wait (bounded) for the process to exit.
