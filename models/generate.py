@@ -6,6 +6,9 @@
     python models/generate.py --check    # regenerate into a temp dir and compare with the committed files
     python models/generate.py --bench    # time one forward pass of each model (CPU, 2 threads)
     python models/generate.py --measure-mem   # measure peak RSS per batch item (CPU)
+    python models/generate.py --reference [DIR]   # write the benchmark's reference network (random
+                                             # weights, ~56 M parameters, ~224 MB; not committed) to
+                                             # DIR, default ~/.cache/orfeas/models/reference
 
 Needs only torch (2.13.0, the version `tch` links against), numpy and the standard library.
 The models are deterministic, contain no weights and no randomness.
@@ -414,7 +417,11 @@ class Relief(torch.nn.Module):
 class OomTest(torch.nn.Module):
     """TEST model: `null`'s sphere, but a batch of more than `max_ok_batch` items raises the
     message of a CUDA out-of-memory error, so the caller's split-the-batch-and-retry path
-    can be tested on CPU through the same interface as on a GPU."""
+    can be tested on CPU through the same interface as on a GPU.
+
+    forward(images, params: Optional [B, 1] = None): params[:, 0] = max_ok_batch per item
+    (non-finite -> the default); a batch raises when it is larger than the smallest
+    max_ok_batch of its items, so a job with max_ok_batch = 0 does not fit even alone."""
 
     def __init__(self, grid: int = 16, max_ok_batch: int = 2):
         super().__init__()
@@ -425,9 +432,16 @@ class OomTest(torch.nn.Module):
         self.border_value = BORDER_VALUE
         self.iso_nudge = ISO_NUDGE
 
-    def forward(self, images: Tensor) -> Tensor:
+    def forward(self, images: Tensor, params: Optional[Tensor] = None) -> Tensor:
         check_input(images)
-        if images.size(0) > self.max_ok_batch:
+        limit = self.max_ok_batch
+        if params is not None:
+            if params.dim() != 2 or params.size(0) != images.size(0) or params.size(1) != 1:
+                raise RuntimeError("expected params of shape [B, 1] (max_ok_batch) matching the batch of images")
+            p = params.to(device=images.device, dtype=torch.float32)[:, 0]
+            p = torch.where(torch.isfinite(p), p, torch.full_like(p, float(self.max_ok_batch)))
+            limit = int(torch.floor(p.min()))
+        if images.size(0) > limit:
             raise RuntimeError(self.message)
         n = self.grid
         c = torch.linspace(-1.0, 1.0, n, dtype=torch.float32, device=images.device)
@@ -435,6 +449,87 @@ class OomTest(torch.nn.Module):
         occ = (self.radius - torch.sqrt(r2)).unsqueeze(0).contiguous()
         occ = finish_occupancy(occ, self.border_value, self.iso_nudge)
         return occ.expand(images.size(0), n, n, n).contiguous()
+
+
+class Reference(torch.nn.Module):
+    """Benchmark reference: an image-to-volume network of realistic size with random weights.
+
+    Encoder (4 strided 2-D convolutions, 4 -> 512 channels, 128^2 -> 8^2) -> two linear layers
+    through a 1024-wide latent -> 3-D decoder (4 transposed 3-D convolutions, 256 -> 16
+    channels, 4^3 -> 64^3) -> one 3-D convolution to one channel. About 56 M parameters
+    (224 MB in fp32), ~2.7 G multiply-adds per item; the shape of a TripoSR-style network's
+    compute, not its quality: the output is random but obeys the model contract (occupancy,
+    outermost layer outside), so a node can serve it.
+    """
+
+    def __init__(self, size: int = 128, grid: int = 64):
+        super().__init__()
+        assert size == 128 and grid == 64, "layer sizes below are fixed for 128 -> 64^3"
+        chans = [4, 64, 128, 256, 512]
+        self.encoder = torch.nn.Sequential(*[
+            layer
+            for cin, cout in zip(chans[:-1], chans[1:])
+            for layer in (torch.nn.Conv2d(cin, cout, 4, 2, 1), torch.nn.GroupNorm(8 if cout >= 64 else 1, cout), torch.nn.SiLU())
+        ])
+        self.to_latent = torch.nn.Linear(512 * 8 * 8, 1024)
+        self.from_latent = torch.nn.Linear(1024, 256 * 4 * 4 * 4)
+        dchans = [256, 128, 64, 32, 16]
+        self.decoder = torch.nn.Sequential(*[
+            layer
+            for cin, cout in zip(dchans[:-1], dchans[1:])
+            for layer in (torch.nn.ConvTranspose3d(cin, cout, 4, 2, 1), torch.nn.GroupNorm(8, cout), torch.nn.SiLU())
+        ])
+        self.head = torch.nn.Conv3d(16, 1, 3, 1, 1)
+        self.border_value = BORDER_VALUE
+        self.iso_nudge = ISO_NUDGE
+
+    def forward(self, images: Tensor) -> Tensor:
+        check_input(images)
+        b = images.size(0)
+        x = self.encoder(images)
+        z = F.silu(self.to_latent(x.flatten(1)))
+        v = self.from_latent(z).view(b, 256, 4, 4, 4)
+        occ = self.head(self.decoder(v)).squeeze(1).float().contiguous()
+        return finish_occupancy(occ, self.border_value, self.iso_nudge)
+
+
+REFERENCE_MANIFEST = {
+    "name": "reference",
+    "version": "1.0.0",
+    "description": "BENCHMARK ONLY: encoder -> latent -> 3-D decoder with random weights (~56 M "
+    "parameters); realistic compute, meaningless shapes.",
+    "input_size": [128, 128],
+    "input_channels": 4,
+    "output_kind": "occupancy",
+    "grid": [64, 64, 64],
+    "iso": 0.0,
+    "bounds_min": [-1.0, -1.0, -1.0],
+    "bounds_max": [1.0, 1.0, 1.0],
+    # activations per item, fp32: the 32 x 64^3 decoder output (33.5 MB) and its GroupNorm /
+    # SiLU temporaries dominate (~3 such tensors live at the peak) -> ~100 MB; fp16 halves it.
+    "mem_per_item_mb": 128,
+    "precision": "fp16",
+    "max_batch": 16,
+}
+
+
+def write_reference(out_dir: Path) -> None:
+    """Write the reference network (seeded random weights) and its manifest to out_dir."""
+    torch.manual_seed(0)
+    module = Reference().eval()
+    n_params = sum(p.numel() for p in module.parameters())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scripted = torch.jit.script(module)
+    torch.jit.save(scripted, str(out_dir / "model.pt"))
+    lines = ["# Generated by models/generate.py --reference; benchmark only, not committed."]
+    lines += [f"{k} = {toml_value(v)}" for k, v in REFERENCE_MANIFEST.items()]
+    (out_dir / "manifest.toml").write_text("\n".join(lines) + "\n")
+    with torch.no_grad():
+        y = scripted(check_batch(128)[:2])
+    assert tuple(y.shape) == (2, 64, 64, 64), y.shape
+    check_contract("reference", y, REFERENCE_MANIFEST)
+    print(f"wrote {out_dir / 'model.pt'} ({(out_dir / 'model.pt').stat().st_size / 1e6:.0f} MB, "
+          f"{n_params / 1e6:.1f} M parameters) and manifest.toml")
 
 
 # --------------------------------------------------------------------------------------------
@@ -521,6 +616,7 @@ MODELS = {
             "mem_per_item_mb": RELIEF_MEM_MB,
             "precision": "fp32",
             "max_batch": 16,
+            "preprocess": "full_frame",
         },
         "mem_comment": RELIEF_MEM_COMMENT,
         # Defaults of the optional `params` input, in tensor column order; written as the
@@ -561,6 +657,13 @@ MODELS = {
         },
         "mem_comment": "one 16^3 volume per item (16 KB); rounded up. max_batch is deliberately "
         "larger than the batches that run",
+        "params": {
+            "max_ok_batch": 2,
+        },
+        "params_comments": {
+            "max_ok_batch": "params[:, 0]: a batch larger than its items' smallest value raises (0 = never fits)",
+        },
+        "check_params": lambda b: torch.tensor([[2.0], [float("nan")], [5.0]][:b] + [[3.0]] * max(0, b - 3)),
     },
 }
 
@@ -579,7 +682,15 @@ def default_params(name: str, batch: int) -> Optional[Tensor]:
     return torch.tensor([row] * batch, dtype=torch.float32)
 
 
-def check_params(batch: int) -> Tensor:
+def check_params(name: str, batch: int) -> Tensor:
+    """Fixed per-item params of model `name` for --check and verification."""
+    custom = MODELS[name].get("check_params")
+    if custom is not None:
+        return custom(batch)
+    return relief_check_params(batch)
+
+
+def relief_check_params(batch: int) -> Tensor:
     """Fixed per-item relief params for --check: varied, including clamped and non-finite."""
     rows = [
         [0.05, 0.4, 1.0],
@@ -592,6 +703,7 @@ def check_params(batch: int) -> Tensor:
     return torch.tensor([rows[k % len(rows)] for k in range(batch)], dtype=torch.float32)
 
 FIELD_COMMENTS = {
+    "preprocess": "object: cut out, crop, recentre | full_frame: whole image, letterboxed",
     "input_size": "[H, W]",
     "output_kind": "occupancy: value > iso is solid; sdf: value < iso is solid",
     "grid": "[D, H, W] of the output = world [z, y, x]",
@@ -801,7 +913,7 @@ def verify(out_dir: Path, names: Optional[List[str]] = None) -> None:
             # independent too (item k with its params == item k alone with the same params)
             with torch.no_grad():
                 assert torch.equal(m(batch, default_params(name, nb)), full), f"{name}: defaults differ"
-                pk = check_params(nb)
+                pk = check_params(name, nb)
                 full_p = m(batch, pk)
                 check_contract(name, full_p, man)
                 for k in range(nb):
@@ -963,6 +1075,16 @@ def verify_oom(m, man: dict, full: Tensor) -> None:
                 assert "out of memory" in msg.lower() and OOM_TEST_MESSAGE in msg, msg
             else:
                 raise AssertionError(f"oom: B={b} did not raise")
+    # per-item max_ok_batch: the smallest of the batch decides; 0 never fits
+    with torch.no_grad():
+        assert torch.equal(m(check_batch(h)[:3], torch.tensor([[3.0], [5.0], [4.0]])), reference(check_batch(h)[:3]))
+        for params in (torch.tensor([[0.0]]), torch.tensor([[1.0], [4.0]])):
+            try:
+                m(check_batch(h)[: params.shape[0]], params)
+            except torch.jit.Error as e:
+                assert OOM_TEST_MESSAGE in str(e), str(e)
+            else:
+                raise AssertionError(f"oom: params {params.tolist()} did not raise")
     print(f"oom: B<=2 equals null's sphere (grid {n}); B=3 and B=16 raise RuntimeError with "
           f"{OOM_TEST_MESSAGE!r}")
 
@@ -988,7 +1110,7 @@ def check(committed: Path) -> int:
             with torch.no_grad():
                 ya, yb = a(batch), b(batch)
                 if "params" in MODELS[name]:  # also the params path, with varied per-item params
-                    pk = check_params(batch.shape[0])
+                    pk = check_params(name, batch.shape[0])
                     ya, yb = torch.cat([ya, a(batch, pk)]), torch.cat([yb, b(batch, pk)])
             expect = (ya.shape[0], *man_a["grid"])
             if tuple(ya.shape) != expect or tuple(yb.shape) != expect:
@@ -1074,11 +1196,17 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads for --bench (default 2)")
     p.add_argument("--measure-mem", action="store_true", help="measure peak RSS per batch item")
     p.add_argument("--out", type=Path, default=MODELS_DIR, help="output directory (default: models/)")
+    p.add_argument("--reference", type=Path, nargs="?", metavar="DIR",
+                   const=Path.home() / ".cache" / "orfeas" / "models" / "reference",
+                   help="write the benchmark reference network to DIR (default ~/.cache/orfeas/models/reference)")
     p.add_argument("--only", action="append", choices=sorted(MODELS), metavar="NAME",
                    help="(re)write only this model (repeatable; default: all). Leaves the other "
                    "committed model.pt files untouched (their bytes record generate.py's line numbers)")
     args = p.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))  # the machines have 2 cores
+    if args.reference is not None:
+        write_reference(args.reference)
+        return 0
     if args.check:
         return check(args.out)
     if args.bench:

@@ -50,6 +50,45 @@ pub enum Command {
     Bench(BenchArgs),
     /// Print the resolved configuration (secrets redacted).
     Config,
+    /// List the models a deployment serves (asks any one node over NATS).
+    Models(ModelsArgs),
+    /// Time raw forward passes of one model at several batch sizes (no NATS,
+    /// no preprocessing, no meshing): the model's own throughput.
+    BenchForward(BenchForwardArgs),
+}
+
+/// `orfeas models`
+#[derive(Args, Debug)]
+pub struct ModelsArgs {
+    /// NATS URL.
+    #[arg(long)]
+    pub nats: Option<String>,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Give up after this many seconds without an answer.
+    #[arg(long, default_value_t = 10)]
+    pub timeout_s: u64,
+}
+
+/// `orfeas bench-forward`
+#[derive(Args, Debug)]
+pub struct BenchForwardArgs {
+    /// Model folder (`manifest.toml` + `model.pt`), e.g. models/inflate.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Batch sizes, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    pub batches: Vec<usize>,
+    /// Timed forward passes per batch size (after two untimed ones).
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    /// libtorch intra-op threads (0 = libtorch's default).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Run on the CPU even when CUDA is present.
+    #[arg(long)]
+    pub cpu: bool,
 }
 
 /// `orfeas bench`
@@ -128,6 +167,21 @@ pub struct ShapeArgs {
     /// No preview renders.
     #[arg(long)]
     pub no_previews: bool,
+    /// A model parameter, NAME=VALUE (number, or true/false), repeatable;
+    /// e.g. `--param max_height=0.5 --param invert=true` for `relief`
+    /// (`orfeas models` lists each model's parameters).
+    #[arg(long = "param", value_parser = parse_model_param)]
+    pub model_params: Vec<(String, f64)>,
+}
+
+fn parse_model_param(text: &str) -> Result<(String, f64), String> {
+    let (name, value) = text.split_once('=').ok_or_else(|| format!("{text:?} is not NAME=VALUE"))?;
+    let value = match value.trim() {
+        "true" => 1.0,
+        "false" => 0.0,
+        v => v.parse().map_err(|_| format!("{value:?} is not a number or true/false"))?,
+    };
+    Ok((name.trim().to_string(), value))
 }
 
 /// `orfeas mesh`
@@ -273,6 +327,7 @@ impl ShapeArgs {
             smooth: self.no_smooth.then_some(false),
             colour: self.no_colour.then_some(false),
             previews: self.no_previews.then_some(false),
+            model_params: self.model_params.iter().cloned().collect(),
         }
     }
 }

@@ -99,6 +99,8 @@ pub struct DevicesSection {
     pub cpu_threads: usize,
     /// Use CUDA GPUs when present.
     pub use_cuda: bool,
+    /// Fraction of a device's free memory a batch may plan on (0–1].
+    pub memory_safety: f64,
 }
 
 /// `[scheduler]`
@@ -140,7 +142,7 @@ impl Default for Config {
             nats: NatsSection { url: String::new(), server_bin: String::new(), replicas: 1 },
             store: StoreSection { root: String::new() },
             models: ModelsSection { dir: default_models_dir(), enabled: vec![] },
-            devices: DevicesSection { cpu_threads: 0, use_cuda: true },
+            devices: DevicesSection { cpu_threads: 0, use_cuda: true, memory_safety: 0.8 },
             scheduler: SchedulerSection { max_batch: 8, ack_wait_s: 60, progress_ack_s: 15, max_deliver: 5 },
             ingress: IngressSection { clock_skew_s: 120, max_image_side: 4096, submit_queue_max: 100_000 },
             http: HttpSection { listen: "127.0.0.1:9470".into() },
@@ -187,6 +189,9 @@ impl Config {
         if self.scheduler.max_batch == 0 {
             bail!("scheduler.max_batch must be at least 1");
         }
+        if !(self.devices.memory_safety > 0.0 && self.devices.memory_safety <= 1.0) {
+            bail!("devices.memory_safety {} must be in (0, 1]", self.devices.memory_safety);
+        }
         if self.scheduler.progress_ack_s == 0 || self.scheduler.progress_ack_s >= self.scheduler.ack_wait_s {
             bail!(
                 "scheduler.progress_ack_s ({}) must be between 1 and ack_wait_s ({}) exclusive",
@@ -232,6 +237,7 @@ impl Config {
         settings.cpu_threads = self.devices.cpu_threads;
         settings.use_cuda = self.devices.use_cuda;
         settings.max_batch = self.scheduler.max_batch;
+        settings.memory_safety = self.devices.memory_safety;
         settings.ack_wait = Duration::from_secs(self.scheduler.ack_wait_s);
         settings.progress_ack_interval = Duration::from_secs(self.scheduler.progress_ack_s);
         settings.max_deliver = self.scheduler.max_deliver;
@@ -332,6 +338,8 @@ mod tests {
         assert!(format!("{err:#}").contains("ORFEAS_SCHEDULER_MAX_BATCH"), "{err:#}");
         let err = Config::load(None, &env(&[("ORFEAS_SCHEDULER_NOPE", "1")]), &[]).unwrap_err();
         assert!(format!("{err:#}").contains("unknown key scheduler.nope"), "{err:#}");
+        let err = Config::load(None, &env(&[("ORFEAS_DEVICES_MEMORY_SAFETY", "1.5")]), &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("devices.memory_safety 1.5"), "{err:#}");
         let err = Config::load(None, &env(&[("ORFEAS_SCHEDULER_PROGRESS_ACK_S", "90")]), &[]).unwrap_err();
         assert!(format!("{err:#}").contains("progress_ack_s"), "{err:#}");
         let dir = tempfile::tempdir().unwrap();

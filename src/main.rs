@@ -8,6 +8,7 @@ mod config;
 mod embedded;
 mod generate;
 mod mesh_cmd;
+mod models_cmd;
 mod telemetry;
 
 use std::{collections::BTreeMap, process::ExitCode, time::Duration};
@@ -159,6 +160,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Config => {
             print!("{}", config.redacted());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Models(args) => {
+            let url = nats_url(&config, &args.nats)?;
+            models_cmd::list(&url, &args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BenchForward(args) => {
+            tokio::task::spawn_blocking(move || models_cmd::bench_forward(&args)).await??;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,47 +1,91 @@
 //! GpuWorker: drives one device.
 //!
 //! - Consumes: `GpuWorkerMsg::Run(batch)` from the Scheduler — compatible
-//!   tickets (same model) to run as one forward pass.
+//!   tickets (same model) to run as one forward pass; `GpuWorkerMsg::Reload`
+//!   from the operator endpoint (`POST /admin/models/reload`).
 //! - Publishes: `PostprocessMsg::Volume` per job (volumes stay in-process),
-//!   `PostprocessMsg::Fail` for jobs whose image is unusable or that cannot
-//!   fit on the device; `SchedulerMsg::DeviceIdle` after every batch;
-//!   `preprocessing` and `inference` progress events.
-//! - State: the channel to its device thread. The thread owns the loaded
-//!   models (`CModule`, resident for the worker's life) so forward passes
-//!   never block an actor loop.
-//! - Restart policy: models are loaded in `pre_start`, so a model that fails
-//!   to load or breaks its contract fails the spawn (reported at start, not
-//!   at the first job). If the device thread dies the next `Run` fails the
-//!   actor; the supervisor restarts it (reloading the models) and the
-//!   Scheduler hands the lost batch back to JetStream.
+//!   `PostprocessMsg::Fail` for jobs whose image is unusable or that do not
+//!   fit on the device even alone (`gpu_oom`, retryable);
+//!   `SchedulerMsg::BatchLimits` (the batch size each model may have next,
+//!   from the memory free right now) and then `SchedulerMsg::DeviceIdle`
+//!   after every batch; `preprocessing` and `inference` progress events.
+//! - State: the channel to its device thread and the manifests of the
+//!   loaded models. Images are decoded and resized on tokio's blocking pool
+//!   (all cores, straight into the batch buffer), so the device thread only
+//!   runs forward passes. The thread owns the loaded models (`CModule`,
+//!   resident for the worker's life), the per-model batch ceilings that
+//!   out-of-memory errors lower, and the memory probe read before each batch.
+//! - Restart policy: models are loaded and warmed (B = 1 and 2) in
+//!   `pre_start`, so a model that fails to load or breaks its contract fails
+//!   the spawn (reported at start, not at the first job); the device counts
+//!   as cold for readiness until then. If the device thread dies, the
+//!   worker fails; the supervisor restarts it (reloading the models) and the
+//!   Scheduler hands the lost batch back to JetStream. A reload loads the new
+//!   models next to the old ones and swaps them only when all loaded and
+//!   warmed; on failure the old ones stay. Batches sent meanwhile queue
+//!   behind the reload on the device thread: no job is lost.
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc, thread, time::{Duration, Instant}};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{mpsc, Arc, RwLock},
+    thread,
+    time::{Duration, Instant},
+};
 
+use image::RgbaImage;
 use orfeas_wire::{
     v1::{Failure, ImageInput, Stage},
     ErrorCode,
 };
-use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tch::{Kind, Tensor};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
 use tokio::sync::oneshot;
 
 use crate::{
-    device::ComputeDevice,
+    batching::{self, Ceiling, MemoryBudget},
+    device::{ComputeDevice, MemoryProbe},
     events::EventSink,
     metrics,
     model::{LoadedModel, Manifest, ModelError},
     postprocess::{PostprocessMsg, VolumeJob},
-    preprocess::{self, Prepared},
+    preprocess,
     roster::Roster,
     scheduler::SchedulerMsg,
     settings::NodeSettings,
     ticket::Ticket,
+    warmth::Warmth,
 };
+
+/// What loading one model on one device took.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ModelLoadReport {
+    /// The model.
+    pub model: String,
+    /// Its version.
+    pub version: String,
+    /// The device.
+    pub device: String,
+    /// Reading the file onto the device, seconds.
+    pub load_seconds: f64,
+    /// Warm-up forward passes, seconds.
+    pub warmup_seconds: f64,
+    /// Memory one batch item costs on this device, bytes.
+    pub per_item_bytes: u64,
+}
 
 /// Messages to a GpuWorker.
 pub enum GpuWorkerMsg {
     /// Run these tickets (same model) as one batch.
     Run(Vec<Ticket>),
+    /// Load these models, warm them and swap them in for the current ones.
+    Reload(
+        Vec<(Manifest, PathBuf)>,
+        RpcReplyPort<Result<Vec<ModelLoadReport>, String>>,
+    ),
+    /// The device thread is gone (found by a preprocessing task).
+    DeviceGone,
 }
 
 /// The worker of one device (configuration only; see [`GpuWorkerState`]).
@@ -56,11 +100,35 @@ pub struct GpuWorker {
     pub roster: Roster,
     /// Event publisher.
     pub events: EventSink,
+    /// Readiness: this device is warm once its models ran.
+    pub warmth: Warmth,
 }
 
-/// Mutable state: the device thread's inbox.
+/// Mutable state: the device thread's inbox and the current manifests.
 pub struct GpuWorkerState {
-    work: std::sync::mpsc::Sender<Vec<Ticket>>,
+    work: mpsc::Sender<DeviceWork>,
+    manifests: Arc<RwLock<HashMap<String, Manifest>>>,
+    thread: thread::JoinHandle<()>,
+}
+
+/// Work for the device thread.
+enum DeviceWork {
+    Forward(PreparedBatch),
+    Reload(
+        Vec<(Manifest, PathBuf)>,
+        oneshot::Sender<Result<Vec<ModelLoadReport>, String>>,
+    ),
+}
+
+/// A batch whose images are decoded and laid out as the model's input.
+struct PreparedBatch {
+    model: String,
+    input_size: [usize; 2],
+    items: Vec<(Ticket, RgbaImage)>,
+    /// `[n, 4, H, W]` floats, item after item.
+    input: Vec<f32>,
+    /// `[n, P]` per-job model parameters, or `None` for a model without.
+    params: Option<(Vec<f32>, usize)>,
 }
 
 impl Actor for GpuWorker {
@@ -68,75 +136,411 @@ impl Actor for GpuWorker {
     type State = GpuWorkerState;
     type Arguments = ();
 
-    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, _: ()) -> Result<Self::State, ActorProcessingErr> {
-        let (work, inbox) = std::sync::mpsc::channel::<Vec<Ticket>>();
-        let (loaded_tx, loaded_rx) = oneshot::channel::<Result<(), ModelError>>();
-        let device = self.device.clone();
-        let models = self.models.clone();
-        let runner = BatchRunner {
-            device_id: self.device.id.clone(),
-            roster: self.roster.clone(),
-            events: self.events.clone(),
-            max_image_side: self.settings.max_image_side,
-            max_batch: self.settings.max_batch,
-            simulated_latency: self.settings.simulated_latency,
-        };
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        _: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        self.warmth.set(&self.device.id, false);
+        let (work, inbox) = mpsc::channel::<DeviceWork>();
+        let (loaded_tx, loaded_rx) = oneshot::channel();
+        let manifests = Arc::new(RwLock::new(HashMap::new()));
         if self.settings.cpu_threads > 0 {
             tch::set_num_threads(self.settings.cpu_threads as i32);
         }
-        thread::Builder::new()
+        let mut device = DeviceThread {
+            device: self.device.clone(),
+            memory: MemoryProbe::for_device(&self.device),
+            roster: self.roster.clone(),
+            events: self.events.clone(),
+            manifests: manifests.clone(),
+            warmth: self.warmth.clone(),
+            max_batch: self.settings.max_batch.max(1),
+            memory_safety: self.settings.memory_safety,
+            simulated_latency: self.settings.simulated_latency,
+            models: HashMap::new(),
+            ceilings: HashMap::new(),
+            cached_bytes: 0,
+        };
+        let models = self.models.clone();
+        let thread = thread::Builder::new()
             .name(format!("device-{}", self.device.id))
             .spawn(move || {
-                let mut loaded = HashMap::new();
-                for (manifest, path) in models {
-                    let started = Instant::now();
-                    match LoadedModel::load(manifest, &path, device.device) {
-                        Ok(model) => {
-                            let seconds = started.elapsed().as_secs_f64();
-                            metrics::MODEL_LOAD_SECONDS.with_label_values(&[&model.manifest.name, &device.id]).set(seconds);
-                            tracing::info!(model = %model.manifest.name, device = %device.id, seconds, "model loaded");
-                            loaded.insert(model.manifest.name.clone(), model);
+                match device.load_all(models) {
+                    Ok((loaded, reports)) => {
+                        device.swap(loaded);
+                        let _ = loaded_tx.send(Ok(reports));
+                    }
+                    Err(e) => {
+                        let _ = loaded_tx.send(Err(e));
+                        return;
+                    }
+                }
+                device.report_limits();
+                while let Ok(work) = inbox.recv() {
+                    match work {
+                        DeviceWork::Forward(batch) => {
+                            device.run(batch);
+                            device.report_limits();
+                            if let Some(scheduler) = device.roster.scheduler() {
+                                let _ = scheduler
+                                    .cast(SchedulerMsg::DeviceIdle(device.device.id.clone()));
+                            }
                         }
-                        Err(e) => {
-                            let _ = loaded_tx.send(Err(e));
-                            return;
+                        DeviceWork::Reload(models, reply) => {
+                            device.warmth.set(&device.device.id, false);
+                            let result = device.load_all(models).map(|(loaded, reports)| {
+                                device.swap(loaded);
+                                reports
+                            });
+                            device.warmth.set(&device.device.id, true);
+                            metrics::MODEL_RELOADS
+                                .with_label_values(&[if result.is_ok() { "ok" } else { "failed" }])
+                                .inc();
+                            let _ = reply.send(result.map_err(|e| e.to_string()));
+                            device.report_limits();
                         }
                     }
                 }
-                let _ = loaded_tx.send(Ok(()));
-                while let Ok(batch) = inbox.recv() {
-                    runner.run(&loaded, batch);
-                }
             })?;
-        loaded_rx.await.map_err(|_| "device thread ended while loading models")??;
-        Ok(GpuWorkerState { work })
+        loaded_rx
+            .await
+            .map_err(|_| "device thread ended while loading models")??;
+        self.warmth.set(&self.device.id, true);
+        Ok(GpuWorkerState {
+            work,
+            manifests,
+            thread,
+        })
     }
 
-    async fn handle(&self, _myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        self.warmth.set(&self.device.id, false);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.thread.is_finished() {
+            return Err(format!("device thread of {} is gone", self.device.id).into());
+        }
         match message {
             GpuWorkerMsg::Run(batch) => {
-                state.work.send(batch).map_err(|_| format!("device thread of {} is gone", self.device.id))?;
+                let Some(model) = batch.first().map(|t| t.job.model.clone()) else {
+                    return Ok(());
+                };
+                let manifest = state
+                    .manifests
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&model)
+                    .cloned();
+                let work = state.work.clone();
+                let (roster, events, max_side) = (
+                    self.roster.clone(),
+                    self.events.clone(),
+                    self.settings.max_image_side,
+                );
+                let device = self.device.id.clone();
+                tokio::spawn(async move {
+                    let prepared = tokio::task::spawn_blocking(move || {
+                        prepare_batch(batch, manifest, &model, max_side, &roster, &events, &device)
+                    })
+                    .await;
+                    let sent = match prepared {
+                        Ok(prepared) => work.send(DeviceWork::Forward(prepared)).is_ok(),
+                        Err(e) => {
+                            tracing::error!(error = %e, "preprocessing task panicked");
+                            false
+                        }
+                    };
+                    if !sent {
+                        let _ = myself.cast(GpuWorkerMsg::DeviceGone);
+                    }
+                });
+            }
+            GpuWorkerMsg::Reload(models, reply) => {
+                let (tx, rx) = oneshot::channel();
+                state
+                    .work
+                    .send(DeviceWork::Reload(models, tx))
+                    .map_err(|_| format!("device thread of {} is gone", self.device.id))?;
+                let device = self.device.id.clone();
+                tokio::spawn(async move {
+                    let result = rx.await.unwrap_or_else(|_| {
+                        Err(format!("device thread of {device} ended during the reload"))
+                    });
+                    let _ = reply.send(result);
+                });
+            }
+            GpuWorkerMsg::DeviceGone => {
+                return Err(format!("device thread of {} is gone", self.device.id).into())
             }
         }
         Ok(())
     }
 }
 
-/// What the device thread needs besides the models.
-struct BatchRunner {
-    device_id: String,
-    roster: Roster,
-    events: EventSink,
-    max_image_side: u32,
-    max_batch: usize,
-    simulated_latency: Duration,
+/// Decode every image of `batch` (in parallel, each straight into its slot
+/// of the batch buffer) and fill in the per-job parameters; jobs that cannot
+/// run fail here. Runs on the blocking pool.
+fn prepare_batch(
+    batch: Vec<Ticket>,
+    manifest: Option<Manifest>,
+    model: &str,
+    max_side: u32,
+    roster: &Roster,
+    events: &EventSink,
+    device: &str,
+) -> PreparedBatch {
+    let fail = |ticket: Ticket, failure: Failure| {
+        if let Some(post) = roster.postprocess() {
+            let _ = post.cast(PostprocessMsg::Fail { ticket, failure });
+        }
+    };
+    let Some(manifest) = manifest else {
+        for ticket in batch {
+            fail(
+                ticket,
+                Failure::new(
+                    ErrorCode::UnknownModel,
+                    format!("model {model:?} is not loaded on {device}"),
+                ),
+            );
+        }
+        return PreparedBatch {
+            model: model.to_string(),
+            input_size: [0, 0],
+            items: vec![],
+            input: vec![],
+            params: None,
+        };
+    };
+    let started = Instant::now();
+    let [h, w] = manifest.input_size;
+    let slot = 4 * h * w;
+    let mut params = Vec::new();
+    let mut tickets = Vec::with_capacity(batch.len());
+    for ticket in batch {
+        match manifest.param_row(&ticket.job.params.model_params) {
+            Ok(row) => {
+                params.extend(row);
+                tickets.push(ticket);
+            }
+            Err(e) => fail(ticket, Failure::new(ErrorCode::Invalid, e)),
+        }
+    }
+    let mut input = vec![0f32; tickets.len() * slot];
+    let results = decode_parallel(&tickets, &mut input, slot, |ticket, out| {
+        events.progress(ticket, Stage::Preprocessing, 10);
+        let ImageInput::Inline { media_type, data } = &ticket.job.image;
+        preprocess::prepare_into(
+            data,
+            media_type,
+            max_side,
+            manifest.input_size,
+            manifest.preprocess,
+            out,
+        )
+    });
+    // Close the gaps failed images leave, in place.
+    let columns = manifest.params.len();
+    let mut items = Vec::with_capacity(tickets.len());
+    let mut kept_params = Vec::with_capacity(params.len());
+    for (i, (ticket, result)) in tickets.into_iter().zip(results).enumerate() {
+        match result {
+            Ok(image) => {
+                let k = items.len();
+                if k != i {
+                    input.copy_within(i * slot..(i + 1) * slot, k * slot);
+                }
+                kept_params.extend_from_slice(&params[i * columns..(i + 1) * columns]);
+                items.push((ticket, image));
+            }
+            Err(e) => fail(ticket, Failure::new(e.code(), e.to_string())),
+        }
+    }
+    input.truncate(items.len() * slot);
+    metrics::STAGE_SECONDS
+        .with_label_values(&["preprocessing"])
+        .observe(started.elapsed().as_secs_f64());
+    PreparedBatch {
+        model: manifest.name.clone(),
+        input_size: manifest.input_size,
+        items,
+        input,
+        params: (columns > 0).then_some((kept_params, columns)),
+    }
 }
 
-impl BatchRunner {
-    fn run(&self, models: &HashMap<String, LoadedModel>, batch: Vec<Ticket>) {
-        self.run_batch(models, batch);
+/// Run `decode` for every ticket on up to one thread per core, each writing
+/// into its own `slot`-sized chunk of `buffer`; results in ticket order.
+fn decode_parallel<T, E, F>(
+    tickets: &[Ticket],
+    buffer: &mut [f32],
+    slot: usize,
+    decode: F,
+) -> Vec<Result<T, E>>
+where
+    T: Send,
+    E: Send,
+    F: Fn(&Ticket, &mut [f32]) -> Result<T, E> + Sync,
+{
+    let threads = thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(tickets.len())
+        .max(1);
+    let mut work: Vec<(&Ticket, &mut [f32])> =
+        tickets.iter().zip(buffer.chunks_mut(slot.max(1))).collect();
+    if threads == 1 {
+        return work.into_iter().map(|(t, out)| decode(t, out)).collect();
+    }
+    let per_thread = work.len().div_ceil(threads);
+    let mut groups = Vec::new();
+    while !work.is_empty() {
+        let rest = work.split_off(per_thread.min(work.len()));
+        groups.push(std::mem::replace(&mut work, rest));
+    }
+    let decode = &decode;
+    thread::scope(|scope| {
+        let handles: Vec<_> = groups
+            .into_iter()
+            .map(|group| {
+                scope.spawn(move || {
+                    group
+                        .into_iter()
+                        .map(|(t, out)| decode(t, out))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("preprocessing thread panicked"))
+            .collect()
+    })
+}
+
+/// The device thread: owns the models and runs forward passes only.
+struct DeviceThread {
+    device: ComputeDevice,
+    memory: MemoryProbe,
+    roster: Roster,
+    events: EventSink,
+    manifests: Arc<RwLock<HashMap<String, Manifest>>>,
+    warmth: Warmth,
+    max_batch: usize,
+    memory_safety: f64,
+    simulated_latency: Duration,
+    models: HashMap<String, LoadedModel>,
+    ceilings: HashMap<String, Ceiling>,
+    /// Memory the allocator holds from earlier batches (largest batch so far × its per-item cost).
+    cached_bytes: u64,
+}
+
+impl DeviceThread {
+    /// Load and warm every model; all or nothing.
+    fn load_all(
+        &self,
+        models: Vec<(Manifest, PathBuf)>,
+    ) -> Result<(HashMap<String, LoadedModel>, Vec<ModelLoadReport>), ModelError> {
+        let mut loaded = HashMap::new();
+        let mut reports = Vec::new();
+        for (manifest, path) in models {
+            let model = LoadedModel::load(manifest, &path, self.device.device, &self.memory)?;
+            let (name, id) = (model.manifest.name.clone(), self.device.id.clone());
+            let times = model.times.clone();
+            metrics::MODEL_LOAD_SECONDS
+                .with_label_values(&[&name, &id])
+                .set(times.load_seconds);
+            metrics::MODEL_WARMUP_SECONDS
+                .with_label_values(&[&name, &id])
+                .set(times.warmup_seconds);
+            tracing::info!(
+                model = %name,
+                version = %model.manifest.version,
+                device = %id,
+                load_seconds = times.load_seconds,
+                warmup_seconds = times.warmup_seconds,
+                per_item_bytes = model.per_item_bytes,
+                "model loaded and warm"
+            );
+            reports.push(ModelLoadReport {
+                model: name.clone(),
+                version: model.manifest.version.clone(),
+                device: id,
+                load_seconds: times.load_seconds,
+                warmup_seconds: times.warmup_seconds,
+                per_item_bytes: model.per_item_bytes,
+            });
+            loaded.insert(name, model);
+        }
+        Ok((loaded, reports))
+    }
+
+    /// Make `loaded` the resident models. Ceilings survive a reload (they
+    /// describe the device) unless the model's largest batch changed.
+    fn swap(&mut self, loaded: HashMap<String, LoadedModel>) {
+        self.ceilings.retain(|name, c| {
+            loaded
+                .get(name)
+                .is_some_and(|m| m.manifest.max_batch == c.max())
+        });
+        for (name, model) in &loaded {
+            self.ceilings
+                .entry(name.clone())
+                .or_insert_with(|| Ceiling::new(model.manifest.max_batch));
+        }
+        *self.manifests.write().unwrap_or_else(|e| e.into_inner()) = loaded
+            .iter()
+            .map(|(n, m)| (n.clone(), m.manifest.clone()))
+            .collect();
+        self.models = loaded;
+    }
+
+    /// The batch size `model` may have now.
+    fn batch_limit(&self, model: &LoadedModel, free_bytes: Option<u64>) -> usize {
+        let ceiling = self
+            .ceilings
+            .get(&model.manifest.name)
+            .map(Ceiling::value)
+            .unwrap_or(model.manifest.max_batch);
+        let memory = MemoryBudget {
+            free_bytes,
+            cached_bytes: self.cached_bytes,
+            per_item_bytes: model.per_item_bytes,
+            safety: self.memory_safety,
+        };
+        batching::batch_size(self.max_batch, model.manifest.max_batch, ceiling, &memory)
+    }
+
+    /// Tell the Scheduler how large each model's next batch may be here.
+    fn report_limits(&self) {
+        let free = self.memory.free_bytes();
+        let limits: HashMap<String, usize> = self
+            .models
+            .values()
+            .map(|m| (m.manifest.name.clone(), self.batch_limit(m, free)))
+            .collect();
+        for (name, c) in &self.ceilings {
+            metrics::BATCH_CEILING
+                .with_label_values(&[name, &self.device.id])
+                .set(c.value() as i64);
+        }
         if let Some(scheduler) = self.roster.scheduler() {
-            let _ = scheduler.cast(SchedulerMsg::DeviceIdle(self.device_id.clone()));
+            let _ = scheduler.cast(SchedulerMsg::BatchLimits {
+                device: self.device.id.clone(),
+                limits,
+            });
         }
     }
 
@@ -146,94 +550,200 @@ impl BatchRunner {
         }
     }
 
-    fn run_batch(&self, models: &HashMap<String, LoadedModel>, batch: Vec<Ticket>) {
-        let Some(model_name) = batch.first().map(|t| t.job.model.clone()) else { return };
-        let Some(model) = models.get(&model_name) else {
-            for ticket in batch {
-                let failure = Failure::new(ErrorCode::UnknownModel, format!("model {model_name:?} is not loaded on {}", self.device_id));
-                self.fail(ticket, failure);
+    fn run(&mut self, batch: PreparedBatch) {
+        if batch.items.is_empty() {
+            return;
+        }
+        let Some(model) = self.models.get(&batch.model) else {
+            for (ticket, _) in batch.items {
+                self.fail(
+                    ticket,
+                    Failure::new(
+                        ErrorCode::UnknownModel,
+                        format!(
+                            "model {:?} is not loaded on {}",
+                            batch.model, self.device.id
+                        ),
+                    ),
+                );
             }
             return;
         };
         // One `job.inference` span per job, open for the whole batch.
-        let _spans: Vec<tracing::Span> = batch.iter().map(|t| t.span("inference")).collect();
-        let started = Instant::now();
-        let mut ready: Vec<(Ticket, Prepared)> = Vec::with_capacity(batch.len());
-        for ticket in batch {
-            self.events.progress(&ticket, Stage::Preprocessing, 10);
-            let ImageInput::Inline { media_type, data } = &ticket.job.image;
-            match preprocess::prepare(data, media_type, self.max_image_side, model.manifest.input_size) {
-                Ok(prepared) => ready.push((ticket, prepared)),
-                Err(e) => {
-                    let failure = Failure::new(e.code(), e.to_string());
-                    self.fail(ticket, failure);
-                }
+        let _spans: Vec<tracing::Span> = batch.items.iter().map(|(t, _)| t.span("inference")).collect();
+        if model.manifest.input_size != batch.input_size {
+            // Prepared for a manifest a reload replaced meanwhile: run it again later.
+            for (ticket, _) in batch.items {
+                self.fail(
+                    ticket,
+                    Failure::new(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "model {:?} was reloaded with another input size",
+                            batch.model
+                        ),
+                    ),
+                );
             }
-        }
-        metrics::STAGE_SECONDS.with_label_values(&["preprocessing"]).observe(started.elapsed().as_secs_f64());
-        if ready.is_empty() {
             return;
         }
         if !self.simulated_latency.is_zero() {
             thread::sleep(self.simulated_latency);
         }
-        self.forward_split(model, ready);
+        // Re-read free memory now: the batch may be larger than what fits.
+        let limit = self.batch_limit(model, self.memory.free_bytes());
+        let [h, w] = batch.input_size;
+        let n = batch.items.len();
+        // SAFETY: `batch.input` holds exactly n × 4 × H × W initialised f32s and
+        // outlives `input` and every view of it: all of them are dropped
+        // before this function returns, and forward passes copy their
+        // results out (volumes are new tensors, copied into Vecs).
+        let input = unsafe {
+            Tensor::from_blob(
+                batch.input.as_ptr().cast(),
+                &[n as i64, 4, h as i64, w as i64],
+                &[],
+                Kind::Float,
+                Device::Cpu,
+            )
+        };
+        let params = batch
+            .params
+            .as_ref()
+            .map(|(flat, columns)| Tensor::from_slice(flat).view([n as i64, *columns as i64]));
+        let now = crate::now_ms();
+        for (ticket, _) in &batch.items {
+            self.events.progress(ticket, Stage::Inference, 30);
+            let waited = now.saturating_sub(ticket.job.admitted_at_ms) as f64 / 1000.0;
+            metrics::QUEUE_WAIT
+                .with_label_values(&["normal"])
+                .observe(waited);
+        }
+        let name = batch.model.clone();
+        let mut items = batch.items.into_iter();
+        let mut start = 0;
+        while start < n {
+            let len = limit.min(n - start);
+            let chunk: Vec<(Ticket, RgbaImage)> = items.by_ref().take(len).collect();
+            let p = params
+                .as_ref()
+                .map(|p| p.narrow(0, start as i64, len as i64));
+            self.forward_split(&name, chunk, input.narrow(0, start as i64, len as i64), p);
+            start += len;
+        }
     }
 
-    /// One forward pass over `items`; on out-of-memory, halve and retry so
-    /// a too-large batch becomes smaller batches instead of failed jobs.
-    fn forward_split(&self, model: &LoadedModel, items: Vec<(Ticket, Prepared)>) {
-        for (ticket, _) in &items {
-            self.events.progress(ticket, Stage::Inference, 30);
-        }
-        let [h, w] = model.manifest.input_size;
-        let mut flat = Vec::with_capacity(items.len() * 4 * h * w);
-        for (_, prepared) in &items {
-            flat.extend_from_slice(&prepared.chw);
-        }
-        let input = Tensor::from_slice(&flat).view([items.len() as i64, 4, h as i64, w as i64]);
-        let now = crate::now_ms();
-        for (ticket, _) in &items {
-            let waited = now.saturating_sub(ticket.job.admitted_at_ms) as f64 / 1000.0;
-            metrics::QUEUE_WAIT.with_label_values(&["normal"]).observe(waited);
-        }
+    /// One forward pass over `items`; on out-of-memory, lower the ceiling,
+    /// halve and retry, so a too-large batch becomes smaller batches instead
+    /// of failed jobs. A job fails (`gpu_oom`, retryable) only alone.
+    fn forward_split(
+        &mut self,
+        name: &str,
+        items: Vec<(Ticket, RgbaImage)>,
+        input: Tensor,
+        params: Option<Tensor>,
+    ) {
+        let Some(model) = self.models.get(name) else {
+            return;
+        };
+        let n = items.len();
         let started = Instant::now();
-        let result = model.forward(&input);
-        metrics::STAGE_SECONDS.with_label_values(&["inference"]).observe(started.elapsed().as_secs_f64());
+        let result = model.forward(&input, params.as_ref());
+        metrics::STAGE_SECONDS
+            .with_label_values(&["inference"])
+            .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(volumes) => {
-                metrics::BATCH_SIZE.with_label_values(&[&model.manifest.name]).observe(items.len() as f64);
-                let cap = self.max_batch.min(model.manifest.max_batch).max(1);
-                metrics::BATCH_FILL.with_label_values(&[&model.manifest.name]).observe(items.len() as f64 / cap as f64);
                 let manifest = Arc::new(model.manifest.clone());
-                for (i, (ticket, prepared)) in items.into_iter().enumerate() {
+                self.cached_bytes = self.cached_bytes.max(n as u64 * model.per_item_bytes);
+                metrics::BATCH_SIZE
+                    .with_label_values(&[name])
+                    .observe(n as f64);
+                let cap = self.max_batch.min(manifest.max_batch).max(1);
+                metrics::BATCH_FILL
+                    .with_label_values(&[name])
+                    .observe(n as f64 / cap as f64);
+                if let Some(c) = self.ceilings.get_mut(name) {
+                    c.on_success(n);
+                }
+                for (i, (ticket, image)) in items.into_iter().enumerate() {
                     let volume = volumes.get(i as i64);
                     let len = volume.numel();
                     let mut data = vec![0f32; len];
-                    volume.to_kind(Kind::Float).copy_data(&mut data, len);
-                    let job = VolumeJob { ticket, data, manifest: manifest.clone(), image: prepared.rgba };
+                    volume.copy_data(&mut data, len);
+                    let job = VolumeJob {
+                        ticket,
+                        data,
+                        manifest: manifest.clone(),
+                        image,
+                    };
                     match self.roster.postprocess() {
                         Some(post) => {
                             let _ = post.cast(PostprocessMsg::Volume(Box::new(job)));
                         }
-                        None => tracing::error!("postprocess is not running; job returns to the queue after ack_wait"),
+                        None => tracing::error!(
+                            "postprocess is not running; job returns to the queue after ack_wait"
+                        ),
                     }
                 }
             }
-            Err(ModelError::Forward { out_of_memory: true, .. }) if items.len() > 1 => {
-                tracing::warn!(model = %model.manifest.name, batch = items.len(), "out of memory; splitting the batch");
-                let mut first = items;
-                let second = first.split_off(first.len() / 2);
-                self.forward_split(model, first);
-                self.forward_split(model, second);
+            Err(ModelError::Forward {
+                out_of_memory: true,
+                detail,
+                ..
+            }) => {
+                metrics::DEVICE_OOM
+                    .with_label_values(&[name, &self.device.id])
+                    .inc();
+                let ceiling = self
+                    .ceilings
+                    .entry(name.to_string())
+                    .or_insert_with(|| Ceiling::new(n));
+                ceiling.on_out_of_memory(n);
+                metrics::BATCH_CEILING
+                    .with_label_values(&[name, &self.device.id])
+                    .set(ceiling.value() as i64);
+                if n > 1 {
+                    tracing::warn!(model = name, device = %self.device.id, batch = n, ceiling = ceiling.value(), "out of memory; splitting the batch");
+                    let half = n / 2;
+                    let mut first = items;
+                    let second = first.split_off(half);
+                    let (p1, p2) = match &params {
+                        Some(p) => (
+                            Some(p.narrow(0, 0, half as i64)),
+                            Some(p.narrow(0, half as i64, (n - half) as i64)),
+                        ),
+                        None => (None, None),
+                    };
+                    let (i1, i2) = (
+                        input.narrow(0, 0, half as i64),
+                        input.narrow(0, half as i64, (n - half) as i64),
+                    );
+                    drop(input);
+                    self.forward_split(name, first, i1, p1);
+                    self.forward_split(name, second, i2, p2);
+                } else {
+                    tracing::warn!(model = name, device = %self.device.id, "out of memory for a single job");
+                    for (ticket, _) in items {
+                        self.fail(
+                            ticket,
+                            Failure::new(
+                                ErrorCode::GpuOom,
+                                format!(
+                                    "{} ran out of memory for this job alone: {detail}",
+                                    self.device.id
+                                ),
+                            ),
+                        );
+                    }
+                }
             }
             Err(e) => {
-                let code = match &e {
-                    ModelError::Forward { out_of_memory: true, .. } => ErrorCode::Unavailable,
-                    _ => ErrorCode::InferenceFailed,
-                };
                 for (ticket, _) in items {
-                    self.fail(ticket, Failure::new(code, e.to_string()));
+                    self.fail(
+                        ticket,
+                        Failure::new(ErrorCode::InferenceFailed, e.to_string()),
+                    );
                 }
             }
         }
@@ -242,114 +752,367 @@ impl BatchRunner {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use orfeas_wire::v1::{AdmittedJob, Format};
-    use tokio::sync::mpsc;
+    use tokio::sync::mpsc as tmpsc;
 
-    /// Stands in for Postprocess: forwards what it receives to the test.
-    struct Collector(mpsc::UnboundedSender<PostprocessMsg>);
+    /// Stands in for a sibling actor: forwards what it receives to the test.
+    struct Collector<M>(tmpsc::UnboundedSender<M>);
 
-    impl Actor for Collector {
-        type Msg = PostprocessMsg;
+    impl<M: ractor::Message> Actor for Collector<M> {
+        type Msg = M;
         type State = ();
         type Arguments = ();
         async fn pre_start(&self, _: ActorRef<Self::Msg>, _: ()) -> Result<(), ActorProcessingErr> {
             Ok(())
         }
-        async fn handle(&self, _: ActorRef<Self::Msg>, message: Self::Msg, _: &mut ()) -> Result<(), ActorProcessingErr> {
+        async fn handle(
+            &self,
+            _: ActorRef<Self::Msg>,
+            message: Self::Msg,
+            _: &mut (),
+        ) -> Result<(), ActorProcessingErr> {
             let _ = self.0.send(message);
             Ok(())
         }
     }
 
-    fn ticket(n: u128, image: Vec<u8>) -> Ticket {
+    fn ticket(n: u128, model: &str, image: Vec<u8>, model_params: BTreeMap<String, f64>) -> Ticket {
         let job = AdmittedJob {
             job_id: uuid::Uuid::from_u128(n),
             agent: "t".into(),
-            model: "inflate".into(),
+            model: model.into(),
             formats: vec![Format::Glb],
-            params: Default::default(),
-            image: ImageInput::Inline { media_type: "image/png".into(), data: image },
+            params: orfeas_wire::v1::JobParams {
+                model_params,
+                ..Default::default()
+            },
+            image: ImageInput::Inline {
+                media_type: "image/png".into(),
+                data: image,
+            },
             admitted_at_ms: 0,
         };
         Ticket::new(job, 1, 1)
     }
 
+    fn mug() -> Vec<u8> {
+        std::fs::read(crate::model::tests::models_dir().join("../examples/mug.png")).unwrap()
+    }
+
+    /// A worker on the CPU with `models`, its postprocess and scheduler
+    /// replaced by collectors.
+    struct Rig {
+        worker: ActorRef<GpuWorkerMsg>,
+        post: tmpsc::UnboundedReceiver<PostprocessMsg>,
+        scheduler: tmpsc::UnboundedReceiver<SchedulerMsg>,
+        warmth: Warmth,
+        others: Vec<ractor::ActorCell>,
+    }
+
+    impl Rig {
+        async fn start(node: &str, models: Vec<(Manifest, PathBuf)>, max_batch: usize) -> Self {
+            let roster = Roster::new(node);
+            let (tx, post) = tmpsc::unbounded_channel();
+            let (collector, _) = Actor::spawn(Some(roster.name("postprocess")), Collector(tx), ())
+                .await
+                .unwrap();
+            let (tx, scheduler) = tmpsc::unbounded_channel();
+            let (sched, _) = Actor::spawn(Some(roster.name("scheduler")), Collector(tx), ())
+                .await
+                .unwrap();
+            let (events, _published) = EventSink::detached(node);
+            let mut settings = NodeSettings::local(
+                node,
+                "nats://unused",
+                crate::model::tests::models_dir(),
+                std::env::temp_dir(),
+            );
+            settings.max_batch = max_batch;
+            let warmth = Warmth::new(["cpu".to_string()]);
+            let worker = GpuWorker {
+                device: crate::device::discover(false).remove(0),
+                settings: Arc::new(settings),
+                models,
+                roster: roster.clone(),
+                events,
+                warmth: warmth.clone(),
+            };
+            let (worker, _) = Actor::spawn(Some(roster.worker_name("cpu")), worker, ())
+                .await
+                .unwrap();
+            Self {
+                worker,
+                post,
+                scheduler,
+                warmth,
+                others: vec![collector.get_cell(), sched.get_cell()],
+            }
+        }
+
+        async fn next_post(&mut self) -> PostprocessMsg {
+            tokio::time::timeout(Duration::from_secs(60), self.post.recv())
+                .await
+                .expect("postprocess message in time")
+                .unwrap()
+        }
+
+        /// The next BatchLimits the scheduler receives.
+        async fn next_limits(&mut self) -> HashMap<String, usize> {
+            loop {
+                match tokio::time::timeout(Duration::from_secs(60), self.scheduler.recv())
+                    .await
+                    .expect("scheduler message in time")
+                    .unwrap()
+                {
+                    SchedulerMsg::BatchLimits { limits, .. } => return limits,
+                    _ => continue,
+                }
+            }
+        }
+
+        fn stop(self) {
+            self.worker.stop(None);
+            for cell in self.others {
+                cell.stop(None);
+            }
+        }
+    }
+
+    fn testing(name: &str) -> Vec<(Manifest, PathBuf)> {
+        crate::model::read_manifests(
+            &crate::model::tests::models_dir().join("testing"),
+            &[name.to_string()],
+        )
+        .unwrap()
+    }
+
     #[tokio::test]
-    async fn out_of_memory_splits_the_batch_instead_of_failing_jobs() {
+    async fn out_of_memory_splits_the_batch_lowers_the_ceiling_and_fails_only_a_lone_job() {
         // The `oom` test model raises CUDA's out-of-memory error for batches
-        // larger than 2: the same interface a GPU presents, on the CPU.
-        let roster = Roster::new("gpu-worker-oom");
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let (collector, _) = Actor::spawn(Some(roster.name("postprocess")), Collector(tx), ()).await.unwrap();
-        let (events, _published) = EventSink::detached("gpu-worker-oom");
-        let testing = crate::model::tests::models_dir().join("testing");
-        let oom = crate::model::read_manifests(&testing, &["oom".to_string()]).unwrap();
-        let settings = NodeSettings::local("gpu-worker-oom", "nats://unused", testing, std::env::temp_dir());
-        let worker = GpuWorker { device: crate::device::discover(false).remove(0), settings: Arc::new(settings), models: oom, roster: roster.clone(), events };
-        let (worker, _) = Actor::spawn(Some(roster.worker_name("cpu")), worker, ()).await.unwrap();
-        let mug = std::fs::read(crate::model::tests::models_dir().join("../examples/mug.png")).unwrap();
-        let tickets: Vec<Ticket> = (1..=5)
-            .map(|n| {
-                let mut t = ticket(n, mug.clone());
-                let mut job = (*t.job).clone();
-                job.model = "oom".into();
-                t = Ticket::new(job, 1, 1);
-                t
-            })
+        // larger than its `max_ok_batch` parameter (default 2): the same
+        // interface a GPU presents, on the CPU.
+        let mut rig = Rig::start("gpu-worker-oom", testing("oom"), 16).await;
+        assert!(rig.warmth.cold().is_empty(), "warm once the models ran");
+        assert_eq!(
+            rig.next_limits().await["oom"],
+            16,
+            "no OOM yet: the model's maximum"
+        );
+        let mut tickets: Vec<Ticket> = (1..=5)
+            .map(|n| ticket(n, "oom", mug(), BTreeMap::new()))
             .collect();
-        worker.cast(GpuWorkerMsg::Run(tickets)).unwrap();
-        let mut done = Vec::new();
-        while done.len() < 5 {
-            match tokio::time::timeout(std::time::Duration::from_secs(60), rx.recv()).await.unwrap().unwrap() {
+        // Job 6 does not fit even alone (max_ok_batch 0 for it).
+        tickets.push(ticket(
+            6,
+            "oom",
+            mug(),
+            BTreeMap::from([("max_ok_batch".to_string(), 0.0)]),
+        ));
+        rig.worker.cast(GpuWorkerMsg::Run(tickets)).unwrap();
+        let (mut done, mut failed) = (Vec::new(), Vec::new());
+        while done.len() + failed.len() < 6 {
+            match rig.next_post().await {
                 PostprocessMsg::Volume(job) => done.push(job.ticket.job.job_id.as_u128()),
-                PostprocessMsg::Fail { failure, .. } => panic!("a job failed instead of the batch splitting: {failure:?}"),
+                PostprocessMsg::Fail { ticket, failure } => {
+                    failed.push((ticket.job.job_id.as_u128(), failure.code, failure.retryable))
+                }
             }
         }
         done.sort_unstable();
-        assert_eq!(done, vec![1, 2, 3, 4, 5], "every job of the too-large batch got its volume");
-        worker.stop(None);
-        collector.stop(None);
+        assert_eq!(
+            done,
+            vec![1, 2, 3, 4, 5],
+            "every job that fits alone got its volume"
+        );
+        assert_eq!(
+            failed,
+            vec![(6, ErrorCode::GpuOom, true)],
+            "only the job that fails alone fails, retryably"
+        );
+        let limits = rig.next_limits().await;
+        assert!(
+            limits["oom"] <= 2,
+            "ceiling lowered after the OOM: {limits:?}"
+        );
+        rig.stop();
     }
 
     #[tokio::test]
     async fn batch_yields_volumes_and_per_job_failures() {
-        let roster = Roster::new("gpu-worker-test");
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let (collector, _) = Actor::spawn(Some(roster.name("postprocess")), Collector(tx), ()).await.unwrap();
-        let (events, mut published) = EventSink::detached("gpu-worker-test");
-        let settings = NodeSettings::local("gpu-worker-test", "nats://unused", crate::model::tests::models_dir(), std::env::temp_dir());
-        let worker = GpuWorker {
-            device: crate::device::discover(false).remove(0),
-            settings: Arc::new(settings),
-            models: vec![crate::model::tests::inflate()],
-            roster: roster.clone(),
-            events,
-        };
-        let (worker, _) = Actor::spawn(Some(roster.worker_name("cpu")), worker, ()).await.unwrap();
-        let mug = std::fs::read(crate::model::tests::models_dir().join("../examples/mug.png")).unwrap();
-        worker.cast(GpuWorkerMsg::Run(vec![ticket(1, mug.clone()), ticket(2, b"not a png".to_vec()), ticket(3, mug)])).unwrap();
+        let mut rig = Rig::start("gpu-worker-test", vec![crate::model::tests::inflate()], 8).await;
+        let bad = b"not a png".to_vec();
+        rig.worker
+            .cast(GpuWorkerMsg::Run(vec![
+                ticket(1, "inflate", mug(), BTreeMap::new()),
+                ticket(2, "inflate", bad, BTreeMap::new()),
+                ticket(3, "inflate", mug(), BTreeMap::new()),
+            ]))
+            .unwrap();
         let (mut volumes, mut failures) = (Vec::new(), Vec::new());
         while volumes.len() + failures.len() < 3 {
-            match tokio::time::timeout(std::time::Duration::from_secs(60), rx.recv()).await.unwrap().unwrap() {
+            match rig.next_post().await {
                 PostprocessMsg::Volume(job) => volumes.push(job),
-                PostprocessMsg::Fail { ticket, failure } => failures.push((ticket.job.job_id.as_u128(), failure.code)),
+                PostprocessMsg::Fail { ticket, failure } => {
+                    failures.push((ticket.job.job_id.as_u128(), failure.code))
+                }
             }
         }
         assert_eq!(failures, vec![(2, ErrorCode::InvalidImage)]);
-        let ids: Vec<u128> = volumes.iter().map(|v| v.ticket.job.job_id.as_u128()).collect();
+        let ids: Vec<u128> = volumes
+            .iter()
+            .map(|v| v.ticket.job.job_id.as_u128())
+            .collect();
         assert_eq!(ids, vec![1, 3]);
         let n: usize = volumes[0].manifest.grid.iter().product();
         assert_eq!(volumes[0].data.len(), n);
-        assert_eq!(volumes[0].data, volumes[1].data, "same image, same volume, in one batch");
+        assert_eq!(
+            volumes[0].data, volumes[1].data,
+            "same image, same volume, in one batch (the gap was closed)"
+        );
         assert!(volumes[0].data.iter().any(|&v| v > 0.0));
-        // Progress was reported for the jobs that ran.
-        let mut stages = Vec::new();
-        while let Ok((_, event)) = published.try_recv() {
-            stages.push((event.job_id.as_u128(), event.kind.name()));
+        rig.stop();
+    }
+
+    #[tokio::test]
+    async fn relief_jobs_with_different_params_get_different_volumes_in_one_batch() {
+        let relief = crate::model::read_manifests(
+            &crate::model::tests::models_dir(),
+            &["relief".to_string()],
+        )
+        .unwrap();
+        let mut rig = Rig::start("gpu-worker-relief", relief, 8).await;
+        // An opaque photo-like image: full frame, so the plate is the whole square.
+        let photo =
+            std::fs::read(crate::model::tests::models_dir().join("../examples/mug.png")).unwrap();
+        let flat = BTreeMap::from([("max_height".to_string(), 0.05)]);
+        let tall = BTreeMap::from([
+            ("max_height".to_string(), 0.6),
+            ("base_thickness".to_string(), 0.2),
+        ]);
+        let inverted = BTreeMap::from([("invert".to_string(), 1.0)]);
+        rig.worker
+            .cast(GpuWorkerMsg::Run(vec![
+                ticket(1, "relief", photo.clone(), flat),
+                ticket(2, "relief", photo.clone(), tall),
+                ticket(3, "relief", photo.clone(), BTreeMap::new()),
+                ticket(4, "relief", photo, inverted),
+            ]))
+            .unwrap();
+        let mut volumes = HashMap::new();
+        while volumes.len() < 4 {
+            match rig.next_post().await {
+                PostprocessMsg::Volume(job) => {
+                    volumes.insert(job.ticket.job.job_id.as_u128(), job.data);
+                }
+                PostprocessMsg::Fail { failure, .. } => panic!("relief job failed: {failure:?}"),
+            }
         }
-        assert!(stages.contains(&(1, "progress")) && stages.contains(&(3, "progress")));
-        worker.stop(None);
-        collector.stop(None);
+        let solid = |id: u128| volumes[&id].iter().filter(|&&v| v > 0.0).count();
+        assert!(
+            solid(2) > 2 * solid(1),
+            "taller params, thicker plate: {} vs {}",
+            solid(2),
+            solid(1)
+        );
+        assert_ne!(volumes[&3], volumes[&4], "invert changes the relief");
+        assert!(solid(1) > 0);
+        rig.stop();
+    }
+
+    #[tokio::test]
+    async fn a_batch_larger_than_the_limit_runs_in_chunks_of_the_limit() {
+        // Configured max 2, the oom model fits 2: a batch of 5 sent anyway
+        // runs as 2 + 2 + 1. Had it run as 5, the out-of-memory cascade
+        // (5 → 2 + 3 → 1 + 2) would have lowered this worker's ceiling to 1.
+        let mut rig = Rig::start("gpu-worker-chunks", testing("oom"), 2).await;
+        assert_eq!(rig.next_limits().await["oom"], 2);
+        let tickets: Vec<Ticket> = (1..=5)
+            .map(|n| ticket(n, "oom", mug(), BTreeMap::new()))
+            .collect();
+        rig.worker.cast(GpuWorkerMsg::Run(tickets)).unwrap();
+        for _ in 0..5 {
+            assert!(matches!(rig.next_post().await, PostprocessMsg::Volume(_)));
+        }
+        assert_eq!(
+            rig.next_limits().await["oom"],
+            2,
+            "no out-of-memory error lowered the ceiling"
+        );
+        rig.stop();
+    }
+
+    #[tokio::test]
+    async fn reload_swaps_models_and_keeps_queued_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = crate::model::tests::models_dir().join("null");
+        std::fs::create_dir(dir.path().join("null")).unwrap();
+        for f in ["model.pt", "manifest.toml"] {
+            std::fs::copy(src.join(f), dir.path().join("null").join(f)).unwrap();
+        }
+        let models = crate::model::read_manifests(dir.path(), &[]).unwrap();
+        let mut rig = Rig::start("gpu-worker-reload", models, 8).await;
+        let before = ticket(1, "null", mug(), BTreeMap::new());
+        rig.worker.cast(GpuWorkerMsg::Run(vec![before])).unwrap();
+        let manifest = dir.path().join("null/manifest.toml");
+        let text = std::fs::read_to_string(&manifest)
+            .unwrap()
+            .replace("version = \"1.0.0\"", "version = \"1.0.1\"");
+        std::fs::write(&manifest, text).unwrap();
+        let fresh = crate::model::read_manifests(dir.path(), &[]).unwrap();
+        let reply = ractor::call_t!(rig.worker, GpuWorkerMsg::Reload, 60_000, fresh)
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply.len(), 1);
+        assert_eq!(
+            (
+                reply[0].model.as_str(),
+                reply[0].version.as_str(),
+                reply[0].device.as_str()
+            ),
+            ("null", "1.0.1", "cpu")
+        );
+        assert!(reply[0].warmup_seconds > 0.0);
+        let after = ticket(2, "null", mug(), BTreeMap::new());
+        rig.worker.cast(GpuWorkerMsg::Run(vec![after])).unwrap();
+        let mut versions = HashMap::new();
+        while versions.len() < 2 {
+            if let PostprocessMsg::Volume(job) = rig.next_post().await {
+                versions.insert(
+                    job.ticket.job.job_id.as_u128(),
+                    job.manifest.version.clone(),
+                );
+            }
+        }
+        assert_eq!(
+            versions[&2], "1.0.1",
+            "the job after the reload ran on the new model"
+        );
+        // A broken model is refused and the old ones stay.
+        std::fs::write(dir.path().join("null/model.pt"), b"not torchscript").unwrap();
+        let broken = crate::model::read_manifests(dir.path(), &[]).unwrap();
+        let err = ractor::call_t!(rig.worker, GpuWorkerMsg::Reload, 60_000, broken)
+            .unwrap()
+            .unwrap_err();
+        assert!(err.contains("failed to load"), "{err}");
+        assert!(
+            rig.warmth.cold().is_empty(),
+            "still warm with the old models"
+        );
+        rig.worker
+            .cast(GpuWorkerMsg::Run(vec![ticket(
+                3,
+                "null",
+                mug(),
+                BTreeMap::new(),
+            )]))
+            .unwrap();
+        match rig.next_post().await {
+            PostprocessMsg::Volume(job) => assert_eq!(job.manifest.version, "1.0.1"),
+            PostprocessMsg::Fail { failure, .. } => panic!("{failure:?}"),
+        }
+        rig.stop();
     }
 }

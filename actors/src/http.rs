@@ -1,6 +1,7 @@
 //! The node's HTTP endpoint for operators: `/metrics` (Prometheus text),
 //! `/healthz` (the process is alive and answering), `/readyz` (NATS
-//! connected, streams and consumers present, models loaded and warm).
+//! connected, streams and consumers present, every model loaded and run
+//! once on every device), plus the admin routes (`admin.rs`).
 
 use std::{
     net::SocketAddr,
@@ -14,18 +15,22 @@ use axum::{extract::State, http::StatusCode, routing::get, Router};
 use orfeas_wire::subjects;
 use tokio::task::JoinHandle;
 
+use crate::warmth::Warmth;
+
 /// What readiness is computed from.
 #[derive(Clone)]
 pub struct Health {
     js: async_nats::jetstream::Context,
     client: async_nats::Client,
     warm: Arc<AtomicBool>,
+    devices: Warmth,
 }
 
 impl Health {
-    /// Readiness of a node on `client`; not warm until [`Health::set_warm`].
-    pub fn new(client: async_nats::Client) -> Self {
-        Self { js: async_nats::jetstream::new(client.clone()), client, warm: Arc::new(AtomicBool::new(false)) }
+    /// Readiness of a node on `client` whose devices report to `devices`;
+    /// not warm until [`Health::set_warm`].
+    pub fn new(client: async_nats::Client, devices: Warmth) -> Self {
+        Self { js: async_nats::jetstream::new(client.clone()), client, warm: Arc::new(AtomicBool::new(false)), devices }
     }
 
     /// Mark models loaded and actors started (or stopping, with `false`).
@@ -37,6 +42,10 @@ impl Health {
     pub async fn not_ready(&self) -> Option<String> {
         if !self.warm.load(Ordering::SeqCst) {
             return Some("actors not started or models not warm".into());
+        }
+        let cold = self.devices.cold();
+        if !cold.is_empty() {
+            return Some(format!("models not loaded and warm on {}", cold.join(", ")));
         }
         if self.client.connection_state() != async_nats::connection::State::Connected {
             return Some("nats not connected".into());
@@ -72,18 +81,20 @@ async fn readyz(State(health): State<Health>) -> (StatusCode, String) {
     }
 }
 
-/// Bind `listen` and serve until the task is aborted. Returns the bound
-/// address (port 0 picks a free one).
-pub async fn serve(listen: SocketAddr, health: Health) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+/// Bind `listen` and serve (with the `admin` routes) until the task is
+/// aborted. Returns the bound address (port 0 picks a free one).
+pub async fn serve(listen: SocketAddr, health: Health, admin: Router) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(health);
+        .with_state(health)
+        .merge(admin);
     let handle = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        // Peer addresses let the admin routes refuse remote callers.
+        if let Err(e) = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await {
             tracing::error!(error = %e, "http endpoint stopped");
         }
     });

@@ -151,6 +151,7 @@ pub fn check_submission(
         return Err(reject(ErrorCode::UnknownModel, format!("model {:?} is not served (models: {})", job.model, served.join(", "))));
     }
     job.params.validate().map_err(|e| reject(ErrorCode::Invalid, e))?;
+    policy.models[&job.model].param_row(&job.params.model_params).map_err(|e| reject(ErrorCode::Invalid, e))?;
     if job.formats.is_empty() {
         job.formats = vec![Format::Glb];
     }
@@ -503,6 +504,12 @@ max_batch = 4"#,
         let r = check(&b, &s, Some(key.public()), 1_000).unwrap_err();
         assert_eq!(r.failure.code, ErrorCode::Invalid);
         assert!(r.failure.error.contains("target_faces 3"), "{}", r.failure.error);
+        let mut unknown_param = job("inflate", png());
+        unknown_param.params.model_params.insert("max_height".into(), 0.5);
+        let (s, b) = unknown_param.seal("alice", &key, "orfeas", 1_000, 300);
+        let r = check(&b, &s, Some(key.public()), 1_000).unwrap_err();
+        assert_eq!(r.failure.code, ErrorCode::Invalid);
+        assert!(r.failure.error.contains("no parameter \"max_height\""), "{}", r.failure.error);
         let (s, b) = job("inflate", png()).seal("alice", &key, "elsewhere", 1_000, 300);
         assert_eq!(code(check(&b, &s, Some(key.public()), 1_000)), ErrorCode::Forbidden);
         assert_eq!(code(check(b"garbage", &subject, Some(key.public()), 1_000)), ErrorCode::Malformed);

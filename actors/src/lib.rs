@@ -11,7 +11,10 @@
 //! shutdown future resolves.
 #![warn(missing_docs)]
 
+pub mod admin;
+pub mod batching;
 pub mod bus;
+pub mod catalog;
 pub mod device;
 pub mod events;
 pub mod gpu_worker;
@@ -31,6 +34,7 @@ pub mod store;
 pub mod supervisor;
 pub mod ticket;
 pub mod trace;
+pub mod warmth;
 
 pub use settings::NodeSettings;
 

@@ -112,6 +112,29 @@ pub static DEAD_LETTERS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("orfeas_dead_letters_total", "Jobs failed for good after exhausting deliveries").expect("metric registers once")
 });
 
+/// Warm-up time of a model (its first forward passes, B = 1 and 2), seconds.
+pub static MODEL_WARMUP_SECONDS: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register_gauge_vec!("orfeas_model_warmup_seconds", "Seconds of a model's warm-up forward passes on a device", &["model", "device"])
+        .expect("metric registers once")
+});
+
+/// A device's batch ceiling per model (lowered by out-of-memory errors).
+pub static BATCH_CEILING: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!("orfeas_batch_ceiling", "Largest batch a device tries for a model after out-of-memory errors", &["model", "device"])
+        .expect("metric registers once")
+});
+
+/// Forward passes that ran out of device memory.
+pub static DEVICE_OOM: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("orfeas_device_oom_total", "Forward passes that ran out of device memory", &["model", "device"])
+        .expect("metric registers once")
+});
+
+/// Model reloads per device by outcome (`ok`, `failed`).
+pub static MODEL_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("orfeas_model_reloads_total", "Model reloads on a device, by outcome", &["outcome"]).expect("metric registers once")
+});
+
 /// All metrics in the Prometheus text format.
 pub fn render() -> String {
     // Touch every metric so each appears (at zero) from the first scrape.
@@ -131,6 +154,10 @@ pub fn render() -> String {
     LazyLock::force(&ACTOR_RESTARTS);
     LazyLock::force(&NATS_RECONNECTS);
     LazyLock::force(&DEAD_LETTERS);
+    LazyLock::force(&MODEL_WARMUP_SECONDS);
+    LazyLock::force(&BATCH_CEILING);
+    LazyLock::force(&DEVICE_OOM);
+    LazyLock::force(&MODEL_RELOADS);
     let mut out = Vec::new();
     let _ = TextEncoder::new().encode(&prometheus::gather(), &mut out);
     String::from_utf8(out).unwrap_or_default()

@@ -8,7 +8,9 @@ use ractor::{Actor, ActorRef};
 use tokio::task::JoinHandle;
 
 use crate::{
+    admin::{self, Admin},
     bus::{self, Bus, BusError},
+    catalog::{self, Catalog},
     device,
     events::EventSink,
     http::{self, Health},
@@ -20,6 +22,7 @@ use crate::{
     settings::NodeSettings,
     store::{ResultStore, StoreError},
     supervisor::{NodeContext, NodeSupervisor, SupervisorMsg},
+    warmth::Warmth,
 };
 
 /// Why a node could not start.
@@ -52,9 +55,11 @@ pub struct RunningNode {
     health: Health,
     http: Option<(SocketAddr, JoinHandle<()>)>,
     sampler: JoinHandle<()>,
+    list_models: JoinHandle<()>,
 }
 
-/// Start a node and return once every actor is up and models are warm.
+/// Start a node and return once every actor is up and every model ran once
+/// on every device.
 pub async fn start(settings: NodeSettings) -> Result<RunningNode, NodeError> {
     let models = model::read_manifests(&settings.models_dir, &settings.models)?;
     let devices = device::discover(settings.use_cuda);
@@ -73,22 +78,40 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, NodeError> {
     let events = EventSink::spawn(bus.clone(), &settings.node_id, settings.node_key.clone(), settings.deployment.clone());
     let store = ResultStore::local(settings.store_root.clone())?;
     let roster = Roster::new(&settings.node_id);
-    let ctx = NodeContext { settings: Arc::new(settings), bus: bus.clone(), events, store, devices, models, roster: roster.clone() };
-    let health = Health::new(client.clone());
+    let catalog = Catalog::new(&settings.node_id, settings.models_dir.clone(), models.into_iter().map(|(m, _)| m).collect());
+    let warmth = Warmth::new(devices.iter().map(|d| d.id.clone()));
+    let admin = Admin {
+        catalog: catalog.clone(),
+        roster: roster.clone(),
+        devices: devices.iter().map(|d| d.id.clone()).collect(),
+        reloading: Default::default(),
+    };
+    let ctx = NodeContext {
+        settings: Arc::new(settings),
+        bus: bus.clone(),
+        events,
+        store,
+        devices,
+        catalog: catalog.clone(),
+        warmth: warmth.clone(),
+        roster: roster.clone(),
+    };
+    let health = Health::new(client.clone(), warmth);
     let http = match ctx.settings.http_listen {
         Some(listen) => {
-            let (bound, task) = http::serve(listen, health.clone()).await.map_err(|e| NodeError::Http(listen, e))?;
-            tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
+            let (bound, task) = http::serve(listen, health.clone(), admin::router(admin)).await.map_err(|e| NodeError::Http(listen, e))?;
+            tracing::info!(%bound, "serving /metrics, /healthz, /readyz, POST /admin/models/reload");
             Some((bound, task))
         }
         None => None,
     };
+    let list_models = catalog::serve_list_models(client.clone(), catalog).await?;
     let sampler = tokio::spawn(sample_devices(ctx.devices.clone()));
     let (supervisor, handle) = Actor::spawn(Some(roster.name("supervisor")), NodeSupervisor { ctx }, ())
         .await
         .map_err(|e| NodeError::Spawn(e.to_string()))?;
     health.set_warm(true);
-    Ok(RunningNode { supervisor, handle, client, bus, health, http, sampler })
+    Ok(RunningNode { supervisor, handle, client, bus, health, http, sampler, list_models })
 }
 
 /// Refresh device memory and utilisation gauges every few seconds.
@@ -121,6 +144,7 @@ impl RunningNode {
         self.health.set_warm(false);
         let _ = ractor::call_t!(self.supervisor, SupervisorMsg::Shutdown, 60_000);
         self.sampler.abort();
+        self.list_models.abort();
         if let Some((_, task)) = &self.http {
             task.abort();
         }

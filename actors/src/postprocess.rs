@@ -345,11 +345,11 @@ mod tests {
     #[test]
     fn inflated_mug_becomes_a_closed_coloured_mesh_in_both_formats() {
         let (manifest, path) = crate::model::tests::inflate();
-        let model = crate::model::LoadedModel::load(manifest.clone(), &path, Device::Cpu).unwrap();
+        let model = crate::model::LoadedModel::load(manifest.clone(), &path, Device::Cpu, &crate::device::MemoryProbe::cpu()).unwrap();
         let png = std::fs::read(crate::model::tests::models_dir().join("../examples/mug.png")).unwrap();
         let prepared = crate::preprocess::prepare(&png, "image/png", 4096, manifest.input_size).unwrap();
         let [h, w] = manifest.input_size;
-        let out = model.forward(&Tensor::from_slice(&prepared.chw).view([1, 4, h as i64, w as i64])).unwrap();
+        let out = model.forward(&Tensor::from_slice(&prepared.chw).view([1, 4, h as i64, w as i64]), None).unwrap();
         let mut data = vec![0f32; out.numel()];
         let len = data.len();
         out.copy_data(&mut data, len);
@@ -381,7 +381,7 @@ mod tests {
         // Parameters are honoured: decimation, size, no colour, no previews.
         let mut params_job = volume_job;
         let mut admitted = (*params_job.ticket.job).clone();
-        admitted.params = orfeas_wire::v1::JobParams { target_faces: Some(5_000), size_mm: Some(50.0), colour: Some(false), previews: Some(false), smooth: Some(false) };
+        admitted.params = orfeas_wire::v1::JobParams { target_faces: Some(5_000), size_mm: Some(50.0), colour: Some(false), previews: Some(false), smooth: Some(false), ..Default::default() };
         params_job.ticket = Ticket::new(admitted, 1, 1);
         let made = mesh_and_export(&params_job, &[Format::Stl], || {}).unwrap();
         assert!(made.stats.faces <= 5_500, "decimated to about the target: {}", made.stats.faces);

@@ -1,8 +1,13 @@
-//! Image in → model input: decode under strict limits, find the object
-//! (alpha when present, otherwise a plain background estimated from the
-//! border), crop and recentre it with a margin, resize to the model's input.
+//! Image in → model input: decode under strict limits, then per the
+//! model's manifest either find the object (alpha when present, otherwise a
+//! plain background estimated from the border), crop and recentre it with a
+//! margin (`object`), or keep the whole frame letterboxed into a square
+//! (`full_frame`); resize to the model's input and write it straight into
+//! the item's slot of the batch buffer.
 
 use image::{imageops, ImageFormat, ImageReader, Limits, RgbaImage};
+
+use crate::model::PreprocessMode;
 
 /// Margin around the object after cropping, as a fraction of its larger side.
 const MARGIN: f32 = 0.08;
@@ -70,55 +75,146 @@ fn format_of(media_type: &str) -> Option<ImageFormat> {
 }
 
 /// Check format and dimensions from the header only (cheap; used at admission).
-pub fn check_header(bytes: &[u8], media_type: &str, max_side: u32) -> Result<(u32, u32), PreprocessError> {
+pub fn check_header(
+    bytes: &[u8],
+    media_type: &str,
+    max_side: u32,
+) -> Result<(u32, u32), PreprocessError> {
     // Dimensions come from the header alone; the decode limits apply later.
     let reader = reader(bytes, media_type, u32::MAX)?;
-    let (width, height) = reader.into_dimensions().map_err(|e| PreprocessError::Decode(e.to_string()))?;
+    let (width, height) = reader
+        .into_dimensions()
+        .map_err(|e| PreprocessError::Decode(e.to_string()))?;
     if width > max_side || height > max_side {
-        return Err(PreprocessError::TooLarge { width, height, max: max_side });
+        return Err(PreprocessError::TooLarge {
+            width,
+            height,
+            max: max_side,
+        });
     }
     if width == 0 || height == 0 {
-        return Err(PreprocessError::Decode(format!("image is {width}x{height}")));
+        return Err(PreprocessError::Decode(format!(
+            "image is {width}x{height}"
+        )));
     }
     Ok((width, height))
 }
 
-fn reader<'a>(bytes: &'a [u8], media_type: &str, max_side: u32) -> Result<ImageReader<std::io::Cursor<&'a [u8]>>, PreprocessError> {
+fn reader<'a>(
+    bytes: &'a [u8],
+    media_type: &str,
+    max_side: u32,
+) -> Result<ImageReader<std::io::Cursor<&'a [u8]>>, PreprocessError> {
     let declared = format_of(media_type);
     let sniffed = image::guess_format(bytes).ok();
     if declared.is_none() || declared != sniffed {
         return Err(PreprocessError::Mismatch {
             declared: media_type.to_string(),
-            sniffed: sniffed.map(|f| format!("{f:?}").to_lowercase()).unwrap_or_else(|| "unknown data".into()),
+            sniffed: sniffed
+                .map(|f| format!("{f:?}").to_lowercase())
+                .unwrap_or_else(|| "unknown data".into()),
         });
     }
-    let mut reader = ImageReader::with_format(std::io::Cursor::new(bytes), declared.expect("checked above"));
+    let mut reader = ImageReader::with_format(
+        std::io::Cursor::new(bytes),
+        declared.expect("checked above"),
+    );
     let mut limits = Limits::default();
     limits.max_image_width = Some(max_side);
     limits.max_image_height = Some(max_side);
     // Decoded RGBA8 plus the decoder's own buffers.
-    limits.max_alloc = Some(u64::from(max_side).saturating_mul(u64::from(max_side)).saturating_mul(12));
+    limits.max_alloc = Some(
+        u64::from(max_side)
+            .saturating_mul(u64::from(max_side))
+            .saturating_mul(12),
+    );
     reader.limits(limits);
     Ok(reader)
 }
 
-/// Decode and prepare an image for a model with input `size` [H, W].
-pub fn prepare(bytes: &[u8], media_type: &str, max_side: u32, size: [usize; 2]) -> Result<Prepared, PreprocessError> {
+/// Decode and prepare an image for a model with input `size` [H, W]
+/// (object mode; see [`prepare_into`]).
+pub fn prepare(
+    bytes: &[u8],
+    media_type: &str,
+    max_side: u32,
+    size: [usize; 2],
+) -> Result<Prepared, PreprocessError> {
+    let mut chw = vec![0f32; 4 * size[0] * size[1]];
+    let rgba = prepare_into(
+        bytes,
+        media_type,
+        max_side,
+        size,
+        PreprocessMode::Object,
+        &mut chw,
+    )?;
+    Ok(Prepared { size, chw, rgba })
+}
+
+/// Decode and prepare an image for a model with input `size` [H, W],
+/// writing RGBA in [0,1], channel-major [4, H, W], into `out` (the item's
+/// slot of a batch buffer, `4 × H × W` floats). Returns the prepared image
+/// as RGBA8 with colours bled into the background, for the mesh colours.
+pub fn prepare_into(
+    bytes: &[u8],
+    media_type: &str,
+    max_side: u32,
+    size: [usize; 2],
+    mode: PreprocessMode,
+    out: &mut [f32],
+) -> Result<RgbaImage, PreprocessError> {
+    assert_eq!(
+        out.len(),
+        4 * size[0] * size[1],
+        "batch slot has the model's input size"
+    );
     let (width, height) = check_header(bytes, media_type, max_side)?;
     let decoded = reader(bytes, media_type, max_side)?
         .decode()
         .map_err(|e| match e {
-            image::ImageError::Limits(_) => PreprocessError::TooLarge { width, height, max: max_side },
+            image::ImageError::Limits(_) => PreprocessError::TooLarge {
+                width,
+                height,
+                max: max_side,
+            },
             other => PreprocessError::Decode(other.to_string()),
         })?;
     let mut rgba = decoded.to_rgba8();
-    separate_foreground(&mut rgba);
-    let square = crop_square(&rgba)?;
+    let square = match mode {
+        PreprocessMode::Object => {
+            separate_foreground(&mut rgba);
+            crop_square(&rgba)?
+        }
+        PreprocessMode::FullFrame => {
+            if !rgba.pixels().any(|p| p[3] > 127) {
+                return Err(PreprocessError::NoObject);
+            }
+            letterbox(&rgba)
+        }
+    };
     let resized = resize_premultiplied(&square, size[1] as u32, size[0] as u32);
-    let chw = to_chw(&resized);
+    write_chw(&resized, out);
     let mut bled = resized;
     bleed_colours(&mut bled, 8);
-    Ok(Prepared { size, chw, rgba: bled })
+    Ok(bled)
+}
+
+/// The whole image centred in a square; the added bands are transparent.
+fn letterbox(img: &RgbaImage) -> RgbaImage {
+    let (w, h) = img.dimensions();
+    if w == h {
+        return img.clone();
+    }
+    let side = w.max(h);
+    let mut out = RgbaImage::new(side, side);
+    imageops::replace(
+        &mut out,
+        img,
+        i64::from((side - w) / 2),
+        i64::from((side - h) / 2),
+    );
+    out
 }
 
 /// Make alpha the foreground mask: keep a real alpha channel; otherwise key
@@ -145,8 +241,15 @@ fn separate_foreground(img: &mut RgbaImage) {
         })
         .collect();
     for p in img.pixels_mut() {
-        let distance = (0..3).map(|c| (i32::from(p[c]) - background[c]).abs()).max().unwrap_or(0);
-        p[3] = if distance > BACKGROUND_TOLERANCE { 255 } else { 0 };
+        let distance = (0..3)
+            .map(|c| (i32::from(p[c]) - background[c]).abs())
+            .max()
+            .unwrap_or(0);
+        p[3] = if distance > BACKGROUND_TOLERANCE {
+            255
+        } else {
+            0
+        };
     }
 }
 
@@ -202,16 +305,14 @@ fn resize_premultiplied(img: &RgbaImage, width: u32, height: u32) -> RgbaImage {
     out
 }
 
-fn to_chw(img: &RgbaImage) -> Vec<f32> {
+fn write_chw(img: &RgbaImage, chw: &mut [f32]) {
     let (w, h) = img.dimensions();
     let plane = (w * h) as usize;
-    let mut chw = vec![0f32; 4 * plane];
     for (i, p) in img.pixels().enumerate() {
         for c in 0..4 {
             chw[c * plane + i] = f32::from(p[c]) / 255.0;
         }
     }
-    chw
 }
 
 /// Fill transparent pixels with the mean colour of their coloured
@@ -257,7 +358,13 @@ fn bleed_colours(img: &mut RgbaImage, rounds: usize) {
 
 /// Colour of a world position (x, y) projected along z onto the prepared
 /// image, which spans the model's x/y bounds. Linear-ish RGB in [0,1].
-pub fn colour_at(img: &RgbaImage, bounds_min: [f32; 3], bounds_max: [f32; 3], x: f32, y: f32) -> [f32; 3] {
+pub fn colour_at(
+    img: &RgbaImage,
+    bounds_min: [f32; 3],
+    bounds_max: [f32; 3],
+    x: f32,
+    y: f32,
+) -> [f32; 3] {
     let (w, h) = img.dimensions();
     let u = ((x - bounds_min[0]) / (bounds_max[0] - bounds_min[0])).clamp(0.0, 1.0);
     // Image row 0 is the top, world +y is up.
@@ -265,7 +372,11 @@ pub fn colour_at(img: &RgbaImage, bounds_min: [f32; 3], bounds_max: [f32; 3], x:
     let px = (u * (w - 1) as f32).round() as u32;
     let py = (v * (h - 1) as f32).round() as u32;
     let p = img.get_pixel(px, py);
-    [f32::from(p[0]) / 255.0, f32::from(p[1]) / 255.0, f32::from(p[2]) / 255.0]
+    [
+        f32::from(p[0]) / 255.0,
+        f32::from(p[1]) / 255.0,
+        f32::from(p[2]) / 255.0,
+    ]
 }
 
 #[cfg(test)]
@@ -312,11 +423,63 @@ mod tests {
     #[test]
     fn bad_inputs_get_precise_errors() {
         let bytes = png(&disc_on_white(50, false));
-        assert!(matches!(prepare(&bytes, "image/jpeg", 4096, [8, 8]), Err(PreprocessError::Mismatch { .. })));
-        assert!(matches!(prepare(&bytes, "image/png", 40, [8, 8]), Err(PreprocessError::TooLarge { .. })));
-        assert!(matches!(prepare(b"\x89PNG\r\n\x1a\nbroken", "image/png", 4096, [8, 8]), Err(PreprocessError::Decode(_))));
+        assert!(matches!(
+            prepare(&bytes, "image/jpeg", 4096, [8, 8]),
+            Err(PreprocessError::Mismatch { .. })
+        ));
+        assert!(matches!(
+            prepare(&bytes, "image/png", 40, [8, 8]),
+            Err(PreprocessError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            prepare(b"\x89PNG\r\n\x1a\nbroken", "image/png", 4096, [8, 8]),
+            Err(PreprocessError::Decode(_))
+        ));
         let blank = png(&RgbaImage::from_pixel(20, 20, image::Rgba([9, 9, 9, 255])));
-        assert!(matches!(prepare(&blank, "image/png", 4096, [8, 8]), Err(PreprocessError::NoObject)));
+        assert!(matches!(
+            prepare(&blank, "image/png", 4096, [8, 8]),
+            Err(PreprocessError::NoObject)
+        ));
+    }
+
+    #[test]
+    fn full_frame_keeps_the_whole_image_and_letterboxes_it() {
+        // An opaque 100x50 photo-like gradient: no background keying, no crop.
+        let wide = RgbaImage::from_fn(100, 50, |x, _| image::Rgba([(x * 2) as u8, 100, 100, 255]));
+        let mut chw = vec![7f32; 4 * 32 * 32];
+        prepare_into(
+            &png(&wide),
+            "image/png",
+            4096,
+            [32, 32],
+            PreprocessMode::FullFrame,
+            &mut chw,
+        )
+        .unwrap();
+        let plane = 32 * 32;
+        let alpha = &chw[3 * plane..];
+        // Middle rows are opaque across the full width; top and bottom bands transparent.
+        assert!((0..32).all(|x| alpha[16 * 32 + x] > 0.99));
+        assert!(alpha[0] < 0.01 && alpha[31 * 32 + 16] < 0.01);
+        let opaque_rows = (0..32).filter(|&y| alpha[y * 32 + 16] > 0.5).count();
+        assert!(
+            (15..=17).contains(&opaque_rows),
+            "{opaque_rows} rows: the 2:1 aspect is kept"
+        );
+        // Colour runs left to right over the whole frame (not cropped to an object).
+        assert!(chw[16 * 32] < 0.1 && chw[16 * 32 + 31] > 0.7);
+        let clear = png(&RgbaImage::from_pixel(8, 8, image::Rgba([1, 2, 3, 0])));
+        assert!(matches!(
+            prepare_into(
+                &clear,
+                "image/png",
+                4096,
+                [8, 8],
+                PreprocessMode::FullFrame,
+                &mut vec![0.0; 256]
+            ),
+            Err(PreprocessError::NoObject)
+        ));
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //!
 //! - Consumes: admitted jobs from the `scheduler` durable pull consumer on
 //!   `ORFEAS_QUEUE` (pulled by credit: it holds at most what its devices can
-//!   start soon); `DeviceIdle` from GpuWorkers; `Finished` from Postprocess;
-//!   `WorkerLost` from the supervisor.
+//!   start soon); `BatchLimits` and `DeviceIdle` from GpuWorkers; `Finished`
+//!   from Postprocess; `WorkerLost` from the supervisor.
 //! - Publishes: `GpuWorkerMsg::Run` batches (same model, up to the batch
-//!   cap, oldest first, to an idle device — a device is never idle while
+//!   cap — the configured maximum, or what the device last reported it can
+//!   take for that model — oldest first, to an idle device — a device is never idle while
 //!   compatible work waits); acks / naks / terms on the job messages;
 //!   in-progress acks for every held job so JetStream does not redeliver
 //!   work that is merely waiting here.
@@ -65,6 +66,14 @@ pub enum SchedulerMsg {
     Claimed(jetstream::Message, Result<Option<Ticket>, Outcome>),
     /// A device finished its batch.
     DeviceIdle(String),
+    /// How large a batch of each model a device can take now (from its
+    /// free memory and out-of-memory history); sent before `DeviceIdle`.
+    BatchLimits {
+        /// The device.
+        device: String,
+        /// Largest next batch per model.
+        limits: HashMap<String, usize>,
+    },
     /// A job's answer is stored (or it must be retried).
     Finished {
         /// The job.
@@ -170,6 +179,7 @@ pub struct SchedulerState {
     waiting: VecDeque<Ticket>,
     idle: BTreeSet<String>,
     running: HashMap<String, Vec<Uuid>>,
+    limits: HashMap<String, HashMap<String, usize>>,
 }
 
 impl Scheduler {
@@ -189,7 +199,9 @@ impl Scheduler {
                 state.idle.remove(&device);
                 continue;
             };
-            let batch = take_batch(&mut state.waiting, self.settings.max_batch, &self.model_max_batch);
+            let reported = state.limits.get(&device);
+            let cap = |model: &str| reported.and_then(|l| l.get(model)).or_else(|| self.model_max_batch.get(model)).copied().unwrap_or(1);
+            let batch = take_batch(&mut state.waiting, self.settings.max_batch, cap);
             state.running.insert(device.clone(), batch.iter().map(|t| t.job.job_id).collect());
             state.idle.remove(&device);
             if worker.cast(GpuWorkerMsg::Run(batch)).is_err() {
@@ -208,11 +220,12 @@ impl Scheduler {
 }
 
 /// The oldest waiting ticket and every later one with the same model, up to
-/// the batch cap (the smaller of the configured and the model's maximum).
-pub fn take_batch(waiting: &mut VecDeque<Ticket>, max_batch: usize, model_max: &HashMap<String, usize>) -> Vec<Ticket> {
+/// the batch cap (the smaller of the configured maximum and `model_cap`:
+/// what the device reported, else the model's maximum).
+pub fn take_batch(waiting: &mut VecDeque<Ticket>, max_batch: usize, model_cap: impl Fn(&str) -> usize) -> Vec<Ticket> {
     let Some(first) = waiting.front() else { return Vec::new() };
     let model = first.job.model.clone();
-    let cap = max_batch.min(model_max.get(&model).copied().unwrap_or(1)).max(1);
+    let cap = max_batch.min(model_cap(&model)).max(1);
     let mut batch = Vec::with_capacity(cap);
     let mut rest = VecDeque::with_capacity(waiting.len());
     while let Some(ticket) = waiting.pop_front() {
@@ -275,6 +288,7 @@ impl Actor for Scheduler {
             waiting: VecDeque::new(),
             idle: self.devices.iter().cloned().collect(),
             running: HashMap::new(),
+            limits: HashMap::new(),
         })
     }
 
@@ -319,6 +333,9 @@ impl Actor for Scheduler {
                 state.running.remove(&device);
                 state.idle.insert(device);
                 self.dispatch(state);
+            }
+            SchedulerMsg::BatchLimits { device, limits } => {
+                state.limits.insert(device, limits);
             }
             SchedulerMsg::Finished { job_id, outcome } => settle(state, job_id, outcome),
             SchedulerMsg::WorkerLost(device) => {
@@ -368,18 +385,19 @@ mod tests {
     fn batch_takes_oldest_model_in_order_up_to_the_cap() {
         let mut waiting: VecDeque<Ticket> = [("a", 1), ("b", 2), ("a", 3), ("a", 4), ("a", 5)].iter().map(|&(m, n)| ticket(m, n)).collect();
         let caps = HashMap::from([("a".to_string(), 3), ("b".to_string(), 8)]);
-        let batch = take_batch(&mut waiting, 8, &caps);
+        let cap = |m: &str| caps[m];
+        let batch = take_batch(&mut waiting, 8, cap);
         let ids: Vec<u128> = batch.iter().map(|t| t.job.job_id.as_u128()).collect();
         assert_eq!(ids, vec![1, 3, 4], "model cap 3, same model, arrival order");
         let rest: Vec<u128> = waiting.iter().map(|t| t.job.job_id.as_u128()).collect();
         assert_eq!(rest, vec![2, 5], "others keep their order");
-        let batch = take_batch(&mut waiting, 1, &caps);
+        let batch = take_batch(&mut waiting, 1, cap);
         assert_eq!(batch.len(), 1, "configured cap applies too");
         assert_eq!(batch[0].job.model, "b");
     }
 
     #[test]
     fn empty_queue_gives_empty_batch() {
-        assert!(take_batch(&mut VecDeque::new(), 4, &HashMap::new()).is_empty());
+        assert!(take_batch(&mut VecDeque::new(), 4, |_| 4).is_empty());
     }
 }

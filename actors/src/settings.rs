@@ -28,8 +28,11 @@ pub struct NodeSettings {
     pub cpu_threads: usize,
     /// Use CUDA devices when present.
     pub use_cuda: bool,
-    /// Largest batch the scheduler forms (also capped by each model).
+    /// Largest batch the scheduler forms (also capped by each model and by
+    /// what fits in the device's free memory); 1 turns batching off.
     pub max_batch: usize,
+    /// Fraction of a device's free memory a batch may plan on (0–1].
+    pub memory_safety: f64,
     /// How long JetStream waits for an ack before redelivering.
     pub ack_wait: Duration,
     /// How often held jobs are marked in progress; well under `ack_wait`.
@@ -64,6 +67,7 @@ impl NodeSettings {
             cpu_threads: 0,
             use_cuda: true,
             max_batch: 8,
+            memory_safety: 0.8,
             ack_wait: Duration::from_secs(60),
             progress_ack_interval: Duration::from_secs(15),
             max_deliver: 5,

@@ -11,25 +11,26 @@
 //!   unfinished jobs stay unacked and are redelivered), then the workers and
 //!   Postprocess.
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::{
     bus::Bus,
+    catalog::Catalog,
     device::ComputeDevice,
     events::EventSink,
     gpu_worker::GpuWorker,
     ingress::{Ingress, Policy},
     jobs::JobStore,
     metrics,
-    model::Manifest,
     postprocess::Postprocess,
     registry::Registry,
     roster::Roster,
     scheduler::{Scheduler, SchedulerMsg},
     settings::NodeSettings,
     store::ResultStore,
+    warmth::Warmth,
 };
 
 /// Everything the children are built from.
@@ -45,8 +46,10 @@ pub struct NodeContext {
     pub store: ResultStore,
     /// Devices, one worker each.
     pub devices: Vec<ComputeDevice>,
-    /// Models and their files.
-    pub models: Vec<(Manifest, PathBuf)>,
+    /// The served models (a restarted worker loads what it lists now).
+    pub catalog: Catalog,
+    /// Which devices have their models warm.
+    pub warmth: Warmth,
     /// Actor names.
     pub roster: Roster,
 }
@@ -120,9 +123,10 @@ impl NodeSupervisor {
                 let actor = GpuWorker {
                     device,
                     settings: ctx.settings.clone(),
-                    models: ctx.models.clone(),
+                    models: ctx.catalog.models(),
                     roster: ctx.roster.clone(),
                     events: ctx.events.clone(),
+                    warmth: ctx.warmth.clone(),
                 };
                 Actor::spawn_linked(Some(name), actor, (), me).await?.0.get_cell()
             }
@@ -134,7 +138,7 @@ impl NodeSupervisor {
                     events: ctx.events.clone(),
                     roster: ctx.roster.clone(),
                     devices: ctx.devices.iter().map(|d| d.id.clone()).collect(),
-                    model_max_batch: ctx.models.iter().map(|(m, _)| (m.name.clone(), m.max_batch)).collect(),
+                    model_max_batch: ctx.catalog.manifests().iter().map(|m| (m.name.clone(), m.max_batch)).collect(),
                 };
                 Actor::spawn_linked(Some(ctx.roster.name("scheduler")), actor, (), me).await?.0.get_cell()
             }
@@ -143,7 +147,7 @@ impl NodeSupervisor {
                     audience: ctx.settings.deployment.clone(),
                     clock_skew_s: ctx.settings.clock_skew_s,
                     max_image_side: ctx.settings.max_image_side,
-                    models: ctx.models.iter().map(|(m, _)| (m.name.clone(), m.clone())).collect(),
+                    models: ctx.catalog.manifests().into_iter().map(|m| (m.name.clone(), m)).collect(),
                 };
                 let actor = Ingress {
                     settings: ctx.settings.clone(),

@@ -37,6 +37,9 @@ pub enum ErrorCode {
     StorageFailed,
     /// Something inside the node broke.
     Internal,
+    /// The device ran out of memory even for this job alone (after the
+    /// batch was split down to one job); another node or a later try may fit.
+    GpuOom,
 }
 
 impl ErrorCode {
@@ -58,6 +61,7 @@ impl ErrorCode {
             Self::MeshFailed => "mesh_failed",
             Self::StorageFailed => "storage_failed",
             Self::Internal => "internal",
+            Self::GpuOom => "gpu_oom",
         }
     }
 
@@ -69,14 +73,14 @@ impl ErrorCode {
             Self::Conflict => 409,
             Self::TooLarge => 413,
             Self::Malformed | Self::Invalid | Self::UnknownModel | Self::InvalidImage => 422,
-            Self::Unavailable | Self::StorageFailed => 503,
+            Self::Unavailable | Self::StorageFailed | Self::GpuOom => 503,
             Self::InferenceFailed | Self::MeshFailed | Self::Internal => 500,
         }
     }
 
     /// Whether the same request may succeed if sent again later.
     pub fn retryable(self) -> bool {
-        matches!(self, Self::Unavailable | Self::StorageFailed | Self::Internal | Self::Stale)
+        matches!(self, Self::Unavailable | Self::StorageFailed | Self::Internal | Self::Stale | Self::GpuOom)
     }
 }
 
@@ -92,10 +96,17 @@ mod tests {
 
     #[test]
     fn codes_serialize_as_their_stable_names() {
-        for code in [ErrorCode::BadSignature, ErrorCode::InvalidImage, ErrorCode::StorageFailed] {
+        for code in [ErrorCode::BadSignature, ErrorCode::InvalidImage, ErrorCode::StorageFailed, ErrorCode::GpuOom] {
             let bytes = crate::to_cbor(&code);
             let text: String = crate::from_cbor(&bytes).unwrap();
             assert_eq!(text, code.as_str());
         }
+    }
+
+    #[test]
+    fn gpu_oom_is_a_retryable_503() {
+        assert_eq!(ErrorCode::GpuOom.as_str(), "gpu_oom");
+        assert_eq!(ErrorCode::GpuOom.status(), 503);
+        assert!(ErrorCode::GpuOom.retryable());
     }
 }

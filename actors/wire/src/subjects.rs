@@ -19,6 +19,10 @@ pub const EVENTS_WILDCARD: &str = "orfeas.events.>";
 pub const INGRESS_CONSUMER: &str = "ingress";
 /// Durable consumer of [`QUEUE_STREAM`].
 pub const SCHEDULER_CONSUMER: &str = "scheduler";
+/// Request/reply: any one node answers `ListModels` with its `ModelList`.
+pub const MODELS_LIST: &str = "orfeas.models.list";
+/// Queue group the nodes answer [`MODELS_LIST`] in (one answer per request).
+pub const NODES_QUEUE_GROUP: &str = "orfeas-nodes";
 /// KV bucket: one record per job.
 pub const JOBS_BUCKET: &str = "orfeas_jobs";
 /// KV bucket: the agent registry.

@@ -2,7 +2,9 @@
 //! `#[serde(default)]`, enums are externally tagged (ciborium decodes those
 //! reliably), unknown fields are ignored.
 
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
 use crate::{
@@ -84,6 +86,48 @@ pub struct JobParams {
     /// Store four shaded PNG previews; default true.
     #[serde(default)]
     pub previews: Option<bool>,
+    /// The model's own parameters by name (e.g. `relief`: `base_thickness`,
+    /// `max_height` in world units, `invert`), at most [`MAX_MODEL_PARAMS`].
+    /// Names and defaults are in the model's manifest (`list_models`);
+    /// values are numbers, booleans may be sent as `true`/`false` or 1/0.
+    /// Absent names take the manifest's default; unknown names are refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "model_params")]
+    pub model_params: BTreeMap<String, f64>,
+}
+
+/// Most model parameters one job may set.
+pub const MAX_MODEL_PARAMS: usize = 32;
+
+/// A map of parameter name to number, accepting CBOR floats, integers and
+/// booleans (1.0 / 0.0) as values.
+fn model_params<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<String, f64>, D::Error> {
+    struct Number(f64);
+    impl<'de> Deserialize<'de> for Number {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Visitor;
+            impl serde::de::Visitor<'_> for Visitor {
+                type Value = Number;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a number or a boolean")
+                }
+                fn visit_bool<E>(self, v: bool) -> Result<Number, E> {
+                    Ok(Number(if v { 1.0 } else { 0.0 }))
+                }
+                fn visit_i64<E>(self, v: i64) -> Result<Number, E> {
+                    Ok(Number(v as f64))
+                }
+                fn visit_u64<E>(self, v: u64) -> Result<Number, E> {
+                    Ok(Number(v as f64))
+                }
+                fn visit_f64<E>(self, v: f64) -> Result<Number, E> {
+                    Ok(Number(v))
+                }
+            }
+            deserializer.deserialize_any(Visitor)
+        }
+    }
+    let raw: BTreeMap<String, Number> = BTreeMap::deserialize(deserializer)?;
+    Ok(raw.into_iter().map(|(k, v)| (k, v.0)).collect())
 }
 
 impl JobParams {
@@ -98,6 +142,12 @@ impl JobParams {
             if !(mm.is_finite() && mm > 0.0 && mm <= MAX_SIZE_MM) {
                 return Err(format!("size_mm {mm} is outside (0, {MAX_SIZE_MM}]"));
             }
+        }
+        if self.model_params.len() > MAX_MODEL_PARAMS {
+            return Err(format!("{} model_params, at most {MAX_MODEL_PARAMS}", self.model_params.len()));
+        }
+        if let Some((name, value)) = self.model_params.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(format!("model_params.{name} = {value} is not a finite number"));
         }
         Ok(())
     }
@@ -373,6 +423,66 @@ pub struct NodeRecord {
     pub started_at_ms: u64,
 }
 
+/// Ask for the models a deployment serves (request on
+/// [`subjects::MODELS_LIST`](crate::subjects::MODELS_LIST); any one node answers).
+/// Plain CBOR, unsigned: the answer is public configuration, not a job.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListModels {}
+
+/// The answer to [`ListModels`]: the manifests of the models the answering
+/// node has loaded (every node of a deployment is meant to serve the same set).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelList {
+    /// The node that answered.
+    pub node: String,
+    /// Its models, sorted by name.
+    pub models: Vec<ModelInfo>,
+}
+
+/// One model's manifest as agents see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Name to put in `SubmitJob.model`.
+    pub name: String,
+    /// Version of the model file.
+    pub version: String,
+    /// One line.
+    #[serde(default)]
+    pub description: String,
+    /// Input [H, W] in pixels the image is resized to.
+    pub input_size: [u32; 2],
+    /// `occupancy` (value > iso is solid) or `sdf` (value < iso is solid).
+    pub output_kind: String,
+    /// Output grid [D, H, W] = world [z, y, x], samples.
+    pub grid: [u32; 3],
+    /// World bounds (x, y, z) of the first and last grid sample, model units.
+    pub bounds_min: [f32; 3],
+    /// See `bounds_min`.
+    pub bounds_max: [f32; 3],
+    /// Largest batch the model runs.
+    pub max_batch: u32,
+    /// `fp32`, `fp16` or `bf16` (on CUDA).
+    pub precision: String,
+    /// `object` (cut out and centred) or `full_frame` (the whole image).
+    #[serde(default)]
+    pub preprocess: String,
+    /// The model's parameters (`JobParams.model_params`) in column order.
+    #[serde(default)]
+    pub params: Vec<ModelParamInfo>,
+}
+
+/// One parameter a model accepts per job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelParamInfo {
+    /// Name in `model_params`.
+    pub name: String,
+    /// Value when the job does not set it.
+    pub default: f64,
+    /// A boolean (send `true`/`false` or 1/0).
+    #[serde(default)]
+    pub boolean: bool,
+}
+
 /// An admitted job on `orfeas.jobs.queue.<lane>`: validated, owned by the
 /// system, no longer signed by the agent (the node that admitted it vouches).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -449,6 +559,53 @@ mod tests {
         assert!(JobParams { target_faces: Some(50), ..Default::default() }.validate().unwrap_err().contains("50"));
         assert!(JobParams { size_mm: Some(f32::NAN), ..Default::default() }.validate().is_err());
         assert!(JobParams { size_mm: Some(80.0), target_faces: Some(20_000), ..Default::default() }.validate().is_ok());
+    }
+
+    #[test]
+    fn model_params_accept_numbers_and_booleans_and_old_encodings_stay_unchanged() {
+        use ciborium::Value;
+        let map = Value::Map(vec![(
+            Value::Text("model_params".into()),
+            Value::Map(vec![
+                (Value::Text("invert".into()), Value::Bool(true)),
+                (Value::Text("max_height".into()), Value::Float(0.5)),
+                (Value::Text("steps".into()), Value::Integer(3.into())),
+            ]),
+        )]);
+        let params: JobParams = crate::from_cbor(&crate::to_cbor(&map)).unwrap();
+        assert_eq!(params.model_params, BTreeMap::from([("invert".into(), 1.0), ("max_height".into(), 0.5), ("steps".into(), 3.0)]));
+        let text = Value::Map(vec![(Value::Text("model_params".into()), Value::Map(vec![(Value::Text("x".into()), Value::Text("high".into()))]))]);
+        assert!(crate::from_cbor::<JobParams>(&crate::to_cbor(&text)).is_err());
+        // Jobs without model parameters encode exactly as before the field existed.
+        let plain = JobParams { target_faces: Some(500), ..Default::default() };
+        let decoded: Value = crate::from_cbor(&crate::to_cbor(&plain)).unwrap();
+        assert_eq!(decoded.as_map().unwrap().len(), 5);
+        let nan = JobParams { model_params: BTreeMap::from([("h".into(), f64::NAN)]), ..Default::default() };
+        assert!(nan.validate().unwrap_err().contains("model_params.h"));
+    }
+
+    #[test]
+    fn model_list_round_trips() {
+        let list = ModelList {
+            node: "n1".into(),
+            models: vec![ModelInfo {
+                name: "relief".into(),
+                version: "1.0.0".into(),
+                description: String::new(),
+                input_size: [128, 128],
+                output_kind: "occupancy".into(),
+                grid: [48, 96, 96],
+                bounds_min: [-1.0; 3],
+                bounds_max: [1.0; 3],
+                max_batch: 16,
+                precision: "fp32".into(),
+                preprocess: "full_frame".into(),
+                params: vec![ModelParamInfo { name: "invert".into(), default: 0.0, boolean: true }],
+            }],
+        };
+        let back: ModelList = crate::from_cbor(&crate::to_cbor(&list)).unwrap();
+        assert_eq!(back, list);
+        let _: ListModels = crate::from_cbor(&crate::to_cbor(&ListModels {})).unwrap();
     }
 
     #[test]
