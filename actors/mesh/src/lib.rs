@@ -14,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+mod coarsen;
 mod decimate;
 mod error;
 mod extract;
