@@ -66,6 +66,18 @@ pub struct ShapeArgs {
     /// No preview renders.
     #[arg(long)]
     pub no_previews: bool,
+    /// Also texture the mesh with the image (GLB embeds it; OBJ comes with .mtl and .png).
+    #[arg(long)]
+    pub texture: bool,
+    /// Printer build volume x,y,z in mm (Z up) the report checks the object against [default: 256,256,256].
+    #[arg(long, value_parser = parse_xyz, value_name = "X,Y,Z")]
+    pub build_volume_mm: Option<[f32; 3]>,
+}
+
+/// `x,y,z` → three numbers.
+fn parse_xyz(text: &str) -> Result<[f32; 3], String> {
+    let values: Vec<f32> = text.split(',').map(|v| v.trim().parse::<f32>().map_err(|e| format!("{v:?}: {e}"))).collect::<Result<_, _>>()?;
+    values.try_into().map_err(|v: Vec<f32>| format!("need three numbers x,y,z, got {}", v.len()))
 }
 
 /// `orfeas mesh`
@@ -100,6 +112,17 @@ pub struct MeshArgs {
     /// Also write PNG previews next to the output.
     #[arg(long)]
     pub previews: bool,
+    /// Printer build volume x,y,z in mm (Z up) the report checks the object against [default: 256,256,256].
+    #[arg(long, value_parser = parse_xyz, value_name = "X,Y,Z")]
+    pub build_volume_mm: Option<[f32; 3]>,
+    /// Colour the vertices from this image (PNG, JPEG, WebP), stretched over the x/y bounds
+    /// as seen from the front (+z), top row at the largest y.
+    #[arg(long, value_name = "IMAGE", conflicts_with = "texture")]
+    pub colour: Option<PathBuf>,
+    /// As --colour, and texture the mesh with the image: GLB embeds it, OBJ comes with
+    /// OUT.mtl and OUT.png (PLY and 3MF keep vertex colours, STL has none).
+    #[arg(long, value_name = "IMAGE")]
+    pub texture: Option<PathBuf>,
 }
 
 /// `orfeas generate`
@@ -211,6 +234,8 @@ impl ShapeArgs {
             smooth: self.no_smooth.then_some(false),
             colour: self.no_colour.then_some(false),
             previews: self.no_previews.then_some(false),
+            texture: self.texture,
+            build_volume_mm: self.build_volume_mm,
         }
     }
 }
