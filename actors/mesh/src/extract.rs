@@ -121,6 +121,8 @@ struct Sweep<'v> {
     /// z edges between the planes, 1 slot per sample.
     cross_edges: Slab,
     tables: Tables,
+    /// Scratch: the solid bit of each sample of the plane being loaded.
+    bits: Vec<u8>,
     solid: usize,
     positions: Vec<[f32; 3]>,
     indices: Vec<[u32; 3]>,
@@ -148,6 +150,7 @@ impl<'v> Sweep<'v> {
             upper_edges: Slab::new(2 * n),
             cross_edges: Slab::new(n),
             tables: Tables::new(),
+            bits: vec![0; n],
             solid: 0,
             positions: Vec::new(),
             indices: Vec::new(),
@@ -162,7 +165,6 @@ impl<'v> Sweep<'v> {
         let (px_n, py_n) = (self.px_n, self.py_n);
         let [nz, ny, nx] = self.volume.dims;
         let plane = &mut self.upper;
-        plane.f.fill(f32::NAN);
         if (1..=nz).contains(&p) {
             let src = &self.volume.data[(p - 1) * ny * nx..p * ny * nx];
             for (row, dst) in src
@@ -173,24 +175,27 @@ impl<'v> Sweep<'v> {
                     *d = self.volume.signed(v);
                 }
             }
+            // The padding ring is never written, so it stays NaN from `Sweep::new`.
+        } else {
+            plane.f.fill(f32::NAN);
         }
-        let solid = |v: f32| (v < 0.0) as u8;
-        let mut count = 0usize;
+        // One solid bit per sample (NaN padding is empty), then each square's four bits
+        // from two rows of them: no loop-carried state, so both passes vectorise.
+        for (bit, &v) in self.bits.iter_mut().zip(&plane.f) {
+            *bit = (v < 0.0) as u8;
+        }
+        let count: usize = self.bits.iter().map(|&b| usize::from(b)).sum();
         for py in 0..py_n - 1 {
-            let row = &plane.f[py * px_n..(py + 2) * px_n];
-            let (lo, hi) = row.split_at(px_n);
-            let quad = &mut plane.quad[py * px_n..(py + 1) * px_n];
-            let mut left = solid(lo[0]) | solid(hi[0]) << 2;
-            for px in 0..px_n - 1 {
-                let (a, b) = (solid(lo[px + 1]), solid(hi[px + 1]));
-                count += a as usize;
-                let right = a << 1 | b << 3;
-                quad[px] = left | right;
-                left = right >> 1;
+            let (lo, hi) = (
+                &self.bits[py * px_n..][..px_n],
+                &self.bits[(py + 1) * px_n..][..px_n],
+            );
+            let quad = &mut plane.quad[py * px_n..][..px_n - 1];
+            let corners = lo.iter().zip(&lo[1..]).zip(hi.iter().zip(&hi[1..]));
+            for (q, ((&a, &b), (&c, &d))) in quad.iter_mut().zip(corners) {
+                *q = a | b << 1 | c << 2 | d << 3;
             }
         }
-        // Counting the lower-right corner of every square visits rows 0..py_n - 1 and
-        // columns 1..px_n once each; that covers every real sample (the rest is padding).
         self.solid += count;
     }
 
@@ -198,14 +203,30 @@ impl<'v> Sweep<'v> {
     /// advances to the next layer.
     fn layer(&mut self, k: usize) -> Result<(), MeshError> {
         let px_n = self.px_n;
+        // Eight squares whose corners are all empty (0) or all solid (0x0f) in both
+        // planes hold no surface; most of a volume is like that, so skip them a word at
+        // a time.
+        const ALL_SOLID: u64 = 0x0f0f_0f0f_0f0f_0f0f;
+        let word = |q: &[u8], i: usize| {
+            q.get(i..i + 8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([1; 8])))
+        };
         for py in 0..self.py_n - 1 {
-            for px in 0..px_n - 1 {
+            let mut px = 0;
+            while px < px_n - 1 {
                 let i = py * px_n + px;
-                let mask = self.lower.quad[i] | self.upper.quad[i] << 4;
-                if mask == 0 || mask == 0xff {
-                    continue;
+                if px + 8 <= px_n - 1 {
+                    let (a, b) = (word(&self.lower.quad, i), word(&self.upper.quad, i));
+                    if a == b && (a == Some(0) || a == Some(ALL_SOLID)) {
+                        px += 8;
+                        continue;
+                    }
                 }
-                self.cube(k, py, px, mask)?;
+                let mask = self.lower.quad[i] | self.upper.quad[i] << 4;
+                if mask != 0 && mask != 0xff {
+                    self.cube(k, py, px, mask)?;
+                }
+                px += 1;
             }
         }
         std::mem::swap(&mut self.lower, &mut self.upper);
