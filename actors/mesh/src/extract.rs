@@ -215,7 +215,7 @@ impl<'v> Sweep<'v> {
             let mut px = 0;
             while px < px_n - 1 {
                 let i = py * px_n + px;
-                if px + 8 <= px_n - 1 {
+                if px + 8 < px_n {
                     let (a, b) = (word(&self.lower.quad, i), word(&self.upper.quad, i));
                     if a == b && (a == Some(0) || a == Some(ALL_SOLID)) {
                         px += 8;

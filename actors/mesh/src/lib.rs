@@ -1,13 +1,15 @@
 //! orfeas mesh pipeline: pure geometry, no async.
 //!
 //! A scalar [`Volume`] (occupancy or signed distance) becomes a closed, consistently
-//! oriented, welded triangle [`Mesh`] through [`extract`]; [`remove_floaters`] drops small
-//! disconnected pieces; [`smooth`] removes grid terracing; [`decimate`] reduces the face
-//! count with meshoptimizer and repairs what it breaks ([`clean`], [`repair`]); [`check`]
-//! measures the topology and [`print_report`] says whether and why not a mesh can be
-//! printed. [`process`] runs all of it with [`MeshOptions`]; [`export`] writes GLB, STL,
-//! OBJ, PLY or 3MF at a real-world size; [`render_previews`] draws PNG previews;
-//! [`read_npy`] loads a volume saved by NumPy.
+//! oriented, welded triangle [`Mesh`] through [`extract`] (marching cubes);
+//! [`remove_floaters`] drops small disconnected pieces; [`smooth`] removes grid
+//! terracing; [`decimate`] reduces the face count with meshoptimizer and repairs what it
+//! breaks ([`clean`], [`repair`]); [`check`] measures the topology and [`print_report`] says whether and why not a mesh can be
+//! printed. [`process`] runs all of it with [`MeshOptions`] (extracting from a coarser
+//! grid when the face target allows); [`project_colours`] and [`project_texture`] colour
+//! the result from the input image; [`export`] and [`export_files`] write GLB, STL, OBJ
+//! (+ MTL and PNG when textured), PLY or 3MF at a real-world size; [`render_previews`]
+//! draws PNG previews; [`read_npy`] loads a volume saved by NumPy.
 //!
 //! World space is Y-up (glTF's convention). Print formats convert to the Z-up frame
 //! printers expect, resting on z = 0.
