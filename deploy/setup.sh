@@ -14,7 +14,7 @@ set -euo pipefail
 
 TORCH_VERSION=2.13.0          # tch 0.26 is built against exactly this
 NATS_SERVER_VERSION=2.15.1    # supported: 2.10 and newer, see md/operations.md
-ORACLES="numpy==2.4.6 trimesh==5.2.0 manifold3d==3.5.4 lxml==6.1.3 networkx==3.6.1 nats-py==2.16.0 cbor2==6.2.1 pynacl==1.6.2"
+ORACLES="numpy==2.4.6 trimesh==5.2.0 manifold3d==3.5.4 lxml==6.1.3 networkx==3.6.1 pillow==13.0.0 nats-py==2.16.0 cbor2==6.2.1 pynacl==1.6.2"
 GLTF_VALIDATOR=gltf-validator@2.0.0-dev.3.10   # Khronos validator (npm), test oracle for GLB
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

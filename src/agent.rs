@@ -78,16 +78,31 @@ pub fn output_path(output: Option<&Path>, image: &Path, format: Format) -> PathB
     }
 }
 
-/// Copy a result file from its URL (a `file://` URL of a local store).
-pub fn fetch(file: &ResultFile, to: &Path) -> Result<()> {
-    let Some(path) = file.url.strip_prefix("file://") else {
-        bail!("cannot fetch {}: only file:// results are supported by this command", file.url);
+/// Copy a result file from its URL (a `file://` URL of a local store) to
+/// `to`, and its parts beside it under their names; returns the paths written.
+pub fn fetch(file: &ResultFile, to: &Path) -> Result<Vec<PathBuf>> {
+    let copy = |url: &str, to: &Path| -> Result<()> {
+        let Some(path) = url.strip_prefix("file://") else {
+            bail!("cannot fetch {url}: only file:// results are supported by this command");
+        };
+        if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(path, to).with_context(|| format!("copying {path} to {}", to.display()))?;
+        Ok(())
     };
-    if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
+    copy(&file.url, to)?;
+    let mut written = vec![to.to_path_buf()];
+    for part in &file.parts {
+        // The name comes from the node: a plain file name, never a path.
+        if part.name.is_empty() || part.name.contains(['/', '\\']) || part.name.starts_with('.') {
+            bail!("result part name {:?} is not a plain file name", part.name);
+        }
+        let beside = to.with_file_name(&part.name);
+        copy(&part.url, &beside)?;
+        written.push(beside);
     }
-    std::fs::copy(path, to).with_context(|| format!("copying {path} to {}", to.display()))?;
-    Ok(())
+    Ok(written)
 }
 
 /// One line describing an event.

@@ -172,6 +172,12 @@ pub struct ShapeArgs {
     /// (`orfeas models` lists each model's parameters).
     #[arg(long = "param", value_parser = parse_model_param)]
     pub model_params: Vec<(String, f64)>,
+    /// Also texture the mesh with the image (GLB embeds it; OBJ comes with .mtl and .png).
+    #[arg(long)]
+    pub texture: bool,
+    /// Printer build volume x,y,z in mm (Z up) the report checks the object against [default: 256,256,256].
+    #[arg(long, value_parser = parse_xyz, value_name = "X,Y,Z")]
+    pub build_volume_mm: Option<[f32; 3]>,
 }
 
 fn parse_model_param(text: &str) -> Result<(String, f64), String> {
@@ -182,6 +188,12 @@ fn parse_model_param(text: &str) -> Result<(String, f64), String> {
         v => v.parse().map_err(|_| format!("{value:?} is not a number or true/false"))?,
     };
     Ok((name.trim().to_string(), value))
+}
+
+/// `x,y,z` → three numbers.
+fn parse_xyz(text: &str) -> Result<[f32; 3], String> {
+    let values: Vec<f32> = text.split(',').map(|v| v.trim().parse::<f32>().map_err(|e| format!("{v:?}: {e}"))).collect::<Result<_, _>>()?;
+    values.try_into().map_err(|v: Vec<f32>| format!("need three numbers x,y,z, got {}", v.len()))
 }
 
 /// `orfeas mesh`
@@ -216,6 +228,17 @@ pub struct MeshArgs {
     /// Also write PNG previews next to the output.
     #[arg(long)]
     pub previews: bool,
+    /// Printer build volume x,y,z in mm (Z up) the report checks the object against [default: 256,256,256].
+    #[arg(long, value_parser = parse_xyz, value_name = "X,Y,Z")]
+    pub build_volume_mm: Option<[f32; 3]>,
+    /// Colour the vertices from this image (PNG, JPEG, WebP), stretched over the x/y bounds
+    /// as seen from the front (+z), top row at the largest y.
+    #[arg(long, value_name = "IMAGE", conflicts_with = "texture")]
+    pub colour: Option<PathBuf>,
+    /// As --colour, and texture the mesh with the image: GLB embeds it, OBJ comes with
+    /// OUT.mtl and OUT.png (PLY and 3MF keep vertex colours, STL has none).
+    #[arg(long, value_name = "IMAGE")]
+    pub texture: Option<PathBuf>,
 }
 
 /// `orfeas generate`
@@ -328,6 +351,8 @@ impl ShapeArgs {
             colour: self.no_colour.then_some(false),
             previews: self.no_previews.then_some(false),
             model_params: self.model_params.iter().cloned().collect(),
+            texture: self.texture,
+            build_volume_mm: self.build_volume_mm,
         }
     }
 }

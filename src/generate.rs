@@ -23,6 +23,10 @@ const LOCAL_AGENT: &str = "local";
 pub async fn run(config: Config, args: GenerateArgs) -> Result<usize> {
     let formats = agent::formats(&args.format)?;
     args.shape.params().validate().map_err(anyhow::Error::msg)?;
+    if args.shape.texture && formats.contains(&Format::Obj) && args.images.len() > 1 {
+        // Every textured OBJ names its parts model.mtl and model.png: side by side they would overwrite each other.
+        bail!("--texture with obj output takes one image per run (or use glb, which embeds the texture)");
+    }
     for image in &args.images {
         if !image.is_file() {
             bail!("{} does not exist", image.display());
@@ -89,8 +93,7 @@ async fn submit_all(node: &node::RunningNode, deployment: &str, args: &GenerateA
                 let mut written: Vec<PathBuf> = Vec::new();
                 for file in &results {
                     let to = agent::output_path(args.output.as_deref(), &image, file.format);
-                    agent::fetch(file, &to)?;
-                    written.push(to);
+                    written.extend(agent::fetch(file, &to)?);
                 }
                 bar.set_position(100);
                 let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();

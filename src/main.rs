@@ -132,10 +132,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     for file in &results {
                         let to = agent::output_path(args.output.as_deref(), &args.image, file.format);
                         if args.output.is_some() {
-                            agent::fetch(file, &to)?;
-                            println!("wrote {}", to.display());
+                            for path in agent::fetch(file, &to)? {
+                                println!("wrote {}", path.display());
+                            }
                         } else {
                             println!("{} {}", file.format.extension(), file.url);
+                            for part in &file.parts {
+                                println!("  {} {}", part.name, part.url);
+                            }
                         }
                     }
                     Ok(ExitCode::SUCCESS)

@@ -105,3 +105,40 @@ fn cli_mesh_turns_a_volume_into_a_printable_file() {
     let bad = orfeas(&["mesh", dir.path().join("junk.npy").to_str().unwrap(), "-o", out.to_str().unwrap()]);
     assert!(!bad.status.success() && text(&bad.stderr).contains("is not a float32 C-order 3-D .npy"), "{}", text(&bad.stderr));
 }
+
+#[test]
+fn cli_mesh_textures_colours_and_checks_the_build_volume() {
+    let dir = tempfile::tempdir().unwrap();
+    let npy = dir.path().join("sphere.npy");
+    std::fs::write(&npy, sphere_npy(40, 0.7)).unwrap();
+    // Left half red, right half blue.
+    let png = dir.path().join("front.png");
+    image::RgbaImage::from_fn(16, 16, |x, _| if x < 8 { image::Rgba([220, 20, 20, 255]) } else { image::Rgba([20, 20, 220, 255]) }).save(&png).unwrap();
+    let (png, npy) = (png.to_str().unwrap(), npy.to_str().unwrap());
+
+    // A textured OBJ: the MTL and PNG it names sit beside it, and trimesh reads the texture.
+    let obj = dir.path().join("ball.obj");
+    let args = ["mesh", npy, "-o", obj.to_str().unwrap(), "--faces", "2000", "--size-mm", "40", "--texture", png, "--build-volume-mm", "30,30,30"];
+    let result = orfeas(&args);
+    let stdout = text(&result.stdout);
+    assert!(result.status.success(), "{stdout}\n{}", text(&result.stderr));
+    assert!(dir.path().join("ball.mtl").is_file() && dir.path().join("ball.png").is_file(), "{stdout}");
+    assert!(std::fs::read_to_string(&obj).unwrap().contains("mtllib ball.mtl"));
+    let verdict = common::trimesh_check(&obj);
+    assert!(verdict.watertight && verdict.visual == "texture", "{verdict:?}");
+    // 40 mm does not fit a 30 mm printer, and the report says so.
+    assert!(stdout.contains("fits build volume: false") && stdout.contains("exceeds the build volume 30 × 30 × 30 mm"), "{stdout}");
+
+    // A textured GLB is one file; a coloured PLY carries the image's colours per vertex.
+    let glb = dir.path().join("ball.glb");
+    let result = orfeas(&["mesh", npy, "-o", glb.to_str().unwrap(), "--faces", "2000", "--texture", png]);
+    assert!(result.status.success(), "{}", text(&result.stderr));
+    assert_eq!(common::trimesh_check(&glb).visual, "texture");
+    let ply = dir.path().join("ball.ply");
+    let result = orfeas(&["mesh", npy, "-o", ply.to_str().unwrap(), "--faces", "2000", "--colour", png]);
+    assert!(result.status.success(), "{}", text(&result.stderr));
+    let verdict = common::trimesh_check(&ply);
+    assert!(verdict.watertight && verdict.visual == "vertex", "{verdict:?}");
+    let bad = orfeas(&["mesh", npy, "-o", ply.to_str().unwrap(), "--colour", png, "--texture", png]);
+    assert!(!bad.status.success(), "--colour and --texture exclude each other");
+}

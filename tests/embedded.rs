@@ -74,6 +74,22 @@ fn embedded_generate_writes_files_and_never_leaves_a_server() {
         assert!(verdict.faces <= 4400, "{ext}: {verdict:?}");
     }
 
+    // Textured: the GLB embeds the image; the OBJ's MTL and PNG (its result parts) land beside it.
+    let result = generate()
+        .arg(repo().join("examples/star.png"))
+        .args(["--format", "obj,glb", "--texture", "--faces", "4000", "-o"])
+        .arg(out.path().join("textured/star.obj"))
+        .output()
+        .unwrap();
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let obj = std::fs::read_to_string(out.path().join("textured/star.obj")).unwrap();
+    assert!(obj.contains("mtllib model.mtl"), "the OBJ names its material library");
+    assert!(out.path().join("textured/model.png").is_file());
+    for ext in ["obj", "glb"] {
+        let verdict = common::trimesh_check(&out.path().join(format!("textured/star.{ext}")));
+        assert!(verdict.watertight && verdict.visual == "texture", "{ext}: {verdict:?}");
+    }
+
     // 2. Failure (a file that is not an image): non-zero exit, clear message.
     let bogus = out.path().join("notes.png");
     std::fs::write(&bogus, "just text").unwrap();

@@ -18,9 +18,9 @@
 use std::{sync::Arc, time::{Duration, Instant}};
 
 use image::RgbaImage;
-use orfeas_mesh::{ExportFormat, Inside, Mesh, MeshOptions, Volume};
+use orfeas_mesh::{ExportFile, ExportFormat, Image, ImagePlane, Inside, Mesh, MeshOptions, Volume};
 use orfeas_wire::{
-    v1::{EventKind, Failure, Format, MeshStats, Preview, PrintReport, ResultFile, Stage},
+    v1::{EventKind, Failure, Format, MeshStats, Preview, PrintReport, ResultFile, ResultPart, Stage},
     ErrorCode,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -33,7 +33,6 @@ use crate::{
     metrics,
     model::{Manifest, OutputKind},
     now_ms,
-    preprocess::colour_at,
     roster::Roster,
     scheduler::{Outcome, SchedulerMsg},
     store::ResultStore,
@@ -53,7 +52,8 @@ pub struct VolumeJob {
     pub data: Vec<f32>,
     /// The model that made it.
     pub manifest: Arc<Manifest>,
-    /// The prepared input image, for vertex colours.
+    /// The prepared input image (spanning the model's x/y bounds), for vertex colours
+    /// and the texture.
     pub image: RgbaImage,
 }
 
@@ -153,9 +153,16 @@ async fn deliver(job: VolumeJob, meshing: Arc<Semaphore>, store: &ResultStore, e
         async move { store.put(&key, bytes).await.map_err(|e| Failure::new(ErrorCode::StorageFailed, e.to_string())) }
     };
     let mut results = Vec::with_capacity(made.files.len());
-    for (format, bytes) in made.files {
-        let stored = put(format!("model.{}", format.extension()), bytes).await?;
-        results.push(ResultFile { format, location: stored.key, url: stored.url, bytes: stored.bytes, sha256: stored.sha256 });
+    for (format, files) in made.files {
+        // The first file is the result; the rest are parts it names (a textured OBJ's MTL and PNG).
+        let mut stored_files = Vec::with_capacity(files.len());
+        for file in files {
+            stored_files.push((file.name.clone(), put(file.name, file.bytes).await?));
+        }
+        let mut stored_files = stored_files.into_iter();
+        let Some((_, stored)) = stored_files.next() else { continue };
+        let parts = stored_files.map(|(name, p)| ResultPart { name, location: p.key, url: p.url, bytes: p.bytes, sha256: p.sha256 }).collect();
+        results.push(ResultFile { format, location: stored.key, url: stored.url, bytes: stored.bytes, sha256: stored.sha256, parts });
     }
     let mut previews = Vec::with_capacity(made.previews.len());
     for (view, png) in made.previews {
@@ -168,8 +175,8 @@ async fn deliver(job: VolumeJob, meshing: Arc<Semaphore>, store: &ResultStore, e
 
 /// Everything made from one volume.
 pub struct Made {
-    /// Requested formats, encoded.
-    pub files: Vec<(Format, Vec<u8>)>,
+    /// Requested formats, encoded: the file itself first (`model.<ext>`), then the parts it names.
+    pub files: Vec<(Format, Vec<ExportFile>)>,
     /// PNG previews by view name.
     pub previews: Vec<(String, Vec<u8>)>,
     /// Mesh facts.
@@ -211,6 +218,7 @@ pub fn mesh_and_export(job: &VolumeJob, formats: &[Format], exporting: impl FnOn
         smooth: params.smooth.unwrap_or(true),
         floater_fraction: FLOATER_FRACTION,
         size_mm: params.size_mm,
+        build_volume_mm: params.build_volume_mm.unwrap_or(orfeas_mesh::DEFAULT_BUILD_VOLUME_MM),
         ..MeshOptions::default()
     };
     let mesh_failure = |e: orfeas_mesh::MeshError| Failure::new(ErrorCode::MeshFailed, format!("{} ({})", e, e.code()));
@@ -219,15 +227,19 @@ pub fn mesh_and_export(job: &VolumeJob, formats: &[Format], exporting: impl FnOn
         tracing::debug!(job_id = %job.ticket.job.job_id, note, "mesh pipeline");
     }
     let mut mesh: Mesh = processed.mesh;
+    // Colours and UVs follow the final vertices, so they are projected after
+    // smoothing and decimation moved or dropped vertices.
+    let (width, height) = job.image.dimensions();
+    let image = Image::new(width, height, job.image.as_raw().clone()).map_err(mesh_failure)?;
+    let plane = ImagePlane { min: [m.bounds_min[0], m.bounds_min[1]], max: [m.bounds_max[0], m.bounds_max[1]] };
     if params.colour.unwrap_or(true) {
-        // Colours follow the final vertices, so they are projected after
-        // smoothing and decimation moved or dropped vertices.
-        mesh.colors = Some(mesh.positions.iter().map(|p| colour_at(&job.image, m.bounds_min, m.bounds_max, p[0], p[1])).collect());
+        mesh.colors = Some(orfeas_mesh::project_colours(&mesh, &image, &plane));
     }
+    let texture = params.texture.then(|| orfeas_mesh::project_texture(&mesh, &image, &plane));
     exporting();
     let mut files = Vec::with_capacity(formats.len());
     for &format in formats {
-        files.push((format, orfeas_mesh::export(&mesh, export_format(format), params.size_mm).map_err(mesh_failure)?));
+        files.push((format, orfeas_mesh::export_files(&mesh, export_format(format), params.size_mm, texture.as_ref(), "model").map_err(mesh_failure)?));
     }
     let previews = if params.previews.unwrap_or(true) { orfeas_mesh::render_previews(&mesh, PREVIEW_SIZE) } else { Vec::new() };
     let topology = orfeas_mesh::check(&mesh);
@@ -371,8 +383,9 @@ mod tests {
         assert_eq!(stats.components, 1, "the handle is attached: one piece");
         assert!(stats.volume > 0.05);
         assert_eq!(made.files.iter().map(|(f, _)| *f).collect::<Vec<_>>(), Format::ALL.to_vec());
-        assert_eq!(made.files[1].1.len() as u64, 84 + 50 * stats.faces);
-        assert_eq!(&made.files[0].1[..4], b"glTF");
+        assert!(made.files.iter().all(|(f, files)| files.len() == 1 && files[0].name == format!("model.{}", f.extension())));
+        assert_eq!(made.files[1].1[0].bytes.len() as u64, 84 + 50 * stats.faces);
+        assert_eq!(&made.files[0].1[0].bytes[..4], b"glTF");
         assert!(made.report.problems.is_empty() || !made.report.closed, "{:?}", made.report);
         assert!(made.report.closed && made.report.two_manifold && made.report.winding_consistent);
         assert_eq!(made.previews.len(), 4);
@@ -381,7 +394,16 @@ mod tests {
         // Parameters are honoured: decimation, size, no colour, no previews.
         let mut params_job = volume_job;
         let mut admitted = (*params_job.ticket.job).clone();
-        admitted.params = orfeas_wire::v1::JobParams { target_faces: Some(5_000), size_mm: Some(50.0), colour: Some(false), previews: Some(false), smooth: Some(false), ..Default::default() };
+        admitted.params = orfeas_wire::v1::JobParams {
+            target_faces: Some(5_000),
+            size_mm: Some(50.0),
+            colour: Some(false),
+            previews: Some(false),
+            smooth: Some(false),
+            texture: false,
+            build_volume_mm: Some([40.0, 40.0, 40.0]),
+            ..Default::default()
+        };
         params_job.ticket = Ticket::new(admitted, 1, 1);
         let made = mesh_and_export(&params_job, &[Format::Stl], || {}).unwrap();
         assert!(made.stats.faces <= 5_500, "decimated to about the target: {}", made.stats.faces);
@@ -389,5 +411,21 @@ mod tests {
         let longest = made.report.bbox_mm.iter().cloned().fold(0.0f32, f32::max);
         assert!((longest - 50.0).abs() < 0.5, "longest side {longest} mm");
         assert!(made.previews.is_empty());
+        assert_eq!(made.report.build_volume_mm, [40.0; 3]);
+        assert!(!made.report.fits_build_volume && made.report.problems.iter().any(|p| p.contains("build volume")), "{:?}", made.report);
+
+        // Texture on: the GLB embeds the image, the OBJ comes with its MTL and PNG.
+        let mut textured_job = params_job;
+        let mut admitted = (*textured_job.ticket.job).clone();
+        admitted.params = orfeas_wire::v1::JobParams { target_faces: Some(5_000), texture: true, ..Default::default() };
+        textured_job.ticket = Ticket::new(admitted, 1, 1);
+        let made = mesh_and_export(&textured_job, &[Format::Glb, Format::Obj], || {}).unwrap();
+        let glb = &made.files[0].1;
+        assert_eq!(glb.len(), 1);
+        let glb_text = String::from_utf8_lossy(&glb[0].bytes);
+        assert!(glb_text.contains("TEXCOORD_0") && glb_text.contains("baseColorTexture") && glb_text.contains("image/png"));
+        let names: Vec<&str> = made.files[1].1.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["model.obj", "model.mtl", "model.png"]);
+        assert!(made.files[1].1[2].bytes.starts_with(b"\x89PNG"));
     }
 }

@@ -311,6 +311,8 @@ pub struct TrimeshVerdict {
     pub watertight: bool,
     pub winding_consistent: bool,
     pub volume: f64,
+    /// trimesh's visual kind: `texture`, `vertex`, `face` or `none`.
+    pub visual: String,
 }
 
 /// Run trimesh on `path` through the set-up venv's Python (`ORFEAS_PYTHON`).
@@ -324,6 +326,7 @@ pub fn trimesh_check(path: &Path) -> TrimeshVerdict {
         watertight: v["watertight"].as_bool().unwrap(),
         winding_consistent: v["winding_consistent"].as_bool().unwrap(),
         volume: v["volume"].as_f64().unwrap(),
+        visual: v["visual"].as_str().unwrap_or("none").to_string(),
     }
 }
 

@@ -1,7 +1,8 @@
 """Independent check of mesh files written by orfeas, with trimesh.
 
 Usage: python trimesh_check.py FILE...
-Prints one JSON object per file: faces, watertight, winding_consistent, volume.
+Prints one JSON object per file: faces, watertight, winding_consistent, volume,
+visual (trimesh's visual kind: texture, vertex, face or null).
 """
 import json
 import sys
@@ -18,6 +19,7 @@ def main() -> None:
             "watertight": bool(mesh.is_watertight),
             "winding_consistent": bool(mesh.is_winding_consistent),
             "volume": float(mesh.volume),
+            "visual": mesh.visual.kind,
         }))
 
 

@@ -4,16 +4,16 @@
 //! ```text
 //! cargo run --release -p orfeas-mesh --example bench_pipeline [n ...]
 //! ```
-//! Sizes default to 128 256 512. Extraction: best of 3. Postprocess (extract → floaters
-//! → Taubin smoothing → meshoptimizer to 40 k with validation/repair → print report →
-//! normals + GLB): best of 3, with the stages of the last run. Single-threaded except the
-//! previews (4 threads).
+//! Sizes default to 128 256 512. Extraction (full resolution): best of 3. Postprocess
+//! (`process` to 40 k faces: extract, with coarsening when allowed → floaters → Taubin
+//! smoothing → meshoptimizer with validation/repair → print report; then normals + GLB),
+//! with and without coarsening: best of 3, with that run's stages and its distance to
+//! the true surface. Single-threaded except the previews (4 threads).
 
 use std::time::{Duration, Instant};
 
 use orfeas_mesh::{
-    decimate, export, extract, print_report, remove_floaters, render_previews, smooth,
-    ExportFormat, Inside, MeshOptions, Volume,
+    export, extract, process, render_previews, ExportFormat, Inside, Mesh, MeshOptions, Volume,
 };
 
 fn shape(x: f32, y: f32, z: f32) -> f32 {
@@ -46,6 +46,22 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// Mean and largest distance from the mesh (vertices and face centroids) to the true
+/// surface, in world units.
+fn surface_error(mesh: &Mesh) -> (f64, f64) {
+    let mut points: Vec<[f32; 3]> = mesh.positions.clone();
+    points.extend(mesh.indices.iter().map(|f| {
+        let [a, b, c] = f.map(|v| mesh.positions[v as usize]);
+        std::array::from_fn(|i| (a[i] + b[i] + c[i]) / 3.0)
+    }));
+    let d: Vec<f64> = points
+        .iter()
+        .map(|p| f64::from(shape(p[0], p[1], p[2]).abs()))
+        .collect();
+    let mean = d.iter().sum::<f64>() / d.len() as f64;
+    (mean, d.iter().copied().fold(0.0, f64::max))
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut sizes: Vec<usize> = std::env::args()
         .skip(1)
@@ -54,10 +70,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if sizes.is_empty() {
         sizes = vec![128, 256, 512];
     }
-    let options = MeshOptions {
-        target_faces: Some(40_000),
-        ..MeshOptions::default()
-    };
     for n in sizes {
         let data = sample(n);
         let volume = Volume {
@@ -78,49 +90,54 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         println!("{n}³ extract: {:.1} ms, {faces} faces", ms(best_extract));
 
-        let mut best_total = Duration::MAX;
-        let mut stages = Vec::new();
-        let mut summary = String::new();
-        for _ in 0..3 {
-            stages.clear();
-            let t0 = Instant::now();
-            let mut lap = Instant::now();
-            let mut stage = |name: &'static str, stages: &mut Vec<(&str, Duration)>| {
-                stages.push((name, lap.elapsed()));
-                lap = Instant::now();
+        for coarsen in [true, false] {
+            let options = MeshOptions {
+                target_faces: Some(40_000),
+                coarsen,
+                ..MeshOptions::default()
             };
-            let mesh = extract(&volume)?;
-            stage("extract", &mut stages);
-            let mut mesh = remove_floaters(&mesh, options.floater_fraction);
-            stage("floaters", &mut stages);
-            smooth(&mut mesh, options.smooth_iterations);
-            stage("smooth", &mut stages);
-            let decimated = decimate(&mesh, 40_000, options.decimate_max_error);
-            stage("decimate+validate", &mut stages);
-            let report = print_report(&decimated.mesh, &options);
-            stage("report", &mut stages);
-            let glb = export(&decimated.mesh, ExportFormat::Glb, None)?;
-            stage("normals+glb", &mut stages);
-            let total = t0.elapsed();
-            best_total = best_total.min(total);
-            summary = format!(
-                "{} faces, printable {}, self-intersections {:?}, notes {:?}, glb {} bytes",
-                decimated.mesh.indices.len(),
-                report.is_printable(),
-                report.self_intersections,
-                decimated.notes,
-                glb.len()
-            );
+            let mut best = Duration::MAX;
+            let mut line = String::new();
+            for _ in 0..3 {
+                let t0 = Instant::now();
+                let processed = process(&volume, &options)?;
+                let t = Instant::now();
+                let glb = export(&processed.mesh, ExportFormat::Glb, None)?;
+                let glb_time = t.elapsed();
+                let total = t0.elapsed();
+                if total >= best {
+                    continue;
+                }
+                best = total;
+                let r = &processed.report;
+                let (mean, max) = surface_error(&processed.mesh);
+                let step = 2.0 / 255.0;
+                let stages: Vec<String> = processed
+                    .stages
+                    .iter()
+                    .map(|(s, d)| format!("{s} {:.0}", ms(*d)))
+                    .chain([format!("normals+glb {:.0}", ms(glb_time))])
+                    .collect();
+                line = format!(
+                    "{:.0} ms ({} ms) — {} faces, closed {} manifold {} printable {}, \
+                     self-intersections {:?}, volume {:.4}, surface error mean {:.3} max {:.3} \
+                     (256³ steps), glb {} bytes, notes {:?}",
+                    ms(total),
+                    stages.join(", "),
+                    r.faces,
+                    r.closed,
+                    r.two_manifold,
+                    r.is_printable(),
+                    r.self_intersections,
+                    r.volume_mm3,
+                    mean / step,
+                    max / step,
+                    glb.len(),
+                    processed.notes
+                );
+            }
+            println!("{n}³ postprocess to 40k, coarsen {coarsen}: {line}");
         }
-        let parts: Vec<String> = stages
-            .iter()
-            .map(|(s, d)| format!("{s} {:.0}", ms(*d)))
-            .collect();
-        println!(
-            "{n}³ postprocess to 40k: {:.0} ms (last run: {} ms) — {summary}",
-            ms(best_total),
-            parts.join(", ")
-        );
         if n == 256 {
             let mesh = extract(&volume)?;
             let t = Instant::now();

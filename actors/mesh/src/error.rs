@@ -31,6 +31,12 @@ pub enum MeshError {
         /// What is wrong, naming the offending value.
         reason: String,
     },
+    /// An image to colour or texture a mesh with is unusable.
+    #[error("bad image: {reason}")]
+    BadImage {
+        /// What is wrong, naming the offending value.
+        reason: String,
+    },
     /// Serialising a valid mesh failed.
     #[error("export failed: {reason}")]
     ExportFailed {
@@ -47,6 +53,7 @@ impl MeshError {
             MeshError::EmptySurface { .. } => "empty_surface",
             MeshError::TooLarge { .. } => "mesh_too_large",
             MeshError::BadMesh { .. } => "bad_mesh",
+            MeshError::BadImage { .. } => "bad_image",
             MeshError::ExportFailed { .. } => "export_failed",
         }
     }

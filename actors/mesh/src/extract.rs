@@ -1,19 +1,30 @@
-//! Marching tetrahedra: volume → closed, welded, outward-oriented triangle mesh.
+//! Marching cubes: volume → closed, welded, outward-oriented triangle mesh.
 //!
-//! Why tetrahedra and not marching cubes: within a tetrahedron the linear interpolant's
-//! zero set is exactly one triangle or one quad, with no ambiguous cases. Every cube is
-//! split the same way (Kuhn/Freudenthal: six tetrahedra around the main diagonal), so two
-//! cubes sharing a face also share that face's diagonal and their polygons meet edge to
-//! edge. With one virtual layer of empty samples around the grid, the result is a closed
-//! 2-manifold by construction: no hole, no edge with more than two faces, no pinched
-//! vertex.
+//! The surface inside each cube is traced as closed loops along the cube's faces. On a
+//! face whose solid corners are diagonal (the ambiguous case) the two solid corners are
+//! always cut off separately. That choice depends only on the face's four samples, so the
+//! two cubes sharing a face draw the same segments on it, traversed in opposite
+//! directions, and their polygons meet edge to edge. Around a crossing vertex, each of
+//! the four cube faces that contain its grid edge carries exactly one segment ending at
+//! it, so the polygons of the four cubes form a single fan. With one virtual layer of
+//! empty samples around the grid the result is therefore a closed 2-manifold by
+//! construction: no hole, no edge with more than two faces, no pinched vertex.
 //!
-//! Vertices are keyed by the grid edge they lie on (7 edge directions per sample: x, y, z,
-//! the three face diagonals and the main diagonal, all pointing to increasing indices), so
-//! the output is welded. The keys live in three slabs — in-plane edges of the lower and
-//! upper sample planes and the edges between them — and only the slots actually written
-//! are cleared when the sweep moves up one layer, so memory is O(n_y · n_x) and time is
-//! one pass over the samples plus work proportional to the surface.
+//! Loops are triangulated as fans (quads along the shorter diagonal). No triangle has
+//! zero area: its corners lie strictly inside three distinct edges of one cube, and a
+//! line meets a cube's boundary in at most two points unless it lies in a face, where
+//! the same holds for the face's boundary.
+//!
+//! Why marching cubes rather than tetrahedra or surface nets: tetrahedra (6 per cube)
+//! are just as safe but give about three times the faces, which every later step pays
+//! for (decimation most); surface nets give as many faces as marching cubes but pinch
+//! vertices and edges wherever a cube holds two sheets (measured in `../shared/mesh.md`).
+//!
+//! Vertices are keyed by the grid edge they lie on, so the output is welded. The keys
+//! live in three slabs — x and y edges of the lower and upper sample planes and the z
+//! edges between them — and only the slots actually written are cleared when the sweep
+//! moves up one layer, so memory is O(n_y · n_x) and time is one pass over the samples
+//! plus work proportional to the surface.
 
 use crate::{Mesh, MeshError, Volume};
 
@@ -22,13 +33,15 @@ use crate::{Mesh, MeshError, Volume};
 /// Why: a crossing at (or within rounding of) a sample would put several vertices on one
 /// point and create zero-area triangles; that is what samples exactly at the iso level do
 /// to other extractors. Moving a vertex by at most 1 % of a grid step is invisible, keeps
-/// every triangle's area above ≈ 0.5 · (0.01 · step)², and leaves vertices on distinct
-/// grid edges at distinct positions, so welding by position (as a slicer does) changes
-/// nothing.
+/// every triangle's area well above rounding, and leaves vertices on distinct grid edges
+/// at distinct positions, so welding by position (as a slicer does) changes nothing.
 const T_MIN: f32 = 0.01;
 
 /// Marks an edge slot that has no vertex yet.
 const UNSET: u32 = u32::MAX;
+
+/// The longest loop a cube can hold (every one of its 12 edges crossing).
+const MAX_LOOP: usize = 12;
 
 /// Extracts the iso surface of `volume` as a closed, consistently oriented triangle mesh.
 ///
@@ -102,12 +115,14 @@ struct Sweep<'v> {
     zs: Vec<f32>,
     lower: Plane,
     upper: Plane,
-    /// In-plane edges (x, y, xy) of the lower and upper planes, 3 slots per sample.
+    /// x and y edges of the lower and upper planes, 2 slots per sample.
     lower_edges: Slab,
     upper_edges: Slab,
-    /// Edges between the planes (z, xz, yz, xyz), 4 slots per sample.
+    /// z edges between the planes, 1 slot per sample.
     cross_edges: Slab,
     tables: Tables,
+    /// Scratch: the solid bit of each sample of the plane being loaded.
+    bits: Vec<u8>,
     solid: usize,
     positions: Vec<[f32; 3]>,
     indices: Vec<[u32; 3]>,
@@ -131,10 +146,11 @@ impl<'v> Sweep<'v> {
             zs: volume.padded_coords(2),
             lower: empty_plane(),
             upper: empty_plane(),
-            lower_edges: Slab::new(3 * n),
-            upper_edges: Slab::new(3 * n),
-            cross_edges: Slab::new(4 * n),
+            lower_edges: Slab::new(2 * n),
+            upper_edges: Slab::new(2 * n),
+            cross_edges: Slab::new(n),
             tables: Tables::new(),
+            bits: vec![0; n],
             solid: 0,
             positions: Vec::new(),
             indices: Vec::new(),
@@ -149,7 +165,6 @@ impl<'v> Sweep<'v> {
         let (px_n, py_n) = (self.px_n, self.py_n);
         let [nz, ny, nx] = self.volume.dims;
         let plane = &mut self.upper;
-        plane.f.fill(f32::NAN);
         if (1..=nz).contains(&p) {
             let src = &self.volume.data[(p - 1) * ny * nx..p * ny * nx];
             for (row, dst) in src
@@ -160,24 +175,27 @@ impl<'v> Sweep<'v> {
                     *d = self.volume.signed(v);
                 }
             }
+            // The padding ring is never written, so it stays NaN from `Sweep::new`.
+        } else {
+            plane.f.fill(f32::NAN);
         }
-        let solid = |v: f32| (v < 0.0) as u8;
-        let mut count = 0usize;
+        // One solid bit per sample (NaN padding is empty), then each square's four bits
+        // from two rows of them: no loop-carried state, so both passes vectorise.
+        for (bit, &v) in self.bits.iter_mut().zip(&plane.f) {
+            *bit = (v < 0.0) as u8;
+        }
+        let count: usize = self.bits.iter().map(|&b| usize::from(b)).sum();
         for py in 0..py_n - 1 {
-            let row = &plane.f[py * px_n..(py + 2) * px_n];
-            let (lo, hi) = row.split_at(px_n);
-            let quad = &mut plane.quad[py * px_n..(py + 1) * px_n];
-            let mut left = solid(lo[0]) | solid(hi[0]) << 2;
-            for px in 0..px_n - 1 {
-                let (a, b) = (solid(lo[px + 1]), solid(hi[px + 1]));
-                count += a as usize;
-                let right = a << 1 | b << 3;
-                quad[px] = left | right;
-                left = right >> 1;
+            let (lo, hi) = (
+                &self.bits[py * px_n..][..px_n],
+                &self.bits[(py + 1) * px_n..][..px_n],
+            );
+            let quad = &mut plane.quad[py * px_n..][..px_n - 1];
+            let corners = lo.iter().zip(&lo[1..]).zip(hi.iter().zip(&hi[1..]));
+            for (q, ((&a, &b), (&c, &d))) in quad.iter_mut().zip(corners) {
+                *q = a | b << 1 | c << 2 | d << 3;
             }
         }
-        // Counting the lower-right corner of every square visits rows 0..py_n - 1 and
-        // columns 1..px_n once each; that covers every real sample (the rest is padding).
         self.solid += count;
     }
 
@@ -185,14 +203,30 @@ impl<'v> Sweep<'v> {
     /// advances to the next layer.
     fn layer(&mut self, k: usize) -> Result<(), MeshError> {
         let px_n = self.px_n;
+        // Eight squares whose corners are all empty (0) or all solid (0x0f) in both
+        // planes hold no surface; most of a volume is like that, so skip them a word at
+        // a time.
+        const ALL_SOLID: u64 = 0x0f0f_0f0f_0f0f_0f0f;
+        let word = |q: &[u8], i: usize| {
+            q.get(i..i + 8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([1; 8])))
+        };
         for py in 0..self.py_n - 1 {
-            for px in 0..px_n - 1 {
+            let mut px = 0;
+            while px < px_n - 1 {
                 let i = py * px_n + px;
-                let mask = self.lower.quad[i] | self.upper.quad[i] << 4;
-                if mask == 0 || mask == 0xff {
-                    continue;
+                if px + 8 < px_n {
+                    let (a, b) = (word(&self.lower.quad, i), word(&self.upper.quad, i));
+                    if a == b && (a == Some(0) || a == Some(ALL_SOLID)) {
+                        px += 8;
+                        continue;
+                    }
                 }
-                self.cube(k, py, px, mask)?;
+                let mask = self.lower.quad[i] | self.upper.quad[i] << 4;
+                if mask != 0 && mask != 0xff {
+                    self.cube(k, py, px, mask)?;
+                }
+                px += 1;
             }
         }
         std::mem::swap(&mut self.lower, &mut self.upper);
@@ -206,18 +240,17 @@ impl<'v> Sweep<'v> {
     }
 
     fn cube(&mut self, k: usize, py: usize, px: usize, mask: u8) -> Result<(), MeshError> {
-        let range = self.tables.range(mask);
-        for p in range {
-            let poly = self.tables.polys[p];
-            let mut v = [0u32; 4];
-            for (slot, &code) in v.iter_mut().zip(&poly.edges[..poly.len as usize]) {
+        let mut v = [0u32; MAX_LOOP];
+        let mut codes = [0u8; MAX_LOOP];
+        for l in self.tables.loops(mask) {
+            let n = self.tables.codes(l).len();
+            codes[..n].copy_from_slice(self.tables.codes(l));
+            for (slot, &code) in v.iter_mut().zip(&codes[..n]) {
                 *slot = self.vertex(k, py, px, code)?;
             }
-            if poly.len == 3 {
-                self.indices.push([v[0], v[1], v[2]]);
-            } else {
-                // Split the quad along its shorter diagonal for better-shaped triangles;
-                // either split keeps the cycle's orientation.
+            if n == 4 {
+                // Split a quad along its shorter diagonal for better-shaped triangles;
+                // either split keeps the loop's orientation.
                 let d = |a: u32, b: u32| {
                     let (a, b) = (self.positions[a as usize], self.positions[b as usize]);
                     (a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)
@@ -229,24 +262,26 @@ impl<'v> Sweep<'v> {
                     self.indices.push([v[0], v[1], v[3]]);
                     self.indices.push([v[1], v[2], v[3]]);
                 }
+            } else {
+                for i in 1..n - 1 {
+                    self.indices.push([v[0], v[i], v[i + 1]]);
+                }
             }
         }
         Ok(())
     }
 
-    /// The vertex on cube edge `code` (corner · 8 + direction) of cube (k, py, px),
+    /// The vertex on cube edge `code` (corner · 8 + axis bit) of cube (k, py, px),
     /// created on first use.
     fn vertex(&mut self, k: usize, py: usize, px: usize, code: u8) -> Result<u32, MeshError> {
         let (corner, dir) = ((code >> 3) as usize, (code & 7) as usize);
         let (cx, cy, cz) = (corner & 1, corner >> 1 & 1, corner >> 2);
         let (sy, sx) = (py + cy, px + cx);
         let s = sy * self.px_n + sx;
-        let (slab, slot) = if dir & 4 != 0 {
-            (&mut self.cross_edges, 4 * s + dir - 4)
-        } else if cz == 0 {
-            (&mut self.lower_edges, 3 * s + dir - 1)
-        } else {
-            (&mut self.upper_edges, 3 * s + dir - 1)
+        let (slab, slot) = match (dir, cz) {
+            (4, _) => (&mut self.cross_edges, s),
+            (_, 0) => (&mut self.lower_edges, 2 * s + (dir >> 1)),
+            _ => (&mut self.upper_edges, 2 * s + (dir >> 1)),
         };
         let existing = slab.slots[slot];
         if existing != UNSET {
@@ -283,127 +318,182 @@ impl<'v> Sweep<'v> {
     }
 }
 
-/// A polygon of the surface inside one tetrahedron, as cube edge codes in
-/// counter-clockwise order seen from the empty side.
-#[derive(Clone, Copy, Default)]
-struct Poly {
-    len: u8,
-    edges: [u8; 4],
-}
-
-/// For each of the 256 solid/empty patterns of a cube's corners, the polygons of its six
-/// tetrahedra.
+/// For each of the 256 solid/empty patterns of a cube's corners, its surface loops as
+/// cube edge codes (lower corner · 8 + axis bit), counter-clockwise seen from the empty
+/// side, each with its triangulation. Corners are numbered `dx + 2 dy + 4 dz`.
 struct Tables {
-    polys: Vec<Poly>,
-    start: [u16; 257],
+    codes: Vec<u8>,
+    /// Loop `l` is `codes[starts[l]..starts[l + 1]]`.
+    starts: Vec<u16>,
+    /// The loops of mask `m` are `by_mask[m]..by_mask[m + 1]`.
+    by_mask: [u16; 257],
 }
 
 impl Tables {
-    fn range(&self, mask: u8) -> std::ops::Range<usize> {
-        self.start[mask as usize] as usize..self.start[mask as usize + 1] as usize
+    fn loops(&self, mask: u8) -> std::ops::Range<usize> {
+        self.by_mask[mask as usize] as usize..self.by_mask[mask as usize + 1] as usize
     }
 
-    /// Builds the tables from the Kuhn decomposition. Corners are numbered
-    /// `dx + 2 dy + 4 dz`; bit 1 is +x, bit 2 is +y, bit 4 is +z in world space.
-    fn new() -> Self {
-        // Each path 0 → a → a+b → 7 through the cube is one tetrahedron. Its signed volume
-        // has the sign of the permutation (a, b, c) of (x, y, z); odd ones get their middle
-        // vertices swapped so all six are positively oriented, which the case rules below
-        // rely on.
-        let perms: [([u8; 3], bool); 6] = [
-            ([1, 2, 4], true),
-            ([1, 4, 2], false),
-            ([2, 1, 4], false),
-            ([2, 4, 1], true),
-            ([4, 1, 2], true),
-            ([4, 2, 1], false),
-        ];
-        let tets: Vec<[u8; 4]> = perms
-            .iter()
-            .map(|&([a, b, _], even)| {
-                if even {
-                    [0, a, a | b, 7]
-                } else {
-                    [0, a | b, a, 7]
-                }
-            })
-            .collect();
+    fn codes(&self, l: usize) -> &[u8] {
+        &self.codes[self.starts[l] as usize..self.starts[l + 1] as usize]
+    }
 
-        let mut polys = Vec::new();
-        let mut start = [0u16; 257];
-        for (mask, first) in start.iter_mut().enumerate().take(256) {
-            *first = polys.len() as u16;
-            for tet in &tets {
-                let solid: [bool; 4] = std::array::from_fn(|v| mask >> tet[v] & 1 == 1);
-                if let Some(local) = tet_polygon(solid) {
-                    let mut poly = Poly {
-                        len: local.len() as u8,
-                        ..Poly::default()
-                    };
-                    for (e, &(a, b)) in poly.edges.iter_mut().zip(&local) {
-                        *e = edge_code(tet[a], tet[b]);
-                    }
-                    polys.push(poly);
-                }
+    fn new() -> Self {
+        let mut codes = Vec::new();
+        let mut starts = vec![0u16];
+        let mut by_mask = [0u16; 257];
+        for (mask, first) in by_mask.iter_mut().enumerate().take(256) {
+            *first = (starts.len() - 1) as u16;
+            for cycle in cube_loops(mask as u8) {
+                codes.extend(fan_order(cycle));
+                starts.push(codes.len() as u16);
             }
         }
-        start[256] = polys.len() as u16;
-        Self { polys, start }
+        by_mask[256] = (starts.len() - 1) as u16;
+        Self {
+            codes,
+            starts,
+            by_mask,
+        }
     }
 }
 
-/// The cube edge code (lower corner · 8 + direction bits) of the edge between corners
-/// `a` and `b`. In a Kuhn tetrahedron one corner's bits are always a subset of the other's.
+/// Rotates a loop so that the fan from its first vertex only adds diagonals between
+/// vertices on no common cube face.
+///
+/// Why: two vertices on one cube face that the face's segments do not join lie on an
+/// ambiguous face, and the cube on its other side may hold a loop through both too. If
+/// both cubes drew that diagonal, four triangles would share it. A diagonal between
+/// vertices on no common face belongs to this cube alone. Such an apex exists for every
+/// loop of every pattern (checked by a test over all 256); a quad's diagonals are always
+/// safe (two vertices of a quad on one face are joined on it), so quads keep the
+/// shorter-diagonal split.
+fn fan_order(mut cycle: Vec<u8>) -> Vec<u8> {
+    let n = cycle.len();
+    if n > 4 {
+        if let Some(a) = (0..n).find(|&a| safe_apex(&cycle, a)) {
+            cycle.rotate_left(a);
+        }
+    }
+    cycle
+}
+
+/// Whether every fan diagonal from vertex `a` of `cycle` joins vertices on no common face.
+fn safe_apex(cycle: &[u8], a: usize) -> bool {
+    let n = cycle.len();
+    (2..n - 1).all(|k| !share_face(cycle[a], cycle[(a + k) % n]))
+}
+
+/// Whether two cube edges (by code) lie on a common face of the cube.
+fn share_face(a: u8, b: u8) -> bool {
+    (0..3).any(|axis| {
+        let bit = 1u8 << axis;
+        // An edge lies on the face (axis, side) when it does not run along the axis and
+        // its corner is on that side.
+        let on = |code: u8, side: u8| code & 7 != bit && (code >> 3) & bit == side;
+        [0, bit].into_iter().any(|side| on(a, side) && on(b, side))
+    })
+}
+
+/// The code of the cube edge between corners `a` and `b` (which differ in one bit).
 fn edge_code(a: u8, b: u8) -> u8 {
-    let (lo, hi) = if a & b == a { (a, b) } else { (b, a) };
-    lo * 8 + (hi ^ lo)
+    a.min(b) * 8 + (a ^ b)
 }
 
-/// The surface polygon inside a positively oriented tetrahedron (vertices 0..4, `solid`
-/// per vertex) as a cycle of tetrahedron edges, counter-clockwise seen from the empty side.
-fn tet_polygon(solid: [bool; 4]) -> Option<Vec<(usize, usize)>> {
-    // Completes (i, j) to an even permutation (i, j, k, l) of (0, 1, 2, 3): an even
-    // permutation keeps the tetrahedron positively oriented.
-    let complete = |i: usize, j: usize| -> (usize, usize) {
-        let mut rest = (0..4).filter(|&v| v != i && v != j);
-        let (k, l) = (rest.next().unwrap_or(0), rest.next().unwrap_or(0));
-        let order = [i, j, k, l];
-        let inversions = (0..4)
-            .flat_map(|a| (a + 1..4).map(move |b| (a, b)))
-            .filter(|&(a, b)| order[a] > order[b])
-            .count();
-        if inversions % 2 == 0 {
-            (k, l)
-        } else {
-            (l, k)
-        }
+fn corner_position(c: u8) -> [f32; 3] {
+    [c & 1, c >> 1 & 1, c >> 2 & 1].map(f32::from)
+}
+
+/// The surface loops of one corner pattern, traced along the cube's faces.
+///
+/// On each face, every crossing edge is joined to one other: with two crossings to each
+/// other, with four (solid corners diagonal) each solid corner's two edges together. The
+/// segment is directed so that, seen from outside the cube, the solid side is on its
+/// right; then the loops run counter-clockwise seen from the empty side, and the cube on
+/// the other side of the face (whose outside is this cube's inside) draws the same
+/// segment the other way round.
+fn cube_loops(mask: u8) -> Vec<Vec<u8>> {
+    let solid = |c: u8| mask >> c & 1 == 1;
+    let mid = |(a, b): (u8, u8)| {
+        let (pa, pb) = (corner_position(a), corner_position(b));
+        [0, 1, 2].map(|i| 0.5 * (pa[i] + pb[i]))
     };
-    let count = solid.iter().filter(|&&s| s).count();
-    match count {
-        1 | 3 => {
-            // The lone vertex i; (j, k, l) is the face opposite it, ordered so its normal
-            // points away from i. Around a solid i the triangle must face away from i too;
-            // around an empty i it must face toward i, so the order flips.
-            let lone = solid.iter().position(|&s| s == (count == 1))?;
-            let j = (lone + 1) % 4;
-            let (k, l) = complete(lone, j);
-            Some(if count == 1 {
-                vec![(lone, j), (lone, k), (lone, l)]
-            } else {
-                vec![(lone, j), (lone, l), (lone, k)]
-            })
+    // next[edge code] = the edge code after it in its loop.
+    let mut next = [u8::MAX; 64];
+    for axis in 0..3 {
+        let bit = 1u8 << axis;
+        for side in [0u8, bit] {
+            let mut normal = [0.0f32; 3];
+            normal[axis] = if side == 0 { -1.0 } else { 1.0 };
+            let corners: Vec<u8> = (0..8u8).filter(|c| c & bit == side).collect();
+            let edges: Vec<(u8, u8)> = corners
+                .iter()
+                .flat_map(|&a| corners.iter().map(move |&b| (a, b)))
+                .filter(|&(a, b)| a < b && (a ^ b).count_ones() == 1)
+                .collect();
+            let crossing: Vec<(u8, u8)> = edges
+                .iter()
+                .copied()
+                .filter(|&(a, b)| solid(a) != solid(b))
+                .collect();
+            let mut segments = Vec::new();
+            match crossing.len() {
+                0 => {}
+                2 => {
+                    let s = corners.iter().copied().find(|&c| solid(c));
+                    segments.extend(s.map(|s| (crossing[0], crossing[1], s)));
+                }
+                _ => {
+                    for &s in corners.iter().filter(|&&c| solid(c)) {
+                        let mut own = crossing.iter().copied().filter(|&(a, b)| a == s || b == s);
+                        if let (Some(e1), Some(e2)) = (own.next(), own.next()) {
+                            segments.push((e1, e2, s));
+                        }
+                    }
+                }
+            }
+            for (e1, e2, s) in segments {
+                let (p1, p2, ps) = (mid(e1), mid(e2), corner_position(s));
+                let d = sub(p2, p1);
+                let r = sub(ps, p1);
+                let right = dot(cross(d, r), normal) < 0.0;
+                let (from, to) = if right { (e1, e2) } else { (e2, e1) };
+                next[edge_code(from.0, from.1) as usize] = edge_code(to.0, to.1);
+            }
         }
-        2 => {
-            // Solid (i, j), empty (k, l) with (i, j, k, l) even: the cycle
-            // i-k, i-l, j-l, j-k faces from {i, j} toward {k, l} (checked on the
-            // reference tetrahedron (0, x, y, z) with 0 and x solid).
-            let i = solid.iter().position(|&s| s)?;
-            let j = solid.iter().rposition(|&s| s)?;
-            let (k, l) = complete(i, j);
-            Some(vec![(i, k), (i, l), (j, l), (j, k)])
-        }
-        _ => None,
     }
+    let mut loops = Vec::new();
+    let mut seen = [false; 64];
+    for start in 0..64u8 {
+        if next[start as usize] == u8::MAX || seen[start as usize] {
+            continue;
+        }
+        let mut cycle = Vec::new();
+        let mut e = start;
+        while !seen[e as usize] {
+            seen[e as usize] = true;
+            cycle.push(e);
+            e = next[e as usize];
+        }
+        loops.push(cycle);
+    }
+    loops
+}
+
+fn sub(a: [f32; 3], b: [f32; 3]) -> [f32; 3] {
+    [a[0] - b[0], a[1] - b[1], a[2] - b[2]]
+}
+
+fn dot(a: [f32; 3], b: [f32; 3]) -> f32 {
+    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+}
+
+fn cross(a: [f32; 3], b: [f32; 3]) -> [f32; 3] {
+    [
+        a[1] * b[2] - a[2] * b[1],
+        a[2] * b[0] - a[0] * b[2],
+        a[0] * b[1] - a[1] * b[0],
+    ]
 }
 
 #[cfg(test)]
@@ -411,64 +501,81 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tables_cover_every_crossing_edge_once_per_tetrahedron() {
+    fn tables_trace_every_crossing_edge_once_in_closed_loops() {
         let tables = Tables::new();
-        assert_eq!(tables.range(0).len(), 0);
-        assert_eq!(tables.range(0xff).len(), 0);
-        // A single solid corner 0 lies in all six tetrahedra: one triangle each.
-        assert_eq!(tables.range(1).len(), 6);
-        // Corner 1 (+x) lies in the two tetrahedra whose path starts with x.
-        assert_eq!(tables.range(2).len(), 2);
+        assert_eq!(tables.loops(0).len(), 0);
+        assert_eq!(tables.loops(0xff).len(), 0);
         for mask in 1..255u8 {
-            for p in tables.range(mask) {
-                let poly = tables.polys[p];
-                for &code in &poly.edges[..poly.len as usize] {
+            let mut used = Vec::new();
+            for l in tables.loops(mask) {
+                let codes = tables.codes(l);
+                assert!((3..=MAX_LOOP).contains(&codes.len()), "mask {mask:#x}");
+                for &code in codes {
                     let (a, b) = (code >> 3, (code >> 3) + (code & 7));
-                    assert!(b < 8 && a & b == a, "edge {a}-{b} is not a Kuhn edge");
+                    assert!(matches!(code & 7, 1 | 2 | 4) && a & (code & 7) == 0);
                     assert_ne!(mask >> a & 1, mask >> b & 1, "edge {a}-{b} does not cross");
+                    used.push(code);
+                }
+            }
+            // Every crossing edge lies on exactly one loop: that is what welds the
+            // four cubes around a grid edge into one fan.
+            let crossing = (0..8u8)
+                .flat_map(|a| [1u8, 2, 4].map(|d| (a, d)))
+                .filter(|&(a, d)| a & d == 0 && (mask >> a & 1) != (mask >> (a | d) & 1))
+                .count();
+            used.sort_unstable();
+            used.dedup();
+            assert_eq!(used.len(), crossing, "mask {mask:#x}");
+            for l in tables.loops(mask) {
+                let codes = tables.codes(l);
+                assert!(codes.len() == 4 || safe_apex(codes, 0), "mask {mask:#x}");
+                if codes.len() == 4 {
+                    assert!(safe_apex(codes, 0) && safe_apex(codes, 1), "mask {mask:#x}");
                 }
             }
         }
     }
 
     #[test]
-    fn tet_polygon_faces_away_from_the_solid_vertex() {
-        // Reference tetrahedron (0, x, y, z), solid at the origin: normal along +(1,1,1).
-        let p = [
-            [0.0f32, 0.0, 0.0],
-            [1.0, 0.0, 0.0],
-            [0.0, 1.0, 0.0],
-            [0.0, 0.0, 1.0],
-        ];
-        for lone in 0..4 {
-            for count in [1, 3] {
-                let solid: [bool; 4] = std::array::from_fn(|v| (v == lone) == (count == 1));
-                let poly = tet_polygon(solid).unwrap();
-                let mid = |(a, b): (usize, usize)| -> [f32; 3] {
-                    std::array::from_fn(|c| 0.5 * (p[a][c] + p[b][c]))
-                };
-                let (a, b, c) = (mid(poly[0]), mid(poly[1]), mid(poly[2]));
-                let n = cross(sub(b, a), sub(c, a));
-                let away = sub(a, p[lone]);
-                let dot = n[0] * away[0] + n[1] * away[1] + n[2] * away[2];
-                if count == 1 {
-                    assert!(dot > 0.0, "lone solid {lone}: normal points into the solid");
+    fn a_lone_solid_corner_gives_one_triangle_facing_away() {
+        for corner in 0..8u8 {
+            for lone_solid in [true, false] {
+                let mask = if lone_solid {
+                    1 << corner
                 } else {
-                    assert!(dot < 0.0, "lone empty {lone}: normal points into the solid");
+                    !(1u8 << corner)
+                };
+                let loops = cube_loops(mask);
+                assert_eq!(loops.len(), 1);
+                let p: Vec<[f32; 3]> = loops[0]
+                    .iter()
+                    .map(|&code| {
+                        let (a, b) = (code >> 3, (code >> 3) + (code & 7));
+                        let (pa, pb) = (corner_position(a), corner_position(b));
+                        [0, 1, 2].map(|i| 0.5 * (pa[i] + pb[i]))
+                    })
+                    .collect();
+                let n = cross(sub(p[1], p[0]), sub(p[2], p[0]));
+                let away = sub(p[0], corner_position(corner));
+                if lone_solid {
+                    assert!(dot(n, away) > 0.0, "corner {corner}: faces into the solid");
+                } else {
+                    assert!(dot(n, away) < 0.0, "corner {corner}: faces into the solid");
                 }
             }
         }
     }
 
-    fn sub(a: [f32; 3], b: [f32; 3]) -> [f32; 3] {
-        [a[0] - b[0], a[1] - b[1], a[2] - b[2]]
-    }
-
-    fn cross(a: [f32; 3], b: [f32; 3]) -> [f32; 3] {
-        [
-            a[1] * b[2] - a[2] * b[1],
-            a[2] * b[0] - a[0] * b[2],
-            a[0] * b[1] - a[1] * b[0],
-        ]
+    #[test]
+    fn ambiguous_faces_separate_the_solid_corners() {
+        // Corners 0 and 3 solid: diagonal on the z = 0 face, and nowhere connected.
+        let loops = cube_loops(0b0000_1001);
+        assert_eq!(loops.len(), 2);
+        assert!(loops.iter().all(|l| l.len() == 3));
+        // In the complement, solid corners 1 and 2 are the ones cut off on z = 0, so the
+        // empty corners 0 and 3 join across that face: one ring of six around them.
+        let loops = cube_loops(!0b0000_1001);
+        assert_eq!(loops.len(), 1);
+        assert_eq!(loops[0].len(), 6);
     }
 }

@@ -1,15 +1,27 @@
 //! OBJ, PLY and 3MF writers, and the format dispatcher with scale and placement.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::Write as _;
 
-use crate::place::{linear_to_srgb, scale_for, scaled, srgb_u8, to_print_frame};
-use crate::{to_glb, to_stl, vertex_normals, Mesh, MeshError};
+use crate::glb::to_glb_textured;
+use crate::place::{linear_to_srgb, scale_for, scaled, srgb_u8, to_ground_frame, to_print_frame};
+use crate::{to_glb, to_stl, vertex_normals, Mesh, MeshError, Texture};
+
+/// One file of an export.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportFile {
+    /// File name, e.g. `model.obj`; files of one export refer to each other by it.
+    pub name: String,
+    /// The contents.
+    pub bytes: Vec<u8>,
+}
 
 /// A file format [`export`] can write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ExportFormat {
-    /// glTF 2.0 binary: Y up; metres when a size is given, world units otherwise.
+    /// glTF 2.0 binary: Y up; with a size in metres, standing on y = 0 and centred on
+    /// x = z = 0; otherwise world units and frame.
     Glb,
     /// Binary STL: Z up, resting on z = 0, centred; millimetres when a size is given.
     Stl,
@@ -51,7 +63,8 @@ impl ExportFormat {
 /// always in the print frame: world (x, y, z) → (x, −z, y), Z up, bottom centre at the
 /// origin, millimetres (one world unit = 1 mm without a size). OBJ and PLY are in the
 /// print frame when a size is given and in the unchanged world frame otherwise. GLB keeps
-/// glTF's Y-up frame and is scaled to metres (glTF's unit) when a size is given.
+/// glTF's Y-up frame; with a size it is in metres (glTF's unit) and placed like the print
+/// formats in Y-up terms: bottom centre at the origin, standing on y = 0.
 ///
 /// Errors: `bad_mesh` for a mesh without faces, with an out-of-range index, a non-finite
 /// position or a colour count different from the vertex count; `export_failed` when the
@@ -62,54 +75,140 @@ pub fn export(
     size_mm: Option<f32>,
 ) -> Result<Vec<u8>, MeshError> {
     crate::mesh::validate(mesh)?;
-    let scale = scale_for(mesh, size_mm);
+    let framed = framed(mesh, format, size_mm);
     match format {
-        ExportFormat::Glb => {
-            if size_mm.is_some() {
-                to_glb(&scaled(mesh, scale / 1000.0))
-            } else {
-                to_glb(mesh)
-            }
-        }
-        ExportFormat::Stl => Ok(to_stl(&scaled(mesh, scale))),
-        ExportFormat::ThreeMf => to_3mf(&to_print_frame(mesh, scale)),
-        ExportFormat::Obj | ExportFormat::Ply => {
-            let framed = if size_mm.is_some() {
-                to_print_frame(mesh, scale)
-            } else {
-                mesh.clone()
-            };
-            Ok(if format == ExportFormat::Obj {
-                to_obj(&framed)
-            } else {
-                to_ply(&framed)
-            })
-        }
+        ExportFormat::Glb => to_glb(&framed),
+        // The STL writer rotates and places by itself.
+        ExportFormat::Stl => Ok(to_stl(&framed)),
+        ExportFormat::ThreeMf => to_3mf(&framed),
+        ExportFormat::Obj => Ok(to_obj(&framed, None)),
+        ExportFormat::Ply => Ok(to_ply(&framed)),
     }
 }
 
+/// `mesh` scaled and placed as `format` wants it (see [`export`]); STL only scaled.
+fn framed(mesh: &Mesh, format: ExportFormat, size_mm: Option<f32>) -> Cow<'_, Mesh> {
+    let scale = scale_for(mesh, size_mm);
+    match (format, size_mm) {
+        (ExportFormat::Glb, Some(_)) => Cow::Owned(to_ground_frame(mesh, scale / 1000.0)),
+        (ExportFormat::Stl, _) => Cow::Owned(scaled(mesh, scale)),
+        (ExportFormat::ThreeMf, _) | (ExportFormat::Obj | ExportFormat::Ply, Some(_)) => {
+            Cow::Owned(to_print_frame(mesh, scale))
+        }
+        (ExportFormat::Glb | ExportFormat::Obj | ExportFormat::Ply, None) => Cow::Borrowed(mesh),
+    }
+}
+
+/// [`export`] with an optional texture, as the files to write: `{stem}.{ext}`, and for a
+/// textured OBJ also the material library `{stem}.mtl` and the image `{stem}.png` it
+/// names (relative to itself, so the three must sit side by side).
+///
+/// GLB embeds the texture (see [`to_glb_textured`](crate::to_glb_textured)); OBJ refers
+/// to it through the MTL and leaves out vertex colours; PLY and 3MF carry the mesh's
+/// vertex colours instead (neither has a widely read texture form), STL no colour.
+///
+/// Errors: those of [`export`]; `bad_mesh` when the texture's UV count differs from the
+/// vertex count; `export_failed` when a textured OBJ is asked for with a `stem` that is
+/// empty or holds a path separator, whitespace or a control character (it is written
+/// into the OBJ and MTL, whose readers split names at spaces).
+pub fn export_files(
+    mesh: &Mesh,
+    format: ExportFormat,
+    size_mm: Option<f32>,
+    texture: Option<&Texture>,
+    stem: &str,
+) -> Result<Vec<ExportFile>, MeshError> {
+    let plain = !stem.is_empty()
+        && !stem
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_whitespace() || c.is_control());
+    if format == ExportFormat::Obj && texture.is_some() && !plain {
+        return Err(MeshError::ExportFailed {
+            reason: format!("file stem {stem:?} must be a plain file name without spaces"),
+        });
+    }
+    let file = |ext: &str, bytes: Vec<u8>| ExportFile {
+        name: format!("{stem}.{ext}"),
+        bytes,
+    };
+    let main = |bytes| vec![file(format.extension(), bytes)];
+    match (format, texture) {
+        (ExportFormat::Glb, Some(t)) => {
+            crate::mesh::validate(mesh)?;
+            Ok(main(to_glb_textured(&framed(mesh, format, size_mm), t)?))
+        }
+        (ExportFormat::Obj, Some(t)) => {
+            crate::mesh::validate(mesh)?;
+            if t.uvs.len() != mesh.positions.len() {
+                return Err(MeshError::BadMesh {
+                    reason: format!("{} UVs for {} vertices", t.uvs.len(), mesh.positions.len()),
+                });
+            }
+            let framed = framed(mesh, format, size_mm);
+            let (mtl, png) = (format!("{stem}.mtl"), format!("{stem}.png"));
+            Ok(vec![
+                file("obj", to_obj(&framed, Some((&t.uvs, &mtl)))),
+                file("mtl", to_mtl(&png)),
+                file("png", t.png.clone()),
+            ])
+        }
+        _ => Ok(main(export(mesh, format, size_mm)?)),
+    }
+}
+
+/// The material every textured OBJ uses.
+const OBJ_MATERIAL: &str = "orfeas";
+
 /// OBJ text: `v x y z [r g b]`, `vn`, and `f a//a b//b c//c` (1-based). Colours are the
 /// common `v` extension (MeshLab, trimesh, Blender read it), sRGB in [0, 1].
-pub(crate) fn to_obj(mesh: &Mesh) -> Vec<u8> {
+///
+/// With `uvs` (one per vertex, glTF orientation) and a material library name: `mtllib`,
+/// `usemtl`, `vt u 1−v` (OBJ's v grows upward) and `f a/a/a …`, without vertex colours.
+pub(crate) fn to_obj(mesh: &Mesh, textured: Option<(&[[f32; 2]], &str)>) -> Vec<u8> {
     let normals = vertex_normals(mesh);
-    let mut s = String::with_capacity(mesh.positions.len() * 60 + mesh.indices.len() * 30);
+    let mut s = String::with_capacity(mesh.positions.len() * 80 + mesh.indices.len() * 40);
     s.push_str("# orfeas OBJ\n");
+    if let Some((_, mtl)) = textured {
+        let _ = writeln!(s, "mtllib {mtl}");
+    }
     for (i, p) in mesh.positions.iter().enumerate() {
         let _ = write!(s, "v {} {} {}", p[0], p[1], p[2]);
-        if let Some(c) = mesh.colors.as_ref().and_then(|c| c.get(i)) {
+        let colour = mesh.colors.as_ref().and_then(|c| c.get(i));
+        if let Some(c) = colour.filter(|_| textured.is_none()) {
             let c = c.map(linear_to_srgb);
             let _ = write!(s, " {:.4} {:.4} {:.4}", c[0], c[1], c[2]);
         }
         s.push('\n');
     }
+    if let Some((uvs, _)) = textured {
+        for uv in uvs {
+            let _ = writeln!(s, "vt {} {}", uv[0], 1.0 - uv[1]);
+        }
+    }
     for n in &normals {
         let _ = writeln!(s, "vn {} {} {}", n[0], n[1], n[2]);
     }
+    if textured.is_some() {
+        let _ = writeln!(s, "usemtl {OBJ_MATERIAL}");
+    }
     for f in &mesh.indices {
         let [a, b, c] = f.map(|v| v + 1);
-        let _ = writeln!(s, "f {a}//{a} {b}//{b} {c}//{c}");
+        if textured.is_some() {
+            let _ = writeln!(s, "f {a}/{a}/{a} {b}/{b}/{b} {c}/{c}/{c}");
+        } else {
+            let _ = writeln!(s, "f {a}//{a} {b}//{b} {c}//{c}");
+        }
     }
     s.into_bytes()
+}
+
+/// The material library of a textured OBJ: a matte white material whose diffuse colour
+/// is the image `png`.
+fn to_mtl(png: &str) -> Vec<u8> {
+    format!(
+        "# orfeas MTL\nnewmtl {OBJ_MATERIAL}\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\nmap_Kd {png}\n"
+    )
+    .into_bytes()
 }
 
 /// Binary little-endian PLY: float x y z nx ny nz [uchar red green blue] per vertex,

@@ -1,10 +1,21 @@
 //! The one entry point the postprocess actor and the CLI call: volume → printable mesh.
 
+use std::time::{Duration, Instant};
+
+use crate::coarsen::{halve, OwnedVolume};
 use crate::report::{DEFAULT_BUILD_VOLUME_MM, SELF_INTERSECTION_MAX_FACES};
 use crate::{
     decimate, extract, print_report, remove_floaters, repair, smooth, Mesh, MeshError, PrintReport,
     Volume,
 };
+
+/// A coarser grid is used when its mesh, floaters removed, still has at least this many
+/// times the target faces: enough for the quadric decimation to place its vertices as
+/// it would on the full-resolution mesh (md/benchmarks.md measures the difference).
+const COARSE_FACES_PER_TARGET: usize = 2;
+
+/// Coarser grids are tried down to this many samples along the shortest axis.
+const MIN_COARSE_SAMPLES: usize = 32;
 
 /// What [`process`] does after extraction.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,11 +38,16 @@ pub struct MeshOptions {
     pub decimate_max_error: f32,
     /// Above this many faces the report skips counting self-intersections.
     pub self_intersection_max_faces: usize,
+    /// With a face target, extract from the volume halved in resolution (once or more,
+    /// tent-filtered) when that still gives at least twice the target faces. Much
+    /// faster; detail finer than two grid steps of the full volume is lost, which a
+    /// mesh decimated to the target could not show either.
+    pub coarsen: bool,
 }
 
 impl Default for MeshOptions {
     /// No decimation, 5 smoothing pairs, 2 % floaters, no size, a 256 mm cube printer,
-    /// a 5 % error bound (the face target is what callers ask for; 5 % of the extent only
+    /// coarsening allowed, a 5 % error bound (the face target is what callers ask for; 5 % of the extent only
     /// binds for absurdly small targets).
     fn default() -> Self {
         Self {
@@ -43,6 +59,7 @@ impl Default for MeshOptions {
             build_volume_mm: DEFAULT_BUILD_VOLUME_MM,
             decimate_max_error: 0.05,
             self_intersection_max_faces: SELF_INTERSECTION_MAX_FACES,
+            coarsen: true,
         }
     }
 }
@@ -54,8 +71,12 @@ pub struct Processed {
     pub mesh: Mesh,
     /// Its printability at `options.size_mm`.
     pub report: PrintReport,
-    /// What the pipeline had to do beyond the plan (repairs, decimation retries).
+    /// What the pipeline did beyond the plain steps (coarser extraction, repairs,
+    /// decimation retries).
     pub notes: Vec<String>,
+    /// Wall time per step, in order: `extract` (with coarsening and floater removal),
+    /// `smooth`, `decimate`, `report` (with any final repair); skipped steps are absent.
+    pub stages: Vec<(&'static str, Duration)>,
 }
 
 /// Extracts, removes floaters, smooths, decimates (validating and repairing after
@@ -70,17 +91,28 @@ pub struct Processed {
 /// Errors: those of [`extract`] (`bad_volume`, `empty_surface`, `mesh_too_large`).
 pub fn process(volume: &Volume, options: &MeshOptions) -> Result<Processed, MeshError> {
     let mut notes = Vec::new();
+    let mut stages = Vec::new();
+    let mut lap = Instant::now();
+    let mut stage = |name: &'static str| {
+        stages.push((name, lap.elapsed()));
+        lap = Instant::now();
+    };
     // Extraction output is welded, closed, outward and free of degenerate faces by
     // construction (see `extract`), so a cleanup pass here would only cost time.
-    let extracted = extract(volume)?;
-    let mut mesh = remove_floaters(&extracted, options.floater_fraction);
+    let mut mesh = match options.target_faces.filter(|_| options.coarsen) {
+        Some(target) => extract_for_target(volume, target, options, &mut notes)?,
+        None => remove_floaters(&extract(volume)?, options.floater_fraction),
+    };
+    stage("extract");
     if options.smooth {
         smooth(&mut mesh, options.smooth_iterations);
+        stage("smooth");
     }
     if let Some(target) = options.target_faces {
         let decimated = decimate(&mesh, target, options.decimate_max_error);
         notes.extend(decimated.notes);
         mesh = decimated.mesh;
+        stage("decimate");
     }
     let mut report = print_report(&mesh, options);
     if !(report.closed && report.two_manifold && report.winding_consistent)
@@ -97,9 +129,50 @@ pub fn process(volume: &Volume, options: &MeshOptions) -> Result<Processed, Mesh
             report = second;
         }
     }
+    stage("report");
     Ok(Processed {
         mesh,
         report,
         notes,
+        stages,
     })
+}
+
+/// Extracts (and drops floaters) from the coarsest halving of `volume` whose mesh has at
+/// least [`COARSE_FACES_PER_TARGET`] × `target` faces, or from `volume` itself.
+fn extract_for_target(
+    volume: &Volume,
+    target: usize,
+    options: &MeshOptions,
+    notes: &mut Vec<String>,
+) -> Result<Mesh, MeshError> {
+    volume.validate()?;
+    let mut pyramid: Vec<OwnedVolume> = Vec::new();
+    loop {
+        let finest = pyramid.last().map_or(*volume, OwnedVolume::view);
+        match halve(&finest) {
+            Some(h) if h.dims.iter().all(|&n| n >= MIN_COARSE_SAMPLES) => pyramid.push(h),
+            _ => break,
+        }
+    }
+    let wanted = target.saturating_mul(COARSE_FACES_PER_TARGET);
+    for (level, coarse) in pyramid.iter().enumerate().rev() {
+        let mesh = match extract(&coarse.view()) {
+            Ok(mesh) => remove_floaters(&mesh, options.floater_fraction),
+            // Filtering can erase a surface only a few samples thick: try finer.
+            Err(MeshError::EmptySurface { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        if mesh.indices.len() >= wanted {
+            let [z, y, x] = coarse.dims;
+            notes.push(format!(
+                "extracted from the volume at {x}×{y}×{z} ({}× coarser; {} faces for a \
+                 target of {target})",
+                1 << (level + 1),
+                mesh.indices.len()
+            ));
+            return Ok(mesh);
+        }
+    }
+    Ok(remove_floaters(&extract(volume)?, options.floater_fraction))
 }

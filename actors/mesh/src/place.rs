@@ -24,26 +24,48 @@ pub(crate) fn scale_for(mesh: &Mesh, size_mm: Option<f32>) -> f64 {
 /// rotation, so winding stays outward), scaled by `scale`, then moved so the box's bottom
 /// centre is the origin: resting on z = 0, centred on x = y = 0.
 pub(crate) fn to_print_frame(mesh: &Mesh, scale: f64) -> Mesh {
-    let rotated: Vec<[f64; 3]> = mesh
+    let rotated = mesh
         .positions
         .iter()
-        .map(|p| [f64::from(p[0]), -f64::from(p[2]), f64::from(p[1])].map(|c| c * scale))
-        .collect();
+        .map(|p| [f64::from(p[0]), -f64::from(p[2]), f64::from(p[1])].map(|c| c * scale));
+    resting(mesh, rotated.collect(), 2)
+}
+
+/// `mesh` in glTF's frame (Y up, axes unchanged), scaled by `scale`, with the box's
+/// bottom centre at the origin: standing on y = 0, centred on x = z = 0 — the placement
+/// of [`to_print_frame`] in Y-up terms.
+pub(crate) fn to_ground_frame(mesh: &Mesh, scale: f64) -> Mesh {
+    let scaled = mesh
+        .positions
+        .iter()
+        .map(|p| p.map(|c| f64::from(c) * scale));
+    resting(mesh, scaled.collect(), 1)
+}
+
+/// `mesh` with `positions`, moved so that their box's bottom (along axis `up`) centre
+/// is the origin.
+fn resting(mesh: &Mesh, positions: Vec<[f64; 3]>, up: usize) -> Mesh {
     let mut lo = [f64::INFINITY; 3];
     let mut hi = [f64::NEG_INFINITY; 3];
-    for p in rotated.iter().filter(|p| p.iter().all(|c| c.is_finite())) {
+    for p in positions.iter().filter(|p| p.iter().all(|c| c.is_finite())) {
         for i in 0..3 {
             lo[i] = lo[i].min(p[i]);
             hi[i] = hi[i].max(p[i]);
         }
     }
-    let shift = if lo[0].is_finite() {
-        [-0.5 * (lo[0] + hi[0]), -0.5 * (lo[1] + hi[1]), -lo[2]]
+    let shift: [f64; 3] = if lo[0].is_finite() {
+        std::array::from_fn(|i| {
+            if i == up {
+                -lo[i]
+            } else {
+                -0.5 * (lo[i] + hi[i])
+            }
+        })
     } else {
         [0.0; 3]
     };
     Mesh {
-        positions: rotated
+        positions: positions
             .iter()
             .map(|p| std::array::from_fn(|i| (p[i] + shift[i]) as f32))
             .collect(),

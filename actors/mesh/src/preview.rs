@@ -175,18 +175,5 @@ fn render(mesh: &Mesh, normals: &[[f32; 3]], view: &View, size: u32) -> Vec<u8> 
             }
         }
     }
-    encode(&rgb, size)
-}
-
-fn encode(rgb: &[u8], size: u32) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut encoder = png::Encoder::new(&mut out, size, size);
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    encoder.set_compression(png::Compression::Fast);
-    // Writing to a Vec cannot fail for a correctly sized buffer.
-    if let Ok(mut writer) = encoder.write_header() {
-        let _ = writer.write_image_data(rgb);
-    }
-    out
+    crate::texture::encode_rgb(&rgb, size, size)
 }

@@ -6,7 +6,10 @@ mod shapes;
 
 use std::io::Read;
 
-use orfeas_mesh::{export, process, ExportFormat, Inside, Mesh, MeshOptions};
+use orfeas_mesh::{
+    export, export_files, process, project_texture, ExportFormat, Image, ImagePlane, Inside, Mesh,
+    MeshOptions,
+};
 use shapes::*;
 
 /// A decimated box 1.0 × 0.6 × 0.8 (world, Y up) with colours.
@@ -229,7 +232,7 @@ fn obj_ply_3mf_read_back_in_the_world_and_print_frames() {
 }
 
 #[test]
-fn glb_is_scaled_to_metres_and_keeps_y_up() {
+fn glb_is_scaled_to_metres_keeps_y_up_and_stands_on_the_ground() {
     let mesh = model();
     let plain = export(&mesh, ExportFormat::Glb, None).unwrap();
     assert_eq!(plain, orfeas_mesh::to_glb(&mesh).unwrap());
@@ -244,6 +247,18 @@ fn glb_is_scaled_to_metres_and_keeps_y_up() {
     let ext: Vec<f64> = (0..3).map(|i| hi[i] - lo[i]).collect();
     assert!((ext[0] - 0.1).abs() < 1e-5, "longest side 0.1 m: {ext:?}");
     assert!(ext[1] < ext[2] && ext[2] < ext[0], "Y up kept: {ext:?}");
+    // Placed like the print formats: bottom centre at the origin.
+    assert_eq!(lo[1], 0.0, "stands on y = 0: {lo:?}");
+    assert!(
+        (lo[0] + hi[0]).abs() < 1e-6 && (lo[2] + hi[2]).abs() < 1e-6,
+        "centred: {lo:?} {hi:?}"
+    );
+    // The world-frame GLB is where the model was.
+    let json_len = u32::from_le_bytes(plain[12..16].try_into().unwrap()) as usize;
+    let root: serde_json::Value = serde_json::from_slice(&plain[20..20 + json_len]).unwrap();
+    let min: Vec<f32> = serde_json::from_value(root["accessors"][0]["min"].clone()).unwrap();
+    let world_min = (0..3).map(|i| mesh.positions.iter().map(|p| p[i]).fold(f32::MAX, f32::min));
+    assert_eq!(min, world_min.collect::<Vec<_>>());
 }
 
 #[test]
@@ -266,4 +281,162 @@ fn export_rejects_unusable_meshes() {
             "bad_mesh"
         );
     }
+}
+
+/// A 32 × 32 image: a red-to-blue gradient inside a disc, transparent outside.
+fn disc_image() -> Image {
+    let mut rgba = Vec::new();
+    for y in 0..32 {
+        for x in 0..32 {
+            let inside = (x as f32 - 15.5).hypot(y as f32 - 15.5) < 14.0;
+            rgba.extend([
+                8 * x as u8,
+                40,
+                255 - 8 * x as u8,
+                if inside { 255 } else { 0 },
+            ]);
+        }
+    }
+    Image::new(32, 32, rgba).unwrap()
+}
+
+const PLANE: ImagePlane = ImagePlane {
+    min: [-1.0, -1.0],
+    max: [1.0, 1.0],
+};
+
+#[test]
+fn textured_obj_comes_with_its_material_and_image() {
+    let mesh = model();
+    let texture = project_texture(&mesh, &disc_image(), &PLANE);
+    let files = export_files(
+        &mesh,
+        ExportFormat::Obj,
+        Some(80.0),
+        Some(&texture),
+        "apple",
+    )
+    .unwrap();
+    let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["apple.obj", "apple.mtl", "apple.png"]);
+    let obj = std::str::from_utf8(&files[0].bytes).unwrap();
+    assert!(obj.contains("mtllib apple.mtl\n") && obj.contains("usemtl orfeas\n"));
+    let count = |prefix: &str| obj.lines().filter(|l| l.starts_with(prefix)).count();
+    assert_eq!(count("v "), mesh.positions.len());
+    assert_eq!(count("vt "), mesh.positions.len());
+    assert_eq!(count("f "), mesh.indices.len());
+    // No vertex colours when textured; every corner names the same v, vt and vn.
+    assert!(obj
+        .lines()
+        .filter(|l| l.starts_with("v "))
+        .all(|l| l.split(' ').count() == 4));
+    for line in obj.lines().filter(|l| l.starts_with("f ")) {
+        for corner in line.split(' ').skip(1) {
+            let ids: Vec<&str> = corner.split('/').collect();
+            assert!(
+                ids.len() == 3 && ids[0] == ids[1] && ids[1] == ids[2],
+                "{line}"
+            );
+        }
+    }
+    // OBJ's v grows upward: vt v = 1 − glTF v.
+    let first_vt: Vec<f32> = obj
+        .lines()
+        .find(|l| l.starts_with("vt "))
+        .unwrap()
+        .split(' ')
+        .skip(1)
+        .map(|t| t.parse().unwrap())
+        .collect();
+    assert_eq!(first_vt, [texture.uvs[0][0], 1.0 - texture.uvs[0][1]]);
+    let mtl = std::str::from_utf8(&files[1].bytes).unwrap();
+    assert!(
+        mtl.contains("newmtl orfeas\n") && mtl.contains("map_Kd apple.png\n"),
+        "{mtl}"
+    );
+    assert_eq!(files[2].bytes, texture.png);
+    // Print placement as without a texture.
+    let (p, _, f, _) = read_obj(&export(&mesh, ExportFormat::Obj, Some(80.0)).unwrap());
+    let textured: Vec<[f32; 3]> = obj
+        .lines()
+        .filter(|l| l.starts_with("v "))
+        .map(|l| {
+            let c: Vec<f32> = l.split(' ').skip(1).map(|t| t.parse().unwrap()).collect();
+            [c[0], c[1], c[2]]
+        })
+        .collect();
+    assert_eq!((textured, f.len()), (p, mesh.indices.len()));
+
+    // Untextured, and the formats without textures: one file named after the stem.
+    for format in [
+        ExportFormat::Obj,
+        ExportFormat::Stl,
+        ExportFormat::Ply,
+        ExportFormat::ThreeMf,
+    ] {
+        let t = (format != ExportFormat::Obj).then_some(&texture);
+        let files = export_files(&mesh, format, None, t, "m").unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].name, format!("m.{}", format.extension()));
+        assert_eq!(files[0].bytes, export(&mesh, format, None).unwrap());
+    }
+    for bad in ["", "a b", "dir/m", "m\n"] {
+        let err = export_files(&mesh, ExportFormat::Obj, None, Some(&texture), bad).unwrap_err();
+        assert_eq!(err.code(), "export_failed", "{bad:?}");
+    }
+    let mut short = texture.clone();
+    short.uvs.pop();
+    for format in [ExportFormat::Obj, ExportFormat::Glb] {
+        let err = export_files(&mesh, format, None, Some(&short), "m").unwrap_err();
+        assert_eq!(err.code(), "bad_mesh");
+    }
+}
+
+#[test]
+fn textured_glb_embeds_the_image_and_drops_vertex_colours() {
+    let mesh = model();
+    let texture = project_texture(&mesh, &disc_image(), &PLANE);
+    let files = export_files(&mesh, ExportFormat::Glb, Some(100.0), Some(&texture), "m").unwrap();
+    assert_eq!(files.len(), 1);
+    let glb = &files[0].bytes;
+    let json_len = u32::from_le_bytes(glb[12..16].try_into().unwrap()) as usize;
+    let root: serde_json::Value = serde_json::from_slice(&glb[20..20 + json_len]).unwrap();
+    let bin = &glb[20 + json_len + 8..];
+    let prim = &root["meshes"][0]["primitives"][0];
+    assert!(prim["attributes"]["COLOR_0"].is_null(), "{prim}");
+    let uv = &root["accessors"][prim["attributes"]["TEXCOORD_0"].as_u64().unwrap() as usize];
+    assert_eq!(
+        (uv["type"].as_str(), uv["count"].as_u64()),
+        (Some("VEC2"), Some(mesh.positions.len() as u64))
+    );
+    let material = &root["materials"][prim["material"].as_u64().unwrap() as usize];
+    let pbr = &material["pbrMetallicRoughness"];
+    assert_eq!(pbr["metallicFactor"].as_f64(), Some(0.0));
+    let tex = &root["textures"][pbr["baseColorTexture"]["index"].as_u64().unwrap() as usize];
+    let image = &root["images"][tex["source"].as_u64().unwrap() as usize];
+    assert_eq!(image["mimeType"], "image/png");
+    let view = &root["bufferViews"][image["bufferView"].as_u64().unwrap() as usize];
+    let (at, len) = (
+        view["byteOffset"].as_u64().unwrap() as usize,
+        view["byteLength"].as_u64().unwrap() as usize,
+    );
+    assert_eq!(&bin[at..at + len], texture.png.as_slice());
+    // The UVs in the binary chunk are the texture's.
+    let uv_view = &root["bufferViews"][uv["bufferView"].as_u64().unwrap() as usize];
+    let uv_at = uv_view["byteOffset"].as_u64().unwrap() as usize;
+    let first =
+        [0, 4].map(|o| f32::from_le_bytes(bin[uv_at + o..uv_at + o + 4].try_into().unwrap()));
+    assert_eq!(first, texture.uvs[0]);
+    // Placed like the untextured GLB.
+    let plain = export(&mesh, ExportFormat::Glb, Some(100.0)).unwrap();
+    let plain_len = u32::from_le_bytes(plain[12..16].try_into().unwrap()) as usize;
+    let plain_root: serde_json::Value = serde_json::from_slice(&plain[20..20 + plain_len]).unwrap();
+    assert_eq!(
+        root["accessors"][0]["min"],
+        plain_root["accessors"][0]["min"]
+    );
+    assert_eq!(
+        root["accessors"][0]["max"],
+        plain_root["accessors"][0]["max"]
+    );
 }

@@ -1,5 +1,6 @@
-//! Independent oracles: trimesh and manifold3d (Python) load every export format; the
-//! Khronos glTF validator checks the GLB.
+//! Independent oracles: trimesh and manifold3d (Python) load every export format, plain,
+//! sized and textured; the Khronos glTF validator checks the GLB, plain, coloured and
+//! textured.
 //!
 //! They need tools outside Cargo, so they read `ORFEAS_PYTHON` (a Python with trimesh
 //! and manifold3d) and `ORFEAS_GLTF_VALIDATOR` (the installed npm `gltf-validator`
@@ -12,7 +13,10 @@ mod shapes;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use orfeas_mesh::{export, process, ExportFormat, Inside, Mesh, MeshOptions};
+use orfeas_mesh::{
+    export, export_files, process, project_texture, ExportFormat, Image, ImagePlane, Inside, Mesh,
+    MeshOptions, Texture,
+};
 use shapes::*;
 
 fn required_env(name: &str, what: &str) -> String {
@@ -31,7 +35,8 @@ fn out_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// (name, mesh, analytic world volume, genus) for the shapes, each decimated.
+/// (name, mesh, analytic world volume, genus) for the shapes, each decimated, with
+/// vertex colours.
 fn shapes() -> Vec<(&'static str, Mesh, f64, i64)> {
     let n = 64;
     let cases: [(&str, Box<dyn Fn(f32, f32, f32) -> f32>, f64, i64); 3] = [
@@ -69,6 +74,33 @@ fn shapes() -> Vec<(&'static str, Mesh, f64, i64)> {
             (name, mesh, v, genus)
         })
         .collect()
+}
+
+/// A 48 × 40 texture for `mesh`: a colour gradient inside an ellipse, transparent
+/// outside, projected over [-1, 1]².
+fn texture(mesh: &Mesh) -> Texture {
+    let (w, h) = (48u32, 40u32);
+    let mut rgba = Vec::new();
+    for y in 0..h {
+        for x in 0..w {
+            let (u, v) = (
+                x as f32 / (w - 1) as f32 - 0.5,
+                y as f32 / (h - 1) as f32 - 0.5,
+            );
+            let inside = u * u + v * v < 0.2;
+            rgba.extend([
+                (255.0 * (u + 0.5)) as u8,
+                (255.0 * (v + 0.5)) as u8,
+                90,
+                255 * inside as u8,
+            ]);
+        }
+    }
+    let plane = ImagePlane {
+        min: [-1.0, -1.0],
+        max: [1.0, 1.0],
+    };
+    project_texture(mesh, &Image::new(w, h, rgba).expect("image"), &plane)
 }
 
 fn longest_side(mesh: &Mesh) -> f64 {
@@ -122,6 +154,32 @@ fn oracles_trimesh_and_manifold3d_accept_every_format() {
                 "genus": genus,
             }));
         }
+        // Textured: the OBJ with its MTL and PNG, and the GLB.
+        let texture = texture(&mesh);
+        for (format, size_mm, scale) in [
+            (ExportFormat::Obj, Some(size), k),
+            (ExportFormat::Glb, None, 1.0),
+        ] {
+            let files = export_files(
+                &mesh,
+                format,
+                size_mm,
+                Some(&texture),
+                &format!("{name}-tex"),
+            )
+            .expect("export");
+            for file in &files {
+                std::fs::write(dir.join(&file.name), &file.bytes).expect("write");
+            }
+            manifest.push(serde_json::json!({
+                "path": dir.join(&files[0].name),
+                "faces": mesh.indices.len(),
+                "volume": world_volume * scale.powi(3),
+                "rel_tol": 0.03,
+                "genus": genus,
+                "texture": [48, 40],
+            }));
+        }
     }
     let manifest_path = dir.join("manifest.json");
     std::fs::write(
@@ -150,6 +208,15 @@ fn oracles_gltf_validator_finds_no_errors() {
                 export(&mesh, ExportFormat::Glb, size_mm).expect("export"),
             )
             .expect("write");
+            paths.push(path);
+        }
+        // Textured (TEXCOORD_0, embedded PNG, sampler, material), both placements.
+        let texture = texture(&mesh);
+        for size_mm in [None, Some(120.0)] {
+            let path = dir.join(format!("{name}-{}-textured.glb", size_mm.is_some()));
+            let files = export_files(&mesh, ExportFormat::Glb, size_mm, Some(&texture), "m")
+                .expect("export");
+            std::fs::write(&path, &files[0].bytes).expect("write");
             paths.push(path);
         }
         // Without colours too (no COLOR_0).

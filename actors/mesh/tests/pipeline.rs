@@ -251,9 +251,15 @@ fn previews_decode_with_foreground_that_differs_between_views() {
 
 #[test]
 fn previews_of_a_million_triangles_render_in_about_a_second() {
-    // 256³ extraction of a sphere: about a million triangles.
-    let n = 240;
-    let data = sample(n, -1.0, 1.0, ball([0.0; 3], 0.8));
+    // A gyroid (three periods across the box) extracted at 200³: over a million
+    // triangles of a surface that covers every view.
+    let n = 200;
+    let k = 3.0 * std::f32::consts::TAU / 2.0;
+    let data = sample(n, -1.0, 1.0, |x, y, z| {
+        (k * x).sin() * (k * y).cos()
+            + (k * y).sin() * (k * z).cos()
+            + (k * z).sin() * (k * x).cos()
+    });
     let v = volume(&data, n, -1.0, 1.0, 0.0, Inside::Below);
     let mesh = orfeas_mesh::extract(&v).unwrap();
     assert!(mesh.indices.len() > 900_000, "{}", mesh.indices.len());

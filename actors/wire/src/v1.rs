@@ -93,6 +93,16 @@ pub struct JobParams {
     /// Absent names take the manifest's default; unknown names are refused.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "model_params")]
     pub model_params: BTreeMap<String, f64>,
+    /// Also texture the mesh with the input image (UVs projected from the front): the GLB
+    /// embeds it, an OBJ comes with an MTL and a PNG as [`ResultFile::parts`]; default
+    /// false. Sent only when true, so jobs without it encode as before this field.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub texture: bool,
+    /// The printer's build volume (x, y, z) in millimetres, Z up, that the printability
+    /// report checks the object against (each side 0 < s ≤ [`MAX_SIZE_MM`]); default
+    /// 256 × 256 × 256. Sent only when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_volume_mm: Option<[f32; 3]>,
 }
 
 /// Most model parameters one job may set.
@@ -130,6 +140,10 @@ fn model_params<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<S
     Ok(raw.into_iter().map(|(k, v)| (k, v.0)).collect())
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 impl JobParams {
     /// Check bounds; the error names the offending value.
     pub fn validate(&self) -> Result<(), String> {
@@ -148,6 +162,11 @@ impl JobParams {
         }
         if let Some((name, value)) = self.model_params.iter().find(|(_, v)| !v.is_finite()) {
             return Err(format!("model_params.{name} = {value} is not a finite number"));
+        }
+        if let Some(sides) = self.build_volume_mm {
+            if let Some(mm) = sides.into_iter().find(|mm| !(mm.is_finite() && *mm > 0.0 && *mm <= MAX_SIZE_MM)) {
+                return Err(format!("build_volume_mm side {mm} is outside (0, {MAX_SIZE_MM}]"));
+            }
         }
         Ok(())
     }
@@ -236,6 +255,25 @@ pub struct ResultFile {
     /// Where to fetch it: a path in the object store (`jobs/<agent>/<job_id>/model.glb`).
     pub location: String,
     /// A URL the file can be fetched from (`file://` for a local store).
+    pub url: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    /// Files this one refers to by name and needs beside it (a textured OBJ's `.mtl`
+    /// and `.png`); usually none, and then not sent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<ResultPart>,
+}
+
+/// A file that belongs to a [`ResultFile`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResultPart {
+    /// The name the result file refers to it by; save it under this name beside it.
+    pub name: String,
+    /// Key in the object store.
+    pub location: String,
+    /// Fetchable URL.
     pub url: String,
     /// Size in bytes.
     pub bytes: u64,
@@ -514,7 +552,7 @@ mod tests {
             EventKind::Accepted { queue_position: 3 },
             EventKind::Progress { stage: Stage::Meshing, percent: 60 },
             EventKind::Completed {
-                results: vec![ResultFile { format: Format::Glb, location: "a/b.glb".into(), url: "file:///a/b.glb".into(), bytes: 10, sha256: "00".into() }],
+                results: vec![ResultFile { format: Format::Glb, location: "a/b.glb".into(), url: "file:///a/b.glb".into(), bytes: 10, sha256: "00".into(), parts: vec![] }],
                 mesh: MeshStats { vertices: 1, faces: 2, closed_manifold: true, components: 1, volume: 1.5, bbox_min: [0.0; 3], bbox_max: [1.0; 3] },
                 report: None,
                 previews: vec![],
@@ -544,6 +582,31 @@ mod tests {
     }
 
     #[test]
+    fn texture_build_volume_and_parts_are_sent_only_when_used() {
+        let plain = JobParams { target_faces: Some(1_000), ..Default::default() };
+        let textured = JobParams { texture: true, build_volume_mm: Some([180.0, 180.0, 180.0]), ..plain.clone() };
+        // Absent when false: the encoding of older jobs is unchanged.
+        assert_eq!(crate::to_cbor(&plain), crate::to_cbor(&JobParamsBefore { target_faces: Some(1_000), size_mm: None, smooth: None, colour: None, previews: None }));
+        assert!(crate::to_cbor(&textured).len() > crate::to_cbor(&plain).len());
+        assert_eq!(crate::from_cbor::<JobParams>(&crate::to_cbor(&textured)).unwrap(), textured);
+        let part = ResultPart { name: "model.mtl".into(), location: "a/model.mtl".into(), url: "file:///a/model.mtl".into(), bytes: 3, sha256: "11".into() };
+        let file = ResultFile { format: Format::Obj, location: "a/model.obj".into(), url: "file:///a/model.obj".into(), bytes: 9, sha256: "00".into(), parts: vec![part] };
+        assert_eq!(crate::from_cbor::<ResultFile>(&crate::to_cbor(&file)).unwrap(), file);
+        let bare = ResultFile { parts: vec![], ..file.clone() };
+        assert!(crate::to_cbor(&bare).len() < crate::to_cbor(&file).len());
+        assert_eq!(crate::from_cbor::<ResultFile>(&crate::to_cbor(&bare)).unwrap(), bare);
+
+        #[derive(Serialize)]
+        struct JobParamsBefore {
+            target_faces: Option<u32>,
+            size_mm: Option<f32>,
+            smooth: Option<bool>,
+            colour: Option<bool>,
+            previews: Option<bool>,
+        }
+    }
+
+    #[test]
     fn formats_parse_and_serialize_by_extension() {
         for f in Format::ALL {
             assert_eq!(Format::parse(f.extension()), Some(f));
@@ -559,6 +622,9 @@ mod tests {
         assert!(JobParams { target_faces: Some(50), ..Default::default() }.validate().unwrap_err().contains("50"));
         assert!(JobParams { size_mm: Some(f32::NAN), ..Default::default() }.validate().is_err());
         assert!(JobParams { size_mm: Some(80.0), target_faces: Some(20_000), ..Default::default() }.validate().is_ok());
+        assert!(JobParams { build_volume_mm: Some([220.0, 220.0, 250.0]), ..Default::default() }.validate().is_ok());
+        assert!(JobParams { build_volume_mm: Some([220.0, 0.0, 250.0]), ..Default::default() }.validate().unwrap_err().contains("build_volume_mm"));
+        assert!(JobParams { build_volume_mm: Some([f32::INFINITY, 1.0, 1.0]), ..Default::default() }.validate().is_err());
     }
 
     #[test]

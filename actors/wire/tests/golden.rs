@@ -60,6 +60,7 @@ fn events() -> Vec<(&'static str, Event)> {
                         url: "file:///var/lib/orfeas/results/jobs/alice/01890a5d-ac96-774b-bcce-b302099a8057/model.glb".into(),
                         bytes: 123_456,
                         sha256: "00".repeat(32),
+                        parts: vec![],
                     }],
                     mesh: MeshStats { vertices: 10, faces: 16, closed_manifold: true, components: 1, volume: 0.5, bbox_min: [-1.0; 3], bbox_max: [1.0; 3] },
                     report: None,

@@ -1,10 +1,13 @@
 """Independent oracles for orfeas-mesh exports (run by tests/oracles.rs).
 
-Reads a JSON manifest: a list of {"path", "faces", "volume", "rel_tol", "genus"}.
+Reads a JSON manifest: a list of {"path", "faces", "volume", "rel_tol", "genus"} and,
+for textured files, "texture": [width, height].
 For each file: trimesh loads it (STL, GLB, OBJ, PLY, 3MF) and must find it watertight,
 winding-consistent, with exactly `faces` faces and a volume within `rel_tol` of the
 analytic `volume`; manifold3d must accept it as a manifold (status NoError) with the
-expected genus. Prints one line per file; exits 1 on the first failure list.
+expected genus. A textured file must load with texture visuals: one UV in [0, 1] per
+vertex and the material's image (an OBJ's through its MTL) of the given size. Prints
+one line per file; exits 1 on the first failure list.
 """
 
 import json
@@ -27,6 +30,20 @@ def check(entry):
     rel = abs(mesh.volume - entry["volume"]) / entry["volume"]
     if rel > entry["rel_tol"]:
         problems.append(f"volume {mesh.volume:.6g} vs {entry['volume']:.6g} (rel {rel:.4f})")
+    if "texture" in entry:
+        visual = mesh.visual
+        if visual.kind != "texture":
+            problems.append(f"visual kind {visual.kind}, expected texture")
+        else:
+            uv = np.asarray(visual.uv)
+            if uv.shape != (len(mesh.vertices), 2) or uv.min() < 0 or uv.max() > 1:
+                problems.append(f"uv shape {uv.shape} range [{uv.min()}, {uv.max()}]")
+            image = getattr(visual.material, "image", None) or getattr(
+                visual.material, "baseColorTexture", None
+            )
+            size = list(image.size) if image is not None else None
+            if size != entry["texture"]:
+                problems.append(f"texture image size {size} != {entry['texture']}")
     m = manifold3d.Manifold(
         manifold3d.Mesh(
             vert_properties=np.asarray(mesh.vertices, dtype=np.float32),
