@@ -15,7 +15,12 @@ use crate::{
 const COARSE_FACES_PER_TARGET: usize = 2;
 
 /// Coarser grids are tried down to this many samples along the shortest axis.
-const MIN_COARSE_SAMPLES: usize = 32;
+///
+/// Why this many: the face count alone would let a small target pick a very coarse
+/// grid, where the thin parts of a typical model (a mug's handle, a figure's legs, a
+/// few voxels thick at 96³) would break or vanish, and floater removal would then drop
+/// the pieces. Volumes from models at 192³ and up are coarsened; smaller ones are not.
+const MIN_COARSE_SAMPLES: usize = 96;
 
 /// What [`process`] does after extraction.
 #[derive(Clone, Debug, PartialEq)]
@@ -39,9 +44,9 @@ pub struct MeshOptions {
     /// Above this many faces the report skips counting self-intersections.
     pub self_intersection_max_faces: usize,
     /// With a face target, extract from the volume halved in resolution (once or more,
-    /// tent-filtered) when that still gives at least twice the target faces. Much
-    /// faster; detail finer than two grid steps of the full volume is lost, which a
-    /// mesh decimated to the target could not show either.
+    /// tent-filtered, never below 96 samples per axis) when that still gives at least
+    /// twice the target faces. Much faster; detail finer than two grid steps of the full
+    /// volume is lost, which a mesh decimated to the target could not show either.
     pub coarsen: bool,
 }
 

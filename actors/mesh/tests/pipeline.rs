@@ -76,6 +76,70 @@ fn process_analytic_shapes_with_and_without_decimation() {
 }
 
 #[test]
+fn process_coarsens_large_volumes_for_small_targets_and_stays_accurate() {
+    // 192³ halves to 96³ (the smallest grid coarsening may use), which still gives well
+    // over twice the 3 000 faces asked for.
+    let n = 192;
+    let cases: [(&str, Box<dyn Fn(f32, f32, f32) -> f32>, f64, i64); 2] = [
+        (
+            "sphere",
+            Box::new(ball([0.1, 0.0, -0.05], 0.6)),
+            ball_volume(0.6),
+            0,
+        ),
+        (
+            "torus",
+            Box::new(torus(0.55, 0.2)),
+            torus_volume(0.55, 0.2),
+            1,
+        ),
+    ];
+    for (name, f, expected_volume, genus) in cases {
+        let data = sample(n, -1.0, 1.0, f);
+        let v = volume(&data, n, -1.0, 1.0, 0.0, Inside::Below);
+        let out = process(&v, &decimating(3_000)).expect("process");
+        let what = format!("{name}: {:?}", out.notes);
+        assert!(
+            out.notes.iter().any(|n| n.contains("96×96×96 (2× coarser")),
+            "{what}"
+        );
+        assert_printable(&out.report, &what);
+        assert_eq!(out.report.genus, Some(genus), "{what}");
+        assert_close(out.report.volume_mm3, expected_volume, 0.02, &what);
+        let faces = out.mesh.indices.len();
+        assert!((2_700..=3_300).contains(&faces), "{what}: {faces} faces");
+        // The same target from the full grid gives the same shape.
+        let full = process(
+            &v,
+            &MeshOptions {
+                coarsen: false,
+                ..decimating(3_000)
+            },
+        )
+        .expect("process");
+        assert!(
+            full.notes.iter().all(|n| !n.contains("coarser")),
+            "{:?}",
+            full.notes
+        );
+        assert_close(out.report.volume_mm3, full.report.volume_mm3, 0.01, &what);
+        assert_close(out.report.area_mm2, full.report.area_mm2, 0.01, &what);
+    }
+    // A volume too small to halve above 96 samples is extracted as it is.
+    let data = sample(N, -1.0, 1.0, ball([0.0; 3], 0.6));
+    let out = process(
+        &volume(&data, N, -1.0, 1.0, 0.0, Inside::Below),
+        &decimating(300),
+    )
+    .unwrap();
+    assert!(
+        out.notes.iter().all(|n| !n.contains("coarser")),
+        "{:?}",
+        out.notes
+    );
+}
+
+#[test]
 fn process_reports_size_and_build_volume_in_millimetres() {
     // A box 1.0 × 0.6 × 0.8 world units (Y up) printed 120 mm long: 120 × 96 × 72 mm Z-up
     // (world z becomes print y, world y becomes print z).
@@ -204,6 +268,58 @@ fn process_random_volumes_are_always_closed_and_manifold() {
             assert_eq!(r.euler % 2, 0, "{what}");
         }
     }
+}
+
+#[test]
+fn process_random_large_volumes_through_coarsening_are_closed_and_manifold() {
+    // Noisy blobs on grids big enough to coarsen, with and without exact-iso ties.
+    let mut rng = Rng(0x2f0b_d9c5_19a3_6e01);
+    let mut coarsened = 0;
+    for case in 0..8 {
+        let n = 192 + (rng.next() * 40.0) as usize;
+        let blobs: Vec<([f32; 3], f32)> = (0..2 + case % 4)
+            .map(|_| {
+                let c = [0; 3].map(|_| rng.range(-0.5, 0.5));
+                (c, rng.range(0.15, 0.45))
+            })
+            .collect();
+        let amplitude = rng.range(0.0, 0.05);
+        let c = |i: usize| -1.0 + 2.0 * i as f32 / (n - 1) as f32;
+        let mut data = Vec::with_capacity(n * n * n);
+        for k in 0..n {
+            for j in 0..n {
+                for i in 0..n {
+                    let (x, y, z) = (c(i), c(j), c(k));
+                    let d = blobs
+                        .iter()
+                        .map(|&(p, r)| ball(p, r)(x, y, z))
+                        .fold(f32::INFINITY, f32::min);
+                    let v = d + amplitude * (rng.next() - 0.5);
+                    data.push(if case % 2 == 1 {
+                        (v * 40.0).round() / 40.0
+                    } else {
+                        v
+                    });
+                }
+            }
+        }
+        let target = 1_000 + (rng.next() * 8_000.0) as usize;
+        let out = process(
+            &volume(&data, n, -1.0, 1.0, 0.0, Inside::Below),
+            &decimating(target),
+        )
+        .expect("process");
+        let r = &out.report;
+        let what = format!(
+            "case {case} n {n} target {target}: {:?} {:?}",
+            r.problems, out.notes
+        );
+        assert!(r.closed && r.two_manifold && r.winding_consistent, "{what}");
+        assert_eq!(r.degenerate_faces, 0, "{what}");
+        assert!(check(&out.mesh).is_closed_manifold(), "{what}");
+        coarsened += out.notes.iter().any(|n| n.contains("coarser")) as usize;
+    }
+    assert!(coarsened >= 6, "only {coarsened} of 8 cases were coarsened");
 }
 
 fn decode(png_bytes: &[u8]) -> (u32, u32, Vec<u8>) {
