@@ -42,7 +42,7 @@ use tokio::{
 };
 use uuid::Uuid;
 
-use crate::{agent, cli::BenchArgs, config::Config, embedded::EmbeddedNats};
+use crate::{agent, cli::BenchArgs, config::Config};
 
 /// Latency summary in milliseconds.
 #[derive(Debug, Serialize, Default)]
@@ -294,15 +294,7 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<BenchReport> {
     if args.rate.is_some_and(|r| !(r > 0.0)) {
         bail!("--rate must be positive");
     }
-    let url = args.nats.clone().unwrap_or_else(|| config.nats.url.clone());
-    let (embedded, url) = if url.is_empty() {
-        let bin = crate::embedded::find_server(&config.nats.server_bin)?;
-        let server = tokio::task::spawn_blocking(move || EmbeddedNats::start(&bin)).await??;
-        let url = server.url.clone();
-        (Some(server), url)
-    } else {
-        (None, url)
-    };
+    let (embedded, url) = crate::embedded::server_or_embedded(&config, args.nats.as_deref()).await?;
     let scratch = tempfile::Builder::new().prefix("orfeas-bench-").tempdir()?;
     let mut metrics_urls = args.metrics.clone();
     let local_node = if embedded.is_some() {

@@ -118,3 +118,17 @@ impl Drop for EmbeddedNats {
         let _ = self.child.wait();
     }
 }
+
+/// The NATS URL to use: `flag`, else `nats.url`, else a freshly started
+/// embedded server (returned too: dropping it stops the server).
+pub async fn server_or_embedded(config: &crate::config::Config, flag: Option<&str>) -> Result<(Option<EmbeddedNats>, String)> {
+    let url = flag.map(str::to_string).unwrap_or_else(|| config.nats.url.clone());
+    if !url.is_empty() {
+        return Ok((None, url));
+    }
+    let bin = find_server(&config.nats.server_bin)?;
+    // Starting waits for the port with short blocking sleeps.
+    let server = tokio::task::spawn_blocking(move || EmbeddedNats::start(&bin)).await??;
+    let url = server.url.clone();
+    Ok((Some(server), url))
+}

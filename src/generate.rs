@@ -14,7 +14,7 @@ use orfeas_wire::{
     SecretKey,
 };
 
-use crate::{agent, cli::GenerateArgs, config::Config, embedded::EmbeddedNats};
+use crate::{agent, cli::GenerateArgs, config::Config};
 
 /// The agent name of the throwaway key.
 const LOCAL_AGENT: &str = "local";
@@ -32,16 +32,7 @@ pub async fn run(config: Config, args: GenerateArgs) -> Result<usize> {
             bail!("{} does not exist", image.display());
         }
     }
-    let url = args.nats.clone().unwrap_or_else(|| config.nats.url.clone());
-    let (embedded, url) = if url.is_empty() {
-        let bin = crate::embedded::find_server(&config.nats.server_bin)?;
-        // Starting waits for the port with short blocking sleeps.
-        let server = tokio::task::spawn_blocking(move || EmbeddedNats::start(&bin)).await??;
-        let url = server.url.clone();
-        (Some(server), url)
-    } else {
-        (None, url)
-    };
+    let (embedded, url) = crate::embedded::server_or_embedded(&config, args.nats.as_deref()).await?;
     let scratch = tempfile::Builder::new().prefix("orfeas-generate-").tempdir()?;
     let store_root = if embedded.is_some() { scratch.path().join("store") } else { config.store_root() };
     let mut settings = config.node_settings(&url, store_root)?;
