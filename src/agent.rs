@@ -78,15 +78,22 @@ pub fn output_path(output: Option<&Path>, image: &Path, format: Format) -> PathB
     }
 }
 
-/// Copy a result file from its URL (a `file://` URL of a local store).
-pub fn fetch(file: &ResultFile, to: &Path) -> Result<()> {
-    let Some(path) = file.url.strip_prefix("file://") else {
-        bail!("cannot fetch {}: only file:// results are supported by this command", file.url);
-    };
+/// Put a result file at `to`: copied from its `file://` URL when this
+/// machine sees the node's folder, otherwise fetched over NATS (chunks
+/// checked against the file's SHA-256), which works for any store.
+pub async fn fetch(client: &AgentClient, job_id: &Uuid, file: &ResultFile, to: &Path) -> Result<()> {
     if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::copy(path, to).with_context(|| format!("copying {path} to {}", to.display()))?;
+    if let Some(path) = file.url.strip_prefix("file://").filter(|p| Path::new(p).is_file()) {
+        std::fs::copy(path, to).with_context(|| format!("copying {path} to {}", to.display()))?;
+        return Ok(());
+    }
+    let bytes = client
+        .fetch_file(job_id, &file.location, Some(&file.sha256), Duration::from_secs(30))
+        .await
+        .with_context(|| format!("fetching {} over NATS", file.location))?;
+    std::fs::write(to, bytes).with_context(|| format!("writing {}", to.display()))?;
     Ok(())
 }
 

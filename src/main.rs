@@ -3,6 +3,7 @@
 
 mod agent;
 mod cli;
+mod cluster_cmd;
 mod config;
 mod embedded;
 mod generate;
@@ -87,7 +88,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let url = nats_url(&config, &nats)?;
             let client = bus::connect(&url, "orfeas-cli").await?;
             let settings = config.node_settings(&url, config.store_root())?;
-            let bus = bus::Bus::ensure(client, &settings).await?;
+            // An existing deployment's buckets as they are (whatever their
+            // replicas); the first command on a fresh NATS creates them.
+            let bus = match bus::Bus::attach(client.clone()).await {
+                Ok(bus) => bus,
+                Err(_) => bus::Bus::ensure(client, &settings).await?,
+            };
             let record = Registry::new(bus.agents.clone(), bus.nodes.clone()).add_agent_key(&name, &pubkey).await?;
             println!("agent {} has {} key(s); added kid {}", record.name, record.keys.len(), orfeas_wire::PublicKey::from_hex(&pubkey)?.id().0);
             Ok(ExitCode::SUCCESS)
@@ -112,7 +118,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     for file in &results {
                         let to = agent::output_path(args.output.as_deref(), &args.image, file.format);
                         if args.output.is_some() {
-                            agent::fetch(file, &to)?;
+                            agent::fetch(&agent_client, &job.job_id, file, &to).await?;
                             println!("wrote {}", to.display());
                         } else {
                             println!("{} {}", file.format.extension(), file.url);
@@ -130,6 +136,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Config => {
             print!("{}", config.redacted());
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Nodes(args) => {
+            cluster_cmd::nodes(&nats_url(&config, &args.nats)?, &args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fetch(args) => {
+            cluster_cmd::fetch(&config, &nats_url(&config, &args.nats)?, &args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Streams(args) => {
+            let matching = cluster_cmd::streams(&config, &nats_url(&config, &args.nats)?, &args).await?;
+            Ok(if matching { ExitCode::SUCCESS } else { ExitCode::from(3) })
         }
     }
 }

@@ -340,7 +340,7 @@ impl Actor for Ingress {
                 let kind = match settled {
                     Settled::Ack => AckKind::Ack,
                     Settled::Term => AckKind::Term,
-                    Settled::Retry => AckKind::Nak(Some(std::time::Duration::from_secs(1))),
+                    Settled::Retry => AckKind::Nak(Some(bus::retry_delay(message.info().map(|i| i.delivered as u64).unwrap_or(1)))),
                 };
                 if let Err(e) = message.ack_with(kind).await {
                     tracing::warn!(error = %e, "submission ack not sent; it will be redelivered");

@@ -15,6 +15,7 @@ pub mod bus;
 pub mod device;
 pub mod events;
 pub mod gpu_worker;
+pub mod heartbeat;
 pub mod http;
 pub mod ingress;
 pub mod jobs;
@@ -24,12 +25,14 @@ pub mod node;
 pub mod postprocess;
 pub mod preprocess;
 pub mod registry;
+pub mod results;
 pub mod roster;
 pub mod scheduler;
 pub mod settings;
 pub mod store;
 pub mod supervisor;
 pub mod ticket;
+pub mod topology;
 
 pub use settings::NodeSettings;
 

@@ -1,6 +1,7 @@
 //! Starting and stopping one node: connect, create what JetStream needs,
-//! publish the node's event key, start the actor tree; on shutdown stop
-//! intake first and flush NATS last.
+//! register the node (event key, devices, load; kept alive by heartbeats),
+//! serve result fetches, start the actor tree; on shutdown stop intake
+//! first and flush NATS last.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -11,14 +12,16 @@ use crate::{
     bus::{self, Bus, BusError},
     device,
     events::EventSink,
+    heartbeat::{Heartbeat, NodeLoad},
     http::{self, Health},
     metrics,
     model::{self, ModelError},
     now_ms,
     registry::{NodeRecord, Registry},
+    results::ResultServer,
     roster::Roster,
     settings::NodeSettings,
-    store::{ResultStore, StoreError},
+    store::{ResultStore, StoreConfig, StoreError},
     supervisor::{NodeContext, NodeSupervisor, SupervisorMsg},
 };
 
@@ -52,6 +55,8 @@ pub struct RunningNode {
     health: Health,
     http: Option<(SocketAddr, JoinHandle<()>)>,
     sampler: JoinHandle<()>,
+    heartbeat: Heartbeat,
+    results: JoinHandle<()>,
 }
 
 /// Start a node and return once every actor is up and models are warm.
@@ -62,18 +67,41 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, NodeError> {
     let client = bus::connect(&settings.nats_url, &format!("orfeas-node-{}", settings.node_id)).await?;
     let bus = Bus::ensure(client.clone(), &settings).await?;
     let registry = Registry::new(bus.agents.clone(), bus.nodes.clone());
-    registry
-        .put_node(&NodeRecord {
-            node_id: settings.node_id.clone(),
-            public_key: settings.node_key.public().to_hex(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            started_at_ms: now_ms(),
-        })
-        .await?;
+    let store = ResultStore::open(&match &settings.store_s3 {
+        Some(s3) => StoreConfig::S3(s3.clone()),
+        None => StoreConfig::Local(settings.store_root.clone()),
+    })?;
+    // The record (with the event-signing key) is written before any event
+    // and kept alive by heartbeats for as long as the node runs.
+    let load = NodeLoad::default();
+    let record = NodeRecord {
+        node_id: settings.node_id.clone(),
+        public_key: settings.node_key.public().to_hex(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started_at_ms: now_ms(),
+        heartbeat_at_ms: 0,
+        state: "starting".into(),
+        devices: devices.iter().map(|d| orfeas_wire::v1::NodeDevice { id: d.id.clone(), total_bytes: d.total_bytes }).collect(),
+        models: models.iter().map(|(m, _)| m.name.clone()).collect(),
+        capacity: crate::scheduler::credits_for(devices.len(), settings.max_batch) as u32,
+        held_jobs: 0,
+        busy_devices: 0,
+        finished_jobs: 0,
+    };
+    let heartbeat = Heartbeat::start(registry.clone(), record, load.clone()).await?;
     let events = EventSink::spawn(bus.clone(), &settings.node_id, settings.node_key.clone(), settings.deployment.clone());
-    let store = ResultStore::local(settings.store_root.clone())?;
     let roster = Roster::new(&settings.node_id);
-    let ctx = NodeContext { settings: Arc::new(settings), bus: bus.clone(), events, store, devices, models, roster: roster.clone() };
+    let results = ResultServer {
+        node_id: settings.node_id.clone(),
+        node_key: settings.node_key.clone(),
+        deployment: settings.deployment.clone(),
+        clock_skew_s: settings.clock_skew_s,
+        registry,
+        jobs: crate::jobs::JobStore::new(bus.jobs.clone()),
+        store: store.clone(),
+    }
+    .spawn(client.clone());
+    let ctx = NodeContext { settings: Arc::new(settings), bus: bus.clone(), events, store, devices, models, roster: roster.clone(), load };
     let health = Health::new(client.clone());
     let http = match ctx.settings.http_listen {
         Some(listen) => {
@@ -88,7 +116,8 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, NodeError> {
         .await
         .map_err(|e| NodeError::Spawn(e.to_string()))?;
     health.set_warm(true);
-    Ok(RunningNode { supervisor, handle, client, bus, health, http, sampler })
+    heartbeat.set_state("ready").await;
+    Ok(RunningNode { supervisor, handle, client, bus, health, http, sampler, heartbeat, results })
 }
 
 /// Refresh device memory and utilisation gauges every few seconds.
@@ -119,6 +148,7 @@ impl RunningNode {
     /// Stop intake, then the rest of the tree, then flush NATS.
     pub async fn stop(self) {
         self.health.set_warm(false);
+        self.heartbeat.set_state("draining").await;
         let _ = ractor::call_t!(self.supervisor, SupervisorMsg::Shutdown, 60_000);
         self.sampler.abort();
         if let Some((_, task)) = &self.http {
@@ -126,6 +156,10 @@ impl RunningNode {
         }
         self.supervisor.stop(None);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
+        self.results.abort();
+        // The record expires on its own: agents can still verify this
+        // node's last events for a while.
+        self.heartbeat.stop();
         let _ = self.client.flush().await;
     }
 }

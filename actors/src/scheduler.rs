@@ -30,6 +30,7 @@ use uuid::Uuid;
 use crate::{
     bus::{self, Bus},
     events::EventSink,
+    heartbeat::NodeLoad,
     gpu_worker::GpuWorkerMsg,
     jobs::{JobState, JobStore, Updated},
     metrics, now_ms,
@@ -88,6 +89,8 @@ pub struct Scheduler {
     pub devices: Vec<String>,
     /// Largest batch per model.
     pub model_max_batch: HashMap<String, usize>,
+    /// What the node's heartbeat reports.
+    pub load: NodeLoad,
 }
 
 /// Scheduler state.
@@ -100,10 +103,15 @@ pub struct SchedulerState {
     running: HashMap<String, Vec<Uuid>>,
 }
 
+/// Jobs a node with `devices` devices holds at most: enough to fill every
+/// device twice (one batch running, one ready). Also its advertised capacity.
+pub fn credits_for(devices: usize, max_batch: usize) -> usize {
+    (devices * max_batch * 2).max(1)
+}
+
 impl Scheduler {
     fn credits(&self) -> usize {
-        // Enough to fill every device twice: one batch running, one ready.
-        (self.devices.len() * self.settings.max_batch * 2).max(1)
+        credits_for(self.devices.len(), self.settings.max_batch)
     }
 
     /// Turn a delivered message into a ticket, or settle it at once.
@@ -124,7 +132,7 @@ impl Scheduler {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "job record unreadable; retrying later");
-                return Err(Outcome::Nak(Duration::from_secs(1)));
+                return Err(Outcome::Nak(bus::retry_delay(attempt)));
             }
         };
         let (mut record, revision) = record;
@@ -133,7 +141,7 @@ impl Scheduler {
             // again (same seq, so agents see one answer), then ack.
             if let Some(kind) = record.terminal.clone() {
                 if self.events.publish(&job.agent, job.job_id, record.terminal_seq, kind).await.is_err() {
-                    return Err(Outcome::Nak(Duration::from_secs(1)));
+                    return Err(Outcome::Nak(bus::retry_delay(attempt)));
                 }
             }
             return Err(Outcome::Ack);
@@ -147,7 +155,7 @@ impl Scheduler {
             Ok(Updated::Fenced) => Err(Outcome::Nak(Duration::from_millis(200))),
             Err(e) => {
                 tracing::warn!(error = %e, "job record not updated; retrying later");
-                Err(Outcome::Nak(Duration::from_secs(1)))
+                Err(Outcome::Nak(bus::retry_delay(attempt)))
             }
         }
     }
@@ -281,7 +289,12 @@ impl Actor for Scheduler {
                 state.idle.insert(device);
                 self.dispatch(state);
             }
-            SchedulerMsg::Finished { job_id, outcome } => settle(state, job_id, outcome),
+            SchedulerMsg::Finished { job_id, outcome } => {
+                if matches!(outcome, Outcome::Ack | Outcome::Term) {
+                    self.load.finished_one();
+                }
+                settle(state, job_id, outcome)
+            }
             SchedulerMsg::WorkerLost(device) => {
                 self.hand_back(state, &device);
                 state.idle.insert(device);
@@ -303,6 +316,7 @@ impl Actor for Scheduler {
             }
             SchedulerMsg::PullFailed(e) => return Err(e.into()),
         }
+        self.load.set(state.held.len(), state.running.len());
         Ok(())
     }
 }

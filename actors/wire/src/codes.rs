@@ -37,6 +37,8 @@ pub enum ErrorCode {
     StorageFailed,
     /// Something inside the node broke.
     Internal,
+    /// No such job of this agent, or it has no results (fetch).
+    NotFound,
 }
 
 impl ErrorCode {
@@ -58,6 +60,7 @@ impl ErrorCode {
             Self::MeshFailed => "mesh_failed",
             Self::StorageFailed => "storage_failed",
             Self::Internal => "internal",
+            Self::NotFound => "not_found",
         }
     }
 
@@ -66,6 +69,7 @@ impl ErrorCode {
         match self {
             Self::UnknownKey | Self::BadSignature | Self::Stale => 401,
             Self::Forbidden => 403,
+            Self::NotFound => 404,
             Self::Conflict => 409,
             Self::TooLarge => 413,
             Self::Malformed | Self::Invalid | Self::UnknownModel | Self::InvalidImage => 422,
