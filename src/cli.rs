@@ -55,6 +55,14 @@ pub enum Command {
     /// Time raw forward passes of one model at several batch sizes (no NATS,
     /// no preprocessing, no meshing): the model's own throughput.
     BenchForward(BenchForwardArgs),
+    /// List live nodes of the deployment and their load.
+    Nodes(NodesArgs),
+    /// Download the result files of a finished job over NATS (for agents
+    /// without access to the object store).
+    Fetch(FetchArgs),
+    /// Compare the deployment's streams and buckets with this
+    /// configuration; with --apply, update them where JetStream can.
+    Streams(StreamsArgs),
 }
 
 /// `orfeas models`
@@ -147,6 +155,54 @@ pub struct BenchArgs {
     /// Mesh parameters for every job.
     #[command(flatten)]
     pub shape: ShapeArgs,
+}
+
+/// `orfeas nodes`
+#[derive(Args, Debug)]
+pub struct NodesArgs {
+    /// NATS URL(s), comma separated.
+    #[arg(long)]
+    pub nats: Option<String>,
+    /// One JSON object per node instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `orfeas fetch`
+#[derive(Args, Debug)]
+pub struct FetchArgs {
+    /// The job.
+    pub job_id: uuid::Uuid,
+    /// NATS URL(s), comma separated.
+    #[arg(long)]
+    pub nats: Option<String>,
+    /// Agent name (the job's owner).
+    #[arg(long)]
+    pub agent: String,
+    /// Agent secret key file.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Folder to write the files into (created if missing).
+    #[arg(short, long, default_value = ".")]
+    pub output: PathBuf,
+    /// Also fetch the preview images.
+    #[arg(long)]
+    pub previews: bool,
+    /// Give up on a silent request after this many seconds.
+    #[arg(long, default_value_t = 30)]
+    pub timeout_s: u64,
+}
+
+/// `orfeas streams`
+#[derive(Args, Debug)]
+pub struct StreamsArgs {
+    /// NATS URL(s), comma separated.
+    #[arg(long)]
+    pub nats: Option<String>,
+    /// Update streams, buckets and consumers to this configuration (replicas,
+    /// limits); subjects, retention and storage cannot change in place.
+    #[arg(long)]
+    pub apply: bool,
 }
 
 /// How the mesh is made (job parameters).

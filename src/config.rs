@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use orfeas_actors::NodeSettings;
+use orfeas_actors::{store::S3Config, NodeSettings};
 use orfeas_wire::SecretKey;
 use serde::{Deserialize, Serialize};
 
@@ -77,8 +77,21 @@ pub struct NatsSection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
-    /// Local folder of the object store.
+    /// Local folder of the object store (used when `url` is empty).
     pub root: String,
+    /// `s3://bucket/prefix`: an S3-compatible bucket shared by a cluster;
+    /// empty = the local folder.
+    pub url: String,
+    /// S3 endpoint for S3-compatible servers (`http://minio:9000`); empty = AWS.
+    pub endpoint: String,
+    /// S3 region.
+    pub region: String,
+    /// S3 access key id; empty = `AWS_*` environment / instance credentials.
+    pub access_key_id: String,
+    /// S3 secret access key (secret: redacted by `orfeas config`).
+    pub secret_access_key: String,
+    /// Lifetime of the pre-signed URLs agents receive, seconds (max 7 days).
+    pub url_expiry_s: u64,
 }
 
 /// `[models]`
@@ -140,7 +153,15 @@ impl Default for Config {
             version: 1,
             node: NodeSection { id: String::new(), deployment: "orfeas".into(), key_file: String::new(), simulated_latency_ms: 0 },
             nats: NatsSection { url: String::new(), server_bin: String::new(), replicas: 1 },
-            store: StoreSection { root: String::new() },
+            store: StoreSection {
+                root: String::new(),
+                url: String::new(),
+                endpoint: String::new(),
+                region: "us-east-1".into(),
+                access_key_id: String::new(),
+                secret_access_key: String::new(),
+                url_expiry_s: 7 * 24 * 3600,
+            },
             models: ModelsSection { dir: default_models_dir(), enabled: vec![] },
             devices: DevicesSection { cpu_threads: 0, use_cuda: true, memory_safety: 0.8 },
             scheduler: SchedulerSection { max_batch: 8, ack_wait_s: 60, progress_ack_s: 15, max_deliver: 5 },
@@ -208,6 +229,7 @@ impl Config {
         if self.scheduler.max_deliver < 1 {
             bail!("scheduler.max_deliver must be at least 1");
         }
+        self.s3()?;
         Ok(())
     }
 
@@ -216,6 +238,9 @@ impl Config {
         let mut shown = self.clone();
         if !shown.node.key_file.is_empty() {
             shown.node.key_file = format!("{} (contents not shown)", shown.node.key_file);
+        }
+        if !shown.store.secret_access_key.is_empty() {
+            shown.store.secret_access_key = "(set, not shown)".into();
         }
         toml::to_string_pretty(&shown).unwrap_or_default()
     }
@@ -246,7 +271,36 @@ impl Config {
         settings.max_image_side = self.ingress.max_image_side;
         settings.simulated_latency = Duration::from_millis(self.node.simulated_latency_ms);
         settings.http_listen = if self.http.listen.is_empty() { None } else { Some(self.http.listen.parse()?) };
+        settings.store_s3 = self.s3()?;
         Ok(settings)
+    }
+
+    /// The S3 bucket of `store.url`, if one is configured.
+    pub fn s3(&self) -> Result<Option<S3Config>> {
+        let store = &self.store;
+        if store.url.is_empty() {
+            return Ok(None);
+        }
+        let mut s3 = S3Config::from_url(&store.url).map_err(|e| anyhow::anyhow!("store.url: {e}"))?;
+        if !store.endpoint.is_empty() {
+            if !(store.endpoint.starts_with("http://") || store.endpoint.starts_with("https://")) {
+                bail!("store.endpoint {:?} must start with http:// or https://", store.endpoint);
+            }
+            s3.endpoint = Some(store.endpoint.clone());
+        }
+        s3.region = store.region.clone();
+        if store.access_key_id.is_empty() != store.secret_access_key.is_empty() {
+            bail!("store.access_key_id and store.secret_access_key go together (set both, or neither to use AWS_* credentials)");
+        }
+        if !store.access_key_id.is_empty() {
+            s3.access_key_id = Some(store.access_key_id.clone());
+            s3.secret_access_key = Some(store.secret_access_key.clone());
+        }
+        if !(1..=7 * 24 * 3600).contains(&store.url_expiry_s) {
+            bail!("store.url_expiry_s must be 1..=604800 (S3 signs URLs for at most 7 days), not {}", store.url_expiry_s);
+        }
+        s3.url_expiry = Duration::from_secs(store.url_expiry_s);
+        Ok(Some(s3))
     }
 
     /// The store folder: configured, or `<data dir>/orfeas/results`.
@@ -346,6 +400,30 @@ mod tests {
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "version = 1\n[node]\ncolour = \"red\"\n").unwrap();
         assert!(Config::load(Some(&file), &BTreeMap::new(), &[]).is_err(), "unknown fields are refused");
+    }
+
+    #[test]
+    fn s3_store_is_resolved_and_its_secret_redacted() {
+        let e = env(&[
+            ("ORFEAS_STORE_URL", "s3://results/orfeas"),
+            ("ORFEAS_STORE_ENDPOINT", "http://127.0.0.1:9000"),
+            ("ORFEAS_STORE_ACCESS_KEY_ID", "AKID"),
+            ("ORFEAS_STORE_SECRET_ACCESS_KEY", "hunter2"),
+            ("ORFEAS_STORE_URL_EXPIRY_S", "3600"),
+        ]);
+        let config = Config::load(None, &e, &[]).unwrap();
+        let s3 = config.s3().unwrap().expect("s3 configured");
+        assert_eq!((s3.bucket.as_str(), s3.prefix.as_str()), ("results", "orfeas"));
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(s3.url_expiry, Duration::from_secs(3600));
+        assert_eq!(config.node_settings("nats://x", "/tmp/x".into()).unwrap().store_s3, Some(s3));
+        let shown = config.redacted();
+        assert!(!shown.contains("hunter2") && shown.contains("(set, not shown)"), "{shown}");
+        assert!(Config::load(None, &env(&[]), &[]).unwrap().s3().unwrap().is_none(), "local folder by default");
+        let err = Config::load(None, &env(&[("ORFEAS_STORE_URL", "gs://b")]), &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("store.url"), "{err:#}");
+        let err = Config::load(None, &env(&[("ORFEAS_STORE_URL", "s3://b"), ("ORFEAS_STORE_ACCESS_KEY_ID", "x")]), &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("go together"), "{err:#}");
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub async fn run(config: Config, args: GenerateArgs) -> Result<usize> {
     let scratch = tempfile::Builder::new().prefix("orfeas-generate-").tempdir()?;
     let store_root = if embedded.is_some() { scratch.path().join("store") } else { config.store_root() };
     let mut settings = config.node_settings(&url, store_root)?;
+    if embedded.is_some() {
+        // A throwaway setup keeps its files in the scratch folder.
+        settings.store_s3 = None;
+    }
     // A one-off command serves no operator endpoint.
     settings.http_listen = None;
     let deployment = settings.deployment.clone();
@@ -79,12 +83,12 @@ async fn submit_all(node: &node::RunningNode, deployment: &str, args: &GenerateA
             }
         })
         .await;
-        match last.map(|e| e.kind) {
-            Ok(EventKind::Completed { results, mesh, .. }) => {
+        match last.map(|e| (e.job_id, e.kind)) {
+            Ok((job_id, EventKind::Completed { results, mesh, .. })) => {
                 let mut written: Vec<PathBuf> = Vec::new();
                 for file in &results {
                     let to = agent::output_path(args.output.as_deref(), &image, file.format);
-                    written.extend(agent::fetch(file, &to)?);
+                    written.extend(agent::fetch(&client, &job_id, file, &to).await?);
                 }
                 bar.set_position(100);
                 let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
@@ -94,7 +98,7 @@ async fn submit_all(node: &node::RunningNode, deployment: &str, args: &GenerateA
                 }
                 bar.finish_with_message(summary);
             }
-            Ok(kind) => {
+            Ok((_, kind)) => {
                 failed += 1;
                 bar.abandon_with_message(match &kind {
                     EventKind::Failed(f) | EventKind::Rejected(f) => format!("{} ({}): {}", kind.name(), f.code, f.error),

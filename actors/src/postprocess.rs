@@ -288,7 +288,7 @@ impl Finisher {
             Ok(outcome) => outcome,
             Err(e) => {
                 tracing::warn!(job_id = %ticket.job.job_id, error = %e, "answer not stored; job goes back to the queue");
-                Outcome::Nak(Duration::from_secs(1))
+                Outcome::Nak(crate::bus::retry_delay(ticket.attempt))
             }
         };
         if let Some(scheduler) = self.roster.scheduler() {

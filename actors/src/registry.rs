@@ -100,6 +100,21 @@ impl Registry {
             .map_err(|e| BusError::Kv { op: "put", key: record.node_id.clone(), detail: e.to_string() })
     }
 
+    /// Every node whose record has not expired (live nodes), by id.
+    pub async fn nodes(&self) -> Result<Vec<NodeRecord>, BusError> {
+        use futures::TryStreamExt;
+        let kv_err = |e: &dyn std::fmt::Display| BusError::Kv { op: "keys", key: "*".into(), detail: e.to_string() };
+        let mut keys: Vec<String> = self.nodes.keys().await.map_err(|e| kv_err(&e))?.try_collect().await.map_err(|e| kv_err(&e))?;
+        keys.sort();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(record) = read::<NodeRecord>(&self.nodes, &key).await? {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
     /// The event key of node `node_id`.
     pub async fn node_key(&self, node_id: &str) -> Result<Option<PublicKey>, BusError> {
         let record: Option<NodeRecord> = read(&self.nodes, node_id).await?;

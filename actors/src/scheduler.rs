@@ -35,6 +35,7 @@ use uuid::Uuid;
 use crate::{
     bus::{self, Bus},
     events::EventSink,
+    heartbeat::NodeLoad,
     gpu_worker::GpuWorkerMsg,
     jobs::{JobState, JobStore, Updated},
     metrics, now_ms,
@@ -105,6 +106,8 @@ pub struct Scheduler {
     pub devices: Vec<String>,
     /// Largest batch per model.
     pub model_max_batch: HashMap<String, usize>,
+    /// What the node's heartbeat reports.
+    pub load: NodeLoad,
 }
 
 /// Claims delivered jobs (record → `running` at this attempt) on tasks,
@@ -114,6 +117,12 @@ struct Claimer {
     jobs: JobStore,
     events: EventSink,
     node_id: String,
+}
+
+/// Jobs a node with `devices` devices holds at most: enough to fill every
+/// device twice (one batch running, one ready). Also its advertised capacity.
+pub fn credits_for(devices: usize, max_batch: usize) -> usize {
+    (devices * max_batch * 2).max(1)
 }
 
 impl Claimer {
@@ -142,7 +151,7 @@ impl Claimer {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "job record unreadable; retrying later");
-                return Err(Outcome::Nak(Duration::from_secs(1)));
+                return Err(Outcome::Nak(bus::retry_delay(attempt)));
             }
         };
         let (mut record, revision) = record;
@@ -151,7 +160,7 @@ impl Claimer {
             // again (same seq, so agents see one answer), then ack.
             if let Some(kind) = record.terminal.clone() {
                 if self.events.publish_in(Some(trace), &job.agent, job.job_id, record.terminal_seq, kind).await.is_err() {
-                    return Err(Outcome::Nak(Duration::from_secs(1)));
+                    return Err(Outcome::Nak(bus::retry_delay(attempt)));
                 }
             }
             return Err(Outcome::Ack);
@@ -165,7 +174,7 @@ impl Claimer {
             Ok(Updated::Fenced) => Err(Outcome::Nak(Duration::from_millis(200))),
             Err(e) => {
                 tracing::warn!(error = %e, "job record not updated; retrying later");
-                Err(Outcome::Nak(Duration::from_secs(1)))
+                Err(Outcome::Nak(bus::retry_delay(attempt)))
             }
         }
     }
@@ -188,8 +197,7 @@ impl Scheduler {
     }
 
     fn credits(&self) -> usize {
-        // Enough to fill every device twice: one batch running, one ready.
-        (self.devices.len() * self.settings.max_batch * 2).max(1)
+        credits_for(self.devices.len(), self.settings.max_batch)
     }
 
     fn dispatch(&self, state: &mut SchedulerState) {
@@ -337,7 +345,12 @@ impl Actor for Scheduler {
             SchedulerMsg::BatchLimits { device, limits } => {
                 state.limits.insert(device, limits);
             }
-            SchedulerMsg::Finished { job_id, outcome } => settle(state, job_id, outcome),
+            SchedulerMsg::Finished { job_id, outcome } => {
+                if matches!(outcome, Outcome::Ack | Outcome::Term) {
+                    self.load.finished_one();
+                }
+                settle(state, job_id, outcome)
+            }
             SchedulerMsg::WorkerLost(device) => {
                 self.hand_back(state, &device);
                 state.idle.insert(device);
@@ -359,6 +372,7 @@ impl Actor for Scheduler {
             }
             SchedulerMsg::PullFailed(e) => return Err(e.into()),
         }
+        self.load.set(state.held.len(), state.running.len());
         Ok(())
     }
 }

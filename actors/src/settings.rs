@@ -22,8 +22,10 @@ pub struct NodeSettings {
     pub models_dir: PathBuf,
     /// Models to load; empty = every model in `models_dir`.
     pub models: Vec<String>,
-    /// Local folder of the object store.
+    /// Local folder of the object store (when `store_s3` is `None`).
     pub store_root: PathBuf,
+    /// The S3-compatible bucket results go to instead, on a cluster.
+    pub store_s3: Option<crate::store::S3Config>,
     /// CPU threads for inference on the CPU device (0 = libtorch's default).
     pub cpu_threads: usize,
     /// Use CUDA devices when present.
@@ -64,6 +66,7 @@ impl NodeSettings {
             models_dir,
             models: Vec::new(),
             store_root,
+            store_s3: None,
             cpu_threads: 0,
             use_cuda: true,
             max_batch: 8,

@@ -52,6 +52,8 @@ pub struct NodeContext {
     pub warmth: Warmth,
     /// Actor names.
     pub roster: Roster,
+    /// Load the Scheduler reports to the heartbeat.
+    pub load: crate::heartbeat::NodeLoad,
 }
 
 /// One child slot of the tree.
@@ -139,6 +141,7 @@ impl NodeSupervisor {
                     roster: ctx.roster.clone(),
                     devices: ctx.devices.iter().map(|d| d.id.clone()).collect(),
                     model_max_batch: ctx.catalog.manifests().iter().map(|m| (m.name.clone(), m.max_batch)).collect(),
+                    load: ctx.load.clone(),
                 };
                 Actor::spawn_linked(Some(ctx.roster.name("scheduler")), actor, (), me).await?.0.get_cell()
             }

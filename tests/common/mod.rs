@@ -4,6 +4,9 @@
 //! deadline.
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod s3;
+
 use std::{
     future::Future,
     net::TcpListener,
@@ -123,14 +126,20 @@ pub struct NodeOptions<'a> {
 impl NodeProcess {
     /// Start `orfeas serve` and wait until it registered itself.
     pub async fn start(nats: &NatsServer, options: NodeOptions<'_>) -> Self {
-        let log = nats.dir.path().join(format!("{}.log", options.node_id));
+        Self::start_on(&nats.url, nats.dir.path(), options).await
+    }
+
+    /// Start `orfeas serve` against `url` (servers comma separated), logging
+    /// into `log_dir`, and wait until it registered itself.
+    pub async fn start_on(url: &str, log_dir: &Path, options: NodeOptions<'_>) -> Self {
+        let log = log_dir.join(format!("{}.log", options.node_id));
         let http_port = free_port();
         let mut command = Command::new(orfeas_bin());
         command
             .arg("serve")
             .env("ORFEAS_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
             .arg("--nats")
-            .arg(&nats.url)
+            .arg(url)
             .env("ORFEAS_NODE_ID", options.node_id)
             .env("ORFEAS_STORE_ROOT", options.store)
             .env("ORFEAS_DEVICES_CPU_THREADS", "1")
@@ -144,12 +153,12 @@ impl NodeProcess {
         }
         let child = command.spawn().expect("start orfeas serve");
         let mut node = Self { child, node_id: options.node_id.to_string(), log, http_port };
-        node.wait_registered(&nats.url).await;
+        node.wait_registered(url).await;
         node
     }
 
     async fn wait_registered(&mut self, url: &str) {
-        let client = async_nats::connect(url).await.unwrap();
+        let client = orfeas_actors::bus::connect(url, "orfeas-test").await.unwrap();
         let js = async_nats::jetstream::new(client);
         let node_id = self.node_id.clone();
         let started = Instant::now();
@@ -215,7 +224,8 @@ async fn consumers_present(js: &async_nats::jetstream::Context) -> bool {
 
 /// Register a fresh key for `agent` and return a client for it.
 pub async fn agent(url: &str, name: &str) -> (AgentClient, SecretKey) {
-    let client = async_nats::connect(url).await.unwrap();
+    // Several servers of a cluster may be listed, comma separated.
+    let client = orfeas_actors::bus::connect(url, &format!("orfeas-test-{name}")).await.unwrap();
     let bus = Bus::attach(client.clone()).await.expect("buckets exist once a node started");
     let key = SecretKey::generate();
     Registry::new(bus.agents.clone(), bus.nodes.clone()).add_agent_key(name, &key.public().to_hex()).await.unwrap();

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use crate::{
     envelope::{self, ContentKind},
     subjects,
-    v1::{Event, NodeRecord, SubmitJob, MAX_LIFETIME_S},
+    v1::{Event, EventKind, FetchReply, FetchRequest, Failure, NodeRecord, SubmitJob, MAX_FETCH_CHUNK, MAX_LIFETIME_S},
     PublicKey, SecretKey,
 };
 
@@ -26,6 +26,9 @@ pub enum ClientError {
     /// No event arrived in time.
     #[error("no event within {0:?}")]
     Timeout(Duration),
+    /// A node refused a request or has nothing to give.
+    #[error("{} ({}): {}", .0.status, .0.code, .0.error)]
+    Refused(Failure),
 }
 
 fn nats_err(e: impl std::fmt::Display) -> ClientError {
@@ -137,6 +140,66 @@ impl AgentClient {
             return Err(ClientError::Unverified(format!("event names node {:?} but was signed by {node:?}", event.node)));
         }
         Ok(event)
+    }
+
+    /// The `completed` event of one of this agent's jobs, re-signed by a
+    /// node that can serve its files (`orfeas.results.fetch.<agent>`), with
+    /// fresh download URLs. For agents that only speak NATS.
+    pub async fn fetch_manifest(&mut self, job_id: &uuid::Uuid, timeout: Duration) -> Result<Event, ClientError> {
+        let request = FetchRequest { job_id: *job_id, location: None, offset: 0, max_bytes: 0 };
+        match self.fetch_request(&request, timeout).await? {
+            FetchReply::Manifest { event } => {
+                let event = self.verify_event(&subjects::events(&self.agent, job_id), &event).await?;
+                match (&event.kind, event.job_id == *job_id) {
+                    (EventKind::Completed { .. }, true) => Ok(event),
+                    _ => Err(ClientError::Unverified(format!("manifest for job {job_id} is a {} event of job {}", event.kind.name(), event.job_id))),
+                }
+            }
+            FetchReply::Error(failure) => Err(ClientError::Refused(failure)),
+            FetchReply::Chunk { .. } => Err(ClientError::Unverified("a chunk answered a manifest request".into())),
+        }
+    }
+
+    /// The bytes of file `location` of job `job_id` over NATS, in chunks of
+    /// at most [`MAX_FETCH_CHUNK`], checked against `sha256` (hex, from the
+    /// verified manifest) when given.
+    pub async fn fetch_file(&self, job_id: &uuid::Uuid, location: &str, sha256: Option<&str>, timeout: Duration) -> Result<Vec<u8>, ClientError> {
+        let mut data = Vec::new();
+        loop {
+            let request = FetchRequest { job_id: *job_id, location: Some(location.to_string()), offset: data.len() as u64, max_bytes: MAX_FETCH_CHUNK };
+            match self.fetch_request(&request, timeout).await? {
+                FetchReply::Chunk { location: got, offset, total_bytes, data: chunk } => {
+                    if got != location || offset != data.len() as u64 {
+                        return Err(ClientError::Unverified(format!("asked for {location}@{} but got {got}@{offset}", data.len())));
+                    }
+                    let done = chunk.is_empty() || offset + chunk.len() as u64 >= total_bytes;
+                    data.extend_from_slice(&chunk);
+                    if done {
+                        break;
+                    }
+                }
+                FetchReply::Error(failure) => return Err(ClientError::Refused(failure)),
+                FetchReply::Manifest { .. } => return Err(ClientError::Unverified("a manifest answered a chunk request".into())),
+            }
+        }
+        if let Some(want) = sha256 {
+            use sha2::Digest;
+            let got = hex::encode(sha2::Sha256::digest(&data));
+            if got != want {
+                return Err(ClientError::Unverified(format!("{location}: sha256 {got} does not match the manifest's {want}")));
+            }
+        }
+        Ok(data)
+    }
+
+    async fn fetch_request(&self, request: &FetchRequest, timeout: Duration) -> Result<FetchReply, ClientError> {
+        let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let (subject, bytes) = request.seal(&self.agent, &self.key, &self.audience, now_s);
+        let reply = tokio::time::timeout(timeout, self.client.request(subject, bytes.into()))
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))?
+            .map_err(nats_err)?;
+        crate::from_cbor(&reply.payload).map_err(ClientError::Unverified)
     }
 
     async fn fetch_node_key(&self, node: &str) -> Result<PublicKey, ClientError> {

@@ -40,6 +40,8 @@ pub enum ErrorCode {
     /// The device ran out of memory even for this job alone (after the
     /// batch was split down to one job); another node or a later try may fit.
     GpuOom,
+    /// No such job of this agent, or it has no results (fetch).
+    NotFound,
 }
 
 impl ErrorCode {
@@ -62,6 +64,7 @@ impl ErrorCode {
             Self::StorageFailed => "storage_failed",
             Self::Internal => "internal",
             Self::GpuOom => "gpu_oom",
+            Self::NotFound => "not_found",
         }
     }
 
@@ -70,6 +73,7 @@ impl ErrorCode {
         match self {
             Self::UnknownKey | Self::BadSignature | Self::Stale => 401,
             Self::Forbidden => 403,
+            Self::NotFound => 404,
             Self::Conflict => 409,
             Self::TooLarge => 413,
             Self::Malformed | Self::Invalid | Self::UnknownModel | Self::InvalidImage => 422,

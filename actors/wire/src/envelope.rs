@@ -34,6 +34,8 @@ pub enum ContentKind {
     SubmitJob,
     /// [`crate::v1::Event`] from a node.
     Event,
+    /// [`crate::v1::FetchRequest`] from an agent.
+    FetchRequest,
 }
 
 impl ContentKind {
@@ -42,11 +44,12 @@ impl ContentKind {
         match self {
             Self::SubmitJob => "application/orfeas.submit-job.v1+cbor",
             Self::Event => "application/orfeas.event.v1+cbor",
+            Self::FetchRequest => "application/orfeas.fetch.v1+cbor",
         }
     }
 
     fn from_content_type(text: &str) -> Option<Self> {
-        [Self::SubmitJob, Self::Event].into_iter().find(|k| k.content_type() == text)
+        [Self::SubmitJob, Self::Event, Self::FetchRequest].into_iter().find(|k| k.content_type() == text)
     }
 }
 

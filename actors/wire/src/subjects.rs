@@ -30,6 +30,11 @@ pub const AGENTS_BUCKET: &str = "orfeas_agents";
 /// KV bucket: nodes and their event-signing keys.
 pub const NODES_BUCKET: &str = "orfeas_nodes";
 
+/// Subjects of agents' result fetch requests (request/reply, no stream).
+pub const FETCH_WILDCARD: &str = "orfeas.results.fetch.*";
+/// Queue group of nodes answering fetch requests from a shared store.
+pub const FETCH_QUEUE_GROUP: &str = "orfeas-fetch";
+
 /// Where agent `agent` publishes submissions.
 pub fn submit(agent: &str) -> String {
     format!("orfeas.jobs.submit.{agent}")
@@ -38,6 +43,16 @@ pub fn submit(agent: &str) -> String {
 /// Where the events of one job are published.
 pub fn events(agent: &str, job_id: &uuid::Uuid) -> String {
     format!("orfeas.events.{agent}.{job_id}")
+}
+
+/// Where agent `agent` asks for the files of its jobs.
+pub fn fetch(agent: &str) -> String {
+    format!("orfeas.results.fetch.{agent}")
+}
+
+/// The agent token of a fetch subject, if the subject is one.
+pub fn agent_of_fetch(subject: &str) -> Option<&str> {
+    subject.strip_prefix("orfeas.results.fetch.").filter(|a| is_valid_agent_name(a))
 }
 
 /// Where admitted jobs of a priority lane wait.

@@ -459,6 +459,101 @@ pub struct NodeRecord {
     pub version: String,
     /// Start time, ms since the epoch.
     pub started_at_ms: u64,
+    /// Last heartbeat, ms since the epoch (0 from nodes older than heartbeats).
+    #[serde(default)]
+    pub heartbeat_at_ms: u64,
+    /// `starting`, `ready` or `draining`.
+    #[serde(default)]
+    pub state: String,
+    /// The node's devices.
+    #[serde(default)]
+    pub devices: Vec<NodeDevice>,
+    /// Models it serves.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Jobs it takes at most at once (waiting for a device or running).
+    #[serde(default)]
+    pub capacity: u32,
+    /// Jobs it holds right now (≤ `capacity`).
+    #[serde(default)]
+    pub held_jobs: u32,
+    /// Devices running a batch right now.
+    #[serde(default)]
+    pub busy_devices: u32,
+    /// Jobs it answered since it started.
+    #[serde(default)]
+    pub finished_jobs: u64,
+}
+
+/// One device of a node, as its record shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDevice {
+    /// `cpu`, `cuda0`, `cuda1`, …
+    pub id: String,
+    /// Total memory in bytes, when known.
+    #[serde(default)]
+    pub total_bytes: Option<u64>,
+}
+
+/// Largest `max_bytes` a [`FetchRequest`] may ask for: chunks stay well under
+/// NATS' default 1 MiB `max_payload`, so fetching works on any server.
+pub const MAX_FETCH_CHUNK: u32 = 512 * 1024;
+
+/// An agent's signed request for the files of one of its jobs, on
+/// `orfeas.results.fetch.<agent>` (request/reply). Operation `fetch`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchRequest {
+    /// The job.
+    pub job_id: Uuid,
+    /// `None`: the job's result manifest. `Some(location)`: bytes of that
+    /// file (a `location` from the manifest).
+    #[serde(default)]
+    pub location: Option<String>,
+    /// First byte wanted.
+    #[serde(default)]
+    pub offset: u64,
+    /// Bytes wanted, at most [`MAX_FETCH_CHUNK`].
+    #[serde(default)]
+    pub max_bytes: u32,
+}
+
+impl FetchRequest {
+    /// Sign this request as `agent`; returns `(subject, envelope bytes)`.
+    pub fn seal(&self, agent: &str, key: &SecretKey, audience: &str, now_s: u64) -> (String, Vec<u8>) {
+        let subject = subjects::fetch(agent);
+        let claims = Claims::new(agent, audience, now_s, 60);
+        let header = Seal { kind: ContentKind::FetchRequest, claims: &claims, op: "fetch", events_subject: None };
+        let bytes = envelope::seal(&header, crate::to_cbor(self), &subject, key);
+        (subject, bytes)
+    }
+}
+
+/// A node's answer to a [`FetchRequest`] (CBOR, not signed: the manifest is
+/// a signed event and every file is checked against its SHA-256 there).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FetchReply {
+    /// The job's `completed` event, signed by the answering node for the
+    /// job's events subject (verify it like any event).
+    Manifest {
+        /// COSE_Sign1 envelope of an [`Event`].
+        #[serde(with = "serde_bytes")]
+        event: Vec<u8>,
+    },
+    /// Bytes of one file.
+    Chunk {
+        /// The file.
+        location: String,
+        /// Offset of `data` in the file.
+        offset: u64,
+        /// Size of the whole file.
+        total_bytes: u64,
+        /// The bytes (empty at or past the end).
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Refused or not available.
+    Error(Failure),
 }
 
 /// Ask for the models a deployment serves (request on
