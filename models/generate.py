@@ -457,7 +457,7 @@ class Reference(torch.nn.Module):
     Encoder (4 strided 2-D convolutions, 4 -> 512 channels, 128^2 -> 8^2) -> two linear layers
     through a 1024-wide latent -> 3-D decoder (4 transposed 3-D convolutions, 256 -> 16
     channels, 4^3 -> 64^3) -> one 3-D convolution to one channel. About 56 M parameters
-    (224 MB in fp32), ~2.7 G multiply-adds per item; the shape of a TripoSR-style network's
+    (224 MB in fp32), ~2.6 G multiply-adds per item; the shape of a TripoSR-style network's
     compute, not its quality: the output is random but obeys the model contract (occupancy,
     outermost layer outside), so a node can serve it.
     """
@@ -505,8 +505,9 @@ REFERENCE_MANIFEST = {
     "iso": 0.0,
     "bounds_min": [-1.0, -1.0, -1.0],
     "bounds_max": [1.0, 1.0, 1.0],
-    # activations per item, fp32: the 32 x 64^3 decoder output (33.5 MB) and its GroupNorm /
-    # SiLU temporaries dominate (~3 such tensors live at the peak) -> ~100 MB; fp16 halves it.
+    # activations per item, fp32: the 16 x 64^3 decoder output (16.8 MB) and its GroupNorm /
+    # SiLU temporaries (~3 such tensors live at the peak) plus the 32 x 32^3 layer before it
+    # -> ~60 MB; declared with headroom. fp16 halves it.
     "mem_per_item_mb": 128,
     "precision": "fp16",
     "max_batch": 16,

@@ -412,3 +412,22 @@ impl ShapeArgs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_params_parse_numbers_and_booleans() {
+        assert_eq!(parse_model_param("max_height=0.5"), Ok(("max_height".into(), 0.5)));
+        assert_eq!(parse_model_param("invert=true"), Ok(("invert".into(), 1.0)));
+        assert_eq!(parse_model_param("invert=false"), Ok(("invert".into(), 0.0)));
+        assert!(parse_model_param("max_height").unwrap_err().contains("NAME=VALUE"));
+        assert!(parse_model_param("max_height=high").unwrap_err().contains("high"));
+        let cli = Cli::try_parse_from(["orfeas", "generate", "a.png", "--model", "relief", "--param", "max_height=0.6", "--param", "invert=true"]).unwrap();
+        let Command::Generate(args) = cli.command else { panic!("generate") };
+        let params = args.shape.params().model_params;
+        assert_eq!(params.get("max_height"), Some(&0.6));
+        assert_eq!(params.get("invert"), Some(&1.0));
+    }
+}

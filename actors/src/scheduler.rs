@@ -5,9 +5,9 @@
 //!   start soon); `BatchLimits` and `DeviceIdle` from GpuWorkers; `Finished`
 //!   from Postprocess; `WorkerLost` from the supervisor.
 //! - Publishes: `GpuWorkerMsg::Run` batches (same model, up to the batch
-//!   cap — the configured maximum, or what the device last reported it can
-//!   take for that model — oldest first, to an idle device — a device is never idle while
-//!   compatible work waits); acks / naks / terms on the job messages;
+//!   cap: the configured maximum, and what the device last reported it can
+//!   take for that model; oldest first, to an idle device — a device is
+//!   never idle while compatible work waits); acks / naks / terms on the job messages;
 //!   in-progress acks for every held job so JetStream does not redeliver
 //!   work that is merely waiting here.
 //! - Claiming a delivered job (its record set to `running` at this
