@@ -35,6 +35,8 @@ fn otlp_configured() -> bool {
 }
 
 fn otlp_provider() -> Result<SdkTracerProvider, String> {
+    // The exporter's HTTP client needs the process's TLS provider.
+    orfeas_actors::store::install_tls_provider();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .build()

@@ -143,10 +143,7 @@ impl ResultStore {
 
     /// A store in an S3-compatible bucket. Nothing is contacted yet.
     pub fn s3(config: &S3Config) -> Result<Self, StoreError> {
-        // The HTTP transport uses rustls without a built-in provider (no
-        // aws-lc-rs C build): install ring's once per process. Failing means
-        // one is installed already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_tls_provider();
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(&config.bucket)
             .with_region(&config.region);
@@ -343,4 +340,12 @@ mod tests {
             assert!(url.contains(part), "{part} missing in {url}");
         }
     }
+}
+
+/// Every HTTP client in the process (S3 transport, OTLP exporter) uses
+/// rustls without a built-in crypto provider (no aws-lc-rs C build), and
+/// building one fails until a provider is installed: install ring's, once
+/// per process, before any client is built. Failing means one is installed.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
