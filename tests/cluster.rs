@@ -186,7 +186,7 @@ async fn all_completed(
                     .iter()
                     .map(|j| j.to_string())
                     .collect(),
-                None => vec![],
+                None => vec!["(the events stream could not be read)".into()],
             };
             panic!(
                 "after {timeout:?}: {last}; missing {missing:?}\n{}",
@@ -385,6 +385,32 @@ async fn cluster_node_killed_under_load_its_jobs_complete_on_the_other() {
     doomed.kill();
     let killed_at = Instant::now();
 
+    // The dead node stops heartbeating and leaves the registry; the
+    // survivor stays.
+    eventually(
+        "the killed node to leave the registry",
+        Duration::from_secs(40),
+        || {
+            let registry = registry.clone();
+            async move {
+                let ids: Vec<String> = registry
+                    .nodes()
+                    .await
+                    .ok()?
+                    .into_iter()
+                    .map(|n| n.node_id)
+                    .collect();
+                (!ids.contains(&"doomed".to_string()) && ids.contains(&"survivor".to_string()))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "killed node left the registry {:.1}s after the kill",
+        killed_at.elapsed().as_secs_f64()
+    );
+
     let acc = all_completed(
         &cluster,
         &js,
@@ -420,31 +446,7 @@ async fn cluster_node_killed_under_load_its_jobs_complete_on_the_other() {
             .unwrap();
         assert_eq!(verified.node, "survivor");
     }
-    // The dead node stops heartbeating and leaves the registry; the
-    // survivor stays.
-    eventually(
-        "the killed node to leave the registry",
-        Duration::from_secs(40),
-        || {
-            let registry = registry.clone();
-            async move {
-                let ids: Vec<String> = registry
-                    .nodes()
-                    .await
-                    .ok()?
-                    .into_iter()
-                    .map(|n| n.node_id)
-                    .collect();
-                (!ids.contains(&"doomed".to_string()) && ids.contains(&"survivor".to_string()))
-                    .then_some(())
-            }
-        },
-    )
-    .await;
-    eprintln!(
-        "killed node left the registry {:.1}s after the kill",
-        killed_at.elapsed().as_secs_f64()
-    );
+
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -229,6 +229,9 @@ pub async fn stored_events(
         .create_consumer(async_nats::jetstream::consumer::pull::Config {
             filter_subject: format!("orfeas.events.{agent}.>"),
             inactive_threshold: Duration::from_secs(10),
+            // No acks: an acking consumer stops after max_ack_pending (1000)
+            // unacked messages, fewer than a long run's events.
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
             ..Default::default()
         })
         .await
