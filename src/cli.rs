@@ -409,6 +409,7 @@ impl ShapeArgs {
             model_params: self.model_params.iter().cloned().collect(),
             texture: self.texture,
             build_volume_mm: self.build_volume_mm,
+            ..Default::default()
         }
     }
 }

@@ -794,6 +794,8 @@ mod tests {
                 data: image,
             },
             admitted_at_ms: 0,
+            lane: Default::default(),
+            batch_id: None,
         };
         Ticket::new(job, 1, 1)
     }

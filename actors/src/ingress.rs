@@ -34,7 +34,7 @@ use async_nats::{jetstream::{self, AckKind}, HeaderMap};
 use orfeas_wire::{
     envelope::{self, ContentKind, Opened},
     subjects,
-    v1::{self, AdmittedJob, EventKind, Failure, Format, ImageInput, SubmitJob},
+    v1::{self, AdmittedJob, EventKind, Failure, Format, ImageInput, Lane, SubmitJob},
     ErrorCode, PublicKey,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -302,6 +302,10 @@ impl Admission {
             updated_at_ms: now_ms(),
             terminal: None,
             terminal_seq: 0,
+            lane: Lane::Normal.at_most(job.params.priority),
+            deadline_ms: job.params.deadline_ms,
+            cancel_requested: false,
+            batch_id: None,
         };
         match self.jobs.create(&record).await? {
             Created::New(_) => {}
@@ -334,6 +338,8 @@ impl Admission {
             params: job.params,
             image: job.image,
             admitted_at_ms: now_ms(),
+            lane: record.lane,
+            batch_id: None,
         };
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", format!("{agent}:{}", job.job_id).as_str());

@@ -3,7 +3,7 @@
 //! lost its lease cannot overwrite (or announce) a result.
 
 use async_nats::jetstream::kv::{self, CreateErrorKind, UpdateErrorKind};
-use orfeas_wire::v1::EventKind;
+use orfeas_wire::v1::{EventKind, Lane};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -21,12 +21,15 @@ pub enum JobState {
     Completed,
     /// Finished without files.
     Failed,
+    /// Canceled by its agent before it finished (terminal event: `failed`
+    /// with code `canceled`).
+    Canceled,
 }
 
 impl JobState {
     /// Whether the job has its final answer.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Completed | Self::Failed)
+        matches!(self, Self::Completed | Self::Failed | Self::Canceled)
     }
 }
 
@@ -56,6 +59,19 @@ pub struct JobRecord {
     /// Sequence number the terminal event was published with.
     #[serde(default)]
     pub terminal_seq: u64,
+    /// The lane it waits in.
+    #[serde(default)]
+    pub lane: Lane,
+    /// Start-by time, ms since the epoch.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    /// The agent asked to cancel while the job was running: whoever finishes
+    /// it discards the result and ends it as `canceled`.
+    #[serde(default)]
+    pub cancel_requested: bool,
+    /// The `submit_batch` it came in, if any.
+    #[serde(default)]
+    pub batch_id: Option<Uuid>,
 }
 
 /// Bucket key of a job.

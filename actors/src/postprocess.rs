@@ -373,6 +373,8 @@ mod tests {
             params: Default::default(),
             image: ImageInput::Inline { media_type: "image/png".into(), data: vec![] },
             admitted_at_ms: 0,
+            lane: Default::default(),
+            batch_id: None,
         };
         let volume_job = VolumeJob { ticket: Ticket::new(job, 1, 1), data, manifest: Arc::new(manifest), image: prepared.rgba };
         let mut called = false;

@@ -391,6 +391,8 @@ mod tests {
             params: Default::default(),
             image: ImageInput::Inline { media_type: "image/png".into(), data: vec![] },
             admitted_at_ms: 0,
+            lane: Default::default(),
+            batch_id: None,
         };
         Ticket::new(job, 1, 1)
     }

@@ -67,6 +67,8 @@ mod tests {
             params: Default::default(),
             image: ImageInput::Inline { media_type: "image/png".into(), data: vec![] },
             admitted_at_ms: 0,
+            lane: Default::default(),
+            batch_id: None,
         }
     }
 

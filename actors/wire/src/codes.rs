@@ -42,6 +42,20 @@ pub enum ErrorCode {
     GpuOom,
     /// No such job of this agent, or it has no results (fetch).
     NotFound,
+    /// Over the agent's request rate (or the node's pre-auth rate); see `retry_after_ms`.
+    RateLimited,
+    /// The agent already has its maximum number of unfinished jobs.
+    ConcurrencyLimit,
+    /// The message's nonce (`cti`) was seen before inside its validity window.
+    Replayed,
+    /// The key is revoked: nothing signed with it is accepted, ever.
+    RevokedKey,
+    /// The job was canceled by its agent.
+    Canceled,
+    /// The job's deadline passed before it could run.
+    DeadlineExceeded,
+    /// The job failed on every allowed delivery attempt and was dead-lettered.
+    DeadLettered,
 }
 
 impl ErrorCode {
@@ -65,13 +79,24 @@ impl ErrorCode {
             Self::Internal => "internal",
             Self::GpuOom => "gpu_oom",
             Self::NotFound => "not_found",
+            Self::RateLimited => "rate_limited",
+            Self::ConcurrencyLimit => "concurrency_limit",
+            Self::Replayed => "replayed",
+            Self::RevokedKey => "revoked_key",
+            Self::Canceled => "canceled",
+            Self::DeadlineExceeded => "deadline_exceeded",
+            Self::DeadLettered => "dead_lettered",
         }
     }
 
     /// The HTTP-like status class agents can branch on.
     pub fn status(self) -> u16 {
         match self {
-            Self::UnknownKey | Self::BadSignature | Self::Stale => 401,
+            Self::UnknownKey | Self::BadSignature | Self::Stale | Self::Replayed | Self::RevokedKey => 401,
+            Self::RateLimited | Self::ConcurrencyLimit => 429,
+            Self::Canceled => 409,
+            Self::DeadlineExceeded => 408,
+            Self::DeadLettered => 500,
             Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::Conflict => 409,
@@ -84,7 +109,7 @@ impl ErrorCode {
 
     /// Whether the same request may succeed if sent again later.
     pub fn retryable(self) -> bool {
-        matches!(self, Self::Unavailable | Self::StorageFailed | Self::Internal | Self::Stale | Self::GpuOom)
+        matches!(self, Self::Unavailable | Self::StorageFailed | Self::Internal | Self::Stale | Self::GpuOom | Self::RateLimited | Self::ConcurrencyLimit)
     }
 }
 

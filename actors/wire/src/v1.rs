@@ -103,6 +103,55 @@ pub struct JobParams {
     /// 256 × 256 × 256. Sent only when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_volume_mm: Option<[f32; 3]>,
+    /// Run in this priority lane instead of the agent's own; a job may only
+    /// ask for the agent's lane or a lower one. Sent only when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Lane>,
+    /// Fail with `deadline_exceeded` instead of running if the job has not
+    /// started by this time, milliseconds since the epoch. Sent only when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+}
+
+/// A priority lane: `orfeas.jobs.queue.<lane>`. Pulled by weight, so a lower
+/// lane is slower but never starved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lane {
+    /// Ahead of everything else.
+    High,
+    /// The default.
+    #[default]
+    Normal,
+    /// Batch work that may wait.
+    Low,
+}
+
+impl Lane {
+    /// Every lane, highest first.
+    pub const ALL: [Lane; 3] = [Lane::High, Lane::Normal, Lane::Low];
+
+    /// The stable name (the queue subject's last token).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::High => "high",
+            Self::Normal => "normal",
+            Self::Low => "low",
+        }
+    }
+
+    /// The lane named `text`.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|l| l.as_str() == text)
+    }
+
+    /// `self`, or `asked` when that is lower (a job may demote itself, never promote).
+    pub fn at_most(self, asked: Option<Lane>) -> Lane {
+        match asked {
+            Some(asked) if asked > self => asked,
+            _ => self,
+        }
+    }
 }
 
 /// Most model parameters one job may set.
@@ -360,12 +409,21 @@ pub struct Failure {
     /// Server time in milliseconds since the epoch, for clock-skew rejections.
     #[serde(default)]
     pub server_time_ms: Option<u64>,
+    /// More about the cause, for people (never needed to branch on). Sent only when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Wait at least this long before sending again (429, 503). Sent only when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+    /// The job the answer is about, when known. Sent only when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<Uuid>,
 }
 
 impl Failure {
     /// A failure with the code's status and retryability.
     pub fn new(code: ErrorCode, error: impl Into<String>) -> Self {
-        Self { code, status: code.status(), error: error.into(), retryable: code.retryable(), server_time_ms: None }
+        Self { code, status: code.status(), error: error.into(), retryable: code.retryable(), server_time_ms: None, detail: None, retry_after_ms: None, job_id: None }
     }
 }
 
@@ -635,6 +693,12 @@ pub struct AdmittedJob {
     pub params: JobParams,
     /// When the node admitted it, milliseconds since the epoch.
     pub admitted_at_ms: u64,
+    /// The lane it waits in (the agent's, or lower if the job asked).
+    #[serde(default)]
+    pub lane: Lane,
+    /// The `submit_batch` it came in, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<Uuid>,
 }
 
 #[cfg(test)]
