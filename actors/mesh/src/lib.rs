@@ -2,8 +2,8 @@
 //!
 //! A scalar [`Volume`] (occupancy or signed distance) becomes a closed, consistently
 //! oriented, welded triangle [`Mesh`] through [`extract`] (marching cubes);
-//! [`remove_floaters`] drops small disconnected pieces; [`smooth`] removes grid
-//! terracing; [`decimate`] reduces the face count with meshoptimizer and repairs what it
+//! [`remove_floaters`] drops small disconnected pieces; [`smooth_preserving_features`] removes grid
+//! terracing and keeps creases; [`decimate`] reduces the face count with meshoptimizer and repairs what it
 //! breaks ([`clean`], [`repair`]); [`check`] measures the topology and [`print_report`] says whether and why not a mesh can be
 //! printed. [`process`] runs all of it with [`MeshOptions`] (extracting from a coarser
 //! grid when the face target allows); [`project_colours`] and [`project_texture`] colour
@@ -20,6 +20,7 @@ mod coarsen;
 mod decimate;
 mod error;
 mod extract;
+mod features;
 mod floaters;
 mod formats;
 mod glb;
@@ -52,7 +53,7 @@ pub use pipeline::{process, MeshOptions, Processed};
 pub use preview::render_previews;
 pub use repair::{clean, repair};
 pub use report::{print_report, PrintReport, DEFAULT_BUILD_VOLUME_MM};
-pub use smooth::smooth;
+pub use smooth::{smooth, smooth_preserving_features, DEFAULT_FEATURE_ANGLE_DEG};
 pub use stl::to_stl;
 pub use texture::{project_colours, project_texture, Image, ImagePlane, Texture};
 pub use topology::{check, Topology};

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use crate::coarsen::{halve, OwnedVolume};
 use crate::report::{DEFAULT_BUILD_VOLUME_MM, SELF_INTERSECTION_MAX_FACES};
 use crate::{
-    decimate, extract, print_report, remove_floaters, repair, smooth, Mesh, MeshError, PrintReport,
-    Volume,
+    decimate, extract, print_report, remove_floaters, repair, smooth, smooth_preserving_features,
+    Mesh, MeshError, PrintReport, Volume, DEFAULT_FEATURE_ANGLE_DEG,
 };
 
 /// A coarser grid is used when its mesh, floaters removed, still has at least this many
@@ -22,6 +22,10 @@ const COARSE_FACES_PER_TARGET: usize = 2;
 /// the pieces. Volumes from models at 192³ and up are coarsened; smaller ones are not.
 const MIN_COARSE_SAMPLES: usize = 96;
 
+/// Face targets tried, as multiples of the requested one, when decimation left faces
+/// crossing each other.
+const SELF_INTERSECTION_RETRY_GROWTH: [f64; 2] = [1.5, 2.5];
+
 /// What [`process`] does after extraction.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MeshOptions {
@@ -31,6 +35,10 @@ pub struct MeshOptions {
     pub smooth: bool,
     /// λ/μ iteration pairs when smoothing.
     pub smooth_iterations: usize,
+    /// Creases turning by more than this many degrees are kept sharp while smoothing
+    /// ([`smooth_preserving_features`]); 180 or more smooths everything alike (plain
+    /// Taubin, which rounds edges).
+    pub feature_angle_deg: f32,
     /// Drop components with fewer faces than this fraction of the largest one.
     pub floater_fraction: f32,
     /// Longest side in millimetres for the report (and for exports); `None` takes one
@@ -51,14 +59,15 @@ pub struct MeshOptions {
 }
 
 impl Default for MeshOptions {
-    /// No decimation, 5 smoothing pairs, 2 % floaters, no size, a 256 mm cube printer,
+    /// No decimation, 10 feature-preserving smoothing pairs (65°), 2 % floaters, no size, a 256 mm cube printer,
     /// coarsening allowed, a 5 % error bound (the face target is what callers ask for; 5 % of the extent only
     /// binds for absurdly small targets).
     fn default() -> Self {
         Self {
             target_faces: None,
             smooth: true,
-            smooth_iterations: 5,
+            smooth_iterations: 10,
+            feature_angle_deg: DEFAULT_FEATURE_ANGLE_DEG,
             floater_fraction: 0.02,
             size_mm: None,
             build_volume_mm: DEFAULT_BUILD_VOLUME_MM,
@@ -110,16 +119,46 @@ pub fn process(volume: &Volume, options: &MeshOptions) -> Result<Processed, Mesh
     };
     stage("extract");
     if options.smooth {
-        smooth(&mut mesh, options.smooth_iterations);
+        if options.feature_angle_deg < 180.0 {
+            smooth_preserving_features(&mut mesh, options.smooth_iterations, options.feature_angle_deg);
+        } else {
+            smooth(&mut mesh, options.smooth_iterations);
+        }
         stage("smooth");
     }
+    // The undecimated mesh, kept for a less aggressive retry when decimation makes faces
+    // cross (see below).
+    let mut undecimated = None;
     if let Some(target) = options.target_faces {
         let decimated = decimate(&mesh, target, options.decimate_max_error);
         notes.extend(decimated.notes);
-        mesh = decimated.mesh;
+        undecimated = Some(std::mem::replace(&mut mesh, decimated.mesh));
         stage("decimate");
     }
     let mut report = print_report(&mesh, options);
+    // Collapsing edges can push one sheet of a thin part through the other; the check
+    // after each attempt in `decimate` sees topology only. When the report counts
+    // crossing faces, decimate again to larger targets and keep the first result without
+    // any; failing that the crossings stay, listed in the report's problems.
+    if let (Some(target), Some(source)) = (options.target_faces, &undecimated) {
+        for growth in SELF_INTERSECTION_RETRY_GROWTH {
+            let Some(crossings) = report.self_intersections.filter(|&k| k > 0) else { break };
+            let bigger = (target as f64 * growth) as usize;
+            let retry = decimate(source, bigger, options.decimate_max_error);
+            let second = print_report(&retry.mesh, options);
+            notes.push(format!(
+                "decimation left {crossings} pairs of crossing faces; to {bigger} faces: {:?}",
+                second.self_intersections
+            ));
+            if second.self_intersections.is_some_and(|k| k < crossings)
+                && second.problems.len() <= report.problems.len()
+            {
+                notes.extend(retry.notes);
+                mesh = retry.mesh;
+                report = second;
+            }
+        }
+    }
     if !(report.closed && report.two_manifold && report.winding_consistent)
         || report.degenerate_faces > 0
     {

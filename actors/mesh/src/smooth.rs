@@ -1,6 +1,12 @@
-//! Taubin λ/μ smoothing against the terracing that grid extraction leaves.
+//! Taubin λ/μ smoothing against the terracing that grid extraction leaves, plain or
+//! feature-preserving (creases and corners found by [`crate::features`] are kept).
 
+use crate::features::{constraints, Constraint};
 use crate::Mesh;
+
+/// Default feature angle of [`smooth_preserving_features`], degrees: creases turning by
+/// more than this (between the guide normals of the faces on either side) are kept.
+pub const DEFAULT_FEATURE_ANGLE_DEG: f32 = 65.0;
 
 /// Shrinking step of each iteration pair.
 const LAMBDA: f32 = 0.5;
@@ -15,7 +21,29 @@ const MU: f32 = -0.53;
 /// Only positions move; faces, colours and therefore the topology stay as they are.
 /// Volume is preserved to within about a percent on closed shapes.
 /// Faces with an out-of-range index are ignored.
+///
+/// This rounds creases sharper than a few grid steps; [`smooth_preserving_features`]
+/// keeps them.
 pub fn smooth(mesh: &mut Mesh, iterations: usize) {
+    run(mesh, iterations, None);
+}
+
+/// Taubin smoothing that keeps sharp features: vertices on a crease (an edge line where
+/// the surface turns by more than `feature_angle_deg`, judged on patch normals so that
+/// grid terraces do not count; see `features.rs`) move only along the crease, corners and
+/// crease ends stay put, all other vertices are smoothed as by [`smooth`].
+///
+/// A flat face next to a kept crease stays flat: its vertices' neighbours all lie in its
+/// plane. Only positions move, as with [`smooth`].
+pub fn smooth_preserving_features(mesh: &mut Mesh, iterations: usize, feature_angle_deg: f32) {
+    if mesh.positions.is_empty() || iterations == 0 {
+        return;
+    }
+    let kept = constraints(mesh, feature_angle_deg);
+    run(mesh, iterations, Some(&kept));
+}
+
+fn run(mesh: &mut Mesh, iterations: usize, kept: Option<&[Constraint]>) {
     let n = mesh.positions.len();
     if n == 0 || iterations == 0 {
         return;
@@ -24,17 +52,37 @@ pub fn smooth(mesh: &mut Mesh, iterations: usize) {
     let mut next = mesh.positions.clone();
     for _ in 0..iterations {
         for factor in [LAMBDA, MU] {
-            step(&mesh.positions, &mut next, &start, &neighbours, factor);
+            step(&mesh.positions, &mut next, &start, &neighbours, kept, factor);
             std::mem::swap(&mut mesh.positions, &mut next);
         }
     }
 }
 
-/// One Laplacian step: `out[v] = p[v] + factor · (mean of neighbours − p[v])`.
-fn step(p: &[[f32; 3]], out: &mut [[f32; 3]], start: &[u32], nb: &[u32], factor: f32) {
+/// One Laplacian step: `out[v] = p[v] + factor · (mean of neighbours − p[v])`, where a
+/// crease vertex's neighbours are its two crease neighbours and a fixed vertex stays.
+fn step(
+    p: &[[f32; 3]],
+    out: &mut [[f32; 3]],
+    start: &[u32],
+    nb: &[u32],
+    kept: Option<&[Constraint]>,
+    factor: f32,
+) {
     for (v, o) in out.iter_mut().enumerate() {
         let (s, e) = (start[v] as usize, start[v + 1] as usize);
         let pv = p[v];
+        match kept.map(|k| k[v]) {
+            Some(Constraint::Fixed) => {
+                *o = pv;
+                continue;
+            }
+            Some(Constraint::Crease(a, b)) => {
+                let (a, b) = (p[a as usize], p[b as usize]);
+                *o = std::array::from_fn(|c| pv[c] + factor * ((a[c] + b[c]) * 0.5 - pv[c]));
+                continue;
+            }
+            _ => {}
+        }
         if s == e {
             *o = pv;
             continue;
