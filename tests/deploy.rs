@@ -211,6 +211,8 @@ fn dashboard_problems(text: &str, metrics: &BTreeMap<String, Kind>) -> Vec<Strin
         "orfeas_batch_fill_ratio_count",
         "orfeas_device_memory_bytes",
         "orfeas_device_utilization_ratio",
+        "orfeas_batch_ceiling",
+        "orfeas_device_oom_total",
         "orfeas_errors_total",
         "orfeas_requests_total",
         "orfeas_actor_restarts_total",

@@ -20,6 +20,7 @@ pub mod events;
 pub mod gpu_worker;
 pub mod heartbeat;
 pub mod http;
+pub mod image_input;
 pub mod ingress;
 pub mod jobs;
 pub mod metrics;

@@ -1,11 +1,13 @@
-//! Image in → model input: decode under strict limits, then per the
+//! Image in → model input: decode under strict limits (`image_input.rs`), then per the
 //! model's manifest either find the object (alpha when present, otherwise a
 //! plain background estimated from the border), crop and recentre it with a
 //! margin (`object`), or keep the whole frame letterboxed into a square
 //! (`full_frame`); resize to the model's input and write it straight into
 //! the item's slot of the batch buffer.
 
-use image::{imageops, ImageFormat, ImageReader, Limits, RgbaImage};
+use image::{imageops, RgbaImage};
+
+use crate::image_input::{self, ImageError};
 
 use crate::model::PreprocessMode;
 
@@ -17,38 +19,20 @@ const BACKGROUND_TOLERANCE: i32 = 40;
 /// Why an image cannot be used. Every variant is the agent's problem, not the node's.
 #[derive(Debug, thiserror::Error)]
 pub enum PreprocessError {
-    /// The bytes are not the declared format or not an image we read.
-    #[error("image is not a {declared} image (looks like {sniffed})")]
-    Mismatch {
-        /// Declared media type.
-        declared: String,
-        /// What the bytes look like.
-        sniffed: String,
-    },
-    /// Decoding failed.
-    #[error("image cannot be decoded: {0}")]
-    Decode(String),
-    /// Larger than allowed.
-    #[error("image is {width}x{height}, the limit is {max}x{max}")]
-    TooLarge {
-        /// Width.
-        width: u32,
-        /// Height.
-        height: u32,
-        /// Largest side allowed.
-        max: u32,
-    },
+    /// The bytes were refused before or while decoding (`image_input.rs`).
+    #[error(transparent)]
+    Image(#[from] ImageError),
     /// No object could be separated from the background.
     #[error("no foreground object found in the image")]
     NoObject,
 }
 
 impl PreprocessError {
-    /// The wire code.
+    /// The wire code: `too_large` for the size limits, `invalid_image` otherwise.
     pub fn code(&self) -> orfeas_wire::ErrorCode {
         match self {
-            Self::TooLarge { .. } => orfeas_wire::ErrorCode::TooLarge,
-            _ => orfeas_wire::ErrorCode::InvalidImage,
+            Self::Image(e) => e.code(),
+            Self::NoObject => orfeas_wire::ErrorCode::InvalidImage,
         }
     }
 }
@@ -65,71 +49,14 @@ pub struct Prepared {
     pub rgba: RgbaImage,
 }
 
-fn format_of(media_type: &str) -> Option<ImageFormat> {
-    match media_type {
-        "image/png" => Some(ImageFormat::Png),
-        "image/jpeg" => Some(ImageFormat::Jpeg),
-        "image/webp" => Some(ImageFormat::WebP),
-        _ => None,
-    }
-}
-
-/// Check format and dimensions from the header only (cheap; used at admission).
+/// Check size, format and dimensions from the header only (cheap, allocates no
+/// pixels; used at admission). See [`image_input::check_header`].
 pub fn check_header(
     bytes: &[u8],
     media_type: &str,
     max_side: u32,
 ) -> Result<(u32, u32), PreprocessError> {
-    // Dimensions come from the header alone; the decode limits apply later.
-    let reader = reader(bytes, media_type, u32::MAX)?;
-    let (width, height) = reader
-        .into_dimensions()
-        .map_err(|e| PreprocessError::Decode(e.to_string()))?;
-    if width > max_side || height > max_side {
-        return Err(PreprocessError::TooLarge {
-            width,
-            height,
-            max: max_side,
-        });
-    }
-    if width == 0 || height == 0 {
-        return Err(PreprocessError::Decode(format!(
-            "image is {width}x{height}"
-        )));
-    }
-    Ok((width, height))
-}
-
-fn reader<'a>(
-    bytes: &'a [u8],
-    media_type: &str,
-    max_side: u32,
-) -> Result<ImageReader<std::io::Cursor<&'a [u8]>>, PreprocessError> {
-    let declared = format_of(media_type);
-    let sniffed = image::guess_format(bytes).ok();
-    if declared.is_none() || declared != sniffed {
-        return Err(PreprocessError::Mismatch {
-            declared: media_type.to_string(),
-            sniffed: sniffed
-                .map(|f| format!("{f:?}").to_lowercase())
-                .unwrap_or_else(|| "unknown data".into()),
-        });
-    }
-    let mut reader = ImageReader::with_format(
-        std::io::Cursor::new(bytes),
-        declared.expect("checked above"),
-    );
-    let mut limits = Limits::default();
-    limits.max_image_width = Some(max_side);
-    limits.max_image_height = Some(max_side);
-    // Decoded RGBA8 plus the decoder's own buffers.
-    limits.max_alloc = Some(
-        u64::from(max_side)
-            .saturating_mul(u64::from(max_side))
-            .saturating_mul(12),
-    );
-    reader.limits(limits);
-    Ok(reader)
+    Ok(image_input::check_header(bytes, media_type, max_side)?)
 }
 
 /// Decode and prepare an image for a model with input `size` [H, W]
@@ -169,17 +96,7 @@ pub fn prepare_into(
         4 * size[0] * size[1],
         "batch slot has the model's input size"
     );
-    let (width, height) = check_header(bytes, media_type, max_side)?;
-    let decoded = reader(bytes, media_type, max_side)?
-        .decode()
-        .map_err(|e| match e {
-            image::ImageError::Limits(_) => PreprocessError::TooLarge {
-                width,
-                height,
-                max: max_side,
-            },
-            other => PreprocessError::Decode(other.to_string()),
-        })?;
+    let decoded = image_input::decode(bytes, media_type, max_side)?;
     let mut rgba = decoded.to_rgba8();
     let square = match mode {
         PreprocessMode::Object => {
@@ -359,6 +276,7 @@ fn bleed_colours(img: &mut RgbaImage, rounds: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::ImageFormat;
 
     fn png(img: &RgbaImage) -> Vec<u8> {
         let mut out = std::io::Cursor::new(Vec::new());
@@ -402,15 +320,15 @@ mod tests {
         let bytes = png(&disc_on_white(50, false));
         assert!(matches!(
             prepare(&bytes, "image/jpeg", 4096, [8, 8]),
-            Err(PreprocessError::Mismatch { .. })
+            Err(PreprocessError::Image(ImageError::Mismatch { .. }))
         ));
         assert!(matches!(
             prepare(&bytes, "image/png", 40, [8, 8]),
-            Err(PreprocessError::TooLarge { .. })
+            Err(PreprocessError::Image(ImageError::TooLarge { .. }))
         ));
         assert!(matches!(
             prepare(b"\x89PNG\r\n\x1a\nbroken", "image/png", 4096, [8, 8]),
-            Err(PreprocessError::Decode(_))
+            Err(PreprocessError::Image(ImageError::Decode(_)))
         ));
         let blank = png(&RgbaImage::from_pixel(20, 20, image::Rgba([9, 9, 9, 255])));
         assert!(matches!(
