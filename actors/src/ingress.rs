@@ -2,13 +2,17 @@
 //!
 //! - Consumes: agents' signed submissions from the `ingress` durable pull
 //!   consumer on `ORFEAS_SUBMIT` (`orfeas.jobs.submit.<agent>`).
-//! - Publishes: admitted jobs on `orfeas.jobs.queue.normal` (waits for the
-//!   PubAck), then the `accepted` event; or a `rejected` event with a
-//!   stable code. The submission is acked only after that.
-//! - Checks, cheapest first: size cap, envelope decode, issuer = subject
-//!   token, registered unrevoked key, `verify_strict` over the received
-//!   bytes bound to the subject, audience and time window, strict payload
-//!   decode, events subject, model, formats, image header and size. Then a
+//! - Publishes: admitted jobs on `orfeas.jobs.queue.<lane>` (the agent's
+//!   lane, or a lower one the job asked for; waits for the PubAck), then the
+//!   `accepted` event; or a `rejected` event with a stable code. The
+//!   submission is acked only after that.
+//! - Checks, cheapest first: size cap, envelope decode, pre-auth rate per
+//!   subject token, key status in the registry (unknown, revoked, outside
+//!   its validity window), issuer = subject token, `verify_strict` over the
+//!   received bytes bound to the subject, audience and time window, strict
+//!   payload decode, events subject, model, formats, image header and size;
+//!   then the agent's policy and the [`Gate`]: operation allowed, image
+//!   bytes, nonce not seen, per-agent rate, concurrency cap. Then a
 //!   create-only job record makes resubmission idempotent: same id and same
 //!   request → no second job; same id, different request → `conflict`.
 //! - Submissions are checked and admitted concurrently (up to the pull
@@ -46,20 +50,19 @@ use uuid::Uuid;
 use crate::{
     bus::{self, Bus, BusError},
     events::EventSink,
+    gate::Gate,
     jobs::{Created, JobRecord, JobState, JobStore},
     metrics,
     model::Manifest,
     now_ms,
     preprocess,
-    registry::Registry,
+    registry::{AgentRecord, KeyStatus, Registry},
     settings::NodeSettings,
     trace::{self, TraceParent},
 };
 
 /// Submissions verified concurrently at most.
 const CREDITS: usize = 64;
-/// Lane every job goes to until priorities exist.
-const LANE: &str = "normal";
 /// Metric label for messages whose agent is not registered.
 const UNREGISTERED: &str = "_unregistered";
 
@@ -203,6 +206,8 @@ struct Admission {
     jobs: JobStore,
     events: EventSink,
     policy: Policy,
+    /// Pre-auth rate, nonces, per-agent rate and concurrency cap.
+    gate: Arc<Gate>,
     /// Messages in the queue stream, refreshed in the background: an
     /// `accepted` event's queue position must not cost a round trip.
     queue_depth: Arc<AtomicU64>,
@@ -247,30 +252,41 @@ impl Admission {
         // Metric label: only registered agents get their own series, so a
         // flood of made-up subject tokens cannot grow the label set.
         let mut label = UNREGISTERED;
+        let stream_seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
         let verdict = match open_submission(&message.payload) {
-            Ok(opened) => match self.registry.agent_key(&agent, &opened.kid.0).await {
-                Ok(key) => {
-                    if key.is_some() {
-                        label = &agent;
+            Ok(opened) => match self.gate.pre_auth(&agent) {
+                Err(failure) => Err(Rejection { job_id: unverified_job_id(&opened), failure }),
+                Ok(()) => match self.registry.key_status(&agent, &opened.kid.0).await {
+                    Ok((key, status, record)) => {
+                        if key.is_some() {
+                            label = &agent;
+                        }
+                        match self.verify(&opened, &subject, key, status, record, stream_seq).await {
+                            Ok(verdict) => verdict,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "admission state unreadable; retrying");
+                                return Settled::Retry;
+                            }
+                        }
                     }
-                    check_submission(&opened, &subject, key, &self.policy, now_ms() / 1000)
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "registry unreadable");
-                    return Settled::Retry;
-                }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "registry unreadable");
+                        return Settled::Retry;
+                    }
+                },
             },
             Err(rejection) => Err(rejection),
         };
         match verdict {
-            Ok(valid) => match self.admit(valid, span, trace).await {
+            Ok((valid, lane)) => match self.admit(valid, lane, span, trace).await {
                 Ok(settled) => settled,
                 Err(e) => {
                     tracing::warn!(error = %e, "admission not confirmed; retrying");
                     Settled::Retry
                 }
             },
-            Err(rejection) => {
+            Err(mut rejection) => {
+                rejection.failure.job_id = rejection.job_id;
                 let code = rejection.failure.code.as_str();
                 metrics::REQUESTS.with_label_values(&[label, "submit", code]).inc();
                 metrics::ERRORS.with_label_values(&[label, code]).inc();
@@ -286,8 +302,59 @@ impl Admission {
         }
     }
 
+    /// Steps 4–10 once the envelope is open: key status, signature, claims
+    /// and payload ([`check_submission`]), then the agent's policy and the
+    /// gate (operation, image size, nonce, rate, concurrency). The lane the
+    /// job goes to comes with it. `Err` only when NATS did not answer.
+    async fn verify(
+        &self,
+        opened: &Opened,
+        subject: &str,
+        key: Option<PublicKey>,
+        status: KeyStatus,
+        record: Option<AgentRecord>,
+        stream_seq: u64,
+    ) -> Result<Result<(ValidJob, Lane), Rejection>, BusError> {
+        let unverified = unverified_job_id(opened);
+        let agent = subjects::agent_of_submit(subject).unwrap_or(UNREGISTERED);
+        if opened.claims.iss == agent {
+            match status {
+                KeyStatus::Revoked => return Ok(Err(Rejection::new(unverified, ErrorCode::RevokedKey, format!("key {} of agent {agent:?} is revoked", opened.kid.0)))),
+                KeyStatus::Inactive(why) => return Ok(Err(Rejection::new(unverified, ErrorCode::UnknownKey, why))),
+                KeyStatus::Active(_) | KeyStatus::Unknown => {}
+            }
+        }
+        let valid = match check_submission(opened, subject, key, &self.policy, now_ms() / 1000) {
+            Ok(valid) => valid,
+            Err(rejection) => return Ok(Err(rejection)),
+        };
+        let Some(record) = record else {
+            return Ok(Err(Rejection::new(unverified, ErrorCode::UnknownKey, format!("agent {agent:?} is not registered"))));
+        };
+        let job_id = Some(valid.job.job_id);
+        let refuse = |failure: Failure| Ok(Err(Rejection { job_id, failure }));
+        if !record.allows("submit") {
+            return refuse(Failure::new(ErrorCode::Forbidden, format!("agent {agent:?} may not use operation submit")));
+        }
+        let ImageInput::Inline { data, .. } = &valid.job.image;
+        if let Some(cap) = record.max_image_bytes.filter(|&cap| data.len() as u64 > cap) {
+            return refuse(Failure::new(ErrorCode::TooLarge, format!("image of {} bytes exceeds agent {agent:?}'s cap of {cap} bytes", data.len())));
+        }
+        if let Err(failure) = self.gate.nonce(agent, &opened.claims.cti, stream_seq).await? {
+            return refuse(failure);
+        }
+        if let Err(failure) = self.gate.rate(agent, record.requests_per_minute) {
+            return refuse(failure);
+        }
+        if let Err(failure) = self.gate.take_slot(agent, valid.job.job_id, record.max_concurrent).await? {
+            return refuse(failure);
+        }
+        let lane = record.lane.at_most(valid.job.params.priority);
+        Ok(Ok((valid, lane)))
+    }
+
     /// Record, enqueue (PubAck), announce. Idempotent on the job id.
-    async fn admit(&self, valid: ValidJob, span: &tracing::Span, trace: TraceParent) -> Result<Settled, BusError> {
+    async fn admit(&self, valid: ValidJob, lane: Lane, span: &tracing::Span, trace: TraceParent) -> Result<Settled, BusError> {
         let ValidJob { agent, job, digest } = valid;
         span.record("job_id", tracing::field::display(job.job_id));
         let onward = trace::onward(span, &trace);
@@ -302,7 +369,7 @@ impl Admission {
             updated_at_ms: now_ms(),
             terminal: None,
             terminal_seq: 0,
-            lane: Lane::Normal.at_most(job.params.priority),
+            lane,
             deadline_ms: job.params.deadline_ms,
             cancel_requested: false,
             batch_id: None,
@@ -312,7 +379,8 @@ impl Admission {
             Created::Exists(existing, _) if existing.digest != digest => {
                 metrics::REQUESTS.with_label_values(&[&agent, "submit", ErrorCode::Conflict.as_str()]).inc();
                 metrics::ERRORS.with_label_values(&[&agent, ErrorCode::Conflict.as_str()]).inc();
-                let failure = Failure::new(ErrorCode::Conflict, format!("job {} exists with a different request", job.job_id));
+                let mut failure = Failure::new(ErrorCode::Conflict, format!("job {} exists with a different request", job.job_id));
+                failure.job_id = Some(job.job_id);
                 self.events.publish_in(Some(onward), &agent, job.job_id, 0, EventKind::Rejected(failure)).await?;
                 return Ok(Settled::Term);
             }
@@ -347,7 +415,7 @@ impl Admission {
         // Jobs ahead of this one (a recent reading, not a round trip), so
         // that `accepted` follows the PubAck at once.
         let queue_position = self.queue_depth.load(Ordering::Relaxed);
-        let ack = self.bus.publish_acked(subjects::queue(LANE), headers, orfeas_wire::to_cbor(&admitted).into()).await?;
+        let ack = self.bus.publish_acked(subjects::queue(lane.as_str()), headers, orfeas_wire::to_cbor(&admitted).into()).await?;
         self.events.publish_in(Some(onward), &agent, job.job_id, 0, EventKind::Accepted { queue_position }).await?;
         metrics::REQUESTS.with_label_values(&[&agent, "submit", "accepted"]).inc();
         tracing::info!(agent, job_id = %job.job_id, seq = ack.sequence, "job admitted");
@@ -401,6 +469,7 @@ impl Actor for Ingress {
             jobs: self.jobs.clone(),
             events: self.events.clone(),
             policy: self.policy.clone(),
+            gate: Arc::new(Gate::new(self.settings.preauth_per_minute, self.bus.nonces.clone(), self.bus.active.clone(), self.jobs.clone())),
             queue_depth,
         });
         Ok(IngressState { credits, puller, depth_reader, admission })

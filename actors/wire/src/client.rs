@@ -10,7 +10,10 @@ use futures::StreamExt;
 use crate::{
     envelope::{self, ContentKind},
     subjects,
-    v1::{Event, EventKind, FetchReply, FetchRequest, Failure, NodeRecord, SubmitJob, MAX_FETCH_CHUNK, MAX_LIFETIME_S},
+    v1::{
+        CancelRequest, Event, EventKind, FetchReply, FetchRequest, Failure, JobStatus, NodeRecord, StatusReply, StatusRequest, SubmitJob,
+        MAX_FETCH_CHUNK, MAX_LIFETIME_S,
+    },
     PublicKey, SecretKey,
 };
 
@@ -29,6 +32,10 @@ pub enum ClientError {
     /// A node refused a request or has nothing to give.
     #[error("{} ({}): {}", .0.status, .0.code, .0.error)]
     Refused(Failure),
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn nats_err(e: impl std::fmt::Display) -> ClientError {
@@ -51,6 +58,13 @@ pub struct JobEvents {
     subscriber: Subscriber,
     /// The W3C `traceparent` the submission carried (the job's trace).
     pub traceparent: Option<String>,
+}
+
+/// Connect options for `agent` on a server running the isolation config
+/// (`orfeas nats-config`): the agent's signing key as its nkey, and its own
+/// inbox prefix `_INBOX_<agent>` (the only inbox it may subscribe to).
+pub fn isolated_options(agent: &str, key: &SecretKey) -> async_nats::ConnectOptions {
+    async_nats::ConnectOptions::with_nkey(key.nats_seed()).custom_inbox_prefix(format!("_INBOX_{agent}")).name(format!("orfeas-agent-{agent}"))
 }
 
 /// A new sampled W3C `traceparent` (random trace and span ids).
@@ -190,6 +204,33 @@ impl AgentClient {
             }
         }
         Ok(data)
+    }
+
+    /// The state of one of this agent's jobs, from its record (any node
+    /// answers on `orfeas.status.<agent>`).
+    pub async fn status(&self, job_id: &uuid::Uuid, timeout: Duration) -> Result<JobStatus, ClientError> {
+        let (subject, bytes) = StatusRequest { job_id: *job_id }.seal(&self.agent, &self.key, &self.audience, now_s());
+        self.status_request(subject, bytes, timeout).await
+    }
+
+    /// Cancel one of this agent's jobs (`orfeas.cancel.<agent>`): a queued
+    /// job ends at once with `failed{canceled}`, a running one when its node
+    /// notices (`cancel_requested` in the answer); a finished job is left as
+    /// it is. Returns the job's state after the request.
+    pub async fn cancel(&self, job_id: &uuid::Uuid, timeout: Duration) -> Result<JobStatus, ClientError> {
+        let (subject, bytes) = CancelRequest { job_id: *job_id }.seal(&self.agent, &self.key, &self.audience, now_s());
+        self.status_request(subject, bytes, timeout).await
+    }
+
+    async fn status_request(&self, subject: String, bytes: Vec<u8>, timeout: Duration) -> Result<JobStatus, ClientError> {
+        let reply = tokio::time::timeout(timeout, self.client.request(subject, bytes.into()))
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))?
+            .map_err(nats_err)?;
+        match crate::from_cbor::<StatusReply>(&reply.payload).map_err(ClientError::Unverified)? {
+            StatusReply::Job(status) => Ok(status),
+            StatusReply::Error(failure) => Err(ClientError::Refused(failure)),
+        }
     }
 
     async fn fetch_request(&self, request: &FetchRequest, timeout: Duration) -> Result<FetchReply, ClientError> {

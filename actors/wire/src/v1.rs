@@ -614,6 +614,86 @@ pub enum FetchReply {
     Error(Failure),
 }
 
+/// An agent's signed question about one of its jobs, on
+/// `orfeas.status.<agent>` (request/reply; any node answers from the job's
+/// record). Operation `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRequest {
+    /// The job.
+    pub job_id: Uuid,
+}
+
+impl StatusRequest {
+    /// Sign this request as `agent`; returns `(subject, envelope bytes)`.
+    pub fn seal(&self, agent: &str, key: &SecretKey, audience: &str, now_s: u64) -> (String, Vec<u8>) {
+        seal_request(ContentKind::StatusRequest, "status", &subjects::status(agent), crate::to_cbor(self), agent, key, audience, now_s)
+    }
+}
+
+/// An agent's signed request to cancel one of its jobs, on
+/// `orfeas.cancel.<agent>` (request/reply). Operation `cancel`. A queued job
+/// ends at once (`failed` with code `canceled`); a running one ends as
+/// `canceled` when its node notices; a finished one is left as it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelRequest {
+    /// The job.
+    pub job_id: Uuid,
+}
+
+impl CancelRequest {
+    /// Sign this request as `agent`; returns `(subject, envelope bytes)`.
+    pub fn seal(&self, agent: &str, key: &SecretKey, audience: &str, now_s: u64) -> (String, Vec<u8>) {
+        seal_request(ContentKind::CancelRequest, "cancel", &subjects::cancel(agent), crate::to_cbor(self), agent, key, audience, now_s)
+    }
+}
+
+/// Lifetime of signed requests (status, cancel, fetch), seconds.
+pub const REQUEST_LIFETIME_S: u64 = 60;
+
+#[allow(clippy::too_many_arguments)]
+fn seal_request(kind: ContentKind, op: &str, subject: &str, payload: Vec<u8>, agent: &str, key: &SecretKey, audience: &str, now_s: u64) -> (String, Vec<u8>) {
+    let claims = Claims::new(agent, audience, now_s, REQUEST_LIFETIME_S);
+    let header = Seal { kind, claims: &claims, op, events_subject: None };
+    (subject.to_string(), envelope::seal(&header, payload, subject, key))
+}
+
+/// Where a job is, as a status or cancel reply tells it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// The job.
+    pub job_id: Uuid,
+    /// `admitted` (queued), `running`, `completed`, `failed` or `canceled`.
+    pub state: String,
+    /// The lane it waits or waited in.
+    pub lane: Lane,
+    /// Delivery attempt that last took it (0 = never started).
+    pub attempt: u64,
+    /// The node that last changed it.
+    pub node: String,
+    /// Last change, ms since the epoch.
+    pub updated_at_ms: u64,
+    /// A cancel was asked for while it was running.
+    #[serde(default)]
+    pub cancel_requested: bool,
+    /// The terminal event's kind (`completed` or `failed`), once there is one.
+    #[serde(default)]
+    pub terminal: Option<EventKind>,
+    /// The seq the terminal event was published with.
+    #[serde(default)]
+    pub terminal_seq: u64,
+}
+
+/// A node's answer to a [`StatusRequest`] or [`CancelRequest`] (CBOR, not
+/// signed; only the agent's own inbox receives it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusReply {
+    /// The job's state (after the cancel, for a cancel).
+    Job(JobStatus),
+    /// Refused or not available.
+    Error(Failure),
+}
+
 /// Ask for the models a deployment serves (request on
 /// [`subjects::MODELS_LIST`](crate::subjects::MODELS_LIST); any one node answers).
 /// Plain CBOR, unsigned: the answer is public configuration, not a job.
