@@ -237,7 +237,17 @@ async fn bad_input_suite_each_case_rejected_once_audited_nothing_enqueued() {
     // --- The envelope, region by region.
     let j = job(image.clone());
     let sealed = alice.seal(&j);
-    add("payload byte flipped", "alice", tamper(&sealed, |s| s.payload.as_mut().unwrap()[10] ^= 1), ErrorCode::BadSignature, j.job_id);
+    add(
+        "payload byte flipped (inside the image)",
+        "alice",
+        tamper(&sealed, |s| {
+            let payload = s.payload.as_mut().unwrap();
+            let at = payload.windows(4).position(|w| w == b"IHDR").unwrap();
+            payload[at + 12] ^= 1;
+        }),
+        ErrorCode::BadSignature,
+        j.job_id,
+    );
     let j = job(image.clone());
     add("signature byte flipped", "alice", tamper(&alice.seal(&j), |s| s.signature[5] ^= 1), ErrorCode::BadSignature, j.job_id);
     let j = job(image.clone());
@@ -269,8 +279,9 @@ async fn bad_input_suite_each_case_rejected_once_audited_nothing_enqueued() {
         "alice",
         tamper(&alice.seal(&j), |s| {
             let mut bytes = s.protected.original_data.clone().unwrap();
-            let at = bytes.windows(6).position(|w| w == b"submit").unwrap();
-            bytes[at + 5] = b'T';
+            // The op's value: text of length 6 (0x66), not the content type.
+            let at = bytes.windows(7).position(|w| w == b"\x66submit").unwrap();
+            bytes[at + 6] = b'T';
             s.protected.original_data = Some(bytes);
         }),
         ErrorCode::BadSignature,
