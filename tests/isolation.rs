@@ -172,3 +172,26 @@ async fn isolation_agent_b_cannot_read_a_events_or_publish_as_a() {
     let _ = node.kill();
     let _ = node.wait();
 }
+
+/// The shipped example (`nats/isolation.conf`) is exactly what the
+/// generator writes for its documented keys, and nats-server accepts it.
+#[test]
+fn isolation_shipped_example_matches_the_generator() {
+    let shipped = std::fs::read_to_string(common::repo().join("nats/isolation.conf")).unwrap();
+    let key = |byte: u8| SecretKey::from_seed([byte; 32]).public().to_hex();
+    let out = Command::new(common::orfeas_bin())
+        .arg("nats-config")
+        .args(["--agent", &format!("alice={}", key(0x42))])
+        .args(["--agent", &format!("bob={}", key(0x43))])
+        .args(["--node", &key(0x07)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let generated = String::from_utf8(out.stdout).unwrap();
+    assert!(shipped.ends_with(&generated), "nats/isolation.conf differs from `orfeas nats-config` for its keys:\n{generated}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("isolation.conf"), &shipped).unwrap();
+    std::fs::write(dir.path().join("server.conf"), "listen: 127.0.0.1:-1\ninclude \"isolation.conf\"\n").unwrap();
+    let check = Command::new(common::nats_server_bin()).arg("-t").arg("-c").arg(dir.path().join("server.conf")).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+}
