@@ -155,3 +155,74 @@ async fn requests_status_and_cancel_from_rust_and_python() {
     // sees as completed too.
     assert_eq!(alice.status(&job_id.parse().unwrap(), WAIT).await.unwrap().state, "completed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_submit_batch_admits_each_job_on_its_own_and_reports_the_batch() {
+    let nats = NatsServer::start();
+    let store = tempfile::tempdir().unwrap();
+    let _node = NodeProcess::start(&nats, NodeOptions { node_id: "n1", store: store.path(), env: vec![("ORFEAS_MODELS_ENABLED", "null".into())] }).await;
+    let (mut alice, _) = agent(&nats.url, "alice").await;
+    let client = orfeas_actors::bus::connect(&nats.url, "orfeas-test").await.unwrap();
+    let bus = Bus::attach(client.clone()).await.unwrap();
+    let jobs = JobStore::new(bus.jobs.clone());
+    let null_job = || {
+        let mut job = common::example_job("mug.png", vec![]);
+        job.model = "null".into();
+        job
+    };
+    let (good_a, good_b, mut bad) = (null_job(), null_job(), null_job());
+    bad.model = "nope".into();
+    let batch = orfeas_wire::v1::SubmitBatch { batch_id: Uuid::now_v7(), jobs: vec![good_a.clone(), bad.clone(), good_b.clone()] };
+    let mut events = alice.submit_batch(&batch).await.unwrap();
+    let (mut completed, mut refused_code) = (Vec::new(), None);
+    while completed.len() < 2 || refused_code.is_none() {
+        let event = alice.next_event(&mut events, WAIT).await.unwrap();
+        match event.kind {
+            EventKind::Completed { .. } => completed.push(event.job_id),
+            EventKind::Rejected(f) => {
+                assert_eq!(event.job_id, bad.job_id, "only the bad job is refused: {f:?}");
+                assert_eq!(f.job_id, Some(bad.job_id));
+                refused_code = Some(f.code);
+            }
+            EventKind::Failed(f) => panic!("{f:?}"),
+            _ => {}
+        }
+    }
+    completed.sort();
+    let mut want = vec![good_a.job_id, good_b.job_id];
+    want.sort();
+    assert_eq!(completed, want);
+    assert_eq!(refused_code, Some(ErrorCode::UnknownModel));
+    for id in &want {
+        assert_eq!(jobs.get("alice", id).await.unwrap().unwrap().0.batch_id, Some(batch.batch_id));
+    }
+    assert!(jobs.get("alice", &bad.job_id).await.unwrap().is_none(), "a refused job has no record");
+    // The batch's status covers every job.
+    let (states, rejected) = alice.batch_status(&batch.batch_id, WAIT).await.unwrap();
+    let mut ids: Vec<Uuid> = states.iter().map(|s| s.job_id).collect();
+    ids.sort();
+    assert_eq!(ids, want);
+    assert!(states.iter().all(|s| s.state == "completed"));
+    assert_eq!(rejected.len(), 1);
+    assert_eq!((rejected[0].code, rejected[0].job_id), (ErrorCode::UnknownModel, Some(bad.job_id)));
+    match alice.batch_status(&Uuid::now_v7(), WAIT).await {
+        Err(ClientError::Refused(f)) => assert_eq!(f.code, ErrorCode::NotFound),
+        other => panic!("an unknown batch: {other:?}"),
+    }
+
+    // Refusals of the whole batch land on the batch's subject.
+    let registry = Registry::new(bus.agents.clone(), bus.nodes.clone());
+    let key = SecretKey::generate();
+    registry.add_agent("single", &key.public().to_hex(), &PolicyUpdate { operations: Some(vec!["submit".into()]), ..Default::default() }).await.unwrap();
+    let mut single = AgentClient::new(client.clone(), "single", key, "orfeas");
+    for (batch, code) in [
+        (orfeas_wire::v1::SubmitBatch { batch_id: Uuid::now_v7(), jobs: vec![null_job()] }, ErrorCode::Forbidden),
+        (orfeas_wire::v1::SubmitBatch { batch_id: Uuid::now_v7(), jobs: vec![] }, ErrorCode::Invalid),
+    ] {
+        let mut events = single.submit_batch(&batch).await.unwrap();
+        let event = single.next_event(&mut events, WAIT).await.unwrap();
+        assert_eq!(event.job_id, batch.batch_id);
+        let EventKind::Rejected(f) = event.kind else { panic!("{event:?}") };
+        assert_eq!(f.code, code, "{f:?}");
+    }
+}

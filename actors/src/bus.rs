@@ -102,6 +102,8 @@ pub struct Bus {
     pub nonces: kv::Store,
     /// Per agent, the jobs holding a concurrency slot.
     pub active: kv::Store,
+    /// Batch records.
+    pub batches: kv::Store,
 }
 
 /// Connect to NATS with a client name, retrying forever once connected.
@@ -144,8 +146,8 @@ impl Bus {
         let mut buckets = crate::topology::ensure(&js, settings).await?.into_iter();
         let mut next = |name: &str| buckets.next().ok_or_else(|| setup_err(name, "bucket missing"));
         let (jobs, agents, nodes) = (next(subjects::JOBS_BUCKET)?, next(subjects::AGENTS_BUCKET)?, next(subjects::NODES_BUCKET)?);
-        let (nonces, active) = (next(subjects::NONCES_BUCKET)?, next(subjects::ACTIVE_BUCKET)?);
-        Ok(Self { client, js, jobs, agents, nodes, nonces, active })
+        let (nonces, active, batches) = (next(subjects::NONCES_BUCKET)?, next(subjects::ACTIVE_BUCKET)?, next(subjects::BATCHES_BUCKET)?);
+        Ok(Self { client, js, jobs, agents, nodes, nonces, active, batches })
     }
 
     /// Connect to the buckets of an existing deployment (agents and tools).
@@ -161,6 +163,7 @@ impl Bus {
             nodes: get(subjects::NODES_BUCKET).await?,
             nonces: get(subjects::NONCES_BUCKET).await?,
             active: get(subjects::ACTIVE_BUCKET).await?,
+            batches: get(subjects::BATCHES_BUCKET).await?,
             client,
             js,
         })

@@ -15,6 +15,8 @@
 //!   bytes, nonce not seen, per-agent rate, concurrency cap. Then a
 //!   create-only job record makes resubmission idempotent: same id and same
 //!   request → no second job; same id, different request → `conflict`.
+//! - A `SubmitBatch` on the same subject is checked once and admitted job
+//!   by job ([`crate::batch`]).
 //! - Submissions are checked and admitted concurrently (up to the pull
 //!   credits) on tasks, so one slow KV or PubAck round trip never holds up
 //!   the next agent; each runs in its own `job.admit` span, in the trace
@@ -88,8 +90,10 @@ pub struct ValidJob {
     pub agent: String,
     /// The job, formats defaulted.
     pub job: SubmitJob,
-    /// SHA-256 of the signed payload, hex.
+    /// SHA-256 of the signed payload (of the job's own CBOR in a batch), hex.
     pub digest: String,
+    /// The batch it came in.
+    pub batch_id: Option<Uuid>,
 }
 
 /// What Ingress checks submissions against.
@@ -111,9 +115,9 @@ fn unverified_job_id(opened: &Opened) -> Option<Uuid> {
     orfeas_wire::from_cbor::<SubmitJob>(&opened.payload).ok().map(|j| j.job_id)
 }
 
-/// Steps 1–2: cap and decode.
+/// Steps 1–2: cap and decode (a single job or a batch).
 pub fn open_submission(bytes: &[u8]) -> Result<Opened, Rejection> {
-    envelope::open(bytes, v1::MAX_SUBMIT_BYTES, ContentKind::SubmitJob)
+    envelope::open_one_of(bytes, v1::MAX_SUBMIT_BYTES, &[ContentKind::SubmitJob, ContentKind::SubmitBatch])
         .map_err(|e| Rejection::new(None, e.code(), e.to_string()))
 }
 
@@ -148,6 +152,15 @@ pub fn check_submission(
     if opened.events_subject.as_deref() != Some(expected_events.as_str()) {
         return Err(reject(ErrorCode::Forbidden, format!("events subject {:?} is not {expected_events:?}", opened.events_subject)));
     }
+    check_job(&mut job, policy).map_err(|(code, error)| reject(code, error))?;
+    let digest = hex::encode(Sha256::digest(&opened.payload));
+    Ok(ValidJob { agent: agent.to_string(), job, digest, batch_id: None })
+}
+
+/// The checks of one job's content: model served, parameters, formats
+/// (defaulted and deduplicated), image size and header.
+pub fn check_job(job: &mut SubmitJob, policy: &Policy) -> Result<(), (ErrorCode, String)> {
+    let reject = |code, error: String| (code, error);
     if !policy.models.contains_key(&job.model) {
         let mut served: Vec<&str> = policy.models.keys().map(String::as_str).collect();
         served.sort_unstable();
@@ -170,8 +183,7 @@ pub fn check_submission(
         return Err(reject(ErrorCode::TooLarge, format!("inline image of {} bytes exceeds {}", data.len(), v1::MAX_INLINE_IMAGE_BYTES)));
     }
     preprocess::check_header(data, media_type, policy.max_image_side).map_err(|e| reject(e.code(), e.to_string()))?;
-    let digest = hex::encode(Sha256::digest(&opened.payload));
-    Ok(ValidJob { agent: agent.to_string(), job, digest })
+    Ok(())
 }
 
 /// Ingress configuration.
@@ -199,15 +211,15 @@ pub struct IngressState {
 }
 
 /// What an admission task needs: the actor's configuration, shared.
-struct Admission {
-    settings: Arc<NodeSettings>,
-    bus: Bus,
-    registry: Registry,
-    jobs: JobStore,
-    events: EventSink,
-    policy: Policy,
+pub(crate) struct Admission {
+    pub(crate) settings: Arc<NodeSettings>,
+    pub(crate) bus: Bus,
+    pub(crate) registry: Registry,
+    pub(crate) jobs: JobStore,
+    pub(crate) events: EventSink,
+    pub(crate) policy: Policy,
     /// Pre-auth rate, nonces, per-agent rate and concurrency cap.
-    gate: Arc<Gate>,
+    pub(crate) gate: Arc<Gate>,
     /// Messages in the queue stream, refreshed in the background: an
     /// `accepted` event's queue position must not cost a round trip.
     queue_depth: Arc<AtomicU64>,
@@ -225,7 +237,7 @@ pub enum IngressMsg {
 }
 
 /// How a submission was settled.
-enum Settled {
+pub(crate) enum Settled {
     /// Admitted (or already admitted): ack.
     Ack,
     /// Refused; the rejection event is stored: term.
@@ -254,6 +266,7 @@ impl Admission {
         let mut label = UNREGISTERED;
         let stream_seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
         let verdict = match open_submission(&message.payload) {
+            Ok(opened) if opened.kind == ContentKind::SubmitBatch => return self.admit_batch(message, &agent, opened, span, trace).await,
             Ok(opened) => match self.gate.pre_auth(&agent) {
                 Err(failure) => Err(Rejection { job_id: unverified_job_id(&opened), failure }),
                 Ok(()) => match self.registry.key_status(&agent, &opened.kid.0).await {
@@ -354,8 +367,8 @@ impl Admission {
     }
 
     /// Record, enqueue (PubAck), announce. Idempotent on the job id.
-    async fn admit(&self, valid: ValidJob, lane: Lane, span: &tracing::Span, trace: TraceParent) -> Result<Settled, BusError> {
-        let ValidJob { agent, job, digest } = valid;
+    pub(crate) async fn admit(&self, valid: ValidJob, lane: Lane, span: &tracing::Span, trace: TraceParent) -> Result<Settled, BusError> {
+        let ValidJob { agent, job, digest, batch_id } = valid;
         span.record("job_id", tracing::field::display(job.job_id));
         let onward = trace::onward(span, &trace);
         let record = JobRecord {
@@ -372,7 +385,7 @@ impl Admission {
             lane,
             deadline_ms: job.params.deadline_ms,
             cancel_requested: false,
-            batch_id: None,
+            batch_id,
         };
         match self.jobs.create(&record).await? {
             Created::New(_) => {}
@@ -407,7 +420,7 @@ impl Admission {
             image: job.image,
             admitted_at_ms: now_ms(),
             lane: record.lane,
-            batch_id: None,
+            batch_id,
         };
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", format!("{agent}:{}", job.job_id).as_str());

@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod batch;
 pub mod batching;
 pub mod bus;
 pub mod catalog;

@@ -112,6 +112,7 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, NodeError> {
         registry: registry.clone(),
         jobs: crate::jobs::JobStore::new(bus.jobs.clone()),
         events: events.clone(),
+        batches: bus.batches.clone(),
     }
     .spawn(client.clone());
     let results = ResultServer {

@@ -63,6 +63,8 @@ pub struct RequestServer {
     pub jobs: JobStore,
     /// Publishes the terminal event of a canceled queued job.
     pub events: EventSink,
+    /// Batch records.
+    pub batches: async_nats::jetstream::kv::Store,
 }
 
 fn refuse(code: ErrorCode, error: impl Into<String>, job_id: Option<Uuid>) -> StatusReply {
@@ -185,7 +187,9 @@ impl RequestServer {
             Ok((opened, _)) => {
                 if op == "status" {
                     match orfeas_wire::from_cbor::<StatusRequest>(&opened.payload) {
-                        Ok(request) => self.status(agent, request.job_id).await,
+                        Ok(StatusRequest { batch_id: Some(batch_id), .. }) => self.batch_status(agent, batch_id).await,
+                        Ok(StatusRequest { job_id: Some(job_id), .. }) => self.status(agent, job_id).await,
+                        Ok(_) => refuse(ErrorCode::Invalid, "a status request names a job_id or a batch_id", None),
                         Err(e) => refuse(ErrorCode::Invalid, format!("status payload: {e}"), None),
                     }
                 } else {
@@ -197,7 +201,7 @@ impl RequestServer {
             }
         };
         let outcome = match &reply {
-            StatusReply::Job(_) => "ok",
+            StatusReply::Job(_) | StatusReply::Batch { .. } => "ok",
             StatusReply::Error(f) => f.code.as_str(),
         };
         // Only registered agents get their own series (bounded labels).
@@ -215,6 +219,24 @@ impl RequestServer {
             Ok(None) => refuse(ErrorCode::NotFound, format!("agent {agent:?} has no job {job_id}"), Some(job_id)),
             Err(e) => refuse(ErrorCode::Unavailable, format!("job record unreadable: {e}"), Some(job_id)),
         }
+    }
+
+    async fn batch_status(&self, agent: &str, batch_id: Uuid) -> StatusReply {
+        let unreadable = |e: &dyn std::fmt::Display| refuse(ErrorCode::Unavailable, format!("batch record unreadable: {e}"), Some(batch_id));
+        let batch = match crate::batch::read(&self.batches, agent, &batch_id).await {
+            Ok(Some(batch)) => batch,
+            Ok(None) => return refuse(ErrorCode::NotFound, format!("agent {agent:?} has no batch {batch_id}"), Some(batch_id)),
+            Err(e) => return unreadable(&e),
+        };
+        let mut jobs = Vec::with_capacity(batch.jobs.len());
+        for job_id in &batch.jobs {
+            match self.jobs.get(agent, job_id).await {
+                Ok(Some((record, _))) => jobs.push(job_status(&record)),
+                Ok(None) => {}
+                Err(e) => return unreadable(&e),
+            }
+        }
+        StatusReply::Batch { batch_id, jobs, rejected: batch.rejected }
     }
 
     async fn cancel(&self, agent: &str, job_id: Uuid) -> StatusReply {

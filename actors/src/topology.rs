@@ -101,6 +101,7 @@ pub fn buckets(settings: &NodeSettings) -> Vec<kv::Config> {
         // Replay protection: a nonce outlives every window it is valid in.
         bucket(subjects::NONCES_BUCKET, 1, crate::gate::NONCE_TTL),
         bucket(subjects::ACTIVE_BUCKET, 1, Duration::ZERO),
+        bucket(subjects::BATCHES_BUCKET, 1, Duration::ZERO),
     ]
 }
 

@@ -11,7 +11,7 @@ use crate::{
     envelope::{self, ContentKind},
     subjects,
     v1::{
-        CancelRequest, Event, EventKind, FetchReply, FetchRequest, Failure, JobStatus, NodeRecord, StatusReply, StatusRequest, SubmitJob,
+        CancelRequest, Event, EventKind, FetchReply, FetchRequest, Failure, JobStatus, NodeRecord, StatusReply, StatusRequest, SubmitBatch, SubmitJob,
         MAX_FETCH_CHUNK, MAX_LIFETIME_S,
     },
     PublicKey, SecretKey,
@@ -50,6 +50,13 @@ pub struct AgentClient {
     key: SecretKey,
     audience: String,
     node_keys: HashMap<String, PublicKey>,
+}
+
+impl JobEvents {
+    /// The subject subscribed to (a job's, or `orfeas.events.<agent>.>` for a batch).
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
 }
 
 /// Events of one submitted job, in arrival order.
@@ -133,7 +140,10 @@ impl AgentClient {
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
             .ok_or_else(|| nats_err("subscription closed"))?;
-        self.verify_event(&events.subject, &message.payload).await
+        // The subject it arrived on (a batch's subscription is a wildcard):
+        // the signature binds the event to it, and the server only delivers
+        // what matches the subscription.
+        self.verify_event(&message.subject, &message.payload).await
     }
 
     /// Verify a signed event received on `subject`.
@@ -209,8 +219,35 @@ impl AgentClient {
     /// The state of one of this agent's jobs, from its record (any node
     /// answers on `orfeas.status.<agent>`).
     pub async fn status(&self, job_id: &uuid::Uuid, timeout: Duration) -> Result<JobStatus, ClientError> {
-        let (subject, bytes) = StatusRequest { job_id: *job_id }.seal(&self.agent, &self.key, &self.audience, now_s());
-        self.status_request(subject, bytes, timeout).await
+        let (subject, bytes) = StatusRequest { job_id: Some(*job_id), batch_id: None }.seal(&self.agent, &self.key, &self.audience, now_s());
+        match self.status_request(subject, bytes, timeout).await? {
+            StatusReply::Job(status) => Ok(status),
+            other => Err(ClientError::Unverified(format!("a job status request was answered with {other:?}"))),
+        }
+    }
+
+    /// The state of every job of one of this agent's batches: the admitted
+    /// jobs' states and the refused jobs' failures.
+    pub async fn batch_status(&self, batch_id: &uuid::Uuid, timeout: Duration) -> Result<(Vec<JobStatus>, Vec<Failure>), ClientError> {
+        let (subject, bytes) = StatusRequest { job_id: None, batch_id: Some(*batch_id) }.seal(&self.agent, &self.key, &self.audience, now_s());
+        match self.status_request(subject, bytes, timeout).await? {
+            StatusReply::Batch { jobs, rejected, .. } => Ok((jobs, rejected)),
+            other => Err(ClientError::Unverified(format!("a batch status request was answered with {other:?}"))),
+        }
+    }
+
+    /// Sign and publish a batch; returns a subscription to every event of
+    /// this agent (`orfeas.events.<agent>.>`: the batch's jobs and a refusal
+    /// of the whole batch, on `…<batch_id>`), opened before publishing.
+    pub async fn submit_batch(&self, batch: &SubmitBatch) -> Result<JobEvents, ClientError> {
+        let (subject, bytes) = batch.seal(&self.agent, &self.key, &self.audience, now_s(), MAX_LIFETIME_S / 2);
+        let events_subject = format!("orfeas.events.{}.>", self.agent);
+        let subscriber = self.client.subscribe(events_subject.clone()).await.map_err(nats_err)?;
+        let mut headers = HeaderMap::new();
+        let msg_id = format!("{}:{}:{}", self.agent, batch.batch_id, hex::encode(&bytes[bytes.len().saturating_sub(8)..]));
+        headers.insert("Nats-Msg-Id", msg_id.as_str());
+        self.js.publish_with_headers(subject, headers, bytes.into()).await.map_err(nats_err)?.await.map_err(nats_err)?;
+        Ok(JobEvents { subject: events_subject, subscriber, traceparent: None })
     }
 
     /// Cancel one of this agent's jobs (`orfeas.cancel.<agent>`): a queued
@@ -219,17 +256,20 @@ impl AgentClient {
     /// it is. Returns the job's state after the request.
     pub async fn cancel(&self, job_id: &uuid::Uuid, timeout: Duration) -> Result<JobStatus, ClientError> {
         let (subject, bytes) = CancelRequest { job_id: *job_id }.seal(&self.agent, &self.key, &self.audience, now_s());
-        self.status_request(subject, bytes, timeout).await
+        match self.status_request(subject, bytes, timeout).await? {
+            StatusReply::Job(status) => Ok(status),
+            other => Err(ClientError::Unverified(format!("a cancel request was answered with {other:?}"))),
+        }
     }
 
-    async fn status_request(&self, subject: String, bytes: Vec<u8>, timeout: Duration) -> Result<JobStatus, ClientError> {
+    async fn status_request(&self, subject: String, bytes: Vec<u8>, timeout: Duration) -> Result<StatusReply, ClientError> {
         let reply = tokio::time::timeout(timeout, self.client.request(subject, bytes.into()))
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
             .map_err(nats_err)?;
         match crate::from_cbor::<StatusReply>(&reply.payload).map_err(ClientError::Unverified)? {
-            StatusReply::Job(status) => Ok(status),
             StatusReply::Error(failure) => Err(ClientError::Refused(failure)),
+            answer => Ok(answer),
         }
     }
 

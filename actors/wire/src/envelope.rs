@@ -40,6 +40,8 @@ pub enum ContentKind {
     StatusRequest,
     /// [`crate::v1::CancelRequest`] from an agent.
     CancelRequest,
+    /// [`crate::v1::SubmitBatch`] from an agent.
+    SubmitBatch,
 }
 
 impl ContentKind {
@@ -51,11 +53,12 @@ impl ContentKind {
             Self::FetchRequest => "application/orfeas.fetch.v1+cbor",
             Self::StatusRequest => "application/orfeas.status.v1+cbor",
             Self::CancelRequest => "application/orfeas.cancel.v1+cbor",
+            Self::SubmitBatch => "application/orfeas.submit-batch.v1+cbor",
         }
     }
 
     fn from_content_type(text: &str) -> Option<Self> {
-        [Self::SubmitJob, Self::Event, Self::FetchRequest, Self::StatusRequest, Self::CancelRequest].into_iter().find(|k| k.content_type() == text)
+        [Self::SubmitJob, Self::Event, Self::FetchRequest, Self::StatusRequest, Self::CancelRequest, Self::SubmitBatch].into_iter().find(|k| k.content_type() == text)
     }
 }
 
@@ -213,6 +216,12 @@ pub struct Opened {
 /// Decode an envelope of `want` kind, at most `cap` bytes. Only reads; the
 /// caller looks up the key by `claims.iss` and `kid`, then calls `verify`.
 pub fn open(bytes: &[u8], cap: usize, want: ContentKind) -> Result<Opened, EnvelopeError> {
+    open_one_of(bytes, cap, &[want])
+}
+
+/// [`open`] accepting any of the kinds in `wants` (the submit subject takes
+/// single jobs and batches).
+pub fn open_one_of(bytes: &[u8], cap: usize, wants: &[ContentKind]) -> Result<Opened, EnvelopeError> {
     if bytes.len() > cap {
         return Err(EnvelopeError::TooLarge { len: bytes.len(), cap });
     }
@@ -233,8 +242,8 @@ pub fn open(bytes: &[u8], cap: usize, want: ContentKind) -> Result<Opened, Envel
     };
     let kind = ContentKind::from_content_type(&content_type)
         .ok_or_else(|| EnvelopeError::Malformed(format!("unknown content type {content_type:?}")))?;
-    if kind != want {
-        return Err(EnvelopeError::WrongKind { got: content_type, want: want.content_type() });
+    if !wants.contains(&kind) {
+        return Err(EnvelopeError::WrongKind { got: content_type, want: wants[0].content_type() });
     }
     let kid = String::from_utf8(header.key_id.clone())
         .ok()

@@ -33,6 +33,8 @@ pub const NODES_BUCKET: &str = "orfeas_nodes";
 pub const NONCES_BUCKET: &str = "orfeas_nonces";
 /// KV bucket: per agent, the jobs holding a slot of its concurrency cap.
 pub const ACTIVE_BUCKET: &str = "orfeas_active";
+/// KV bucket: one record per `submit_batch` (its jobs and refusals).
+pub const BATCHES_BUCKET: &str = "orfeas_batches";
 
 /// Stream holding every node's hash-chained audit records (deny delete,
 /// deny purge).

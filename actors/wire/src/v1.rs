@@ -614,13 +614,46 @@ pub enum FetchReply {
     Error(Failure),
 }
 
-/// An agent's signed question about one of its jobs, on
-/// `orfeas.status.<agent>` (request/reply; any node answers from the job's
-/// record). Operation `status`.
+/// An agent's signed question about one of its jobs, or one of its
+/// batches, on `orfeas.status.<agent>` (request/reply; any node answers from
+/// the records). Operation `status`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusRequest {
-    /// The job.
-    pub job_id: Uuid,
+    /// The job (absent when asking about a batch).
+    #[serde(default)]
+    pub job_id: Option<Uuid>,
+    /// The batch (`SubmitBatch.batch_id`); sent only when asking about one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<Uuid>,
+}
+
+/// Most jobs in one [`SubmitBatch`].
+pub const MAX_BATCH_JOBS: usize = 64;
+
+/// Many jobs in one signed message, on `orfeas.jobs.submit.<agent>`
+/// (content type `application/orfeas.submit-batch.v1+cbor`, operation
+/// `submit_batch`, events subject `orfeas.events.<agent>.<batch_id>`). Each
+/// job is checked and admitted on its own (its events on its own subject,
+/// `rejected` with its own code when it is refused); the batch's status
+/// covers them all. The whole message shares one envelope cap (8 MiB).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SubmitBatch {
+    /// Chosen by the agent; names the batch in `status`.
+    pub batch_id: Uuid,
+    /// 1 to [`MAX_BATCH_JOBS`] jobs, each with its own `job_id`.
+    pub jobs: Vec<SubmitJob>,
+}
+
+impl SubmitBatch {
+    /// Sign this batch as `agent` and return `(subject, envelope bytes)`.
+    pub fn seal(&self, agent: &str, key: &SecretKey, audience: &str, now_s: u64, lifetime_s: u64) -> (String, Vec<u8>) {
+        let subject = subjects::submit(agent);
+        let events = subjects::events(agent, &self.batch_id);
+        let claims = Claims::new(agent, audience, now_s, lifetime_s);
+        let header = Seal { kind: ContentKind::SubmitBatch, claims: &claims, op: "submit_batch", events_subject: Some(&events) };
+        let bytes = envelope::seal(&header, crate::to_cbor(self), &subject, key);
+        (subject, bytes)
+    }
 }
 
 impl StatusRequest {
@@ -690,6 +723,15 @@ pub struct JobStatus {
 pub enum StatusReply {
     /// The job's state (after the cancel, for a cancel).
     Job(JobStatus),
+    /// A batch: the state of each admitted job, and the refused ones.
+    Batch {
+        /// The batch.
+        batch_id: Uuid,
+        /// Its admitted jobs.
+        jobs: Vec<JobStatus>,
+        /// Its refused jobs (each `Failure` names its `job_id`).
+        rejected: Vec<Failure>,
+    },
     /// Refused or not available.
     Error(Failure),
 }
