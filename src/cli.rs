@@ -33,7 +33,7 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// The agent registry.
+    /// The agent registry: keys (add, rotate, revoke) and per-agent policy.
     Agents {
         /// What to do with agents.
         #[command(subcommand)]
@@ -63,6 +63,18 @@ pub enum Command {
     /// Compare the deployment's streams and buckets with this
     /// configuration; with --apply, update them where JetStream can.
     Streams(StreamsArgs),
+    /// The state of one of an agent's jobs (signed request over NATS).
+    Status(crate::jobs_cmd::JobArgs),
+    /// Cancel one of an agent's jobs (signed request over NATS).
+    Cancel(crate::jobs_cmd::JobArgs),
+    /// Write the NATS authorization block isolating agents from each other.
+    NatsConfig(crate::nats_config::NatsConfigArgs),
+    /// The audit trail (hash-chained admission decisions and terminal states).
+    Audit {
+        /// What to do with the audit trail.
+        #[command(subcommand)]
+        command: crate::audit_cmd::AuditCommand,
+    },
 }
 
 /// `orfeas models`
@@ -347,21 +359,7 @@ pub enum KeysCommand {
     },
 }
 
-/// `orfeas agents …`
-#[derive(Subcommand, Debug)]
-pub enum AgentsCommand {
-    /// Register a public key for an agent (creates the agent if new).
-    Add {
-        /// Agent name (subject token: a-z 0-9 _ -).
-        name: String,
-        /// Public key, 64 hex digits.
-        #[arg(long)]
-        pubkey: String,
-        /// NATS URL.
-        #[arg(long)]
-        nats: Option<String>,
-    },
-}
+pub use crate::agents_cmd::AgentsCommand;
 
 /// `orfeas submit`
 #[derive(Args, Debug)]

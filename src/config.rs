@@ -71,6 +71,10 @@ pub struct NatsSection {
     pub server_bin: String,
     /// Replicas of streams and buckets (3 on a cluster).
     pub replicas: usize,
+    /// File holding the nkey seed (`SU…`) nodes and operator commands
+    /// authenticate with (servers running `nats/isolation.conf`); empty = none.
+    #[serde(default)]
+    pub nkey_seed_file: String,
 }
 
 /// `[store]`
@@ -140,6 +144,13 @@ pub struct IngressSection {
     pub max_image_side: u32,
     /// Submissions held before new ones are refused.
     pub submit_queue_max: i64,
+    /// Messages per minute per subject token before the signature is checked.
+    #[serde(default = "default_preauth_per_minute")]
+    pub preauth_per_minute: u32,
+}
+
+fn default_preauth_per_minute() -> u32 {
+    6_000
 }
 
 /// Where the repository's models are when nothing else is configured.
@@ -152,7 +163,7 @@ impl Default for Config {
         Self {
             version: 1,
             node: NodeSection { id: String::new(), deployment: "orfeas".into(), key_file: String::new(), simulated_latency_ms: 0 },
-            nats: NatsSection { url: String::new(), server_bin: String::new(), replicas: 1 },
+            nats: NatsSection { url: String::new(), server_bin: String::new(), replicas: 1, nkey_seed_file: String::new() },
             store: StoreSection {
                 root: String::new(),
                 url: String::new(),
@@ -165,7 +176,7 @@ impl Default for Config {
             models: ModelsSection { dir: default_models_dir(), enabled: vec![] },
             devices: DevicesSection { cpu_threads: 0, use_cuda: true, memory_safety: 0.8 },
             scheduler: SchedulerSection { max_batch: 8, ack_wait_s: 60, progress_ack_s: 15, max_deliver: 5 },
-            ingress: IngressSection { clock_skew_s: 120, max_image_side: 4096, submit_queue_max: 100_000 },
+            ingress: IngressSection { clock_skew_s: 120, max_image_side: 4096, submit_queue_max: 100_000, preauth_per_minute: default_preauth_per_minute() },
             http: HttpSection { listen: "127.0.0.1:9470".into() },
         }
     }
@@ -226,11 +237,26 @@ impl Config {
         if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             bail!("http.listen {:?} is not an address like 0.0.0.0:9470", self.http.listen);
         }
+        if self.ingress.clock_skew_s > orfeas_actors::gate::MAX_CLOCK_SKEW_S {
+            bail!("ingress.clock_skew_s {} is above {} (the nonce bucket's window)", self.ingress.clock_skew_s, orfeas_actors::gate::MAX_CLOCK_SKEW_S);
+        }
+        if self.ingress.preauth_per_minute == 0 {
+            bail!("ingress.preauth_per_minute must be at least 1");
+        }
         if self.scheduler.max_deliver < 1 {
             bail!("scheduler.max_deliver must be at least 1");
         }
         self.s3()?;
         Ok(())
+    }
+
+    /// The nkey seed of `nats.nkey_seed_file`, if set.
+    pub fn nats_seed(&self) -> Result<Option<String>> {
+        if self.nats.nkey_seed_file.is_empty() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&self.nats.nkey_seed_file).with_context(|| format!("reading nats.nkey_seed_file {}", self.nats.nkey_seed_file))?;
+        Ok(Some(text.trim().to_string()))
     }
 
     /// The configuration as TOML with secrets redacted (`orfeas config`).
@@ -268,6 +294,8 @@ impl Config {
         settings.max_deliver = self.scheduler.max_deliver;
         settings.submit_queue_max = self.ingress.submit_queue_max;
         settings.clock_skew_s = self.ingress.clock_skew_s;
+        settings.nats_nkey_seed = self.nats_seed()?;
+        settings.preauth_per_minute = self.ingress.preauth_per_minute;
         settings.max_image_side = self.ingress.max_image_side;
         settings.simulated_latency = Duration::from_millis(self.node.simulated_latency_ms);
         settings.http_listen = if self.http.listen.is_empty() { None } else { Some(self.http.listen.parse()?) };

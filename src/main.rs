@@ -2,24 +2,28 @@
 //! telemetry around the engine in `orfeas-actors`.
 
 mod agent;
+mod agents_cmd;
+mod audit_cmd;
 mod bench;
 mod cli;
 mod cluster_cmd;
 mod config;
 mod embedded;
 mod generate;
+mod jobs_cmd;
 mod mesh_cmd;
 mod models_cmd;
+mod nats_config;
 mod telemetry;
 
 use std::{collections::BTreeMap, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use orfeas_actors::{bus, node, registry::Registry};
+use orfeas_actors::{bus, node};
 use orfeas_wire::{client::AgentClient, v1::EventKind, SecretKey};
 
-use cli::{AgentsCommand, Cli, Command, KeysCommand};
+use cli::{Cli, Command, KeysCommand};
 use config::Config;
 
 fn main() -> ExitCode {
@@ -104,18 +108,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", read_key(&key)?.public().to_hex());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Agents { command: AgentsCommand::Add { name, pubkey, nats } } => {
-            let url = nats_url(&config, &nats)?;
-            let client = bus::connect(&url, "orfeas-cli").await?;
-            let settings = config.node_settings(&url, config.store_root())?;
-            // An existing deployment's buckets as they are (whatever their
-            // replicas); the first command on a fresh NATS creates them.
-            let bus = match bus::Bus::attach(client.clone()).await {
-                Ok(bus) => bus,
-                Err(_) => bus::Bus::ensure(client, &settings).await?,
-            };
-            let record = Registry::new(bus.agents.clone(), bus.nodes.clone()).add_agent_key(&name, &pubkey).await?;
-            println!("agent {} has {} key(s); added kid {}", record.name, record.keys.len(), orfeas_wire::PublicKey::from_hex(&pubkey)?.id().0);
+        Command::Agents { command } => {
+            agents_cmd::run(&config, command).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Submit(args) => {
@@ -189,6 +183,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             cluster_cmd::fetch(&config, &nats_url(&config, &args.nats)?, &args).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::NatsConfig(args) => {
+            nats_config::run(&config, &args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status(args) => {
+            jobs_cmd::run(&config, &args, false).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel(args) => {
+            jobs_cmd::run(&config, &args, true).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { command } => Ok(if audit_cmd::run(&config, command).await? { ExitCode::SUCCESS } else { ExitCode::from(4) }),
         Command::Streams(args) => {
             let matching = cluster_cmd::streams(&config, &nats_url(&config, &args.nats)?, &args).await?;
             Ok(if matching { ExitCode::SUCCESS } else { ExitCode::from(3) })

@@ -98,14 +98,30 @@ pub struct Bus {
     pub agents: kv::Store,
     /// Node registry (event-signing keys).
     pub nodes: kv::Store,
+    /// Nonces of verified messages (replay protection).
+    pub nonces: kv::Store,
+    /// Per agent, the jobs holding a concurrency slot.
+    pub active: kv::Store,
+    /// Batch records.
+    pub batches: kv::Store,
 }
 
 /// Connect to NATS with a client name, retrying forever once connected.
 /// `url` may list several servers of a cluster, comma separated; the client
 /// also learns the other servers from the one it reaches.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BusError> {
+    connect_as(url, name, None).await
+}
+
+/// [`connect`] authenticating with an nkey seed (`SU…`) when given: a
+/// node's user in a server running the isolation config (`nats/`).
+pub async fn connect_as(url: &str, name: &str, nkey_seed: Option<&str>) -> Result<async_nats::Client, BusError> {
     let servers: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-    async_nats::ConnectOptions::new()
+    let options = match nkey_seed {
+        Some(seed) => async_nats::ConnectOptions::with_nkey(seed.trim().to_string()),
+        None => async_nats::ConnectOptions::new(),
+    };
+    options
         .name(name)
         .event_callback(|event| async move {
             match event {
@@ -130,7 +146,8 @@ impl Bus {
         let mut buckets = crate::topology::ensure(&js, settings).await?.into_iter();
         let mut next = |name: &str| buckets.next().ok_or_else(|| setup_err(name, "bucket missing"));
         let (jobs, agents, nodes) = (next(subjects::JOBS_BUCKET)?, next(subjects::AGENTS_BUCKET)?, next(subjects::NODES_BUCKET)?);
-        Ok(Self { client, js, jobs, agents, nodes })
+        let (nonces, active, batches) = (next(subjects::NONCES_BUCKET)?, next(subjects::ACTIVE_BUCKET)?, next(subjects::BATCHES_BUCKET)?);
+        Ok(Self { client, js, jobs, agents, nodes, nonces, active, batches })
     }
 
     /// Connect to the buckets of an existing deployment (agents and tools).
@@ -144,6 +161,9 @@ impl Bus {
             jobs: get(subjects::JOBS_BUCKET).await?,
             agents: get(subjects::AGENTS_BUCKET).await?,
             nodes: get(subjects::NODES_BUCKET).await?,
+            nonces: get(subjects::NONCES_BUCKET).await?,
+            active: get(subjects::ACTIVE_BUCKET).await?,
+            batches: get(subjects::BATCHES_BUCKET).await?,
             client,
             js,
         })

@@ -8,6 +8,10 @@
 //! server answers in order on one connection). Waiting for each PubAck
 //! before the next publish would cap the whole node at one event per round
 //! trip. Events carry the job's `traceparent`.
+//!
+//! Once confirmed, every decision (`accepted`, `rejected`) and terminal
+//! event (`completed`, `failed`) is appended to the node's audit chain
+//! ([`crate::audit`]) in the same order.
 
 use std::sync::Arc;
 
@@ -20,7 +24,13 @@ use orfeas_wire::{
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::{bus::{Bus, BusError}, now_ms, ticket::Ticket, trace::TraceParent};
+use crate::{
+    audit::{Auditor, Entry},
+    bus::{Bus, BusError},
+    now_ms,
+    ticket::Ticket,
+    trace::TraceParent,
+};
 
 /// Events queued beyond this are progress events and are dropped.
 const QUEUE: usize = 4096;
@@ -40,6 +50,7 @@ struct Pending {
     job_id: Uuid,
     ack: Result<async_nats::jetstream::context::PublishAckFuture, BusError>,
     confirmed: Option<oneshot::Sender<Result<(), BusError>>>,
+    audit: Option<Entry>,
 }
 
 /// Cloneable handle to the node's event publisher.
@@ -54,6 +65,7 @@ impl EventSink {
     pub fn spawn(bus: Bus, node_id: &str, key: SecretKey, deployment: String) -> Self {
         let (tx, mut rx) = mpsc::channel::<Outgoing>(QUEUE);
         let (pending_tx, mut pending_rx) = mpsc::channel::<Pending>(IN_FLIGHT);
+        let auditor = Auditor::spawn(bus.js.clone(), node_id);
         tokio::spawn(async move {
             while let Some(out) = rx.recv().await {
                 let subject = subjects::events(&out.agent, &out.event.job_id);
@@ -68,7 +80,8 @@ impl EventSink {
                     .publish_with_headers(subject.clone(), headers, bytes.into())
                     .await
                     .map_err(|e| BusError::Publish { subject: subject.clone(), detail: e.to_string() });
-                let pending = Pending { subject, job_id: out.event.job_id, ack, confirmed: out.confirmed };
+                let audit = Entry::for_event(&out.agent, out.event.job_id, out.event.seq, &out.event.kind);
+                let pending = Pending { subject, job_id: out.event.job_id, ack, confirmed: out.confirmed, audit };
                 if pending_tx.send(pending).await.is_err() {
                     return;
                 }
@@ -80,8 +93,10 @@ impl EventSink {
                     Ok(ack) => ack.await.map(|_| ()).map_err(|e| BusError::Publish { subject: pending.subject, detail: e.to_string() }),
                     Err(e) => Err(e),
                 };
-                if let Err(e) = &result {
-                    tracing::warn!(error = %e, job_id = %pending.job_id, "event not confirmed");
+                match (&result, pending.audit) {
+                    (Err(e), _) => tracing::warn!(error = %e, job_id = %pending.job_id, "event not confirmed"),
+                    (Ok(()), Some(entry)) => auditor.append(entry).await,
+                    (Ok(()), None) => {}
                 }
                 if let Some(confirmed) = pending.confirmed {
                     let _ = confirmed.send(result);

@@ -2,15 +2,21 @@
 //!
 //! - Consumes: agents' signed submissions from the `ingress` durable pull
 //!   consumer on `ORFEAS_SUBMIT` (`orfeas.jobs.submit.<agent>`).
-//! - Publishes: admitted jobs on `orfeas.jobs.queue.normal` (waits for the
-//!   PubAck), then the `accepted` event; or a `rejected` event with a
-//!   stable code. The submission is acked only after that.
-//! - Checks, cheapest first: size cap, envelope decode, issuer = subject
-//!   token, registered unrevoked key, `verify_strict` over the received
-//!   bytes bound to the subject, audience and time window, strict payload
-//!   decode, events subject, model, formats, image header and size. Then a
+//! - Publishes: admitted jobs on `orfeas.jobs.queue.<lane>` (the agent's
+//!   lane, or a lower one the job asked for; waits for the PubAck), then the
+//!   `accepted` event; or a `rejected` event with a stable code. The
+//!   submission is acked only after that.
+//! - Checks, cheapest first: size cap, envelope decode, pre-auth rate per
+//!   subject token, key status in the registry (unknown, revoked, outside
+//!   its validity window), issuer = subject token, `verify_strict` over the
+//!   received bytes bound to the subject, audience and time window, strict
+//!   payload decode, events subject, model, formats, image header and size;
+//!   then the agent's policy and the [`Gate`]: operation allowed, image
+//!   bytes, nonce not seen, per-agent rate, concurrency cap. Then a
 //!   create-only job record makes resubmission idempotent: same id and same
 //!   request → no second job; same id, different request → `conflict`.
+//! - A `SubmitBatch` on the same subject is checked once and admitted job
+//!   by job ([`crate::batch`]).
 //! - Submissions are checked and admitted concurrently (up to the pull
 //!   credits) on tasks, so one slow KV or PubAck round trip never holds up
 //!   the next agent; each runs in its own `job.admit` span, in the trace
@@ -46,20 +52,19 @@ use uuid::Uuid;
 use crate::{
     bus::{self, Bus, BusError},
     events::EventSink,
+    gate::Gate,
     jobs::{Created, JobRecord, JobState, JobStore},
     metrics,
     model::Manifest,
     now_ms,
     preprocess,
-    registry::Registry,
+    registry::{AgentRecord, KeyStatus, Registry},
     settings::NodeSettings,
     trace::{self, TraceParent},
 };
 
 /// Submissions verified concurrently at most.
 const CREDITS: usize = 64;
-/// Lane every job goes to until priorities exist.
-const LANE: &str = "normal";
 /// Metric label for messages whose agent is not registered.
 const UNREGISTERED: &str = "_unregistered";
 
@@ -85,8 +90,10 @@ pub struct ValidJob {
     pub agent: String,
     /// The job, formats defaulted.
     pub job: SubmitJob,
-    /// SHA-256 of the signed payload, hex.
+    /// SHA-256 of the signed payload (of the job's own CBOR in a batch), hex.
     pub digest: String,
+    /// The batch it came in.
+    pub batch_id: Option<Uuid>,
 }
 
 /// What Ingress checks submissions against.
@@ -108,9 +115,9 @@ fn unverified_job_id(opened: &Opened) -> Option<Uuid> {
     orfeas_wire::from_cbor::<SubmitJob>(&opened.payload).ok().map(|j| j.job_id)
 }
 
-/// Steps 1–2: cap and decode.
+/// Steps 1–2: cap and decode (a single job or a batch).
 pub fn open_submission(bytes: &[u8]) -> Result<Opened, Rejection> {
-    envelope::open(bytes, v1::MAX_SUBMIT_BYTES, ContentKind::SubmitJob)
+    envelope::open_one_of(bytes, v1::MAX_SUBMIT_BYTES, &[ContentKind::SubmitJob, ContentKind::SubmitBatch])
         .map_err(|e| Rejection::new(None, e.code(), e.to_string()))
 }
 
@@ -145,6 +152,15 @@ pub fn check_submission(
     if opened.events_subject.as_deref() != Some(expected_events.as_str()) {
         return Err(reject(ErrorCode::Forbidden, format!("events subject {:?} is not {expected_events:?}", opened.events_subject)));
     }
+    check_job(&mut job, policy).map_err(|(code, error)| reject(code, error))?;
+    let digest = hex::encode(Sha256::digest(&opened.payload));
+    Ok(ValidJob { agent: agent.to_string(), job, digest, batch_id: None })
+}
+
+/// The checks of one job's content: model served, parameters, formats
+/// (defaulted and deduplicated), image size and header.
+pub fn check_job(job: &mut SubmitJob, policy: &Policy) -> Result<(), (ErrorCode, String)> {
+    let reject = |code, error: String| (code, error);
     if !policy.models.contains_key(&job.model) {
         let mut served: Vec<&str> = policy.models.keys().map(String::as_str).collect();
         served.sort_unstable();
@@ -167,8 +183,7 @@ pub fn check_submission(
         return Err(reject(ErrorCode::TooLarge, format!("inline image of {} bytes exceeds {}", data.len(), v1::MAX_INLINE_IMAGE_BYTES)));
     }
     preprocess::check_header(data, media_type, policy.max_image_side).map_err(|e| reject(e.code(), e.to_string()))?;
-    let digest = hex::encode(Sha256::digest(&opened.payload));
-    Ok(ValidJob { agent: agent.to_string(), job, digest })
+    Ok(())
 }
 
 /// Ingress configuration.
@@ -196,13 +211,15 @@ pub struct IngressState {
 }
 
 /// What an admission task needs: the actor's configuration, shared.
-struct Admission {
-    settings: Arc<NodeSettings>,
-    bus: Bus,
-    registry: Registry,
-    jobs: JobStore,
-    events: EventSink,
-    policy: Policy,
+pub(crate) struct Admission {
+    pub(crate) settings: Arc<NodeSettings>,
+    pub(crate) bus: Bus,
+    pub(crate) registry: Registry,
+    pub(crate) jobs: JobStore,
+    pub(crate) events: EventSink,
+    pub(crate) policy: Policy,
+    /// Pre-auth rate, nonces, per-agent rate and concurrency cap.
+    pub(crate) gate: Arc<Gate>,
     /// Messages in the queue stream, refreshed in the background: an
     /// `accepted` event's queue position must not cost a round trip.
     queue_depth: Arc<AtomicU64>,
@@ -220,7 +237,7 @@ pub enum IngressMsg {
 }
 
 /// How a submission was settled.
-enum Settled {
+pub(crate) enum Settled {
     /// Admitted (or already admitted): ack.
     Ack,
     /// Refused; the rejection event is stored: term.
@@ -247,30 +264,42 @@ impl Admission {
         // Metric label: only registered agents get their own series, so a
         // flood of made-up subject tokens cannot grow the label set.
         let mut label = UNREGISTERED;
+        let stream_seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
         let verdict = match open_submission(&message.payload) {
-            Ok(opened) => match self.registry.agent_key(&agent, &opened.kid.0).await {
-                Ok(key) => {
-                    if key.is_some() {
-                        label = &agent;
+            Ok(opened) if opened.kind == ContentKind::SubmitBatch => return self.admit_batch(message, &agent, opened, span, trace).await,
+            Ok(opened) => match self.gate.pre_auth(&agent) {
+                Err(failure) => Err(Rejection { job_id: unverified_job_id(&opened), failure }),
+                Ok(()) => match self.registry.key_status(&agent, &opened.kid.0).await {
+                    Ok((key, status, record)) => {
+                        if key.is_some() {
+                            label = &agent;
+                        }
+                        match self.verify(&opened, &subject, key, status, record, stream_seq).await {
+                            Ok(verdict) => verdict,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "admission state unreadable; retrying");
+                                return Settled::Retry;
+                            }
+                        }
                     }
-                    check_submission(&opened, &subject, key, &self.policy, now_ms() / 1000)
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "registry unreadable");
-                    return Settled::Retry;
-                }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "registry unreadable");
+                        return Settled::Retry;
+                    }
+                },
             },
             Err(rejection) => Err(rejection),
         };
         match verdict {
-            Ok(valid) => match self.admit(valid, span, trace).await {
+            Ok((valid, lane)) => match self.admit(valid, lane, span, trace).await {
                 Ok(settled) => settled,
                 Err(e) => {
                     tracing::warn!(error = %e, "admission not confirmed; retrying");
                     Settled::Retry
                 }
             },
-            Err(rejection) => {
+            Err(mut rejection) => {
+                rejection.failure.job_id = rejection.job_id;
                 let code = rejection.failure.code.as_str();
                 metrics::REQUESTS.with_label_values(&[label, "submit", code]).inc();
                 metrics::ERRORS.with_label_values(&[label, code]).inc();
@@ -286,9 +315,60 @@ impl Admission {
         }
     }
 
+    /// Steps 4–10 once the envelope is open: key status, signature, claims
+    /// and payload ([`check_submission`]), then the agent's policy and the
+    /// gate (operation, image size, nonce, rate, concurrency). The lane the
+    /// job goes to comes with it. `Err` only when NATS did not answer.
+    async fn verify(
+        &self,
+        opened: &Opened,
+        subject: &str,
+        key: Option<PublicKey>,
+        status: KeyStatus,
+        record: Option<AgentRecord>,
+        stream_seq: u64,
+    ) -> Result<Result<(ValidJob, Lane), Rejection>, BusError> {
+        let unverified = unverified_job_id(opened);
+        let agent = subjects::agent_of_submit(subject).unwrap_or(UNREGISTERED);
+        if opened.claims.iss == agent {
+            match status {
+                KeyStatus::Revoked => return Ok(Err(Rejection::new(unverified, ErrorCode::RevokedKey, format!("key {} of agent {agent:?} is revoked", opened.kid.0)))),
+                KeyStatus::Inactive(why) => return Ok(Err(Rejection::new(unverified, ErrorCode::UnknownKey, why))),
+                KeyStatus::Active(_) | KeyStatus::Unknown => {}
+            }
+        }
+        let valid = match check_submission(opened, subject, key, &self.policy, now_ms() / 1000) {
+            Ok(valid) => valid,
+            Err(rejection) => return Ok(Err(rejection)),
+        };
+        let Some(record) = record else {
+            return Ok(Err(Rejection::new(unverified, ErrorCode::UnknownKey, format!("agent {agent:?} is not registered"))));
+        };
+        let job_id = Some(valid.job.job_id);
+        let refuse = |failure: Failure| Ok(Err(Rejection { job_id, failure }));
+        if !record.allows("submit") {
+            return refuse(Failure::new(ErrorCode::Forbidden, format!("agent {agent:?} may not use operation submit")));
+        }
+        let ImageInput::Inline { data, .. } = &valid.job.image;
+        if let Some(cap) = record.max_image_bytes.filter(|&cap| data.len() as u64 > cap) {
+            return refuse(Failure::new(ErrorCode::TooLarge, format!("image of {} bytes exceeds agent {agent:?}'s cap of {cap} bytes", data.len())));
+        }
+        if let Err(failure) = self.gate.nonce(agent, &opened.claims.cti, stream_seq).await? {
+            return refuse(failure);
+        }
+        if let Err(failure) = self.gate.rate(agent, record.requests_per_minute) {
+            return refuse(failure);
+        }
+        if let Err(failure) = self.gate.take_slot(agent, valid.job.job_id, record.max_concurrent).await? {
+            return refuse(failure);
+        }
+        let lane = record.lane.at_most(valid.job.params.priority);
+        Ok(Ok((valid, lane)))
+    }
+
     /// Record, enqueue (PubAck), announce. Idempotent on the job id.
-    async fn admit(&self, valid: ValidJob, span: &tracing::Span, trace: TraceParent) -> Result<Settled, BusError> {
-        let ValidJob { agent, job, digest } = valid;
+    pub(crate) async fn admit(&self, valid: ValidJob, lane: Lane, span: &tracing::Span, trace: TraceParent) -> Result<Settled, BusError> {
+        let ValidJob { agent, job, digest, batch_id } = valid;
         span.record("job_id", tracing::field::display(job.job_id));
         let onward = trace::onward(span, &trace);
         let record = JobRecord {
@@ -302,17 +382,18 @@ impl Admission {
             updated_at_ms: now_ms(),
             terminal: None,
             terminal_seq: 0,
-            lane: Lane::Normal.at_most(job.params.priority),
+            lane,
             deadline_ms: job.params.deadline_ms,
             cancel_requested: false,
-            batch_id: None,
+            batch_id,
         };
         match self.jobs.create(&record).await? {
             Created::New(_) => {}
             Created::Exists(existing, _) if existing.digest != digest => {
                 metrics::REQUESTS.with_label_values(&[&agent, "submit", ErrorCode::Conflict.as_str()]).inc();
                 metrics::ERRORS.with_label_values(&[&agent, ErrorCode::Conflict.as_str()]).inc();
-                let failure = Failure::new(ErrorCode::Conflict, format!("job {} exists with a different request", job.job_id));
+                let mut failure = Failure::new(ErrorCode::Conflict, format!("job {} exists with a different request", job.job_id));
+                failure.job_id = Some(job.job_id);
                 self.events.publish_in(Some(onward), &agent, job.job_id, 0, EventKind::Rejected(failure)).await?;
                 return Ok(Settled::Term);
             }
@@ -339,7 +420,7 @@ impl Admission {
             image: job.image,
             admitted_at_ms: now_ms(),
             lane: record.lane,
-            batch_id: None,
+            batch_id,
         };
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", format!("{agent}:{}", job.job_id).as_str());
@@ -347,7 +428,7 @@ impl Admission {
         // Jobs ahead of this one (a recent reading, not a round trip), so
         // that `accepted` follows the PubAck at once.
         let queue_position = self.queue_depth.load(Ordering::Relaxed);
-        let ack = self.bus.publish_acked(subjects::queue(LANE), headers, orfeas_wire::to_cbor(&admitted).into()).await?;
+        let ack = self.bus.publish_acked(subjects::queue(lane.as_str()), headers, orfeas_wire::to_cbor(&admitted).into()).await?;
         self.events.publish_in(Some(onward), &agent, job.job_id, 0, EventKind::Accepted { queue_position }).await?;
         metrics::REQUESTS.with_label_values(&[&agent, "submit", "accepted"]).inc();
         tracing::info!(agent, job_id = %job.job_id, seq = ack.sequence, "job admitted");
@@ -401,6 +482,7 @@ impl Actor for Ingress {
             jobs: self.jobs.clone(),
             events: self.events.clone(),
             policy: self.policy.clone(),
+            gate: Arc::new(Gate::new(self.settings.preauth_per_minute, self.bus.nonces.clone(), self.bus.active.clone(), self.jobs.clone())),
             queue_depth,
         });
         Ok(IngressState { credits, puller, depth_reader, admission })

@@ -12,11 +12,14 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod audit;
+pub mod batch;
 pub mod batching;
 pub mod bus;
 pub mod catalog;
 pub mod device;
 pub mod events;
+pub mod gate;
 pub mod gpu_worker;
 pub mod heartbeat;
 pub mod http;
@@ -29,6 +32,7 @@ pub mod node;
 pub mod postprocess;
 pub mod preprocess;
 pub mod registry;
+pub mod requests;
 pub mod results;
 pub mod roster;
 pub mod scheduler;

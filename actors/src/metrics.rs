@@ -135,6 +135,11 @@ pub static MODEL_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!("orfeas_model_reloads_total", "Model reloads on a device, by outcome", &["outcome"]).expect("metric registers once")
 });
 
+/// Records appended to this node's audit chain.
+pub static AUDIT_RECORDS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("orfeas_audit_records_total", "Records appended to this node's audit chain").expect("metric registers once")
+});
+
 /// All metrics in the Prometheus text format.
 pub fn render() -> String {
     // Touch every metric so each appears (at zero) from the first scrape.
@@ -158,6 +163,7 @@ pub fn render() -> String {
     LazyLock::force(&BATCH_CEILING);
     LazyLock::force(&DEVICE_OOM);
     LazyLock::force(&MODEL_RELOADS);
+    LazyLock::force(&AUDIT_RECORDS);
     let mut out = Vec::new();
     let _ = TextEncoder::new().encode(&prometheus::gather(), &mut out);
     String::from_utf8(out).unwrap_or_default()

@@ -1,6 +1,6 @@
 //! Starting and stopping one node: connect, create what JetStream needs,
 //! register the node (event key, devices, load; kept alive by heartbeats),
-//! serve result fetches, start the actor tree; on shutdown stop intake
+//! serve result fetches and status/cancel requests, start the actor tree; on shutdown stop intake
 //! first and flush NATS last.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -20,6 +20,7 @@ use crate::{
     model::{self, ModelError},
     now_ms,
     registry::{NodeRecord, Registry},
+    requests::RequestServer,
     results::ResultServer,
     roster::Roster,
     settings::NodeSettings,
@@ -61,6 +62,7 @@ pub struct RunningNode {
     list_models: JoinHandle<()>,
     heartbeat: Heartbeat,
     results: JoinHandle<()>,
+    requests: JoinHandle<()>,
 }
 
 /// Start a node and return once every actor is up and every model ran once
@@ -69,7 +71,7 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, NodeError> {
     let models = model::read_manifests(&settings.models_dir, &settings.models)?;
     let devices = device::discover(settings.use_cuda);
     tracing::info!(node = %settings.node_id, devices = ?devices.iter().map(|d| &d.id).collect::<Vec<_>>(), models = ?models.iter().map(|(m, _)| &m.name).collect::<Vec<_>>(), "starting node");
-    let client = bus::connect(&settings.nats_url, &format!("orfeas-node-{}", settings.node_id)).await?;
+    let client = bus::connect_as(&settings.nats_url, &format!("orfeas-node-{}", settings.node_id), settings.nats_nkey_seed.as_deref()).await?;
     let bus = Bus::ensure(client.clone(), &settings).await?;
     let registry = Registry::new(bus.agents.clone(), bus.nodes.clone());
     let store = ResultStore::open(&match &settings.store_s3 {
@@ -104,6 +106,15 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, NodeError> {
         devices: devices.iter().map(|d| d.id.clone()).collect(),
         reloading: Default::default(),
     };
+    let requests = RequestServer {
+        deployment: settings.deployment.clone(),
+        clock_skew_s: settings.clock_skew_s,
+        registry: registry.clone(),
+        jobs: crate::jobs::JobStore::new(bus.jobs.clone()),
+        events: events.clone(),
+        batches: bus.batches.clone(),
+    }
+    .spawn(client.clone());
     let results = ResultServer {
         node_id: settings.node_id.clone(),
         node_key: settings.node_key.clone(),
@@ -141,7 +152,7 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, NodeError> {
         .map_err(|e| NodeError::Spawn(e.to_string()))?;
     health.set_warm(true);
     heartbeat.set_state("ready").await;
-    Ok(RunningNode { supervisor, handle, client, bus, health, http, sampler, list_models, heartbeat, results })
+    Ok(RunningNode { supervisor, handle, client, bus, health, http, sampler, list_models, heartbeat, results, requests })
 }
 
 /// Refresh device memory and utilisation gauges every few seconds.
@@ -182,6 +193,7 @@ impl RunningNode {
         self.supervisor.stop(None);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
         self.results.abort();
+        self.requests.abort();
         // The record expires on its own: agents can still verify this
         // node's last events for a while.
         self.heartbeat.stop();

@@ -31,7 +31,12 @@ use orfeas_wire::{
 };
 use tokio::{sync::Semaphore, task::JoinHandle};
 
-use crate::{jobs::JobStore, now_ms, registry::Registry, store::ResultStore};
+use crate::{
+    jobs::JobStore,
+    now_ms,
+    registry::{KeyStatus, Registry},
+    store::ResultStore,
+};
 
 /// Largest fetch request envelope, bytes.
 const MAX_REQUEST_BYTES: usize = 16 * 1024;
@@ -141,9 +146,15 @@ impl ResultServer {
                 ),
             );
         }
-        let key = match self.registry.agent_key(agent, &opened.kid.0).await {
-            Ok(Some(key)) => key,
-            Ok(None) => {
+        let (key, record) = match self.registry.key_status(agent, &opened.kid.0).await {
+            Ok((Some(key), _, Some(record))) => (key, record),
+            Ok((None, KeyStatus::Revoked, _)) => {
+                return refuse(
+                    ErrorCode::RevokedKey,
+                    format!("key {} of agent {agent:?} is revoked", opened.kid.0),
+                )
+            }
+            Ok(_) => {
                 return refuse(
                     ErrorCode::UnknownKey,
                     format!("agent {agent:?} has no active key {:?}", opened.kid.0),
@@ -171,6 +182,12 @@ impl ResultServer {
             return refuse(
                 ErrorCode::Forbidden,
                 format!("operation {:?} is not fetch", opened.op),
+            );
+        }
+        if !record.allows("fetch") {
+            return refuse(
+                ErrorCode::Forbidden,
+                format!("agent {agent:?} may not use operation fetch"),
             );
         }
         let request: FetchRequest = match orfeas_wire::from_cbor(&opened.payload) {

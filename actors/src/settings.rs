@@ -14,6 +14,9 @@ pub struct NodeSettings {
     pub deployment: String,
     /// NATS server URL(s), comma separated.
     pub nats_url: String,
+    /// The nkey seed (`SU…`) the node authenticates with, when the server
+    /// runs the isolation config.
+    pub nats_nkey_seed: Option<String>,
     /// Replicas of streams and buckets (1 on a single server, 3 on a cluster).
     pub replicas: usize,
     /// The key this node signs its events with.
@@ -45,6 +48,8 @@ pub struct NodeSettings {
     pub submit_queue_max: i64,
     /// Tolerated clock difference to agents, seconds.
     pub clock_skew_s: u64,
+    /// Messages per minute per subject token, checked before the signature.
+    pub preauth_per_minute: u32,
     /// Largest image side in pixels.
     pub max_image_side: u32,
     /// Where to serve `/metrics`, `/healthz`, `/readyz`; `None` = no endpoint.
@@ -61,6 +66,7 @@ impl NodeSettings {
             node_id: node_id.to_string(),
             deployment: "orfeas".to_string(),
             nats_url: nats_url.to_string(),
+            nats_nkey_seed: None,
             replicas: 1,
             node_key: SecretKey::generate(),
             models_dir,
@@ -76,6 +82,7 @@ impl NodeSettings {
             max_deliver: 5,
             submit_queue_max: 100_000,
             clock_skew_s: 120,
+            preauth_per_minute: 6_000,
             max_image_side: 4096,
             http_listen: None,
             simulated_latency: Duration::ZERO,

@@ -35,7 +35,7 @@ const DUPLICATE_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// What the server uses when a stream asks for no duplicate window.
 const SERVER_DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
-/// The three streams, in creation order.
+/// The streams, in creation order.
 pub fn streams(settings: &NodeSettings) -> Vec<stream::Config> {
     let replicas = settings.replicas;
     // Both job streams are work queues on file: a message lives until a
@@ -69,10 +69,21 @@ pub fn streams(settings: &NodeSettings) -> Vec<stream::Config> {
             num_replicas: replicas,
             ..Default::default()
         },
+        // Append-only: nothing can be deleted or purged through NATS.
+        stream::Config {
+            name: subjects::AUDIT_STREAM.into(),
+            subjects: vec![subjects::AUDIT_WILDCARD.into()],
+            retention: RetentionPolicy::Limits,
+            storage: StorageType::File,
+            num_replicas: replicas,
+            deny_delete: true,
+            deny_purge: true,
+            ..Default::default()
+        },
     ]
 }
 
-/// The three KV buckets.
+/// The KV buckets.
 pub fn buckets(settings: &NodeSettings) -> Vec<kv::Config> {
     let bucket = |name: &str, history: i64, max_age: Duration| kv::Config {
         bucket: name.to_string(),
@@ -87,6 +98,10 @@ pub fn buckets(settings: &NodeSettings) -> Vec<kv::Config> {
         bucket(subjects::AGENTS_BUCKET, 5, Duration::ZERO),
         // Heartbeats: a node that stops writing its record disappears.
         bucket(subjects::NODES_BUCKET, 1, NODE_RECORD_TTL),
+        // Replay protection: a nonce outlives every window it is valid in.
+        bucket(subjects::NONCES_BUCKET, 1, crate::gate::NONCE_TTL),
+        bucket(subjects::ACTIVE_BUCKET, 1, Duration::ZERO),
+        bucket(subjects::BATCHES_BUCKET, 1, Duration::ZERO),
     ]
 }
 

@@ -76,12 +76,21 @@ pub struct NatsServer {
 
 impl NatsServer {
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// A server from `nats/embedded.conf` with `extra` appended to its
+    /// configuration (e.g. an `include` of an authorization block). Ready
+    /// once its port accepts connections.
+    pub fn start_with(extra: &str) -> Self {
         let dir = tempfile::Builder::new().prefix("orfeas-test-nats-").tempdir().unwrap();
         let port = free_port();
         let template = std::fs::read_to_string(repo().join("nats/embedded.conf")).unwrap();
         let config = template
             .replace("{{port}}", &port.to_string())
-            .replace("{{store_dir}}", &dir.path().join("js").display().to_string());
+            .replace("{{store_dir}}", &dir.path().join("js").display().to_string())
+            + "\n"
+            + extra;
         let conf = dir.path().join("nats.conf");
         std::fs::write(&conf, config).unwrap();
         let child = Command::new(nats_server_bin())

@@ -10,7 +10,10 @@ use futures::StreamExt;
 use crate::{
     envelope::{self, ContentKind},
     subjects,
-    v1::{Event, EventKind, FetchReply, FetchRequest, Failure, NodeRecord, SubmitJob, MAX_FETCH_CHUNK, MAX_LIFETIME_S},
+    v1::{
+        CancelRequest, Event, EventKind, FetchReply, FetchRequest, Failure, JobStatus, NodeRecord, StatusReply, StatusRequest, SubmitBatch, SubmitJob,
+        MAX_FETCH_CHUNK, MAX_LIFETIME_S,
+    },
     PublicKey, SecretKey,
 };
 
@@ -31,6 +34,10 @@ pub enum ClientError {
     Refused(Failure),
 }
 
+fn now_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
 fn nats_err(e: impl std::fmt::Display) -> ClientError {
     ClientError::Nats(e.to_string())
 }
@@ -45,12 +52,26 @@ pub struct AgentClient {
     node_keys: HashMap<String, PublicKey>,
 }
 
+impl JobEvents {
+    /// The subject subscribed to (a job's, or `orfeas.events.<agent>.>` for a batch).
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+}
+
 /// Events of one submitted job, in arrival order.
 pub struct JobEvents {
     subject: String,
     subscriber: Subscriber,
     /// The W3C `traceparent` the submission carried (the job's trace).
     pub traceparent: Option<String>,
+}
+
+/// Connect options for `agent` on a server running the isolation config
+/// (`orfeas nats-config`): the agent's signing key as its nkey, and its own
+/// inbox prefix `_INBOX_<agent>` (the only inbox it may subscribe to).
+pub fn isolated_options(agent: &str, key: &SecretKey) -> async_nats::ConnectOptions {
+    async_nats::ConnectOptions::with_nkey(key.nats_seed()).custom_inbox_prefix(format!("_INBOX_{agent}")).name(format!("orfeas-agent-{agent}"))
 }
 
 /// A new sampled W3C `traceparent` (random trace and span ids).
@@ -119,7 +140,10 @@ impl AgentClient {
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
             .ok_or_else(|| nats_err("subscription closed"))?;
-        self.verify_event(&events.subject, &message.payload).await
+        // The subject it arrived on (a batch's subscription is a wildcard):
+        // the signature binds the event to it, and the server only delivers
+        // what matches the subscription.
+        self.verify_event(&message.subject, &message.payload).await
     }
 
     /// Verify a signed event received on `subject`.
@@ -190,6 +214,63 @@ impl AgentClient {
             }
         }
         Ok(data)
+    }
+
+    /// The state of one of this agent's jobs, from its record (any node
+    /// answers on `orfeas.status.<agent>`).
+    pub async fn status(&self, job_id: &uuid::Uuid, timeout: Duration) -> Result<JobStatus, ClientError> {
+        let (subject, bytes) = StatusRequest { job_id: Some(*job_id), batch_id: None }.seal(&self.agent, &self.key, &self.audience, now_s());
+        match self.status_request(subject, bytes, timeout).await? {
+            StatusReply::Job(status) => Ok(status),
+            other => Err(ClientError::Unverified(format!("a job status request was answered with {other:?}"))),
+        }
+    }
+
+    /// The state of every job of one of this agent's batches: the admitted
+    /// jobs' states and the refused jobs' failures.
+    pub async fn batch_status(&self, batch_id: &uuid::Uuid, timeout: Duration) -> Result<(Vec<JobStatus>, Vec<Failure>), ClientError> {
+        let (subject, bytes) = StatusRequest { job_id: None, batch_id: Some(*batch_id) }.seal(&self.agent, &self.key, &self.audience, now_s());
+        match self.status_request(subject, bytes, timeout).await? {
+            StatusReply::Batch { jobs, rejected, .. } => Ok((jobs, rejected)),
+            other => Err(ClientError::Unverified(format!("a batch status request was answered with {other:?}"))),
+        }
+    }
+
+    /// Sign and publish a batch; returns a subscription to every event of
+    /// this agent (`orfeas.events.<agent>.>`: the batch's jobs and a refusal
+    /// of the whole batch, on `…<batch_id>`), opened before publishing.
+    pub async fn submit_batch(&self, batch: &SubmitBatch) -> Result<JobEvents, ClientError> {
+        let (subject, bytes) = batch.seal(&self.agent, &self.key, &self.audience, now_s(), MAX_LIFETIME_S / 2);
+        let events_subject = format!("orfeas.events.{}.>", self.agent);
+        let subscriber = self.client.subscribe(events_subject.clone()).await.map_err(nats_err)?;
+        let mut headers = HeaderMap::new();
+        let msg_id = format!("{}:{}:{}", self.agent, batch.batch_id, hex::encode(&bytes[bytes.len().saturating_sub(8)..]));
+        headers.insert("Nats-Msg-Id", msg_id.as_str());
+        self.js.publish_with_headers(subject, headers, bytes.into()).await.map_err(nats_err)?.await.map_err(nats_err)?;
+        Ok(JobEvents { subject: events_subject, subscriber, traceparent: None })
+    }
+
+    /// Cancel one of this agent's jobs (`orfeas.cancel.<agent>`): a queued
+    /// job ends at once with `failed{canceled}`, a running one when its node
+    /// notices (`cancel_requested` in the answer); a finished job is left as
+    /// it is. Returns the job's state after the request.
+    pub async fn cancel(&self, job_id: &uuid::Uuid, timeout: Duration) -> Result<JobStatus, ClientError> {
+        let (subject, bytes) = CancelRequest { job_id: *job_id }.seal(&self.agent, &self.key, &self.audience, now_s());
+        match self.status_request(subject, bytes, timeout).await? {
+            StatusReply::Job(status) => Ok(status),
+            other => Err(ClientError::Unverified(format!("a cancel request was answered with {other:?}"))),
+        }
+    }
+
+    async fn status_request(&self, subject: String, bytes: Vec<u8>, timeout: Duration) -> Result<StatusReply, ClientError> {
+        let reply = tokio::time::timeout(timeout, self.client.request(subject, bytes.into()))
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))?
+            .map_err(nats_err)?;
+        match crate::from_cbor::<StatusReply>(&reply.payload).map_err(ClientError::Unverified)? {
+            StatusReply::Error(failure) => Err(ClientError::Refused(failure)),
+            answer => Ok(answer),
+        }
     }
 
     async fn fetch_request(&self, request: &FetchRequest, timeout: Duration) -> Result<FetchReply, ClientError> {

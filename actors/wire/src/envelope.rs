@@ -36,6 +36,12 @@ pub enum ContentKind {
     Event,
     /// [`crate::v1::FetchRequest`] from an agent.
     FetchRequest,
+    /// [`crate::v1::StatusRequest`] from an agent.
+    StatusRequest,
+    /// [`crate::v1::CancelRequest`] from an agent.
+    CancelRequest,
+    /// [`crate::v1::SubmitBatch`] from an agent.
+    SubmitBatch,
 }
 
 impl ContentKind {
@@ -45,11 +51,14 @@ impl ContentKind {
             Self::SubmitJob => "application/orfeas.submit-job.v1+cbor",
             Self::Event => "application/orfeas.event.v1+cbor",
             Self::FetchRequest => "application/orfeas.fetch.v1+cbor",
+            Self::StatusRequest => "application/orfeas.status.v1+cbor",
+            Self::CancelRequest => "application/orfeas.cancel.v1+cbor",
+            Self::SubmitBatch => "application/orfeas.submit-batch.v1+cbor",
         }
     }
 
     fn from_content_type(text: &str) -> Option<Self> {
-        [Self::SubmitJob, Self::Event, Self::FetchRequest].into_iter().find(|k| k.content_type() == text)
+        [Self::SubmitJob, Self::Event, Self::FetchRequest, Self::StatusRequest, Self::CancelRequest, Self::SubmitBatch].into_iter().find(|k| k.content_type() == text)
     }
 }
 
@@ -207,11 +216,22 @@ pub struct Opened {
 /// Decode an envelope of `want` kind, at most `cap` bytes. Only reads; the
 /// caller looks up the key by `claims.iss` and `kid`, then calls `verify`.
 pub fn open(bytes: &[u8], cap: usize, want: ContentKind) -> Result<Opened, EnvelopeError> {
+    open_one_of(bytes, cap, &[want])
+}
+
+/// [`open`] accepting any of the kinds in `wants` (the submit subject takes
+/// single jobs and batches).
+pub fn open_one_of(bytes: &[u8], cap: usize, wants: &[ContentKind]) -> Result<Opened, EnvelopeError> {
     if bytes.len() > cap {
         return Err(EnvelopeError::TooLarge { len: bytes.len(), cap });
     }
     let sign1 = CoseSign1::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(format!("cose: {e:?}")))?;
     let header = &sign1.protected.header;
+    // Nothing unsigned is read, so nothing unsigned may be sent: an
+    // unprotected header could only mislead another reader.
+    if !sign1.unprotected.is_empty() {
+        return Err(EnvelopeError::Malformed("the unprotected header must be empty".into()));
+    }
     // alg and kid must be protected: an unprotected one could be swapped.
     if header.alg != Some(coset::RegisteredLabelWithPrivate::Assigned(iana::Algorithm::Ed25519)) {
         return Err(EnvelopeError::Malformed("protected alg is not Ed25519 (-19)".into()));
@@ -222,8 +242,8 @@ pub fn open(bytes: &[u8], cap: usize, want: ContentKind) -> Result<Opened, Envel
     };
     let kind = ContentKind::from_content_type(&content_type)
         .ok_or_else(|| EnvelopeError::Malformed(format!("unknown content type {content_type:?}")))?;
-    if kind != want {
-        return Err(EnvelopeError::WrongKind { got: content_type, want: want.content_type() });
+    if !wants.contains(&kind) {
+        return Err(EnvelopeError::WrongKind { got: content_type, want: wants[0].content_type() });
     }
     let kid = String::from_utf8(header.key_id.clone())
         .ok()
@@ -365,5 +385,11 @@ mod tests {
         sign1.unprotected.alg = Some(coset::RegisteredLabelWithPrivate::Assigned(iana::Algorithm::Ed25519));
         let bytes = sign1.to_vec().unwrap();
         assert_eq!(open(&bytes, 1 << 20, ContentKind::SubmitJob).unwrap_err().code(), ErrorCode::Malformed);
+        // Anything at all in the unprotected header is refused, even beside a
+        // complete protected one.
+        let mut sign1 = CoseSign1::from_slice(&sealed(ContentKind::SubmitJob, "s", &key)).unwrap();
+        sign1.unprotected.key_id = b"0011223344556677".to_vec();
+        let err = open(&sign1.to_vec().unwrap(), 1 << 20, ContentKind::SubmitJob).unwrap_err();
+        assert!(err.to_string().contains("unprotected header must be empty"), "{err}");
     }
 }

@@ -70,6 +70,14 @@ impl SecretKey {
         PublicKey(self.0.verifying_key())
     }
 
+    /// The same key as a NATS user nkey seed (`SU…`): an agent connects to
+    /// a deployment with the shipped isolation config (`nats/isolation.conf`)
+    /// using the key it signs with.
+    pub fn nats_seed(&self) -> String {
+        let (b1, b2) = (NKEY_SEED | NKEY_USER >> 5, (NKEY_USER & 31) << 3);
+        nkey_encode(&[b1, b2], &self.0.to_bytes())
+    }
+
     /// Sign `data` (Ed25519 is deterministic: same key and data, same signature).
     pub fn sign(&self, data: &[u8]) -> [u8; 64] {
         self.0.sign(data).to_bytes()
@@ -101,6 +109,12 @@ impl PublicKey {
         hex::encode(self.0.to_bytes())
     }
 
+    /// The same key as a NATS user nkey (`U…`, public): the user name of
+    /// its agent in the isolation config.
+    pub fn nats_user(&self) -> String {
+        nkey_encode(&[NKEY_USER], self.0.as_bytes())
+    }
+
     /// The key's id used as COSE `kid`.
     pub fn id(&self) -> KeyId {
         let digest = Sha256::digest(self.0.to_bytes());
@@ -114,6 +128,42 @@ impl PublicKey {
         };
         self.0.verify_strict(data, &sig).is_ok()
     }
+}
+
+/// nkey prefix byte of a seed.
+const NKEY_SEED: u8 = 18 << 3;
+/// nkey prefix byte of a user.
+const NKEY_USER: u8 = 20 << 3;
+
+/// NATS nkey text: base32 (RFC 4648, no padding) of prefix + key + CRC-16
+/// (XMODEM, little endian).
+fn nkey_encode(prefix: &[u8], key: &[u8]) -> String {
+    let mut raw = Vec::with_capacity(prefix.len() + key.len() + 2);
+    raw.extend_from_slice(prefix);
+    raw.extend_from_slice(key);
+    let mut crc = 0u16;
+    for &b in &raw {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    raw.extend_from_slice(&crc.to_le_bytes());
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut out = String::with_capacity(raw.len() * 8 / 5 + 1);
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    for &b in &raw {
+        buffer = (buffer << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(ALPHABET[((buffer >> bits) & 31) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(ALPHABET[((buffer << (5 - bits)) & 31) as usize] as char);
+    }
+    out
 }
 
 fn decode_hex32(text: &str, expected: &'static str) -> Result<[u8; 32], KeyError> {
@@ -145,6 +195,17 @@ mod tests {
         let key = SecretKey::from_seed([7; 32]).public();
         assert_eq!(PublicKey::from_hex(&key.to_hex()).unwrap(), key);
         assert_eq!(key.id().0.len(), 16);
+    }
+
+    #[test]
+    fn nats_nkeys_have_their_prefixes_and_lengths() {
+        let key = SecretKey::from_seed([7; 32]);
+        let user = key.public().nats_user();
+        let seed = key.nats_seed();
+        // 1 + 32 + 2 bytes → 56 base32 characters; 2 + 32 + 2 → 58.
+        assert!(user.starts_with('U') && user.len() == 56, "{user}");
+        assert!(seed.starts_with("SU") && seed.len() == 58, "{seed}");
+        assert_ne!(SecretKey::from_seed([8; 32]).public().nats_user(), user);
     }
 
     #[test]

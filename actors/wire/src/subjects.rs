@@ -29,6 +29,23 @@ pub const JOBS_BUCKET: &str = "orfeas_jobs";
 pub const AGENTS_BUCKET: &str = "orfeas_agents";
 /// KV bucket: nodes and their event-signing keys.
 pub const NODES_BUCKET: &str = "orfeas_nodes";
+/// KV bucket: nonces (`cti`) of verified messages, kept past their window.
+pub const NONCES_BUCKET: &str = "orfeas_nonces";
+/// KV bucket: per agent, the jobs holding a slot of its concurrency cap.
+pub const ACTIVE_BUCKET: &str = "orfeas_active";
+/// KV bucket: one record per `submit_batch` (its jobs and refusals).
+pub const BATCHES_BUCKET: &str = "orfeas_batches";
+
+/// Stream holding every node's hash-chained audit records (deny delete,
+/// deny purge).
+pub const AUDIT_STREAM: &str = "ORFEAS_AUDIT";
+/// Subjects of [`AUDIT_STREAM`].
+pub const AUDIT_WILDCARD: &str = "orfeas.audit.*";
+
+/// Where node `node` appends its audit chain.
+pub fn audit(node: &str) -> String {
+    format!("orfeas.audit.{node}")
+}
 
 /// Subjects of agents' result fetch requests (request/reply, no stream).
 pub const FETCH_WILDCARD: &str = "orfeas.results.fetch.*";
@@ -43,6 +60,33 @@ pub fn submit(agent: &str) -> String {
 /// Where the events of one job are published.
 pub fn events(agent: &str, job_id: &uuid::Uuid) -> String {
     format!("orfeas.events.{agent}.{job_id}")
+}
+
+/// Subjects of agents' status requests (request/reply, no stream).
+pub const STATUS_WILDCARD: &str = "orfeas.status.*";
+/// Subjects of agents' cancel requests (request/reply, no stream).
+pub const CANCEL_WILDCARD: &str = "orfeas.cancel.*";
+/// Queue group of nodes answering status and cancel requests (one answer each).
+pub const REQUESTS_QUEUE_GROUP: &str = "orfeas-requests";
+
+/// Where agent `agent` asks for the state of its jobs.
+pub fn status(agent: &str) -> String {
+    format!("orfeas.status.{agent}")
+}
+
+/// Where agent `agent` cancels its jobs.
+pub fn cancel(agent: &str) -> String {
+    format!("orfeas.cancel.{agent}")
+}
+
+/// The agent token of a status or cancel subject, with the operation.
+pub fn agent_of_request(subject: &str) -> Option<(&'static str, &str)> {
+    let (op, agent) = if let Some(a) = subject.strip_prefix("orfeas.status.") {
+        ("status", a)
+    } else {
+        ("cancel", subject.strip_prefix("orfeas.cancel.")?)
+    };
+    is_valid_agent_name(agent).then_some((op, agent))
 }
 
 /// Where agent `agent` asks for the files of its jobs.

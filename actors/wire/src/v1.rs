@@ -614,6 +614,128 @@ pub enum FetchReply {
     Error(Failure),
 }
 
+/// An agent's signed question about one of its jobs, or one of its
+/// batches, on `orfeas.status.<agent>` (request/reply; any node answers from
+/// the records). Operation `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRequest {
+    /// The job (absent when asking about a batch).
+    #[serde(default)]
+    pub job_id: Option<Uuid>,
+    /// The batch (`SubmitBatch.batch_id`); sent only when asking about one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<Uuid>,
+}
+
+/// Most jobs in one [`SubmitBatch`].
+pub const MAX_BATCH_JOBS: usize = 64;
+
+/// Many jobs in one signed message, on `orfeas.jobs.submit.<agent>`
+/// (content type `application/orfeas.submit-batch.v1+cbor`, operation
+/// `submit_batch`, events subject `orfeas.events.<agent>.<batch_id>`). Each
+/// job is checked and admitted on its own (its events on its own subject,
+/// `rejected` with its own code when it is refused); the batch's status
+/// covers them all. The whole message shares one envelope cap (8 MiB).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SubmitBatch {
+    /// Chosen by the agent; names the batch in `status`.
+    pub batch_id: Uuid,
+    /// 1 to [`MAX_BATCH_JOBS`] jobs, each with its own `job_id`.
+    pub jobs: Vec<SubmitJob>,
+}
+
+impl SubmitBatch {
+    /// Sign this batch as `agent` and return `(subject, envelope bytes)`.
+    pub fn seal(&self, agent: &str, key: &SecretKey, audience: &str, now_s: u64, lifetime_s: u64) -> (String, Vec<u8>) {
+        let subject = subjects::submit(agent);
+        let events = subjects::events(agent, &self.batch_id);
+        let claims = Claims::new(agent, audience, now_s, lifetime_s);
+        let header = Seal { kind: ContentKind::SubmitBatch, claims: &claims, op: "submit_batch", events_subject: Some(&events) };
+        let bytes = envelope::seal(&header, crate::to_cbor(self), &subject, key);
+        (subject, bytes)
+    }
+}
+
+impl StatusRequest {
+    /// Sign this request as `agent`; returns `(subject, envelope bytes)`.
+    pub fn seal(&self, agent: &str, key: &SecretKey, audience: &str, now_s: u64) -> (String, Vec<u8>) {
+        seal_request(ContentKind::StatusRequest, "status", &subjects::status(agent), crate::to_cbor(self), agent, key, audience, now_s)
+    }
+}
+
+/// An agent's signed request to cancel one of its jobs, on
+/// `orfeas.cancel.<agent>` (request/reply). Operation `cancel`. A queued job
+/// ends at once (`failed` with code `canceled`); a running one ends as
+/// `canceled` when its node notices; a finished one is left as it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelRequest {
+    /// The job.
+    pub job_id: Uuid,
+}
+
+impl CancelRequest {
+    /// Sign this request as `agent`; returns `(subject, envelope bytes)`.
+    pub fn seal(&self, agent: &str, key: &SecretKey, audience: &str, now_s: u64) -> (String, Vec<u8>) {
+        seal_request(ContentKind::CancelRequest, "cancel", &subjects::cancel(agent), crate::to_cbor(self), agent, key, audience, now_s)
+    }
+}
+
+/// Lifetime of signed requests (status, cancel, fetch), seconds.
+pub const REQUEST_LIFETIME_S: u64 = 60;
+
+#[allow(clippy::too_many_arguments)]
+fn seal_request(kind: ContentKind, op: &str, subject: &str, payload: Vec<u8>, agent: &str, key: &SecretKey, audience: &str, now_s: u64) -> (String, Vec<u8>) {
+    let claims = Claims::new(agent, audience, now_s, REQUEST_LIFETIME_S);
+    let header = Seal { kind, claims: &claims, op, events_subject: None };
+    (subject.to_string(), envelope::seal(&header, payload, subject, key))
+}
+
+/// Where a job is, as a status or cancel reply tells it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// The job.
+    pub job_id: Uuid,
+    /// `admitted` (queued), `running`, `completed`, `failed` or `canceled`.
+    pub state: String,
+    /// The lane it waits or waited in.
+    pub lane: Lane,
+    /// Delivery attempt that last took it (0 = never started).
+    pub attempt: u64,
+    /// The node that last changed it.
+    pub node: String,
+    /// Last change, ms since the epoch.
+    pub updated_at_ms: u64,
+    /// A cancel was asked for while it was running.
+    #[serde(default)]
+    pub cancel_requested: bool,
+    /// The terminal event's kind (`completed` or `failed`), once there is one.
+    #[serde(default)]
+    pub terminal: Option<EventKind>,
+    /// The seq the terminal event was published with.
+    #[serde(default)]
+    pub terminal_seq: u64,
+}
+
+/// A node's answer to a [`StatusRequest`] or [`CancelRequest`] (CBOR, not
+/// signed; only the agent's own inbox receives it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusReply {
+    /// The job's state (after the cancel, for a cancel).
+    Job(JobStatus),
+    /// A batch: the state of each admitted job, and the refused ones.
+    Batch {
+        /// The batch.
+        batch_id: Uuid,
+        /// Its admitted jobs.
+        jobs: Vec<JobStatus>,
+        /// Its refused jobs (each `Failure` names its `job_id`).
+        rejected: Vec<Failure>,
+    },
+    /// Refused or not available.
+    Error(Failure),
+}
+
 /// Ask for the models a deployment serves (request on
 /// [`subjects::MODELS_LIST`](crate::subjects::MODELS_LIST); any one node answers).
 /// Plain CBOR, unsigned: the answer is public configuration, not a job.
