@@ -12,9 +12,11 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod backpressure;
 pub mod batching;
 pub mod bus;
 pub mod catalog;
+pub mod dead_letter;
 pub mod device;
 pub mod events;
 pub mod gpu_worker;
@@ -22,11 +24,14 @@ pub mod heartbeat;
 pub mod http;
 pub mod ingress;
 pub mod jobs;
+pub mod lanes;
 pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod postprocess;
 pub mod preprocess;
+pub mod progress;
+pub mod queue;
 pub mod registry;
 pub mod results;
 pub mod roster;
@@ -34,6 +39,7 @@ pub mod scheduler;
 pub mod settings;
 pub mod store;
 pub mod supervisor;
+pub mod terminal;
 pub mod ticket;
 pub mod trace;
 pub mod warmth;
