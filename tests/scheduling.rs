@@ -32,6 +32,9 @@ use orfeas_wire::{
 };
 use uuid::Uuid;
 
+/// One test at a time: they share two cores with nodes and servers.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A null-model node with `latency_ms` per batch of at most `max_batch`.
 fn node_env(latency_ms: u64, max_batch: usize, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
     let mut env = vec![
@@ -134,6 +137,7 @@ async fn prepared_nats() -> (NatsServer, tempfile::TempDir) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduling_high_lane_first_low_not_starved_and_agents_take_turns() {
+    let _serial = SERIAL.lock().await;
     let (nats, store) = prepared_nats().await;
     let bus = bus(&nats).await;
     // Batches of two, 400 ms each; the node holds 2 × (2 + 4) = 12 jobs per
@@ -149,26 +153,37 @@ async fn scheduling_high_lane_first_low_not_starved_and_agents_take_turns() {
     let _node = start(&nats, "lanes", store.path(), node_env(400, 2, &[("ORFEAS_SCHEDULER_LOOKAHEAD_BATCHES", "4")])).await;
 
     let js = bus.js.clone();
-    let burst_done = terminals(&js, "burst", &burst, Duration::from_secs(60)).await;
-    let single_done = one_completed(&terminals(&js, "single", &[single], Duration::from_secs(60)).await, &single);
-    let low_done = one_completed(&terminals(&js, "batch", &[low], Duration::from_secs(60)).await, &low);
-    let high_done = one_completed(&terminals(&js, "urgent", &[high], Duration::from_secs(60)).await, &high);
-    let burst_at: Vec<u64> = burst.iter().map(|j| one_completed(&burst_done, j).at_ms).collect();
-    // A later batch finishes at least one device time (400 ms) later; jobs
-    // of one batch finish within a few ms of each other.
+    let everyone = [("burst", &burst[..]), ("single", &[single][..]), ("batch", &[low][..]), ("urgent", &[high][..])];
+    for (agent, jobs) in everyone {
+        for answers in terminals(&js, agent, jobs, Duration::from_secs(60)).await.values() {
+            assert!(matches!(answers[..], [Event { kind: EventKind::Completed { .. }, .. }]), "one completed answer: {answers:?}");
+        }
+    }
+    // When each job's batch started on the device (its `inference` event):
+    // batches run one after another, 400 ms apart.
+    let mut started = HashMap::new();
+    for agent in ["burst", "single", "batch", "urgent"] {
+        for (job, events) in all_events(&js, agent).await {
+            let at = events.iter().find(|e| matches!(e.kind, EventKind::Progress { stage: Stage::Inference, .. })).expect("an inference event").at_ms;
+            started.insert(job, at);
+        }
+    }
     let later = |a: u64, b: u64| a > b + 200;
+    let burst_at: Vec<u64> = burst.iter().map(|j| started[j]).collect();
     let burst_after = |t: u64| burst_at.iter().filter(|&&a| later(a, t)).count();
-    println!("burst {burst_at:?} single {} high {} low {}", single_done.at_ms, high_done.at_ms, low_done.at_ms);
-    assert!(burst_after(high_done.at_ms) >= 3, "the high job ran in one of the first batches: {} burst jobs after it", burst_after(high_done.at_ms));
+    let (high_start, single_start, low_start) = (started[&high], started[&single], started[&low]);
+    println!("batch starts: burst {burst_at:?} single {} high {} low {}", single_start, high_start, low_start);
+    assert!(burst_after(high_start) >= 3, "the high job ran in one of the first batches: {} burst jobs after it", burst_after(high_start));
     // In arrival order the single job would run after the whole burst; in
     // turns it shares a batch with the burst's first held jobs.
-    assert!(burst_after(single_done.at_ms) >= 3, "the single agent's job waited for the burst: {} burst jobs after it", burst_after(single_done.at_ms));
+    assert!(burst_after(single_start) >= 3, "the single agent's job waited for the burst: {} burst jobs after it", burst_after(single_start));
     // Low gets its one batch in thirteen while normal work still waits.
-    assert!(burst_after(low_done.at_ms) >= 1 || later(single_done.at_ms, low_done.at_ms), "the low job was starved until the normal lane was empty");
+    assert!(burst_after(low_start) >= 1 || later(single_start, low_start), "the low job was starved until the normal lane was empty");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduling_canceled_and_expired_jobs_never_run_and_a_cancel_while_running_ends_once() {
+    let _serial = SERIAL.lock().await;
     let (nats, store) = prepared_nats().await;
     let bus = bus(&nats).await;
     let jobs = JobStore::new(bus.jobs.clone());
@@ -231,6 +246,7 @@ async fn scheduling_canceled_and_expired_jobs_never_run_and_a_cancel_while_runni
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduling_job_out_of_deliveries_is_dead_lettered_exactly_once() {
+    let _serial = SERIAL.lock().await;
     let (nats, _store) = prepared_nats().await;
     let bus = bus(&nats).await;
     // Two nodes' dead-letter listeners (in this process: no scheduler may
@@ -287,6 +303,7 @@ async fn scheduling_job_out_of_deliveries_is_dead_lettered_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduling_sigterm_finishes_running_jobs_hands_back_the_rest_and_none_is_lost() {
+    let _serial = SERIAL.lock().await;
     let nats = NatsServer::start();
     let store = tempfile::tempdir().unwrap();
     let env = |latency: u64| node_env(latency, 2, &[("ORFEAS_SCHEDULER_SHUTDOWN_GRACE_S", "30")]);
@@ -370,6 +387,7 @@ async fn settled(js: &jetstream::Context, agent: &str, attempted: &std::collecti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_same_job_submitted_five_times_concurrently_runs_once() {
+    let _serial = SERIAL.lock().await;
     let nats = NatsServer::start();
     let store = tempfile::tempdir().unwrap();
     let _node = start(&nats, "dup", store.path(), node_env(300, 4, &[])).await;
@@ -398,6 +416,7 @@ async fn faults_same_job_submitted_five_times_concurrently_runs_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_nats_server_restarted_under_load_loses_no_accepted_job() {
+    let _serial = SERIAL.lock().await;
     let mut nats = NatsServer::start();
     let store = tempfile::tempdir().unwrap();
     let env = node_env(100, 4, &[("ORFEAS_SCHEDULER_ACK_WAIT_S", "10"), ("ORFEAS_SCHEDULER_PROGRESS_ACK_S", "2")]);
@@ -437,6 +456,7 @@ async fn faults_nats_server_restarted_under_load_loses_no_accepted_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backpressure_full_system_answers_unavailable_at_once_with_retry_after() {
+    let _serial = SERIAL.lock().await;
     let nats = NatsServer::start();
     let store = tempfile::tempdir().unwrap();
     let env = node_env(500, 2, &[("ORFEAS_INGRESS_SUBMIT_QUEUE_MAX", "6")]);
@@ -470,4 +490,42 @@ async fn backpressure_full_system_answers_unavailable_at_once_with_retry_after()
     // The accepted ones are all answered.
     let ledger = settled(&b.js, "ivan", &accepted, Duration::from_secs(120)).await;
     assert_eq!(ledger.completed, accepted.len(), "{}", ledger.line());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_node_killed_mid_batch_its_jobs_complete_once_on_the_other() {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsServer::start();
+    let store = tempfile::tempdir().unwrap();
+    // A dead node's held jobs come back after ack_wait (3 s).
+    let env = || node_env(1_000, 2, &[("ORFEAS_SCHEDULER_ACK_WAIT_S", "3"), ("ORFEAS_SCHEDULER_PROGRESS_ACK_S", "1")]);
+    let mut victim = start(&nats, "victim", store.path(), env()).await;
+    let _survivor = start(&nats, "survivor", store.path(), env()).await;
+    let (client, _) = agent(&nats.url, "jill").await;
+    let mut attempted = std::collections::HashSet::new();
+    for _ in 0..scale(20) {
+        let job = null_submit();
+        client.submit(&job).await.unwrap();
+        attempted.insert(job.job_id);
+    }
+    let js = bus(&nats).await.js;
+    // Mid-batch: the victim has a batch on its device.
+    eventually("a batch on the victim's device", Duration::from_secs(60), || async {
+        let events = stored_events(&js, "jill").await?;
+        events.values().flatten().any(|(e, _)| e.node == "victim" && matches!(e.kind, EventKind::Progress { stage: Stage::Inference, .. })).then_some(())
+    })
+    .await;
+    victim.kill();
+    let killed_at = now_ms();
+    let ledger = settled(&js, "jill", &attempted, Duration::from_secs(120)).await;
+    println!("kill -9 mid-batch: {}", ledger.line());
+    ledger.assert_clean();
+    assert_eq!((ledger.accepted, ledger.completed), (attempted.len(), attempted.len()));
+    let events = events_of(&js, "jill").await;
+    let rerun = events
+        .values()
+        .filter(|l| l.iter().any(|e| e.node == "victim") && l.iter().any(|e| e.node == "survivor" && matches!(e.kind, EventKind::Completed { .. }) && e.at_ms > killed_at))
+        .count();
+    println!("jobs the victim held and the survivor finished: {rerun}");
+    assert!(rerun >= 1, "the victim's batch was finished by the survivor");
 }

@@ -191,7 +191,8 @@ impl RunningNode {
         // The record expires on its own: agents can still verify this
         // node's last events for a while.
         self.heartbeat.stop();
-        let _ = self.client.flush().await;
+        // Bounded: with the server gone a flush would wait for it forever.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await;
     }
 }
 
