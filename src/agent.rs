@@ -113,8 +113,14 @@ pub async fn fetch(client: &AgentClient, job_id: &Uuid, file: &ResultFile, to: &
 /// One line describing an event.
 pub fn describe(event: &Event) -> String {
     match &event.kind {
-        EventKind::Accepted { queue_position } => format!("accepted (queue position {queue_position})"),
-        EventKind::Progress { stage, percent } => format!("{} {percent}%", stage.as_str()),
+        EventKind::Accepted { queue_position, eta_ms } => match eta_ms {
+            Some(eta) => format!("accepted (queue position {queue_position}, done in ~{:.1} s)", *eta as f64 / 1000.0),
+            None => format!("accepted (queue position {queue_position})"),
+        },
+        EventKind::Progress { stage, percent, eta_ms } => match eta_ms {
+            Some(eta) => format!("{} {percent}% (~{:.1} s to go)", stage.as_str(), *eta as f64 / 1000.0),
+            None => format!("{} {percent}%", stage.as_str()),
+        },
         EventKind::Completed { results, mesh, .. } => format!(
             "completed: {} files, {} faces, closed manifold: {}",
             results.len(),

@@ -132,6 +132,12 @@ pub struct SchedulerSection {
     pub progress_ack_s: u64,
     /// Deliveries before a job fails for good.
     pub max_deliver: i64,
+    /// How long a batch that is not full may wait for more jobs, ms (0 = dispatch at once).
+    pub max_queue_delay_ms: u64,
+    /// Batches per device held beyond the running and next one, per lane (agents take turns among them).
+    pub lookahead_batches: usize,
+    /// On SIGTERM, how long running jobs may take to finish before they are handed back, seconds.
+    pub shutdown_grace_s: u64,
 }
 
 /// `[ingress]`
@@ -175,7 +181,7 @@ impl Default for Config {
             },
             models: ModelsSection { dir: default_models_dir(), enabled: vec![] },
             devices: DevicesSection { cpu_threads: 0, use_cuda: true, memory_safety: 0.8 },
-            scheduler: SchedulerSection { max_batch: 8, ack_wait_s: 60, progress_ack_s: 15, max_deliver: 5 },
+            scheduler: SchedulerSection { max_batch: 8, ack_wait_s: 60, progress_ack_s: 15, max_deliver: 5, max_queue_delay_ms: 0, lookahead_batches: 2, shutdown_grace_s: 30 },
             ingress: IngressSection { clock_skew_s: 120, max_image_side: 4096, submit_queue_max: 100_000, preauth_per_minute: default_preauth_per_minute() },
             http: HttpSection { listen: "127.0.0.1:9470".into() },
         }
@@ -292,6 +298,9 @@ impl Config {
         settings.ack_wait = Duration::from_secs(self.scheduler.ack_wait_s);
         settings.progress_ack_interval = Duration::from_secs(self.scheduler.progress_ack_s);
         settings.max_deliver = self.scheduler.max_deliver;
+        settings.max_queue_delay = Duration::from_millis(self.scheduler.max_queue_delay_ms);
+        settings.lookahead_batches = self.scheduler.lookahead_batches;
+        settings.shutdown_grace = Duration::from_secs(self.scheduler.shutdown_grace_s);
         settings.submit_queue_max = self.ingress.submit_queue_max;
         settings.clock_skew_s = self.ingress.clock_skew_s;
         settings.nats_nkey_seed = self.nats_seed()?;

@@ -42,6 +42,8 @@ pub async fn run(config: Config, args: GenerateArgs) -> Result<usize> {
     }
     // A one-off command serves no operator endpoint.
     settings.http_listen = None;
+    // Its jobs live and die with it: on Ctrl-C nothing waits for them.
+    settings.shutdown_grace = std::time::Duration::ZERO;
     let deployment = settings.deployment.clone();
     let node = node::start(settings).await.context("starting the node")?;
     let outcome = tokio::select! {

@@ -30,6 +30,7 @@ async fn pipeline_signed_png_completes_with_closed_mesh_then_tampered_is_rejecte
     let submit = job("mug.png", vec![Format::Glb, Format::Stl]);
     let mut events = client.submit(&submit).await.unwrap();
     let mut seen = Vec::new();
+    let mut stages = Vec::new();
     let completed = loop {
         let event = client.next_event(&mut events, WAIT).await.expect("verified event");
         assert_eq!(event.job_id, submit.job_id);
@@ -40,9 +41,9 @@ async fn pipeline_signed_png_completes_with_closed_mesh_then_tampered_is_rejecte
             EventKind::Completed { results, mesh, report, previews } => break (results, mesh, report, previews),
             EventKind::Failed(f) | EventKind::Rejected(f) => panic!("job failed: {f:?}"),
             EventKind::Accepted { .. } => assert_eq!(event.seq, 0, "accepted is seq 0"),
-            EventKind::Progress { stage, percent } => {
+            EventKind::Progress { stage, percent, .. } => {
                 assert!(percent <= 100);
-                assert_ne!(stage, Stage::Queued);
+                stages.push(stage);
                 assert!(event.seq > 0);
             }
         }
@@ -62,6 +63,9 @@ async fn pipeline_signed_png_completes_with_closed_mesh_then_tampered_is_rejecte
     let progress: Vec<u64> = seen.iter().copied().filter(|&s| s > 0).collect();
     assert!(progress.windows(2).all(|w| w[0] < w[1]), "progress seqs increase: {progress:?}");
     assert!(progress.len() >= 3, "progress…, completed: got {progress:?}");
+    // Every stage once, in pipeline order (the progress helper fills in any a
+    // stage skipped).
+    assert_eq!(stages, vec![Stage::Queued, Stage::Preprocessing, Stage::Inference, Stage::Meshing, Stage::Exporting, Stage::Storing]);
     assert!(mesh.closed_manifold, "node reports a closed manifold: {mesh:?}");
     assert!(mesh.volume > 0.0);
     assert_eq!(results.len(), 2);

@@ -90,7 +90,10 @@ async fn recovery_killed_node_job_completes_once_after_restart() {
 async fn recovery_sigterm_stops_cleanly_without_acking_unfinished_work() {
     let nats = NatsServer::start();
     let store = tempfile::tempdir().unwrap();
-    let mut first = NodeProcess::start(&nats, NodeOptions { node_id: "leaving", store: store.path(), env: slow_node(60_000) }).await;
+    // Running jobs get 5 s to finish before they are handed back.
+    let mut env = slow_node(60_000);
+    env.push(("ORFEAS_SCHEDULER_SHUTDOWN_GRACE_S", "5".to_string()));
+    let mut first = NodeProcess::start(&nats, NodeOptions { node_id: "leaving", store: store.path(), env }).await;
     let (mut client, _) = agent(&nats.url, "dave").await;
     let job = common::example_job("star.png", vec![Format::Stl]);
     let mut events = client.submit(&job).await.unwrap();

@@ -127,10 +127,28 @@ impl EventSink {
         Event { job_id, seq, node: self.node_id.to_string(), at_ms: now_ms(), kind }
     }
 
-    /// Report a stage; never waits, dropped if the publisher is far behind.
-    pub fn progress(&self, ticket: &Ticket, stage: Stage, percent: u8) {
-        let event = self.event(ticket.job.job_id, ticket.next_seq(), EventKind::Progress { stage, percent });
-        let _ = self.tx.try_send(Outgoing { agent: ticket.job.agent.clone(), event, trace: Some(ticket.trace), confirmed: None });
+    /// Report that the job entered `stage` (and any stage it skipped, in
+    /// order; nothing if it is already there or past it), with percent and
+    /// ETA from [`crate::progress`]. Never waits; dropped if the publisher
+    /// is far behind.
+    pub fn progress(&self, ticket: &Ticket, stage: Stage) {
+        let reports = {
+            let mut times = crate::progress::TIMES.lock().unwrap_or_else(|e| e.into_inner());
+            let mut track = ticket.track.lock().unwrap_or_else(|e| e.into_inner());
+            track.enter(&ticket.job.model, stage, std::time::Instant::now(), &mut times)
+        };
+        for report in reports {
+            let kind = EventKind::Progress { stage: report.stage, percent: report.percent, eta_ms: report.eta_ms };
+            let event = self.event(ticket.job.job_id, ticket.next_seq(), kind);
+            let _ = self.tx.try_send(Outgoing { agent: ticket.job.agent.clone(), event, trace: Some(ticket.trace), confirmed: None });
+        }
+    }
+
+    /// The attempt of `ticket` ended: its last stage's time counts towards
+    /// the averages, and no progress follows.
+    pub fn progress_done(&self, ticket: &Ticket) {
+        let mut times = crate::progress::TIMES.lock().unwrap_or_else(|e| e.into_inner());
+        ticket.track.lock().unwrap_or_else(|e| e.into_inner()).done(&ticket.job.model, std::time::Instant::now(), &mut times);
     }
 
     /// Publish an event and wait until the server stored it.

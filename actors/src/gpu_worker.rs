@@ -340,7 +340,7 @@ fn prepare_batch(
     }
     let mut input = vec![0f32; tickets.len() * slot];
     let results = decode_parallel(&tickets, &mut input, slot, |ticket, out| {
-        events.progress(ticket, Stage::Preprocessing, 10);
+        events.progress(ticket, Stage::Preprocessing);
         let ImageInput::Inline { media_type, data } = &ticket.job.image;
         preprocess::prepare_into(
             data,
@@ -613,10 +613,10 @@ impl DeviceThread {
             .map(|(flat, columns)| Tensor::from_slice(flat).view([n as i64, *columns as i64]));
         let now = crate::now_ms();
         for (ticket, _) in &batch.items {
-            self.events.progress(ticket, Stage::Inference, 30);
+            self.events.progress(ticket, Stage::Inference);
             let waited = now.saturating_sub(ticket.job.admitted_at_ms) as f64 / 1000.0;
             metrics::QUEUE_WAIT
-                .with_label_values(&["normal"])
+                .with_label_values(&[ticket.job.lane.as_str()])
                 .observe(waited);
         }
         let name = batch.model.clone();

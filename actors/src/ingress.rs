@@ -387,6 +387,15 @@ impl Admission {
             cancel_requested: false,
             batch_id,
         };
+        // A full system refuses new jobs at once (a known job is answered as usual).
+        if let Some(mut failure) = crate::backpressure::refusal(self.queue_depth.load(Ordering::Relaxed), self.settings.submit_queue_max, &job.model) {
+            if self.jobs.get(&agent, &job.job_id).await?.is_none() {
+                failure.job_id = Some(job.job_id);
+                metrics::REQUESTS.with_label_values(&[&agent, "submit", ErrorCode::Unavailable.as_str()]).inc();
+                self.events.publish_in(Some(onward), &agent, job.job_id, 0, EventKind::Rejected(failure)).await?;
+                return Ok(Settled::Term);
+            }
+        }
         match self.jobs.create(&record).await? {
             Created::New(_) => {}
             Created::Exists(existing, _) if existing.digest != digest => {
@@ -404,7 +413,7 @@ impl Admission {
                 // (NATS failed over between the queue PubAck and the event).
                 // Agents see seq 0 twice at most, never a second job.
                 tracing::info!(agent, job_id = %job.job_id, "duplicate submission of a known job");
-                self.events.publish_in(Some(onward), &agent, job.job_id, 0, EventKind::Accepted { queue_position: 0 }).await?;
+                self.events.publish_in(Some(onward), &agent, job.job_id, 0, EventKind::Accepted { queue_position: 0, eta_ms: None }).await?;
                 return Ok(Settled::Ack);
             }
             // Admitted but maybe not queued (crash between record and
@@ -429,7 +438,9 @@ impl Admission {
         // that `accepted` follows the PubAck at once.
         let queue_position = self.queue_depth.load(Ordering::Relaxed);
         let ack = self.bus.publish_acked(subjects::queue(lane.as_str()), headers, orfeas_wire::to_cbor(&admitted).into()).await?;
-        self.events.publish_in(Some(onward), &agent, job.job_id, 0, EventKind::Accepted { queue_position }).await?;
+        // Counted at once, so a burst meets the limit before the next reading.
+        self.queue_depth.fetch_add(1, Ordering::Relaxed);
+        self.events.publish_in(Some(onward), &agent, job.job_id, 0, EventKind::Accepted { queue_position, eta_ms: crate::progress::accepted_eta(&admitted.model, queue_position) }).await?;
         metrics::REQUESTS.with_label_values(&[&agent, "submit", "accepted"]).inc();
         tracing::info!(agent, job_id = %job.job_id, seq = ack.sequence, "job admitted");
         Ok(Settled::Ack)

@@ -63,6 +63,9 @@ pub struct RunningNode {
     heartbeat: Heartbeat,
     results: JoinHandle<()>,
     requests: JoinHandle<()>,
+    /// How long running jobs may take to finish on shutdown.
+    grace: Duration,
+    dead_letters: JoinHandle<()>,
 }
 
 /// Start a node and return once every actor is up and every model ran once
@@ -90,7 +93,7 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, NodeError> {
         state: "starting".into(),
         devices: devices.iter().map(|d| orfeas_wire::v1::NodeDevice { id: d.id.clone(), total_bytes: d.total_bytes }).collect(),
         models: models.iter().map(|(m, _)| m.name.clone()).collect(),
-        capacity: crate::scheduler::credits_for(devices.len(), settings.max_batch) as u32,
+        capacity: crate::scheduler::credits_for(devices.len(), settings.max_batch, settings.lookahead_batches) as u32,
         held_jobs: 0,
         busy_devices: 0,
         finished_jobs: 0,
@@ -98,6 +101,7 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, NodeError> {
     let heartbeat = Heartbeat::start(registry.clone(), record, load.clone()).await?;
     let events = EventSink::spawn(bus.clone(), &settings.node_id, settings.node_key.clone(), settings.deployment.clone());
     let roster = Roster::new(&settings.node_id);
+    let dead_letters = crate::dead_letter::spawn(bus.clone(), events.clone(), settings.node_id.clone()).await?;
     let catalog = Catalog::new(&settings.node_id, settings.models_dir.clone(), models.into_iter().map(|(m, _)| m).collect());
     let warmth = Warmth::new(devices.iter().map(|d| d.id.clone()));
     let admin = Admin {
@@ -147,12 +151,13 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, NodeError> {
     };
     let list_models = catalog::serve_list_models(client.clone(), catalog).await?;
     let sampler = tokio::spawn(sample_devices(ctx.devices.clone()));
+    let grace = ctx.settings.shutdown_grace;
     let (supervisor, handle) = Actor::spawn(Some(roster.name("supervisor")), NodeSupervisor { ctx }, ())
         .await
         .map_err(|e| NodeError::Spawn(e.to_string()))?;
     health.set_warm(true);
     heartbeat.set_state("ready").await;
-    Ok(RunningNode { supervisor, handle, client, bus, health, http, sampler, list_models, heartbeat, results, requests })
+    Ok(RunningNode { supervisor, handle, client, bus, health, http, sampler, list_models, heartbeat, results, requests, grace, dead_letters })
 }
 
 /// Refresh device memory and utilisation gauges every few seconds.
@@ -184,9 +189,10 @@ impl RunningNode {
     pub async fn stop(self) {
         self.health.set_warm(false);
         self.heartbeat.set_state("draining").await;
-        let _ = ractor::call_t!(self.supervisor, SupervisorMsg::Shutdown, 60_000);
+        let _ = ractor::call_t!(self.supervisor, SupervisorMsg::Shutdown, self.grace.as_millis() as u64 + 60_000);
         self.sampler.abort();
         self.list_models.abort();
+        self.dead_letters.abort();
         if let Some((_, task)) = &self.http {
             task.abort();
         }
@@ -197,7 +203,8 @@ impl RunningNode {
         // The record expires on its own: agents can still verify this
         // node's last events for a while.
         self.heartbeat.stop();
-        let _ = self.client.flush().await;
+        // Bounded: with the server gone a flush would wait for it forever.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await;
     }
 }
 

@@ -134,19 +134,19 @@ impl Actor for Postprocess {
 /// Mesh, export and store one job; the `completed` event on success.
 async fn deliver(job: VolumeJob, meshing: Arc<Semaphore>, store: &ResultStore, events: &EventSink) -> Result<EventKind, Failure> {
     let ticket = job.ticket.clone();
-    events.progress(&ticket, Stage::Meshing, 60);
+    events.progress(&ticket, Stage::Meshing);
     let started = Instant::now();
     let permit = meshing.acquire_owned().await.map_err(|_| Failure::new(ErrorCode::Internal, "meshing pool closed"))?;
     let formats = ticket.job.formats.clone();
     let sink = events.clone();
     let made = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        mesh_and_export(&job, &formats, || sink.progress(&job.ticket, Stage::Exporting, 75))
+        mesh_and_export(&job, &formats, || sink.progress(&job.ticket, Stage::Exporting))
     })
     .await
     .map_err(|e| Failure::new(ErrorCode::Internal, format!("meshing task panicked: {e}")))??;
     metrics::STAGE_SECONDS.with_label_values(&["meshing"]).observe(started.elapsed().as_secs_f64());
-    events.progress(&ticket, Stage::Storing, 85);
+    events.progress(&ticket, Stage::Storing);
     let started = Instant::now();
     let put = |name: String, bytes: Vec<u8>| {
         let key = ResultStore::job_key(&ticket.job.agent, &ticket.job.job_id, &name);
@@ -283,6 +283,10 @@ struct Finisher {
 
 impl Finisher {
     async fn finish(&self, ticket: Ticket, kind: EventKind) {
+        if matches!(kind, EventKind::Completed { .. }) {
+            // Only whole runs teach the stage averages.
+            self.events.progress_done(&ticket);
+        }
         let span = ticket.span("finish");
         let outcome = match self.try_finish(&ticket, kind).instrument(span).await {
             Ok(outcome) => outcome,
@@ -294,6 +298,19 @@ impl Finisher {
         if let Some(scheduler) = self.roster.scheduler() {
             let _ = scheduler.cast(SchedulerMsg::Finished { job_id: ticket.job.job_id, outcome });
         }
+    }
+
+    /// End a job whose agent canceled it while it ran (exactly once: the
+    /// record update is fenced); silent when another attempt owns it.
+    async fn canceled(&self, ticket: &Ticket) -> Result<Outcome, crate::bus::BusError> {
+        Ok(match crate::terminal::cancel_if_requested(&self.jobs, &self.events, &self.node_id, ticket).await? {
+            Some(true) => {
+                metrics::JOBS_FINISHED.with_label_values(&["canceled"]).inc();
+                tracing::info!(job_id = %ticket.job.job_id, "canceled while running; result discarded");
+                Outcome::Term
+            }
+            _ => Outcome::Abandon,
+        })
     }
 
     async fn try_finish(&self, ticket: &Ticket, kind: EventKind) -> Result<Outcome, crate::bus::BusError> {
@@ -312,6 +329,10 @@ impl Finisher {
             tracing::error!(job_id = %ticket.job.job_id, "job record vanished; dropping the job");
             return Ok(Outcome::Term);
         };
+        if record.cancel_requested {
+            // Canceled while it ran: the result is discarded.
+            return self.canceled(ticket).await;
+        }
         let seq = ticket.next_seq();
         record.state = match kind {
             EventKind::Completed { .. } => JobState::Completed,
@@ -324,6 +345,12 @@ impl Finisher {
         match self.jobs.update(&record, ticket.revision).await? {
             Updated::Ok(_) => {}
             Updated::Fenced => {
+                // A cancel request while it ran moves the revision too.
+                if let Some((now, _)) = self.jobs.get(&ticket.job.agent, &ticket.job.job_id).await? {
+                    if now.cancel_requested {
+                        return self.canceled(ticket).await;
+                    }
+                }
                 // Another attempt owns the job now; this one must stay silent.
                 tracing::warn!(job_id = %ticket.job.job_id, attempt = ticket.attempt, "lost the lease; result discarded");
                 return Ok(Outcome::Abandon);

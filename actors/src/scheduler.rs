@@ -1,32 +1,45 @@
 //! Scheduler: turns admitted jobs into device batches and owns their acks.
 //!
-//! - Consumes: admitted jobs from the `scheduler` durable pull consumer on
-//!   `ORFEAS_QUEUE` (pulled by credit: it holds at most what its devices can
-//!   start soon); `BatchLimits` and `DeviceIdle` from GpuWorkers; `Finished`
-//!   from Postprocess; `WorkerLost` from the supervisor.
-//! - Publishes: `GpuWorkerMsg::Run` batches (same model, up to the batch
-//!   cap: the configured maximum, and what the device last reported it can
-//!   take for that model; oldest first, to an idle device — a device is
-//!   never idle while compatible work waits); acks / naks / terms on the job messages;
+//! - Consumes: admitted jobs from one durable pull consumer per lane on
+//!   `ORFEAS_QUEUE` (see [`crate::queue`]; each pulled by its own credit:
+//!   the node holds per lane at most what its devices can start soon);
+//!   `BatchLimits` and `DeviceIdle` from GpuWorkers; `Finished` from
+//!   Postprocess; `WorkerLost` from the supervisor; `Drain` on shutdown.
+//! - Publishes: `GpuWorkerMsg::Run` batches chosen by [`crate::lanes`]
+//!   (lanes by weight 8 : 4 : 1, agents in turn inside a lane, one model,
+//!   up to the batch cap: the configured maximum and what the device last
+//!   reported it can take for that model). A device has two batch slots:
+//!   the one it runs and the next one, prepared while it runs. A batch
+//!   goes to a free slot when it is full or its oldest job has waited
+//!   `max_queue_delay`, so a device is never idle longer than that while
+//!   compatible work waits. Acks / naks / terms on the job messages;
 //!   in-progress acks for every held job so JetStream does not redeliver
 //!   work that is merely waiting here.
 //! - Claiming a delivered job (its record set to `running` at this
 //!   attempt, revision-fenced) runs on a task that answers with `Claimed`,
 //!   so KV round trips never hold up batching.
-//! - State: held messages by job id, the local FIFO of tickets, idle
-//!   devices, what each device is running.
+//! - Claiming also ends jobs that must not run: a `canceled` record is
+//!   acked without a word (its canceller announced it); a record with
+//!   `cancel_requested` ends as `canceled`; a job past its `deadline_ms`
+//!   before it started ends as `deadline_exceeded` (also checked again
+//!   when its batch is formed).
+//! - State: held messages by job id (with their lane), the waiting jobs
+//!   per lane and agent, free batch slots and running batches per device.
 //! - Restart policy: restartable at any time. Held messages are never acked
 //!   by a dead scheduler, so JetStream redelivers them after `ack_wait`; job
 //!   records fence the attempts so no job is answered twice.
 
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::Arc,
     time::Duration,
 };
 
 use async_nats::jetstream::{self, AckKind};
-use orfeas_wire::v1::AdmittedJob;
+use orfeas_wire::{
+    v1::{AdmittedJob, Failure, Lane},
+    ErrorCode,
+};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::{sync::Semaphore, task::JoinHandle};
 use tracing::Instrument;
@@ -38,8 +51,12 @@ use crate::{
     heartbeat::NodeLoad,
     gpu_worker::GpuWorkerMsg,
     jobs::{JobState, JobStore, Updated},
+    lanes::Waiting,
     metrics, now_ms,
+    postprocess::PostprocessMsg,
+    queue,
     roster::Roster,
+    terminal::{self, Concluded},
     settings::NodeSettings,
     ticket::Ticket,
     trace::{self, TraceParent},
@@ -88,6 +105,14 @@ pub enum SchedulerMsg {
     KeepAlive,
     /// The pull loop gave up.
     PullFailed(String),
+    /// A batch waiting for `max_queue_delay` may be due.
+    Wake,
+    /// Shutdown: stop pulling, hand back what no device has started, and
+    /// answer once every running job is settled (or the grace period ends:
+    /// then hand those back too).
+    Drain(ractor::RpcReplyPort<usize>),
+    /// The grace period of a drain is over.
+    DrainDeadline,
 }
 
 /// Scheduler configuration.
@@ -119,10 +144,12 @@ struct Claimer {
     node_id: String,
 }
 
-/// Jobs a node with `devices` devices holds at most: enough to fill every
-/// device twice (one batch running, one ready). Also its advertised capacity.
-pub fn credits_for(devices: usize, max_batch: usize) -> usize {
-    (devices * max_batch * 2).max(1)
+/// Jobs a node with `devices` devices holds at most per lane: enough to
+/// fill both batch slots of every device (one batch running, one ready)
+/// plus `lookahead` batches per device waiting here, among which agents
+/// take turns (see [`crate::lanes`]). Also its advertised capacity.
+pub fn credits_for(devices: usize, max_batch: usize, lookahead: usize) -> usize {
+    (devices * max_batch * (DEVICE_SLOTS + lookahead)).max(1)
 }
 
 impl Claimer {
@@ -155,6 +182,34 @@ impl Claimer {
             }
         };
         let (mut record, revision) = record;
+        if record.state == JobState::Canceled {
+            // Canceled while queued: its canceller published the answer.
+            return Err(Outcome::Ack);
+        }
+        if !record.state.is_terminal() {
+            let why = if record.cancel_requested {
+                Some((ErrorCode::Canceled, "canceled by its agent".to_string()))
+            } else {
+                match job.params.deadline_ms {
+                    Some(deadline) if record.state == JobState::Admitted && deadline < now_ms() => {
+                        Some((ErrorCode::DeadlineExceeded, format!("not started by its deadline {deadline} (ms since the epoch)")))
+                    }
+                    _ => None,
+                }
+            };
+            if let Some((code, error)) = why {
+                let ending = terminal::ending(code, job.job_id, error);
+                let seq = terminal::final_seq(attempt);
+                return match terminal::conclude(&self.jobs, &self.events, &self.node_id, record, revision, ending, seq, Some(trace)).await {
+                    Ok(Concluded::Ended) => Err(Outcome::Term),
+                    Ok(Concluded::Fenced) => Err(Outcome::Nak(Duration::from_millis(200))),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ending not stored; retrying later");
+                        Err(Outcome::Nak(bus::retry_delay(attempt)))
+                    }
+                };
+            }
+        }
         if record.state.is_terminal() {
             // Answered before but the ack was lost: say the same answer
             // again (same seq, so agents see one answer), then ack.
@@ -180,15 +235,33 @@ impl Claimer {
     }
 }
 
+/// A job message the node holds.
+struct Held {
+    message: jetstream::Message,
+    agent: String,
+    lane: Lane,
+}
+
+/// Batches a device takes at once: the one it runs and the next.
+pub const DEVICE_SLOTS: usize = 2;
+
 /// Scheduler state.
 pub struct SchedulerState {
-    credits: Arc<Semaphore>,
-    puller: JoinHandle<()>,
-    held: HashMap<Uuid, (jetstream::Message, String)>,
-    waiting: VecDeque<Ticket>,
-    idle: BTreeSet<String>,
-    running: HashMap<String, Vec<Uuid>>,
+    credits: HashMap<Lane, Arc<Semaphore>>,
+    pullers: Vec<JoinHandle<()>>,
+    held: HashMap<Uuid, Held>,
+    waiting: Waiting,
+    /// Free batch slots per device.
+    slots: BTreeMap<String, usize>,
+    /// Batches sent to each device, oldest first.
+    running: HashMap<String, VecDeque<Vec<Uuid>>>,
     limits: HashMap<String, HashMap<String, usize>>,
+    /// When a `Wake` is due, ms since the epoch.
+    wake_at: Option<u64>,
+    /// Shutdown: nothing more is pulled or dispatched.
+    draining: bool,
+    /// Who to answer once nothing is held.
+    drained: Option<ractor::RpcReplyPort<usize>>,
 }
 
 impl Scheduler {
@@ -197,61 +270,99 @@ impl Scheduler {
     }
 
     fn credits(&self) -> usize {
-        credits_for(self.devices.len(), self.settings.max_batch)
+        credits_for(self.devices.len(), self.settings.max_batch, self.settings.lookahead_batches)
     }
 
-    fn dispatch(&self, state: &mut SchedulerState) {
+    fn dispatch(&self, myself: &ActorRef<SchedulerMsg>, state: &mut SchedulerState) {
+        if state.draining {
+            return;
+        }
         while !state.waiting.is_empty() {
-            let Some(device) = state.idle.iter().next().cloned() else { return };
+            // The device with the most free slots: idle devices first.
+            let Some(device) = state.slots.iter().filter(|(_, free)| **free > 0).max_by_key(|(_, free)| **free).map(|(d, _)| d.clone()) else { return };
             let Some(worker) = self.roster.worker(&device) else {
-                state.idle.remove(&device);
+                state.slots.insert(device, 0);
                 continue;
             };
             let reported = state.limits.get(&device);
             let cap = |model: &str| reported.and_then(|l| l.get(model)).or_else(|| self.model_max_batch.get(model)).copied().unwrap_or(1);
-            let batch = take_batch(&mut state.waiting, self.settings.max_batch, cap);
-            state.running.insert(device.clone(), batch.iter().map(|t| t.job.job_id).collect());
-            state.idle.remove(&device);
+            let Some(plan) = state.waiting.plan(self.settings.max_batch, cap) else { return };
+            let now = now_ms();
+            let delay = self.settings.max_queue_delay.as_millis() as u64;
+            let due = plan.oldest_ms.saturating_add(delay);
+            if plan.size < plan.cap && now < due {
+                if state.wake_at.is_none_or(|at| at > due) {
+                    state.wake_at = Some(due);
+                    myself.send_after(Duration::from_millis(due - now), || SchedulerMsg::Wake);
+                }
+                return;
+            }
+            let mut batch = state.waiting.take(self.settings.max_batch, cap);
+            // Jobs whose start-by time passed while they waited here end now.
+            batch.retain(|ticket| match ticket.job.params.deadline_ms {
+                Some(deadline) if deadline < now => {
+                    let (_, failure) = terminal::ending(ErrorCode::DeadlineExceeded, ticket.job.job_id, format!("not started by its deadline {deadline} (ms since the epoch)"));
+                    self.fail(ticket.clone(), failure);
+                    false
+                }
+                _ => true,
+            });
+            if batch.is_empty() {
+                continue;
+            }
+            state.running.entry(device.clone()).or_default().push_back(batch.iter().map(|t| t.job.job_id).collect());
+            *state.slots.entry(device.clone()).or_default() -= 1;
             if worker.cast(GpuWorkerMsg::Run(batch)).is_err() {
-                tracing::warn!(device, "worker unreachable; its batch returns to the queue");
+                tracing::warn!(device, "worker unreachable; its batches return to the queue");
                 self.hand_back(state, &device);
+                state.slots.insert(device, 0);
             }
         }
     }
 
-    /// Nak every job a lost device was running.
+    /// End a job through Postprocess (fenced record, event, then `Finished`).
+    fn fail(&self, ticket: Ticket, failure: Failure) {
+        match self.roster.postprocess() {
+            Some(post) => {
+                let _ = post.cast(PostprocessMsg::Fail { ticket, failure });
+            }
+            None => tracing::warn!(job_id = %ticket.job.job_id, "postprocess is not running; the job returns after ack_wait"),
+        }
+    }
+
+    /// Nak every job a lost device was running or about to run.
     fn hand_back(&self, state: &mut SchedulerState, device: &str) {
-        for job_id in state.running.remove(device).unwrap_or_default() {
+        for batch in state.running.remove(device).unwrap_or_default() {
+            for job_id in batch {
+                settle(state, job_id, Outcome::Nak(Duration::ZERO));
+            }
+        }
+    }
+
+    /// Hand back every job no device has started.
+    fn hand_back_waiting(&self, state: &mut SchedulerState) {
+        for job_id in state.waiting.job_ids() {
+            state.waiting.remove(job_id);
             settle(state, job_id, Outcome::Nak(Duration::ZERO));
         }
     }
-}
 
-/// The oldest waiting ticket and every later one with the same model, up to
-/// the batch cap (the smaller of the configured maximum and `model_cap`:
-/// what the device reported, else the model's maximum).
-pub fn take_batch(waiting: &mut VecDeque<Ticket>, max_batch: usize, model_cap: impl Fn(&str) -> usize) -> Vec<Ticket> {
-    let Some(first) = waiting.front() else { return Vec::new() };
-    let model = first.job.model.clone();
-    let cap = max_batch.min(model_cap(&model)).max(1);
-    let mut batch = Vec::with_capacity(cap);
-    let mut rest = VecDeque::with_capacity(waiting.len());
-    while let Some(ticket) = waiting.pop_front() {
-        if batch.len() < cap && ticket.job.model == model {
-            batch.push(ticket);
-        } else {
-            rest.push_back(ticket);
+    fn answer_drain(&self, state: &mut SchedulerState) {
+        if state.held.is_empty() {
+            if let Some(reply) = state.drained.take() {
+                let _ = reply.send(0);
+            }
         }
     }
-    *waiting = rest;
-    batch
 }
 
 fn settle(state: &mut SchedulerState, job_id: Uuid, outcome: Outcome) {
-    let Some((message, agent)) = state.held.remove(&job_id) else { return };
-    metrics::ACTIVE_JOBS.with_label_values(&[&agent]).dec();
-    state.credits.add_permits(1);
-    tokio::spawn(ack(message, outcome));
+    let Some(held) = state.held.remove(&job_id) else { return };
+    metrics::ACTIVE_JOBS.with_label_values(&[&held.agent]).dec();
+    if let Some(credits) = state.credits.get(&held.lane) {
+        credits.add_permits(1);
+    }
+    tokio::spawn(ack(held.message, outcome));
 }
 
 async fn ack(message: jetstream::Message, outcome: Outcome) {
@@ -273,36 +384,44 @@ impl Actor for Scheduler {
 
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, _: ()) -> Result<Self::State, ActorProcessingErr> {
         let credits = self.credits();
-        let consumer = self
-            .bus
-            .consumer(orfeas_wire::subjects::QUEUE_STREAM, orfeas_wire::subjects::SCHEDULER_CONSUMER, &self.settings, (credits * 4) as i64)
-            .await?;
-        let semaphore = Arc::new(Semaphore::new(credits));
-        let me = myself.clone();
-        let me_err = myself.clone();
-        let puller = bus::spawn_puller(
-            consumer,
-            semaphore.clone(),
-            Box::new(move |m| me.cast(SchedulerMsg::Delivered(m)).is_ok()),
-            Box::new(move |e| {
-                let _ = me_err.cast(SchedulerMsg::PullFailed(e));
-            }),
-        );
+        crate::progress::PARALLEL.store((self.devices.len() * self.settings.max_batch).max(1), std::sync::atomic::Ordering::Relaxed);
+        let consumers = queue::lane_consumers(&self.bus, &self.settings, (credits * 4) as i64).await?;
+        let mut semaphores = HashMap::new();
+        let mut pullers = Vec::new();
+        for (lane, consumer) in consumers {
+            let semaphore = Arc::new(Semaphore::new(credits));
+            let me = myself.clone();
+            let me_err = myself.clone();
+            pullers.push(bus::spawn_puller(
+                consumer,
+                semaphore.clone(),
+                Box::new(move |m| me.cast(SchedulerMsg::Delivered(m)).is_ok()),
+                Box::new(move |e| {
+                    let _ = me_err.cast(SchedulerMsg::PullFailed(e));
+                }),
+            ));
+            semaphores.insert(lane, semaphore);
+        }
         myself.send_interval(self.settings.progress_ack_interval, || SchedulerMsg::KeepAlive);
         Ok(SchedulerState {
-            credits: semaphore,
-            puller,
+            credits: semaphores,
+            pullers,
             held: HashMap::new(),
-            waiting: VecDeque::new(),
-            idle: self.devices.iter().cloned().collect(),
+            waiting: Waiting::new(),
+            slots: self.devices.iter().map(|d| (d.clone(), DEVICE_SLOTS)).collect(),
             running: HashMap::new(),
             limits: HashMap::new(),
+            wake_at: None,
+            draining: false,
+            drained: None,
         })
     }
 
     async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         // Held messages are left unacked on purpose: JetStream redelivers them.
-        state.puller.abort();
+        for puller in &state.pullers {
+            puller.abort();
+        }
         Ok(())
     }
 
@@ -310,37 +429,52 @@ impl Actor for Scheduler {
         match message {
             SchedulerMsg::Delivered(message) => {
                 let claimer = self.claimer();
+                let me = myself.clone();
                 tokio::spawn(async move {
                     let claimed = claimer.admit(&message).await;
                     // If the Scheduler is gone the message stays unacked and
                     // JetStream redelivers it.
-                    let _ = myself.cast(SchedulerMsg::Claimed(message, claimed));
+                    let _ = me.cast(SchedulerMsg::Claimed(message, claimed));
                 });
             }
-            SchedulerMsg::Claimed(message, claimed) => match claimed {
-                Ok(Some(ticket)) => {
-                    let job_id = ticket.job.job_id;
-                    let agent = ticket.job.agent.clone();
-                    metrics::ACTIVE_JOBS.with_label_values(&[&agent]).inc();
-                    if state.held.insert(job_id, (message, agent.clone())).is_some() {
-                        // Redelivered while we still hold it: keep the newest handle.
-                        metrics::ACTIVE_JOBS.with_label_values(&[&agent]).dec();
-                        state.credits.add_permits(1);
-                        state.waiting.retain(|t| t.job.job_id != job_id);
+            SchedulerMsg::Claimed(message, claimed) => {
+                let lane = queue::lane_of(&message.subject).unwrap_or_default();
+                match claimed {
+                    Ok(Some(ticket)) if state.draining => {
+                        // Pulled just before the drain: hand it straight back.
+                        let _ = ticket;
+                        state.credits[&lane].add_permits(1);
+                        tokio::spawn(ack(message, Outcome::Nak(Duration::ZERO)));
                     }
-                    state.waiting.push_back(ticket);
-                    self.dispatch(state);
+                    Ok(Some(ticket)) => {
+                        self.events.progress(&ticket, orfeas_wire::v1::Stage::Queued);
+                        let job_id = ticket.job.job_id;
+                        let agent = ticket.job.agent.clone();
+                        metrics::ACTIVE_JOBS.with_label_values(&[&agent]).inc();
+                        if let Some(previous) = state.held.insert(job_id, Held { message, agent: agent.clone(), lane }) {
+                            // Redelivered while we still hold it: keep the newest handle.
+                            metrics::ACTIVE_JOBS.with_label_values(&[&agent]).dec();
+                            state.credits[&previous.lane].add_permits(1);
+                            state.waiting.remove(job_id);
+                        }
+                        state.waiting.push(ticket);
+                        self.dispatch(&myself, state);
+                    }
+                    Ok(None) => {}
+                    Err(outcome) => {
+                        state.credits[&lane].add_permits(1);
+                        tokio::spawn(ack(message, outcome));
+                    }
                 }
-                Ok(None) => {}
-                Err(outcome) => {
-                    state.credits.add_permits(1);
-                    tokio::spawn(ack(message, outcome));
-                }
-            },
+            }
             SchedulerMsg::DeviceIdle(device) => {
-                state.running.remove(&device);
-                state.idle.insert(device);
-                self.dispatch(state);
+                if let Some(batches) = state.running.get_mut(&device) {
+                    batches.pop_front();
+                }
+                if let Some(free) = state.slots.get_mut(&device) {
+                    *free = (*free + 1).min(DEVICE_SLOTS);
+                }
+                self.dispatch(&myself, state);
             }
             SchedulerMsg::BatchLimits { device, limits } => {
                 state.limits.insert(device, limits);
@@ -349,30 +483,69 @@ impl Actor for Scheduler {
                 if matches!(outcome, Outcome::Ack | Outcome::Term) {
                     self.load.finished_one();
                 }
-                settle(state, job_id, outcome)
+                settle(state, job_id, outcome);
+                self.answer_drain(state);
             }
             SchedulerMsg::WorkerLost(device) => {
                 self.hand_back(state, &device);
-                state.idle.insert(device);
-                self.dispatch(state);
+                if !state.draining {
+                    state.slots.insert(device, DEVICE_SLOTS);
+                }
+                self.dispatch(&myself, state);
+                self.answer_drain(state);
+            }
+            SchedulerMsg::Wake => {
+                state.wake_at = None;
+                self.dispatch(&myself, state);
+            }
+            SchedulerMsg::Drain(reply) => {
+                for puller in state.pullers.drain(..) {
+                    puller.abort();
+                }
+                for credits in state.credits.values() {
+                    credits.close();
+                }
+                state.draining = true;
+                state.drained = Some(reply);
+                self.hand_back_waiting(state);
+                tracing::info!(running = state.held.len(), grace_s = self.settings.shutdown_grace.as_secs_f64(), "draining: intake stopped, waiting for running jobs");
+                myself.send_after(self.settings.shutdown_grace, || SchedulerMsg::DrainDeadline);
+                self.answer_drain(state);
+            }
+            SchedulerMsg::DrainDeadline => {
+                if state.drained.is_some() {
+                    tracing::warn!(jobs = state.held.len(), "grace period over; handing unfinished jobs back");
+                    let devices: Vec<String> = state.running.keys().cloned().collect();
+                    for device in devices {
+                        self.hand_back(state, &device);
+                    }
+                    let rest: Vec<Uuid> = state.held.keys().copied().collect();
+                    for job_id in rest {
+                        settle(state, job_id, Outcome::Nak(Duration::ZERO));
+                    }
+                    self.answer_drain(state);
+                }
             }
             SchedulerMsg::KeepAlive => {
-                let held: Vec<jetstream::Message> = state.held.values().map(|(m, _)| m.clone()).collect();
+                let held: Vec<jetstream::Message> = state.held.values().map(|h| h.message.clone()).collect();
                 let js = self.bus.js.clone();
                 tokio::spawn(async move {
                     for message in held {
                         let _ = message.ack_with(AckKind::Progress).await;
                     }
                     if let Ok(stream) = js.get_stream(orfeas_wire::subjects::QUEUE_STREAM).await {
-                        if let Ok(info) = stream.consumer_info(orfeas_wire::subjects::SCHEDULER_CONSUMER).await {
-                            metrics::QUEUE_DEPTH.with_label_values(&["normal"]).set(info.num_pending as i64);
+                        for lane in Lane::ALL {
+                            if let Ok(info) = stream.consumer_info(queue::consumer_name(lane)).await {
+                                metrics::QUEUE_DEPTH.with_label_values(&[lane.as_str()]).set(info.num_pending as i64);
+                            }
                         }
                     }
                 });
             }
             SchedulerMsg::PullFailed(e) => return Err(e.into()),
         }
-        self.load.set(state.held.len(), state.running.len());
+        let busy = state.running.values().filter(|b| !b.is_empty()).count();
+        self.load.set(state.held.len(), busy);
         Ok(())
     }
 }
@@ -380,40 +553,11 @@ impl Actor for Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use orfeas_wire::v1::{Format, ImageInput};
-
-    fn ticket(model: &str, n: u128) -> Ticket {
-        let job = AdmittedJob {
-            job_id: Uuid::from_u128(n),
-            agent: "a".into(),
-            model: model.into(),
-            formats: vec![Format::Glb],
-            params: Default::default(),
-            image: ImageInput::Inline { media_type: "image/png".into(), data: vec![] },
-            admitted_at_ms: 0,
-            lane: Default::default(),
-            batch_id: None,
-        };
-        Ticket::new(job, 1, 1)
-    }
 
     #[test]
-    fn batch_takes_oldest_model_in_order_up_to_the_cap() {
-        let mut waiting: VecDeque<Ticket> = [("a", 1), ("b", 2), ("a", 3), ("a", 4), ("a", 5)].iter().map(|&(m, n)| ticket(m, n)).collect();
-        let caps = HashMap::from([("a".to_string(), 3), ("b".to_string(), 8)]);
-        let cap = |m: &str| caps[m];
-        let batch = take_batch(&mut waiting, 8, cap);
-        let ids: Vec<u128> = batch.iter().map(|t| t.job.job_id.as_u128()).collect();
-        assert_eq!(ids, vec![1, 3, 4], "model cap 3, same model, arrival order");
-        let rest: Vec<u128> = waiting.iter().map(|t| t.job.job_id.as_u128()).collect();
-        assert_eq!(rest, vec![2, 5], "others keep their order");
-        let batch = take_batch(&mut waiting, 1, cap);
-        assert_eq!(batch.len(), 1, "configured cap applies too");
-        assert_eq!(batch[0].job.model, "b");
-    }
-
-    #[test]
-    fn empty_queue_gives_empty_batch() {
-        assert!(take_batch(&mut VecDeque::new(), 4, |_| 4).is_empty());
+    fn credits_fill_both_slots_of_every_device() {
+        assert_eq!(credits_for(1, 8, 0), DEVICE_SLOTS * 8);
+        assert_eq!(credits_for(3, 4, 2), 3 * (DEVICE_SLOTS + 2) * 4);
+        assert_eq!(credits_for(0, 8, 2), 1, "never zero");
     }
 }

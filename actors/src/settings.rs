@@ -57,6 +57,15 @@ pub struct NodeSettings {
     /// Extra time added to every batch on a device (simulated slow device for
     /// scale and fault tests; zero in production).
     pub simulated_latency: Duration,
+    /// How long a batch that is not full may wait for more compatible jobs
+    /// (from its oldest job's admission); zero dispatches at once.
+    pub max_queue_delay: Duration,
+    /// Batches per device a node holds beyond the two it has on each
+    /// device, per lane: the jobs agents take turns among.
+    pub lookahead_batches: usize,
+    /// On SIGTERM, how long in-flight jobs may take to finish before the
+    /// rest are handed back to the queue.
+    pub shutdown_grace: Duration,
 }
 
 impl NodeSettings {
@@ -86,6 +95,9 @@ impl NodeSettings {
             max_image_side: 4096,
             http_listen: None,
             simulated_latency: Duration::ZERO,
+            max_queue_delay: Duration::ZERO,
+            lookahead_batches: 2,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }

@@ -7,9 +7,10 @@
 //!   exponential backoff (0.2 s doubling to 10 s), counted in
 //!   `orfeas_actor_restarts_total`. When a GpuWorker dies, the Scheduler is
 //!   told to hand its batch back to JetStream.
-//! - Shutdown: intake stops first (Ingress), then the Scheduler (its held,
-//!   unfinished jobs stay unacked and are redelivered), then the workers and
-//!   Postprocess.
+//! - Shutdown: intake stops first (Ingress), then the Scheduler drains
+//!   (stops pulling, hands back jobs no device started, lets running ones
+//!   finish within `shutdown_grace` and hands back the rest; nothing
+//!   unfinished is acked), then the workers and Postprocess.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -226,6 +227,13 @@ impl Actor for NodeSupervisor {
                 let mut order = self.children_in_start_order();
                 order.reverse();
                 for child in order {
+                    if child == Child::Scheduler {
+                        // Running jobs finish (or go back) before anything stops.
+                        if let Some(scheduler) = self.ctx.roster.scheduler() {
+                            let grace = self.ctx.settings.shutdown_grace.as_millis() as u64;
+                            let _ = ractor::call_t!(scheduler, SchedulerMsg::Drain, grace + 10_000);
+                        }
+                    }
                     if let Some(cell) = state.cells.remove(&child) {
                         let _ = cell.stop_and_wait(Some("node shutting down".into()), Some(Duration::from_secs(30))).await;
                     }

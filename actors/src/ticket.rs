@@ -3,7 +3,7 @@
 
 use std::sync::{
     atomic::{AtomicU64, Ordering},
-    Arc,
+    Arc, Mutex,
 };
 
 use orfeas_wire::v1::AdmittedJob;
@@ -23,12 +23,14 @@ pub struct Ticket {
     /// The job's trace (from the queue message's `traceparent`).
     pub trace: TraceParent,
     step: Arc<AtomicU64>,
+    /// Stages this attempt reported (see [`crate::progress`]).
+    pub track: Arc<Mutex<crate::progress::Track>>,
 }
 
 impl Ticket {
     /// A ticket for delivery `attempt` holding record `revision`.
     pub fn new(job: AdmittedJob, attempt: u64, revision: u64) -> Self {
-        Self { job: Arc::new(job), attempt, revision, trace: TraceParent::new_root(), step: Arc::new(AtomicU64::new(1)) }
+        Self { job: Arc::new(job), attempt, revision, trace: TraceParent::new_root(), step: Arc::new(AtomicU64::new(1)), track: Default::default() }
     }
 
     /// The same ticket in the given trace.

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod ledger;
 pub mod s3;
 
 use std::{
@@ -106,6 +107,29 @@ impl NatsServer {
             std::thread::sleep(Duration::from_millis(20));
         }
         Self { child, url: format!("nats://127.0.0.1:{port}"), port, dir }
+    }
+
+    /// Kill the server (SIGKILL: no clean shutdown) and start it again on
+    /// the same port and storage.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let conf = self.dir.path().join("nats.conf");
+        let log = std::fs::OpenOptions::new().append(true).open(self.dir.path().join("nats.log")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        self.child = loop {
+            // The port may linger a moment after the kill.
+            let mut child = Command::new(nats_server_bin()).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(log.try_clone().unwrap()).spawn().expect("start nats-server");
+            std::thread::sleep(Duration::from_millis(200));
+            match child.try_wait().unwrap() {
+                None => break child,
+                Some(_) => assert!(Instant::now() < deadline, "nats-server did not restart"),
+            }
+        };
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not restart");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

@@ -435,6 +435,10 @@ pub enum EventKind {
     Accepted {
         /// Jobs ahead of this one on the node that admitted it.
         queue_position: u64,
+        /// Estimated ms until the job is done, once the node has seen its
+        /// model finish (from moving averages of stage times).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        eta_ms: Option<u64>,
     },
     /// Moved to a stage.
     Progress {
@@ -442,6 +446,9 @@ pub enum EventKind {
         stage: Stage,
         /// Overall progress, 0–100.
         percent: u8,
+        /// Estimated ms until the job is done, from the start of this stage.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        eta_ms: Option<u64>,
     },
     /// Finished; files are stored.
     Completed {
@@ -830,8 +837,10 @@ mod tests {
     #[test]
     fn event_kinds_round_trip_through_cbor() {
         let kinds = vec![
-            EventKind::Accepted { queue_position: 3 },
-            EventKind::Progress { stage: Stage::Meshing, percent: 60 },
+            EventKind::Accepted { queue_position: 3, eta_ms: None },
+            EventKind::Accepted { queue_position: 3, eta_ms: Some(1_500) },
+            EventKind::Progress { stage: Stage::Meshing, percent: 60, eta_ms: None },
+            EventKind::Progress { stage: Stage::Meshing, percent: 60, eta_ms: Some(700) },
             EventKind::Completed {
                 results: vec![ResultFile { format: Format::Glb, location: "a/b.glb".into(), url: "file:///a/b.glb".into(), bytes: 10, sha256: "00".into(), parts: vec![] }],
                 mesh: MeshStats { vertices: 1, faces: 2, closed_manifold: true, components: 1, volume: 1.5, bbox_min: [0.0; 3], bbox_max: [1.0; 3] },

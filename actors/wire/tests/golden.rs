@@ -47,8 +47,8 @@ fn submit_job() -> SubmitJob {
 fn events() -> Vec<(&'static str, Event)> {
     let event = |seq, kind| Event { job_id: job_id(), seq, node: "node-a".into(), at_ms: 1_700_000_001_000, kind };
     vec![
-        ("event_accepted", event(0, EventKind::Accepted { queue_position: 3 })),
-        ("event_progress", event(65_537, EventKind::Progress { stage: Stage::Inference, percent: 30 })),
+        ("event_accepted", event(0, EventKind::Accepted { queue_position: 3, eta_ms: None })),
+        ("event_progress", event(65_537, EventKind::Progress { stage: Stage::Inference, percent: 30, eta_ms: None })),
         (
             "event_completed",
             event(

@@ -1,0 +1,533 @@
+//! Scheduling on a real node and a real `nats-server`: priority lanes,
+//! per-agent turns inside a lane, jobs that must not run (canceled, past
+//! their deadline), a cancel while running, dead letters from JetStream's
+//! max-deliveries advisory, and a graceful SIGTERM under load.
+//!
+//! Jobs are put straight onto `ORFEAS_QUEUE` (a job record plus an
+//! `AdmittedJob`, as Ingress writes them) while no node runs, so the order
+//! a node finds them in is known; the node is the `null` model with a
+//! simulated device time per batch (a stand-in GPU).
+//!
+//! `cargo test --release --test scheduling -- --nocapture`
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use async_nats::{jetstream, HeaderMap};
+use common::{agent, cluster::stored_events, eventually, NatsServer, NodeOptions, NodeProcess};
+use futures::StreamExt;
+use orfeas_actors::{
+    bus::Bus,
+    jobs::{JobRecord, JobState, JobStore, Updated},
+    now_ms,
+};
+use orfeas_wire::{
+    subjects,
+    v1::{AdmittedJob, Event, EventKind, Format, ImageInput, JobParams, Lane, Stage},
+    ErrorCode,
+};
+use uuid::Uuid;
+
+/// One test at a time: they share two cores with nodes and servers.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A null-model node with `latency_ms` per batch of at most `max_batch`.
+fn node_env(latency_ms: u64, max_batch: usize, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("ORFEAS_MODELS_ENABLED", "null".to_string()),
+        ("ORFEAS_NODE_SIMULATED_LATENCY_MS", latency_ms.to_string()),
+        ("ORFEAS_SCHEDULER_MAX_BATCH", max_batch.to_string()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    env
+}
+
+async fn start(nats: &NatsServer, id: &str, store: &std::path::Path, env: Vec<(&'static str, String)>) -> NodeProcess {
+    NodeProcess::start(nats, NodeOptions { node_id: id, store, env }).await
+}
+
+async fn bus(nats: &NatsServer) -> Bus {
+    Bus::attach(orfeas_actors::bus::connect(&nats.url, "orfeas-test").await.unwrap()).await.unwrap()
+}
+
+fn params() -> JobParams {
+    JobParams { previews: Some(false), ..Default::default() }
+}
+
+/// Queue a job the way Ingress does: record first, then the queue message.
+async fn enqueue(bus: &Bus, agent: &str, lane: Lane, params: JobParams, record_state: JobState) -> Uuid {
+    let job_id = Uuid::now_v7();
+    let record = JobRecord {
+        agent: agent.into(),
+        job_id,
+        model: "null".into(),
+        digest: "test".into(),
+        state: record_state,
+        attempt: 0,
+        node: "test".into(),
+        updated_at_ms: now_ms(),
+        terminal: (record_state == JobState::Canceled).then(|| EventKind::Failed(orfeas_wire::v1::Failure::new(ErrorCode::Canceled, "canceled"))),
+        terminal_seq: 0xffff,
+        lane,
+        deadline_ms: params.deadline_ms,
+        cancel_requested: false,
+        batch_id: None,
+    };
+    JobStore::new(bus.jobs.clone()).create(&record).await.unwrap();
+    let job = AdmittedJob {
+        job_id,
+        agent: agent.into(),
+        model: "null".into(),
+        formats: vec![Format::Stl],
+        params,
+        image: ImageInput::Inline { media_type: "image/png".into(), data: common::example("mug.png") },
+        admitted_at_ms: now_ms(),
+        lane,
+        batch_id: None,
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", format!("{agent}:{job_id}").as_str());
+    bus.publish_acked(subjects::queue(lane.as_str()), headers, orfeas_wire::to_cbor(&job).into()).await.unwrap();
+    job_id
+}
+
+/// Terminal events per job of `agent`, waiting until `jobs` all have one.
+async fn terminals(js: &jetstream::Context, agent: &str, jobs: &[Uuid], timeout: Duration) -> HashMap<Uuid, Vec<Event>> {
+    eventually(&format!("{} answers for {agent}", jobs.len()), timeout, || async {
+        let events = stored_events(js, agent).await?;
+        let out: HashMap<Uuid, Vec<Event>> = events
+            .into_iter()
+            .map(|(id, list)| {
+                let mut t: Vec<Event> = list.into_iter().map(|(e, _)| e).filter(|e| e.kind.is_terminal()).collect();
+                t.sort_by_key(|e| e.seq);
+                t.dedup_by_key(|e| e.seq);
+                (id, t)
+            })
+            .collect();
+        jobs.iter().all(|j| out.get(j).is_some_and(|t| !t.is_empty())).then_some(out)
+    })
+    .await
+}
+
+/// Every event of `agent`'s jobs (for stage checks).
+async fn all_events(js: &jetstream::Context, agent: &str) -> HashMap<Uuid, Vec<Event>> {
+    stored_events(js, agent).await.unwrap_or_default().into_iter().map(|(id, l)| (id, l.into_iter().map(|(e, _)| e).collect())).collect()
+}
+
+fn one_completed(t: &HashMap<Uuid, Vec<Event>>, job: &Uuid) -> Event {
+    let list = &t[job];
+    assert_eq!(list.len(), 1, "exactly one answer for {job}: {list:?}");
+    assert!(matches!(list[0].kind, EventKind::Completed { .. }), "{job} completed: {:?}", list[0].kind);
+    list[0].clone()
+}
+
+/// A node that created the streams and consumers, stopped again, so jobs
+/// can be queued in a known order before the node under test starts.
+async fn prepared_nats() -> (NatsServer, tempfile::TempDir) {
+    let nats = NatsServer::start();
+    let store = tempfile::tempdir().unwrap();
+    let mut setup = start(&nats, "setup", store.path(), node_env(0, 2, &[])).await;
+    setup.terminate(Duration::from_secs(30));
+    (nats, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduling_high_lane_first_low_not_starved_and_agents_take_turns() {
+    let _serial = SERIAL.lock().await;
+    let (nats, store) = prepared_nats().await;
+    let bus = bus(&nats).await;
+    // Batches of two, 400 ms each; the node holds 2 × (2 + 4) = 12 jobs per
+    // lane, so all of these are in view at once. In arrival order the
+    // single agent's job and the high job would run last.
+    let mut burst = Vec::new();
+    for _ in 0..9 {
+        burst.push(enqueue(&bus, "burst", Lane::Normal, params(), JobState::Admitted).await);
+    }
+    let single = enqueue(&bus, "single", Lane::Normal, params(), JobState::Admitted).await;
+    let low = enqueue(&bus, "batch", Lane::Low, params(), JobState::Admitted).await;
+    let high = enqueue(&bus, "urgent", Lane::High, params(), JobState::Admitted).await;
+    let _node = start(&nats, "lanes", store.path(), node_env(400, 2, &[("ORFEAS_SCHEDULER_LOOKAHEAD_BATCHES", "4")])).await;
+
+    let js = bus.js.clone();
+    let everyone = [("burst", &burst[..]), ("single", &[single][..]), ("batch", &[low][..]), ("urgent", &[high][..])];
+    for (agent, jobs) in everyone {
+        for answers in terminals(&js, agent, jobs, Duration::from_secs(60)).await.values() {
+            assert!(matches!(answers[..], [Event { kind: EventKind::Completed { .. }, .. }]), "one completed answer: {answers:?}");
+        }
+    }
+    // When each job's batch started on the device (its `inference` event):
+    // batches run one after another, 400 ms apart.
+    let mut started = HashMap::new();
+    for agent in ["burst", "single", "batch", "urgent"] {
+        for (job, events) in all_events(&js, agent).await {
+            let at = events.iter().find(|e| matches!(e.kind, EventKind::Progress { stage: Stage::Inference, .. })).expect("an inference event").at_ms;
+            started.insert(job, at);
+        }
+    }
+    let later = |a: u64, b: u64| a > b + 200;
+    let burst_at: Vec<u64> = burst.iter().map(|j| started[j]).collect();
+    let burst_after = |t: u64| burst_at.iter().filter(|&&a| later(a, t)).count();
+    let (high_start, single_start, low_start) = (started[&high], started[&single], started[&low]);
+    println!("batch starts: burst {burst_at:?} single {} high {} low {}", single_start, high_start, low_start);
+    assert!(burst_after(high_start) >= 3, "the high job ran in one of the first batches: {} burst jobs after it", burst_after(high_start));
+    // In arrival order the single job would run after the whole burst; in
+    // turns it shares a batch with the burst's first held jobs.
+    assert!(burst_after(single_start) >= 3, "the single agent's job waited for the burst: {} burst jobs after it", burst_after(single_start));
+    // Low gets its one batch in thirteen while normal work still waits.
+    assert!(burst_after(low_start) >= 1 || later(single_start, low_start), "the low job was starved until the normal lane was empty");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduling_canceled_and_expired_jobs_never_run_and_a_cancel_while_running_ends_once() {
+    let _serial = SERIAL.lock().await;
+    let (nats, store) = prepared_nats().await;
+    let bus = bus(&nats).await;
+    let jobs = JobStore::new(bus.jobs.clone());
+    let canceled = enqueue(&bus, "dora", Lane::Normal, params(), JobState::Canceled).await;
+    let expired = enqueue(&bus, "dora", Lane::Normal, JobParams { deadline_ms: Some(now_ms() - 1_000), ..params() }, JobState::Admitted).await;
+    let in_time = enqueue(&bus, "dora", Lane::Normal, JobParams { deadline_ms: Some(now_ms() + 600_000), ..params() }, JobState::Admitted).await;
+    let node = start(&nats, "cancels", store.path(), node_env(3_000, 1, &[])).await;
+    let js = bus.js.clone();
+
+    let done = terminals(&js, "dora", &[expired, in_time], Duration::from_secs(60)).await;
+    let e = &done[&expired];
+    assert_eq!(e.len(), 1);
+    match &e[0].kind {
+        EventKind::Failed(f) => assert_eq!((f.code, f.job_id), (ErrorCode::DeadlineExceeded, Some(expired))),
+        other => panic!("expired job: {other:?}"),
+    }
+    one_completed(&done, &in_time);
+    let events = all_events(&js, "dora").await;
+    assert!(
+        !events[&expired].iter().any(|e| matches!(e.kind, EventKind::Progress { stage: Stage::Preprocessing | Stage::Inference, .. })),
+        "the expired job never ran: {:?}",
+        events[&expired]
+    );
+    assert!(!events.contains_key(&canceled), "nothing is said again about a job canceled while queued: {:?}", events.get(&canceled));
+    let (record, _) = jobs.get("dora", &expired).await.unwrap().unwrap();
+    assert_eq!(record.state, JobState::Failed);
+    let (record, _) = jobs.get("dora", &canceled).await.unwrap().unwrap();
+    assert_eq!(record.state, JobState::Canceled, "a canceled record stays as it is");
+
+    // Cancel while running: the agent side sets `cancel_requested` on the
+    // running record (revision-fenced), as the cancel request does.
+    let running = enqueue(&bus, "dora", Lane::Normal, params(), JobState::Admitted).await;
+    eventually("the job to run", Duration::from_secs(30), || async {
+        let (record, revision) = jobs.get("dora", &running).await.ok()??;
+        if record.state != JobState::Running {
+            return None;
+        }
+        let mut asked = record.clone();
+        asked.cancel_requested = true;
+        matches!(jobs.update(&asked, revision).await, Ok(Updated::Ok(_))).then_some(())
+    })
+    .await;
+    let done = terminals(&js, "dora", &[running], Duration::from_secs(60)).await;
+    let answers = &done[&running];
+    assert_eq!(answers.len(), 1, "one answer: {answers:?}");
+    match &answers[0].kind {
+        EventKind::Failed(f) => assert_eq!(f.code, ErrorCode::Canceled),
+        other => panic!("a job canceled while running ends as canceled, got {other:?}"),
+    }
+    let (record, _) = jobs.get("dora", &running).await.unwrap().unwrap();
+    assert_eq!(record.state, JobState::Canceled);
+    // Every queue message is gone: nothing waits for a redelivery.
+    eventually("an empty queue", Duration::from_secs(30), || {
+        let js = js.clone();
+        async move { (js.get_stream(subjects::QUEUE_STREAM).await.ok()?.info().await.ok()?.state.messages == 0).then_some(()) }
+    })
+    .await;
+    drop(node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduling_job_out_of_deliveries_is_dead_lettered_exactly_once() {
+    let _serial = SERIAL.lock().await;
+    let (nats, _store) = prepared_nats().await;
+    let bus = bus(&nats).await;
+    // Two nodes' dead-letter listeners (in this process: no scheduler may
+    // take the job here, this test plays the worker that crashes on it).
+    let mut listeners = Vec::new();
+    for id in ["dl-a", "dl-b"] {
+        let events = orfeas_actors::events::EventSink::spawn(bus.clone(), id, orfeas_wire::SecretKey::generate(), "orfeas".into());
+        listeners.push(orfeas_actors::dead_letter::spawn(bus.clone(), events, id.into()).await.unwrap());
+    }
+    bus.client.flush().await.unwrap();
+    let job = enqueue(&bus, "erin", Lane::Normal, params(), JobState::Admitted).await;
+    let jobs = JobStore::new(bus.jobs.clone());
+    let consumer: jetstream::consumer::PullConsumer =
+        bus.js.get_stream(subjects::QUEUE_STREAM).await.unwrap().get_consumer("scheduler").await.unwrap();
+    let max_deliver = consumer.cached_info().config.max_deliver;
+    assert_eq!(max_deliver, 5, "the default");
+    for attempt in 1..=max_deliver as u64 {
+        let mut batch = consumer.fetch().max_messages(1).expires(Duration::from_secs(5)).messages().await.unwrap();
+        let message = batch.next().await.expect("a delivery").unwrap();
+        assert_eq!(message.info().unwrap().delivered as u64, attempt);
+        // The crashing worker had claimed it.
+        let (mut record, revision) = jobs.get("erin", &job).await.unwrap().unwrap();
+        record.state = JobState::Running;
+        record.attempt = attempt;
+        jobs.update(&record, revision).await.unwrap();
+        message.ack_with(jetstream::AckKind::Nak(None)).await.unwrap();
+    }
+    // Pullers keep asking (as nodes do): the server finds the message out of
+    // deliveries and says so in the advisory instead of delivering it.
+    let mut batch = consumer.fetch().max_messages(1).expires(Duration::from_secs(2)).messages().await.unwrap();
+    assert!(batch.next().await.is_none(), "no sixth delivery");
+    let done = terminals(&bus.js, "erin", &[job], Duration::from_secs(30)).await;
+    let answers = &done[&job];
+    assert_eq!(answers.len(), 1, "one answer: {answers:?}");
+    match &answers[0].kind {
+        EventKind::Failed(f) => assert_eq!((f.code, f.retryable), (ErrorCode::DeadLettered, false)),
+        other => panic!("dead letter: {other:?}"),
+    }
+    assert_eq!(answers[0].seq, (max_deliver as u64) << 16 | 0xffff, "after every event of the last attempt");
+    let (record, _) = jobs.get("erin", &job).await.unwrap().unwrap();
+    assert_eq!(record.state, JobState::Failed);
+    eventually("the dead letter removed from the queue", Duration::from_secs(10), || {
+        let js = bus.js.clone();
+        async move { (js.get_stream(subjects::QUEUE_STREAM).await.ok()?.info().await.ok()?.state.messages == 0).then_some(()) }
+    })
+    .await;
+    // Only one listener wrote it: the event history holds one `failed`.
+    let all = all_events(&bus.js, "erin").await;
+    assert_eq!(all[&job].iter().filter(|e| e.kind.is_terminal()).count(), 1, "{:?}", all[&job]);
+    for l in listeners {
+        l.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduling_sigterm_finishes_running_jobs_hands_back_the_rest_and_none_is_lost() {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsServer::start();
+    let store = tempfile::tempdir().unwrap();
+    let env = |latency: u64| node_env(latency, 2, &[("ORFEAS_SCHEDULER_SHUTDOWN_GRACE_S", "30")]);
+    let mut first = start(&nats, "first", store.path(), env(1_500)).await;
+    let (client, _) = agent(&nats.url, "frank").await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let job = orfeas_wire::v1::SubmitJob {
+            job_id: Uuid::now_v7(),
+            model: "null".into(),
+            image: ImageInput::Inline { media_type: "image/png".into(), data: common::example("mug.png") },
+            formats: vec![Format::Stl],
+            params: params(),
+        };
+        client.submit(&job).await.unwrap();
+        ids.push(job.job_id);
+    }
+    let js = bus(&nats).await.js;
+    // Under load: a batch is on the device.
+    eventually("a job in inference", Duration::from_secs(60), || async {
+        let events = stored_events(&js, "frank").await?;
+        events.values().flatten().any(|(e, _)| matches!(e.kind, EventKind::Progress { stage: Stage::Inference, .. })).then_some(())
+    })
+    .await;
+    let sent = now_ms();
+    let status = first.terminate(Duration::from_secs(60));
+    assert!(status.success(), "clean exit: {status}");
+    assert!(first.log_text().contains("draining"), "the node drained");
+    let _second = start(&nats, "second", store.path(), env(0)).await;
+    let done = terminals(&js, "frank", &ids, Duration::from_secs(90)).await;
+    let mut finished_by_first_after_term = 0;
+    for id in &ids {
+        let answer = one_completed(&done, id);
+        if answer.node == "first" && answer.at_ms >= sent {
+            finished_by_first_after_term += 1;
+        }
+    }
+    assert!(finished_by_first_after_term >= 1, "jobs running at SIGTERM were finished, not dropped");
+    assert!(done.values().filter(|t| t[0].node == "second").count() >= 1, "unstarted jobs were handed back to the queue");
+}
+
+fn null_submit() -> orfeas_wire::v1::SubmitJob {
+    orfeas_wire::v1::SubmitJob {
+        job_id: Uuid::now_v7(),
+        model: "null".into(),
+        image: ImageInput::Inline { media_type: "image/png".into(), data: common::example("mug.png") },
+        formats: vec![Format::Stl],
+        params: params(),
+    }
+}
+
+/// How many jobs the fault tests submit (`ORFEAS_FAULTS_LONG=1`: 10×).
+fn scale(n: usize) -> usize {
+    if std::env::var_os("ORFEAS_FAULTS_LONG").is_some() {
+        n * 10
+    } else {
+        n
+    }
+}
+
+/// Every event of `agent` by job, once the events stream is readable.
+async fn events_of(js: &jetstream::Context, agent: &str) -> HashMap<Uuid, Vec<Event>> {
+    eventually("the events stream", Duration::from_secs(30), || async {
+        Some(stored_events(js, agent).await?.into_iter().map(|(id, l)| (id, l.into_iter().map(|(e, _)| e).collect())).collect())
+    })
+    .await
+}
+
+/// Wait until every accepted job of `agent` has an answer; the ledger.
+async fn settled(js: &jetstream::Context, agent: &str, attempted: &std::collections::HashSet<Uuid>, timeout: Duration) -> common::ledger::Ledger {
+    let started = Instant::now();
+    loop {
+        let ledger = common::ledger::Ledger::of(attempted, &events_of(js, agent).await);
+        if ledger.lost.is_empty() && ledger.accepted > 0 {
+            return ledger;
+        }
+        assert!(started.elapsed() < timeout, "not settled after {timeout:?}: {}", ledger.line());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_same_job_submitted_five_times_concurrently_runs_once() {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsServer::start();
+    let store = tempfile::tempdir().unwrap();
+    let _node = start(&nats, "dup", store.path(), node_env(300, 4, &[])).await;
+    let (client, key) = agent(&nats.url, "gina").await;
+    let job = null_submit();
+    // Five separately signed copies (different issue times, so five
+    // distinct messages on the submit stream), published at once.
+    let now_s = now_ms() / 1000;
+    let sends = (0..5u64).map(|i| {
+        let (subject, bytes) = job.seal("gina", &key, "orfeas", now_s - i, 300);
+        client.publish_raw(&job.job_id, subject, bytes)
+    });
+    for r in futures::future::join_all(sends).await {
+        r.unwrap();
+    }
+    let js = bus(&nats).await.js;
+    let attempted = [job.job_id].into_iter().collect();
+    let ledger = settled(&js, "gina", &attempted, Duration::from_secs(60)).await;
+    println!("five copies: {}", ledger.line());
+    ledger.assert_clean();
+    assert_eq!((ledger.accepted, ledger.completed), (1, 1));
+    let events = events_of(&js, "gina").await;
+    let runs = events[&job.job_id].iter().filter(|e| matches!(e.kind, EventKind::Progress { stage: Stage::Inference, .. })).count();
+    assert_eq!(runs, 1, "one run: {:?}", events[&job.job_id]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_nats_server_restarted_under_load_loses_no_accepted_job() {
+    let _serial = SERIAL.lock().await;
+    let mut nats = NatsServer::start();
+    let store = tempfile::tempdir().unwrap();
+    let env = node_env(100, 4, &[("ORFEAS_SCHEDULER_ACK_WAIT_S", "10"), ("ORFEAS_SCHEDULER_PROGRESS_ACK_S", "2")]);
+    let _node = start(&nats, "survivor", store.path(), env).await;
+    let (client, _) = agent(&nats.url, "hank").await;
+    let n = scale(30);
+    let mut attempted = std::collections::HashSet::new();
+    let mut jobs = Vec::new();
+    for _ in 0..n {
+        let job = null_submit();
+        client.submit(&job).await.unwrap();
+        attempted.insert(job.job_id);
+        jobs.push(job);
+    }
+    let js = bus(&nats).await.js;
+    eventually("a few answers before the restart", Duration::from_secs(60), || async {
+        let events = stored_events(&js, "hank").await?;
+        (events.values().filter(|l| l.iter().any(|(e, _)| e.kind.is_terminal())).count() >= 3).then_some(())
+    })
+    .await;
+    nats.restart();
+    // Agents retry what was not confirmed; a repeat of a job is the same job.
+    for job in &jobs {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Err(e) = client.submit(job).await {
+            assert!(Instant::now() < deadline, "resubmission never confirmed: {e}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let js = bus(&nats).await.js;
+    let ledger = settled(&js, "hank", &attempted, Duration::from_secs(120)).await;
+    println!("nats restart: {}", ledger.line());
+    ledger.assert_clean();
+    assert_eq!(ledger.accepted, n, "every job accepted (resubmitted after the restart)");
+    assert_eq!(ledger.completed, n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_full_system_answers_unavailable_at_once_with_retry_after() {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsServer::start();
+    let store = tempfile::tempdir().unwrap();
+    let env = node_env(500, 2, &[("ORFEAS_INGRESS_SUBMIT_QUEUE_MAX", "6")]);
+    let node = start(&nats, "full", store.path(), env).await;
+    let (mut client, _) = agent(&nats.url, "ivan").await;
+    let mut accepted = std::collections::HashSet::new();
+    let mut refusal = None;
+    for _ in 0..60 {
+        let job = null_submit();
+        let mut events = client.submit(&job).await.unwrap();
+        let first = client.next_event(&mut events, Duration::from_secs(30)).await.unwrap();
+        match first.kind {
+            EventKind::Accepted { .. } => {
+                accepted.insert(job.job_id);
+            }
+            EventKind::Rejected(f) => {
+                refusal = Some((job.job_id, f));
+                break;
+            }
+            other => panic!("unexpected first event {other:?}"),
+        }
+    }
+    let (job_id, f) = refusal.unwrap_or_else(|| panic!("a full system refuses; {} accepted\n{}", accepted.len(), node.log_text()));
+    assert_eq!((f.code, f.status, f.retryable, f.job_id), (ErrorCode::Unavailable, 503, true, Some(job_id)));
+    let retry = f.retry_after_ms.expect("retry_after_ms");
+    assert!((1_000..=60_000).contains(&retry), "{retry}");
+    println!("backpressure: {} admitted, then refused with retry_after_ms {retry}", accepted.len());
+    assert!(accepted.len() >= 6, "the first six are admitted: {}", accepted.len());
+    // Refused means not admitted: no record, so the agent may send it again.
+    let b = bus(&nats).await;
+    assert!(JobStore::new(b.jobs.clone()).get("ivan", &job_id).await.unwrap().is_none());
+    // The accepted ones are all answered.
+    let ledger = settled(&b.js, "ivan", &accepted, Duration::from_secs(120)).await;
+    assert_eq!(ledger.completed, accepted.len(), "{}", ledger.line());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_node_killed_mid_batch_its_jobs_complete_once_on_the_other() {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsServer::start();
+    let store = tempfile::tempdir().unwrap();
+    // A dead node's held jobs come back after ack_wait (3 s).
+    let env = || node_env(1_000, 2, &[("ORFEAS_SCHEDULER_ACK_WAIT_S", "3"), ("ORFEAS_SCHEDULER_PROGRESS_ACK_S", "1")]);
+    let mut victim = start(&nats, "victim", store.path(), env()).await;
+    let _survivor = start(&nats, "survivor", store.path(), env()).await;
+    let (client, _) = agent(&nats.url, "jill").await;
+    let mut attempted = std::collections::HashSet::new();
+    for _ in 0..scale(20) {
+        let job = null_submit();
+        client.submit(&job).await.unwrap();
+        attempted.insert(job.job_id);
+    }
+    let js = bus(&nats).await.js;
+    // Mid-batch: the victim ran a batch (its `inference` event comes at the
+    // end of the device time) and has the next one on its device.
+    eventually("a batch on the victim's device", Duration::from_secs(60), || async {
+        let events = stored_events(&js, "jill").await?;
+        events.values().flatten().any(|(e, _)| e.node == "victim" && matches!(e.kind, EventKind::Progress { stage: Stage::Inference, .. })).then_some(())
+    })
+    .await;
+    victim.kill();
+    let killed_at = now_ms();
+    let ledger = settled(&js, "jill", &attempted, Duration::from_secs(120)).await;
+    println!("kill -9 mid-batch: {}", ledger.line());
+    ledger.assert_clean();
+    assert_eq!((ledger.accepted, ledger.completed), (attempted.len(), attempted.len()));
+    let events = events_of(&js, "jill").await;
+    let rerun = events
+        .values()
+        .filter(|l| l.iter().any(|e| e.node == "victim" && matches!(e.kind, EventKind::Progress { .. })) && l.iter().any(|e| e.node == "survivor" && matches!(e.kind, EventKind::Completed { .. }) && e.at_ms > killed_at))
+        .count();
+    println!("jobs the victim had started and the survivor finished: {rerun}");
+    assert!(rerun >= 1, "the victim's batch was finished by the survivor");
+}
