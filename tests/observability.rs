@@ -22,8 +22,8 @@ async fn observability_metrics_move_during_a_job_and_probes_answer() {
     assert!(environ.split(|b| *b == 0).any(|v| v == b"OMP_WAIT_POLICY=PASSIVE"), "node runs without OMP_WAIT_POLICY=PASSIVE");
 
     assert_eq!(http_get(port, "/healthz").0, 200);
-    let (status, body) = http_get(port, "/readyz");
-    assert_eq!(status, 200, "{body}");
+    // The process reports its consumers before it marks itself warm: poll.
+    eventually("ready", Duration::from_secs(60), || async { (http_get(port, "/readyz").0 == 200).then_some(()) }).await;
     assert_eq!(http_get(port, "/nope").0, 404);
 
     let (_, before) = http_get(port, "/metrics");

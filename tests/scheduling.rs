@@ -140,17 +140,20 @@ async fn scheduling_high_lane_first_low_not_starved_and_agents_take_turns() {
     let _serial = SERIAL.lock().await;
     let (nats, store) = prepared_nats().await;
     let bus = bus(&nats).await;
-    // Batches of two, 400 ms each; the node holds 2 × (2 + 4) = 12 jobs per
+    // Batches of two, 400 ms each; the node holds 2 × (2 + 6) = 16 jobs per
     // lane, so all of these are in view at once. In arrival order the
-    // single agent's job and the high job would run last.
+    // single agent's job and the high job would run last. The burst is
+    // long enough that normal work still waits when low's weighted turn
+    // comes (at most 5 normal batches after high), however the first
+    // batches happen to form while the node starts pulling.
     let mut burst = Vec::new();
-    for _ in 0..9 {
+    for _ in 0..15 {
         burst.push(enqueue(&bus, "burst", Lane::Normal, params(), JobState::Admitted).await);
     }
     let single = enqueue(&bus, "single", Lane::Normal, params(), JobState::Admitted).await;
     let low = enqueue(&bus, "batch", Lane::Low, params(), JobState::Admitted).await;
     let high = enqueue(&bus, "urgent", Lane::High, params(), JobState::Admitted).await;
-    let _node = start(&nats, "lanes", store.path(), node_env(400, 2, &[("ORFEAS_SCHEDULER_LOOKAHEAD_BATCHES", "4")])).await;
+    let _node = start(&nats, "lanes", store.path(), node_env(400, 2, &[("ORFEAS_SCHEDULER_LOOKAHEAD_BATCHES", "6")])).await;
 
     let js = bus.js.clone();
     let everyone = [("burst", &burst[..]), ("single", &[single][..]), ("batch", &[low][..]), ("urgent", &[high][..])];
