@@ -135,6 +135,7 @@ class Agent:
         await self.js.publish(subject, envelope)
         print(json.dumps({"submitted": str(job_id)}), flush=True)
         seen = set()
+        accepted = False
         deadline = time.monotonic() + timeout
         while True:
             message = await events.next_msg(timeout=max(0.1, deadline - time.monotonic()))
@@ -144,7 +145,10 @@ class Agent:
             seen.add(event["seq"])
             print(json.dumps({"event": plain(event)}), flush=True)
             kind = next(iter(event["kind"]))
-            if kind in ("completed", "failed", "rejected"):
+            accepted = accepted or kind == "accepted"
+            # After `accepted`, a `rejected` answers another copy of the
+            # message (a replay, say); the job goes on.
+            if kind in ("completed", "failed") or (kind == "rejected" and not accepted):
                 return 0 if kind == "completed" else 2
 
     async def request(self, op: str, job_id: str, timeout: float) -> int:
