@@ -102,8 +102,9 @@ impl NatsCluster {
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "nats-server n{} did not start",
-                i + 1
+                "nats-server n{} did not start: {}",
+                i + 1,
+                std::fs::read_to_string(self.dir.path().join(format!("n{}.log", i + 1))).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));
         }

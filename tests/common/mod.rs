@@ -63,8 +63,24 @@ where
     }
 }
 
+/// A free loopback port for a server this test starts. Taken below the
+/// kernel's ephemeral range (32768 and up), so an outgoing connection — the
+/// clients here open many — cannot grab it between this check and the
+/// server's bind, and never handed out twice in one test process (tests of
+/// a binary run in parallel).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::hash::{BuildHasher, Hasher};
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        // A fresh RandomState has fresh keys: a cheap random number.
+        let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        let port = 20_000 + (random % 12_000) as u16;
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
 }
 
 /// A nats-server with JetStream in a temp dir on a free loopback port.
