@@ -180,11 +180,10 @@ pub struct NodesArgs {
     pub json: bool,
 }
 
-/// `orfeas fetch`
+/// How an agent command connects and signs: the same three flags for
+/// `submit`, `fetch`, `status` and `cancel`.
 #[derive(Args, Debug)]
-pub struct FetchArgs {
-    /// The job.
-    pub job_id: uuid::Uuid,
+pub struct AgentArgs {
     /// NATS URL(s), comma separated.
     #[arg(long)]
     pub nats: Option<String>,
@@ -194,6 +193,26 @@ pub struct FetchArgs {
     /// Agent secret key file.
     #[arg(long)]
     pub key: PathBuf,
+}
+
+impl AgentArgs {
+    /// A client connected to NATS as this agent, signing with its key.
+    pub async fn client(&self, config: &crate::config::Config) -> anyhow::Result<orfeas_wire::client::AgentClient> {
+        let url = crate::nats_url(config, &self.nats)?;
+        let key = crate::read_key(&self.key)?;
+        let client = orfeas_actors::bus::connect(&url, &format!("orfeas-agent-{}", self.agent)).await?;
+        Ok(orfeas_wire::client::AgentClient::new(client, &self.agent, key, &config.node.deployment))
+    }
+}
+
+/// `orfeas fetch`
+#[derive(Args, Debug)]
+pub struct FetchArgs {
+    /// The job.
+    pub job_id: uuid::Uuid,
+    /// Who asks.
+    #[command(flatten)]
+    pub agent: AgentArgs,
     /// Folder to write the files into (created if missing).
     #[arg(short, long, default_value = ".")]
     pub output: PathBuf,
@@ -364,15 +383,9 @@ pub use crate::agents_cmd::AgentsCommand;
 /// `orfeas submit`
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
-    /// NATS URL.
-    #[arg(long)]
-    pub nats: Option<String>,
-    /// Agent name.
-    #[arg(long)]
-    pub agent: String,
-    /// Agent secret key file.
-    #[arg(long)]
-    pub key: PathBuf,
+    /// Who submits.
+    #[command(flatten)]
+    pub agent: AgentArgs,
     /// The image.
     pub image: PathBuf,
     /// Model.

@@ -6,7 +6,7 @@ use std::{path::Path, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use orfeas_actors::{bus, now_ms, registry::Registry, topology};
-use orfeas_wire::{client::AgentClient, v1::EventKind, v1::NodeRecord};
+use orfeas_wire::{v1::EventKind, v1::NodeRecord};
 
 use crate::{
     cli::{FetchArgs, NodesArgs, StreamsArgs},
@@ -108,10 +108,8 @@ fn table(nodes: &[NodeRecord], now_ms: u64) -> String {
 
 /// `orfeas fetch JOB_ID`: the manifest, then every file in chunks, each
 /// checked against the SHA-256 in the signed manifest.
-pub async fn fetch(config: &Config, url: &str, args: &FetchArgs) -> Result<()> {
-    let key = crate::read_key(&args.key)?;
-    let client = bus::connect(url, &format!("orfeas-agent-{}", args.agent)).await?;
-    let mut agent = AgentClient::new(client, &args.agent, key, &config.node.deployment);
+pub async fn fetch(config: &Config, args: &FetchArgs) -> Result<()> {
+    let mut agent = args.agent.client(config).await?;
     let timeout = Duration::from_secs(args.timeout_s);
     let manifest = agent
         .fetch_manifest(&args.job_id, timeout)

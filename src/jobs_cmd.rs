@@ -1,12 +1,11 @@
 //! `orfeas status` and `orfeas cancel`: an agent asks about, or cancels,
 //! one of its jobs over NATS (signed requests; any node answers).
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
-use orfeas_actors::bus;
-use orfeas_wire::{client::AgentClient, v1::JobStatus};
+use orfeas_wire::v1::JobStatus;
 
 use crate::config::Config;
 
@@ -15,15 +14,9 @@ use crate::config::Config;
 pub struct JobArgs {
     /// The job.
     pub job_id: uuid::Uuid,
-    /// NATS URL(s), comma separated.
-    #[arg(long)]
-    pub nats: Option<String>,
-    /// Agent name (the job's owner).
-    #[arg(long)]
-    pub agent: String,
-    /// Agent secret key file.
-    #[arg(long)]
-    pub key: PathBuf,
+    /// Who asks.
+    #[command(flatten)]
+    pub agent: crate::cli::AgentArgs,
     /// Print the answer as JSON.
     #[arg(long)]
     pub json: bool,
@@ -51,10 +44,7 @@ fn print(status: &JobStatus, json: bool) -> Result<()> {
 
 /// Ask for the state of a job (`cancel` = false) or cancel it.
 pub async fn run(config: &Config, args: &JobArgs, cancel: bool) -> Result<()> {
-    let url = crate::nats_url(config, &args.nats)?;
-    let key = crate::read_key(&args.key)?;
-    let client = bus::connect(&url, &format!("orfeas-agent-{}", args.agent)).await?;
-    let agent = AgentClient::new(client, &args.agent, key, &config.node.deployment);
+    let agent = args.agent.client(config).await?;
     let timeout = Duration::from_secs(args.timeout_s);
     let status = if cancel { agent.cancel(&args.job_id, timeout).await? } else { agent.status(&args.job_id, timeout).await? };
     print(&status, args.json)

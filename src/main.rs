@@ -20,8 +20,8 @@ use std::{collections::BTreeMap, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use orfeas_actors::{bus, node};
-use orfeas_wire::{client::AgentClient, v1::EventKind, SecretKey};
+use orfeas_actors::node;
+use orfeas_wire::{v1::EventKind, SecretKey};
 
 use cli::{Cli, Command, KeysCommand};
 use config::Config;
@@ -113,10 +113,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Submit(args) => {
-            let url = nats_url(&config, &args.nats)?;
-            let key = read_key(&args.key)?;
-            let client = bus::connect(&url, &format!("orfeas-agent-{}", args.agent)).await?;
-            let mut agent_client = AgentClient::new(client.clone(), &args.agent, key, &config.node.deployment);
+            let mut agent_client = args.agent.client(&config).await?;
             let job = agent::job_for(&args.image, &args.model, agent::formats(&args.format)?, args.shape.params())?;
             let mut events = agent_client.submit(&job).await?;
             println!("submitted job {}", job.job_id);
@@ -180,7 +177,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Fetch(args) => {
-            cluster_cmd::fetch(&config, &nats_url(&config, &args.nats)?, &args).await?;
+            cluster_cmd::fetch(&config, &args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::NatsConfig(args) => {
