@@ -58,8 +58,27 @@ fn params() -> JobParams {
     JobParams { previews: Some(false), ..Default::default() }
 }
 
-/// Queue a job the way Ingress does: record first, then the queue message.
+/// Queue a job the way Ingress does: record first, then the queue message,
+/// then (for a job that is still to run) its `accepted` event.
 async fn enqueue(bus: &Bus, agent: &str, lane: Lane, params: JobParams, record_state: JobState) -> Uuid {
+    let job_id = enqueue_unannounced(bus, agent, lane, params, record_state).await;
+    if record_state == JobState::Admitted {
+        announce(bus, agent, job_id).await;
+    }
+    job_id
+}
+
+/// Ingress's `accepted` for `job_id`, stored in the events stream.
+async fn announce(bus: &Bus, agent: &str, job_id: Uuid) {
+    let subject = subjects::events(agent, &job_id);
+    let event = Event { job_id, seq: 0, node: "ingress".into(), at_ms: now_ms(), kind: EventKind::Accepted { queue_position: 0, eta_ms: None } };
+    let bytes = event.seal(&subject, &orfeas_wire::SecretKey::generate(), "orfeas", now_ms() / 1000);
+    bus.js.publish(subject, bytes.into()).await.unwrap().await.unwrap();
+}
+
+/// The record and the queue message only (Ingress between its PubAck and
+/// its `accepted`).
+async fn enqueue_unannounced(bus: &Bus, agent: &str, lane: Lane, params: JobParams, record_state: JobState) -> Uuid {
     let job_id = Uuid::now_v7();
     let record = JobRecord {
         agent: agent.into(),
@@ -182,6 +201,36 @@ async fn scheduling_high_lane_first_low_not_starved_and_agents_take_turns() {
     assert!(burst_after(single_start) >= 3, "the single agent's job waited for the burst: {} burst jobs after it", burst_after(single_start));
     // Low gets its one batch in thirteen while normal work still waits.
     assert!(burst_after(low_start) >= 1 || later(single_start, low_start), "the low job was starved until the normal lane was empty");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduling_first_progress_never_overtakes_accepted() {
+    let _serial = SERIAL.lock().await;
+    let (nats, store) = prepared_nats().await;
+    let bus = bus(&nats).await;
+    let js = bus.js.clone();
+    // Ingress has the queue's PubAck but has not said `accepted` yet.
+    let job = enqueue_unannounced(&bus, "hana", Lane::Normal, params(), JobState::Admitted).await;
+    let _node = start(&nats, "order", store.path(), node_env(0, 1, &[])).await;
+    eventually("the job delivered to the node", Duration::from_secs(30), || {
+        let js = js.clone();
+        async move {
+            let stream = js.get_stream(subjects::QUEUE_STREAM).await.ok()?;
+            let info = stream.consumer_info(subjects::SCHEDULER_CONSUMER).await.ok()?;
+            (info.num_ack_pending == 1).then_some(())
+        }
+    })
+    .await;
+    assert!(all_events(&js, "hana").await.get(&job).is_none(), "the node spoke of a job not yet accepted");
+    announce(&bus, "hana", job).await;
+    one_completed(&terminals(&js, "hana", &[job], Duration::from_secs(60)).await, &job);
+    let events = &all_events(&js, "hana").await[&job];
+    assert!(matches!(events[0].kind, EventKind::Accepted { .. }), "accepted comes first: {events:?}");
+    assert!(
+        events.windows(2).all(|w| w[0].seq < w[1].seq),
+        "stored in seq order: {:?}",
+        events.iter().map(|e| (e.seq, e.kind.name())).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -168,3 +168,37 @@ impl EventSink {
         done.await.map_err(|_| unavailable())?
     }
 }
+
+/// Wait until the job's first event (`accepted`) is stored, at most
+/// `patience`; true if it is.
+///
+/// Ingress says `accepted` only after the queue's PubAck, so a Scheduler
+/// (on any node) can claim the job before that event exists. Its `queued`
+/// progress must not overtake the `accepted`: the claim waits here. Only a
+/// first attempt waits; a job whose Ingress died between PubAck and event
+/// proceeds after `patience`, and the redelivered submission says
+/// `accepted` later (agents order by `seq`).
+pub async fn await_announced(js: &async_nats::jetstream::Context, agent: &str, job_id: Uuid, patience: std::time::Duration) -> bool {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let Ok(stream) = js.get_stream_no_info(subjects::EVENTS_STREAM).await else {
+        return false;
+    };
+    let subject = subjects::events(agent, &job_id);
+    let until = tokio::time::Instant::now() + patience;
+    let mut pause = std::time::Duration::from_millis(2);
+    loop {
+        match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(_) => return true,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {}
+            Err(e) => {
+                tracing::debug!(error = %e, %job_id, "events stream unreadable; not waiting for accepted");
+                return false;
+            }
+        }
+        if tokio::time::Instant::now() + pause > until {
+            return false;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(100));
+    }
+}

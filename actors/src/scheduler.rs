@@ -139,6 +139,7 @@ pub struct Scheduler {
 /// so the Scheduler's loop never waits on a KV round trip.
 #[derive(Clone)]
 struct Claimer {
+    js: async_nats::jetstream::Context,
     jobs: JobStore,
     events: EventSink,
     node_id: String,
@@ -182,6 +183,10 @@ impl Claimer {
             }
         };
         let (mut record, revision) = record;
+        if attempt == 1 && record.state == JobState::Admitted {
+            // Nothing this claim says may overtake the job's `accepted`.
+            crate::events::await_announced(&self.js, &job.agent, job.job_id, ANNOUNCE_PATIENCE).await;
+        }
         if record.state == JobState::Canceled {
             // Canceled while queued: its canceller published the answer.
             return Err(Outcome::Ack);
@@ -242,6 +247,10 @@ struct Held {
     lane: Lane,
 }
 
+/// How long a claimed first attempt waits for its `accepted` event before
+/// its first progress (see [`crate::events::await_announced`]).
+const ANNOUNCE_PATIENCE: Duration = Duration::from_secs(3);
+
 /// Batches a device takes at once: the one it runs and the next.
 pub const DEVICE_SLOTS: usize = 2;
 
@@ -266,7 +275,7 @@ pub struct SchedulerState {
 
 impl Scheduler {
     fn claimer(&self) -> Claimer {
-        Claimer { jobs: self.jobs.clone(), events: self.events.clone(), node_id: self.settings.node_id.clone() }
+        Claimer { js: self.bus.js.clone(), jobs: self.jobs.clone(), events: self.events.clone(), node_id: self.settings.node_id.clone() }
     }
 
     fn credits(&self) -> usize {
