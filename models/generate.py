@@ -50,6 +50,10 @@ ISO_NUDGE = -1.0e-6
 # What the `oom` test model raises for a batch larger than 2 (the wording of a real CUDA
 # out-of-memory error, so callers detect it the same way).
 OOM_TEST_MESSAGE = "CUDA out of memory. Tried to allocate 2.00 GiB (orfeas test model: batch larger than 2)"
+# What the `fault` test model raises for an item with fault = 1 (an ordinary error of one
+# input) and fault = 2 (the wording of a CUDA error that leaves the device unusable).
+FAULT_ITEM_MESSAGE = "orfeas test model: this item is refused (fault = 1)"
+FAULT_DEVICE_MESSAGE = "CUDA error: an illegal memory access was encountered (orfeas test model: fault = 2)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,6 +455,43 @@ class OomTest(torch.nn.Module):
         return occ.expand(images.size(0), n, n, n).contiguous()
 
 
+class FaultTest(torch.nn.Module):
+    """TEST model: `null`'s sphere, but an item can make the forward pass fail, so a node's
+    handling of failing inputs can be tested on CPU through the same interface as on a GPU.
+
+    forward(images, params: Optional [B, 1] = None): params[:, 0] = fault per item (rounded;
+    non-finite -> 0). A batch with any item of fault 2 raises FAULT_DEVICE_MESSAGE (what a
+    CUDA illegal memory access says: the device is unusable afterwards); otherwise one with
+    any item of fault 1 raises FAULT_ITEM_MESSAGE (an ordinary error caused by that input)."""
+
+    def __init__(self, grid: int = 16):
+        super().__init__()
+        self.grid = grid
+        self.radius = 0.6
+        self.item_message = FAULT_ITEM_MESSAGE
+        self.device_message = FAULT_DEVICE_MESSAGE
+        self.border_value = BORDER_VALUE
+        self.iso_nudge = ISO_NUDGE
+
+    def forward(self, images: Tensor, params: Optional[Tensor] = None) -> Tensor:
+        check_input(images)
+        if params is not None:
+            if params.dim() != 2 or params.size(0) != images.size(0) or params.size(1) != 1:
+                raise RuntimeError("expected params of shape [B, 1] (fault) matching the batch of images")
+            p = params.to(device=images.device, dtype=torch.float32)[:, 0]
+            p = torch.round(torch.where(torch.isfinite(p), p, torch.zeros_like(p)))
+            if bool((p == 2.0).any()):
+                raise RuntimeError(self.device_message)
+            if bool((p == 1.0).any()):
+                raise RuntimeError(self.item_message)
+        n = self.grid
+        c = torch.linspace(-1.0, 1.0, n, dtype=torch.float32, device=images.device)
+        r2 = c.view(n, 1, 1) ** 2 + c.view(1, n, 1) ** 2 + c.view(1, 1, n) ** 2
+        occ = (self.radius - torch.sqrt(r2)).unsqueeze(0).contiguous()
+        occ = finish_occupancy(occ, self.border_value, self.iso_nudge)
+        return occ.expand(images.size(0), n, n, n).contiguous()
+
+
 class Reference(torch.nn.Module):
     """Benchmark reference: an image-to-volume network of realistic size with random weights.
 
@@ -665,6 +706,36 @@ MODELS = {
             "max_ok_batch": "params[:, 0]: a batch larger than its items' smallest value raises (0 = never fits)",
         },
         "check_params": lambda b: torch.tensor([[2.0], [float("nan")], [5.0]][:b] + [[3.0]] * max(0, b - 3)),
+    },
+    "fault": {
+        "dir": "testing/fault",
+        "testing": True,
+        "factory": lambda: FaultTest(grid=16),
+        "manifest": {
+            "name": "fault",
+            "version": "1.0.0",
+            "description": "TEST model: null's sphere, but an item with fault = 1 makes the batch raise "
+            "an ordinary error and fault = 2 a 'CUDA error: an illegal memory access', to test failing "
+            "inputs on CPU.",
+            "input_size": [32, 32],
+            "input_channels": 4,
+            "output_kind": "occupancy",
+            "grid": [16, 16, 16],
+            "iso": 0.0,
+            "bounds_min": [-1.0, -1.0, -1.0],
+            "bounds_max": [1.0, 1.0, 1.0],
+            "mem_per_item_mb": 1,
+            "precision": "fp32",
+            "max_batch": 8,
+        },
+        "mem_comment": "one 16^3 volume per item (16 KB); rounded up",
+        "params": {
+            "fault": 0,
+        },
+        "params_comments": {
+            "fault": "params[:, 0]: 0 = none, 1 = the batch raises an ordinary error, 2 = it raises a device-fatal CUDA error",
+        },
+        "check_params": lambda b: torch.tensor([[0.0], [float("nan")], [0.2]][:b] + [[0.0]] * max(0, b - 3)),
     },
 }
 
@@ -929,6 +1000,8 @@ def verify(out_dir: Path, names: Optional[List[str]] = None) -> None:
             verify_relief(m, man, full)
         elif name == "oom":
             verify_oom(m, man, full)
+        elif name == "fault":
+            verify_fault(m, man, full)
 
 
 def verify_inflate(m, man: dict, full: Tensor) -> None:
@@ -1088,6 +1161,26 @@ def verify_oom(m, man: dict, full: Tensor) -> None:
                 raise AssertionError(f"oom: params {params.tolist()} did not raise")
     print(f"oom: B<=2 equals null's sphere (grid {n}); B=3 and B=16 raise RuntimeError with "
           f"{OOM_TEST_MESSAGE!r}")
+
+
+def verify_fault(m, man: dict, full: Tensor) -> None:
+    h = man["input_size"][0]
+    n = man["grid"][0]
+    reference = torch.jit.script(Null(grid=n).eval())
+    x = check_batch(h)[:3]
+    with torch.no_grad():
+        assert torch.equal(m(x), reference(x)), "fault: differs from null's sphere"
+        assert torch.equal(m(x, torch.zeros(3, 1)), reference(x)), "fault: fault 0 differs"
+        for params, message in (([[0.0], [1.0], [0.0]], FAULT_ITEM_MESSAGE), ([[1.0], [2.0], [0.0]], FAULT_DEVICE_MESSAGE),
+                                ([[2.0], [0.0], [0.0]], FAULT_DEVICE_MESSAGE)):
+            try:
+                m(x, torch.tensor(params))
+            except torch.jit.Error as e:
+                assert message in str(e), str(e)
+            else:
+                raise AssertionError(f"fault: params {params} did not raise")
+    print(f"fault: fault 0 equals null's sphere (grid {n}); fault 1 raises {FAULT_ITEM_MESSAGE!r}, "
+          f"fault 2 raises {FAULT_DEVICE_MESSAGE!r}")
 
 
 def check(committed: Path) -> int:

@@ -84,7 +84,8 @@ pub enum GpuWorkerMsg {
         Vec<(Manifest, PathBuf)>,
         RpcReplyPort<Result<Vec<ModelLoadReport>, String>>,
     ),
-    /// The device thread is gone (found by a preprocessing task).
+    /// The device thread is gone (found by a preprocessing task, or said
+    /// by the thread itself after a device-fatal error).
     DeviceGone,
 }
 
@@ -138,7 +139,7 @@ impl Actor for GpuWorker {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         _: (),
     ) -> Result<Self::State, ActorProcessingErr> {
         self.warmth.set(&self.device.id, false);
@@ -163,6 +164,7 @@ impl Actor for GpuWorker {
             cached_bytes: 0,
         };
         let models = self.models.clone();
+        let worker = myself.clone();
         let thread = thread::Builder::new()
             .name(format!("device-{}", self.device.id))
             .spawn(move || {
@@ -180,7 +182,16 @@ impl Actor for GpuWorker {
                 while let Ok(work) = inbox.recv() {
                     match work {
                         DeviceWork::Forward(batch) => {
-                            device.run(batch);
+                            if let Err(DeviceLost(detail)) = device.run(batch) {
+                                // The context is unusable: end the thread, so the
+                                // worker fails and is restarted with a fresh one; its
+                                // unanswered jobs go back to JetStream (the Scheduler
+                                // hands them back), where a retried job runs alone.
+                                tracing::error!(device = %device.device.id, error = %detail, "device lost; restarting its worker");
+                                device.warmth.set(&device.device.id, false);
+                                let _ = worker.cast(GpuWorkerMsg::DeviceGone);
+                                return;
+                            }
                             device.report_limits();
                             if let Some(scheduler) = device.roster.scheduler() {
                                 let _ = scheduler
@@ -250,6 +261,9 @@ impl Actor for GpuWorker {
                     self.settings.max_image_side,
                 );
                 let device = self.device.id.clone();
+                let mut batch = batch;
+                // Retried jobs last: each runs alone after the others (see `DeviceThread::run`).
+                batch.sort_by_key(|t| t.attempt > 1);
                 tokio::spawn(async move {
                     let prepared = tokio::task::spawn_blocking(move || {
                         prepare_batch(batch, manifest, &model, max_side, &roster, &events, &device)
@@ -430,6 +444,9 @@ where
     })
 }
 
+/// A forward pass failed in a way that leaves the device unusable.
+struct DeviceLost(String);
+
 /// The device thread: owns the models and runs forward passes only.
 struct DeviceThread {
     device: ComputeDevice,
@@ -550,9 +567,15 @@ impl DeviceThread {
         }
     }
 
-    fn run(&mut self, batch: PreparedBatch) {
+    /// Run a prepared batch: its first attempts in chunks of the batch
+    /// limit, then each retried job (attempt > 1) alone. A job comes back
+    /// only when its earlier attempt ended without an answer (a node or a
+    /// device died under it); running it alone keeps a job that brings the
+    /// device down from taking its batch mates with it again, so it alone
+    /// runs out of deliveries and is dead-lettered.
+    fn run(&mut self, batch: PreparedBatch) -> Result<(), DeviceLost> {
         if batch.items.is_empty() {
-            return;
+            return Ok(());
         }
         let Some(model) = self.models.get(&batch.model) else {
             for (ticket, _) in batch.items {
@@ -567,7 +590,7 @@ impl DeviceThread {
                     ),
                 );
             }
-            return;
+            return Ok(());
         };
         // One `job.inference` span per job, open for the whole batch.
         let _spans: Vec<tracing::Span> = batch.items.iter().map(|(t, _)| t.span("inference")).collect();
@@ -585,7 +608,7 @@ impl DeviceThread {
                     ),
                 );
             }
-            return;
+            return Ok(());
         }
         if !self.simulated_latency.is_zero() {
             thread::sleep(self.simulated_latency);
@@ -620,31 +643,37 @@ impl DeviceThread {
                 .observe(waited);
         }
         let name = batch.model.clone();
+        // Retried jobs were sorted last when the batch was prepared.
+        let first = batch.items.iter().take_while(|(t, _)| t.attempt <= 1).count();
         let mut items = batch.items.into_iter();
         let mut start = 0;
         while start < n {
-            let len = limit.min(n - start);
+            let len = if start < first { limit.min(first - start) } else { 1 };
             let chunk: Vec<(Ticket, RgbaImage)> = items.by_ref().take(len).collect();
             let p = params
                 .as_ref()
                 .map(|p| p.narrow(0, start as i64, len as i64));
-            self.forward_split(&name, chunk, input.narrow(0, start as i64, len as i64), p);
+            self.forward_split(&name, chunk, input.narrow(0, start as i64, len as i64), p)?;
             start += len;
         }
+        Ok(())
     }
 
     /// One forward pass over `items`; on out-of-memory, lower the ceiling,
     /// halve and retry, so a too-large batch becomes smaller batches instead
-    /// of failed jobs. A job fails (`gpu_oom`, retryable) only alone.
+    /// of failed jobs. A job fails (`gpu_oom`, retryable) only alone. Any
+    /// other error of a batch is bisected the same way, so only the job
+    /// that causes it fails (`inference_failed`) and its batch mates get
+    /// their volumes. A device-fatal error ends the pass at once.
     fn forward_split(
         &mut self,
         name: &str,
         items: Vec<(Ticket, RgbaImage)>,
         input: Tensor,
         params: Option<Tensor>,
-    ) {
+    ) -> Result<(), DeviceLost> {
         let Some(model) = self.models.get(name) else {
-            return;
+            return Ok(());
         };
         let n = items.len();
         let started = Instant::now();
@@ -705,23 +734,7 @@ impl DeviceThread {
                     .set(ceiling.value() as i64);
                 if n > 1 {
                     tracing::warn!(model = name, device = %self.device.id, batch = n, ceiling = ceiling.value(), "out of memory; splitting the batch");
-                    let half = n / 2;
-                    let mut first = items;
-                    let second = first.split_off(half);
-                    let (p1, p2) = match &params {
-                        Some(p) => (
-                            Some(p.narrow(0, 0, half as i64)),
-                            Some(p.narrow(0, half as i64, (n - half) as i64)),
-                        ),
-                        None => (None, None),
-                    };
-                    let (i1, i2) = (
-                        input.narrow(0, 0, half as i64),
-                        input.narrow(0, half as i64, (n - half) as i64),
-                    );
-                    drop(input);
-                    self.forward_split(name, first, i1, p1);
-                    self.forward_split(name, second, i2, p2);
+                    return self.bisect(name, items, input, params);
                 } else {
                     tracing::warn!(model = name, device = %self.device.id, "out of memory for a single job");
                     for (ticket, _) in items {
@@ -738,6 +751,20 @@ impl DeviceThread {
                     }
                 }
             }
+            Err(ModelError::Forward {
+                device_lost: true,
+                detail,
+                ..
+            }) => {
+                metrics::DEVICE_LOST
+                    .with_label_values(&[name, &self.device.id])
+                    .inc();
+                return Err(DeviceLost(detail));
+            }
+            Err(e) if n > 1 => {
+                tracing::warn!(model = name, device = %self.device.id, batch = n, error = %e, "forward pass failed; bisecting the batch to find the job that fails");
+                return self.bisect(name, items, input, params);
+            }
             Err(e) => {
                 for (ticket, _) in items {
                     self.fail(
@@ -747,6 +774,35 @@ impl DeviceThread {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Run the two halves of a batch one after the other.
+    fn bisect(
+        &mut self,
+        name: &str,
+        items: Vec<(Ticket, RgbaImage)>,
+        input: Tensor,
+        params: Option<Tensor>,
+    ) -> Result<(), DeviceLost> {
+        let n = items.len();
+        let half = n / 2;
+        let mut first = items;
+        let second = first.split_off(half);
+        let (p1, p2) = match &params {
+            Some(p) => (
+                Some(p.narrow(0, 0, half as i64)),
+                Some(p.narrow(0, half as i64, (n - half) as i64)),
+            ),
+            None => (None, None),
+        };
+        let (i1, i2) = (
+            input.narrow(0, 0, half as i64),
+            input.narrow(0, half as i64, (n - half) as i64),
+        );
+        drop(input);
+        self.forward_split(name, first, i1, p1)?;
+        self.forward_split(name, second, i2, p2)
     }
 }
 
@@ -812,6 +868,8 @@ mod tests {
         scheduler: tmpsc::UnboundedReceiver<SchedulerMsg>,
         warmth: Warmth,
         others: Vec<ractor::ActorCell>,
+        /// Ends when the worker stops (or fails).
+        ended: tokio::task::JoinHandle<()>,
     }
 
     impl Rig {
@@ -842,7 +900,7 @@ mod tests {
                 events,
                 warmth: warmth.clone(),
             };
-            let (worker, _) = Actor::spawn(Some(roster.worker_name("cpu")), worker, ())
+            let (worker, ended) = Actor::spawn(Some(roster.worker_name("cpu")), worker, ())
                 .await
                 .unwrap();
             Self {
@@ -851,6 +909,7 @@ mod tests {
                 scheduler,
                 warmth,
                 others: vec![collector.get_cell(), sched.get_cell()],
+                ended,
             }
         }
 
@@ -940,6 +999,54 @@ mod tests {
             "ceiling lowered after the OOM: {limits:?}"
         );
         rig.stop();
+    }
+
+    fn fault(n: u128, fault: f64, attempt: u64) -> Ticket {
+        let t = ticket(n, "fault", mug(), BTreeMap::from([("fault".to_string(), fault)]));
+        Ticket::new((*t.job).clone(), attempt, 1)
+    }
+
+    /// Volumes and failures of the next `count` postprocess messages, by job number.
+    async fn outcomes(rig: &mut Rig, count: usize) -> (Vec<u128>, Vec<(u128, ErrorCode)>) {
+        let (mut done, mut failed) = (Vec::new(), Vec::new());
+        while done.len() + failed.len() < count {
+            match rig.next_post().await {
+                PostprocessMsg::Volume(job) => done.push(job.ticket.job.job_id.as_u128()),
+                PostprocessMsg::Fail { ticket, failure } => failed.push((ticket.job.job_id.as_u128(), failure.code)),
+            }
+        }
+        done.sort_unstable();
+        (done, failed)
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_forward_pass_fails_fails_alone_and_its_batch_mates_get_volumes() {
+        // The `fault` test model raises for the whole batch when one item has fault = 1.
+        let mut rig = Rig::start("gpu-worker-fault", testing("fault"), 8).await;
+        let tickets = vec![fault(1, 0.0, 1), fault(2, 0.0, 1), fault(3, 1.0, 1), fault(4, 0.0, 1), fault(5, 0.0, 1)];
+        rig.worker.cast(GpuWorkerMsg::Run(tickets)).unwrap();
+        let (done, failed) = outcomes(&mut rig, 5).await;
+        assert_eq!(done, vec![1, 2, 4, 5], "the batch mates of the failing job got their volumes");
+        assert_eq!(failed, vec![(3, ErrorCode::InferenceFailed)], "only the job that fails alone fails");
+        rig.stop();
+    }
+
+    #[tokio::test]
+    async fn a_device_fatal_error_ends_the_worker_and_a_retried_job_runs_alone() {
+        // Fault 2 raises what a CUDA illegal memory access says: the device
+        // is unusable, so the worker must end (its supervisor restarts it).
+        // The retried job runs after its fresh batch mates and alone, so
+        // they got their volumes before it brought the device down.
+        let mut rig = Rig::start("gpu-worker-lost", testing("fault"), 8).await;
+        let tickets = vec![fault(1, 2.0, 2), fault(2, 0.0, 1), fault(3, 0.0, 1)];
+        rig.worker.cast(GpuWorkerMsg::Run(tickets)).unwrap();
+        let (done, failed) = outcomes(&mut rig, 2).await;
+        assert_eq!((done, failed), (vec![2, 3], vec![]), "the fresh jobs ran first");
+        tokio::time::timeout(Duration::from_secs(60), &mut rig.ended).await.expect("the worker ended after the device-fatal error").unwrap();
+        assert!(rig.post.try_recv().is_err(), "the job that brought the device down got no answer here (JetStream redelivers it)");
+        assert!(!rig.warmth.cold().is_empty(), "the device counts as cold until its worker is back");
+        let lost = crate::metrics::DEVICE_LOST.with_label_values(&["fault", "cpu"]).get();
+        assert!(lost >= 1, "counted: {lost}");
     }
 
     #[tokio::test]

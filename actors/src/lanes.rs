@@ -68,15 +68,20 @@ impl LaneQueue {
     }
 
     /// The model and the batch that would be taken now, without taking it:
-    /// (model, size, oldest admission time).
+    /// (model, size, oldest admission time). A retried job at the head
+    /// makes a batch of its own.
     fn peek(&self, max_batch: usize, cap: &dyn Fn(&str) -> usize) -> Option<(String, usize, u64)> {
         let first = self.order.front()?;
-        let model = self.agents[first].front()?.job.model.clone();
+        let head = self.agents[first].front()?;
+        let model = head.job.model.clone();
+        if retried(head) {
+            return Some((model, 1, head.job.admitted_at_ms));
+        }
         let cap = max_batch.min(cap(&model)).max(1);
         let mut size = 0;
         let mut oldest = u64::MAX;
         for agent in &self.order {
-            for t in self.agents[agent].iter().filter(|t| t.job.model == model) {
+            for t in self.agents[agent].iter().filter(|t| t.job.model == model && !retried(t)) {
                 if size == cap {
                     break;
                 }
@@ -89,7 +94,8 @@ impl LaneQueue {
 
     fn take(&mut self, max_batch: usize, cap: &dyn Fn(&str) -> usize) -> Vec<Ticket> {
         let Some((model, _, _)) = self.peek(max_batch, cap) else { return Vec::new() };
-        let cap = max_batch.min(cap(&model)).max(1);
+        let alone = self.order.front().and_then(|a| self.agents[a].front()).is_some_and(retried);
+        let cap = if alone { 1 } else { max_batch.min(cap(&model)).max(1) };
         let mut batch = Vec::with_capacity(cap);
         'rounds: loop {
             let before = batch.len();
@@ -98,7 +104,8 @@ impl LaneQueue {
                     break 'rounds;
                 }
                 let queue = self.agents.get_mut(agent).expect("ordered agents have queues");
-                if let Some(at) = queue.iter().position(|t| t.job.model == model) {
+                let fits = |t: &Ticket| t.job.model == model && (alone || !retried(t));
+                if let Some(at) = queue.iter().position(fits) {
                     batch.extend(queue.remove(at));
                 }
             }
@@ -121,6 +128,14 @@ impl LaneQueue {
     }
 }
 
+/// A job delivered again: its earlier attempt ended without an answer (a
+/// node or a device died under it, perhaps because of this very job). It
+/// runs in a batch of its own, so a job that brings devices down takes no
+/// batch mates with it and alone runs out of deliveries.
+pub fn retried(ticket: &Ticket) -> bool {
+    ticket.attempt > 1
+}
+
 /// What the next batch would be, before it is taken.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -134,6 +149,9 @@ pub struct Plan {
     pub cap: usize,
     /// Admission time of its oldest job, ms since the epoch.
     pub oldest_ms: u64,
+    /// A retried job alone ([`retried`]): it goes to an idle device and
+    /// nothing is queued behind it there.
+    pub alone: bool,
 }
 
 /// Every job a node holds and has not yet sent to a device.
@@ -204,9 +222,11 @@ impl Waiting {
     /// The batch [`take`](Self::take) would return now.
     pub fn plan(&self, max_batch: usize, cap: impl Fn(&str) -> usize) -> Option<Plan> {
         let (lane, _) = self.pick()?;
-        let (model, size, oldest_ms) = self.lanes[index(lane)].peek(max_batch, &cap)?;
-        let cap = max_batch.min(cap(&model)).max(1);
-        Some(Plan { lane, model, size, cap, oldest_ms })
+        let queue = &self.lanes[index(lane)];
+        let (model, size, oldest_ms) = queue.peek(max_batch, &cap)?;
+        let alone = queue.order.front().and_then(|a| queue.agents[a].front()).is_some_and(retried);
+        let cap = if alone { 1 } else { max_batch.min(cap(&model)).max(1) };
+        Some(Plan { lane, model, size, cap, oldest_ms, alone })
     }
 
     /// The next batch: lane by weight, agents in turn, one model, at most
@@ -254,6 +274,27 @@ mod tests {
         assert_eq!(w.len(), 997);
         let second = w.take(4, |_| 8);
         assert_eq!(ids(&second), vec![3, 4, 5, 6], "the burst continues in order");
+    }
+
+    #[test]
+    fn a_retried_job_runs_alone_and_is_never_a_batch_mate() {
+        let mut w = Waiting::new();
+        let again = |n: u128, agent: &str| {
+            let t = ticket(n, agent, Lane::Normal, "m");
+            Ticket::new((*t.job).clone(), 2, 1)
+        };
+        w.push(ticket(1, "a", Lane::Normal, "m"));
+        w.push(again(2, "b"));
+        w.push(ticket(3, "c", Lane::Normal, "m"));
+        w.push(again(4, "a"));
+        let plan = w.plan(8, |_| 8).unwrap();
+        assert!(!plan.alone && plan.size == 2, "fresh jobs batch without the retried ones: {plan:?}");
+        assert_eq!(ids(&w.take(8, |_| 8)), vec![1, 3]);
+        let plan = w.plan(8, |_| 8).unwrap();
+        assert!(plan.alone && (plan.size, plan.cap) == (1, 1), "{plan:?}");
+        assert_eq!(ids(&w.take(8, |_| 8)), vec![2], "a retried job heading the turn goes alone");
+        assert_eq!(ids(&w.take(8, |_| 8)), vec![4]);
+        assert!(w.is_empty());
     }
 
     #[test]

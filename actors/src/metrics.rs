@@ -130,6 +130,12 @@ pub static DEVICE_OOM: LazyLock<IntCounterVec> = LazyLock::new(|| {
         .expect("metric registers once")
 });
 
+/// Forward passes that failed with a device-fatal error (the worker restarts).
+pub static DEVICE_LOST: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("orfeas_device_lost_total", "Forward passes that left the device unusable (its worker restarts)", &["model", "device"])
+        .expect("metric registers once")
+});
+
 /// Model reloads per device by outcome (`ok`, `failed`).
 pub static MODEL_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!("orfeas_model_reloads_total", "Model reloads on a device, by outcome", &["outcome"]).expect("metric registers once")
@@ -162,6 +168,7 @@ pub fn render() -> String {
     LazyLock::force(&MODEL_WARMUP_SECONDS);
     LazyLock::force(&BATCH_CEILING);
     LazyLock::force(&DEVICE_OOM);
+    LazyLock::force(&DEVICE_LOST);
     LazyLock::force(&MODEL_RELOADS);
     LazyLock::force(&AUDIT_RECORDS);
     let mut out = Vec::new();

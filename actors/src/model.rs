@@ -252,6 +252,8 @@ pub enum ModelError {
         detail: String,
         /// The device ran out of memory.
         out_of_memory: bool,
+        /// The device is unusable after this error (see [`device_lost`]).
+        device_lost: bool,
     },
 }
 
@@ -266,6 +268,10 @@ impl ModelError {
                 out_of_memory: true,
                 ..
             } => "out_of_memory",
+            Self::Forward {
+                device_lost: true,
+                ..
+            } => "device_lost",
             Self::Forward { .. } => "forward_failed",
         }
     }
@@ -531,9 +537,27 @@ fn forward_error(name: &str, e: tch::TchError) -> ModelError {
         lower.contains("out of memory") || lower.contains("cublas_status_alloc_failed");
     ModelError::Forward {
         name: name.to_string(),
+        device_lost: !out_of_memory && device_lost(&lower),
         detail,
         out_of_memory,
     }
+}
+
+/// CUDA errors after which the device's context is unusable for the rest
+/// of the process ("sticky" errors: every later call fails the same way),
+/// by the wording libtorch passes on. Anything else is an error of this
+/// batch only.
+pub fn device_lost(lower: &str) -> bool {
+    const STICKY: [&str; 7] = [
+        "illegal memory access",
+        "device-side assert",
+        "unspecified launch failure",
+        "misaligned address",
+        "illegal instruction",
+        "uncorrectable ecc error",
+        "cuda error: launch timed out",
+    ];
+    STICKY.iter().any(|s| lower.contains(s))
 }
 
 #[cfg(test)]

@@ -296,7 +296,7 @@ impl Finisher {
             }
         };
         if let Some(scheduler) = self.roster.scheduler() {
-            let _ = scheduler.cast(SchedulerMsg::Finished { job_id: ticket.job.job_id, outcome });
+            let _ = scheduler.cast(SchedulerMsg::Finished { job_id: ticket.job.job_id, attempt: ticket.attempt, outcome });
         }
     }
 

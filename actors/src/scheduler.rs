@@ -96,11 +96,17 @@ pub enum SchedulerMsg {
     Finished {
         /// The job.
         job_id: Uuid,
+        /// The attempt that finished: a stale attempt (its job was
+        /// delivered again meanwhile) must not settle the newer message.
+        attempt: u64,
         /// What to do with its message.
         outcome: Outcome,
     },
     /// A device's worker died with a batch; hand it back to JetStream.
+    /// The device takes nothing until `WorkerReady`.
     WorkerLost(String),
+    /// A device's restarted worker has its models loaded again.
+    WorkerReady(String),
     /// Time to mark held jobs in progress.
     KeepAlive,
     /// The pull loop gave up.
@@ -243,6 +249,8 @@ impl Claimer {
 /// A job message the node holds.
 struct Held {
     message: jetstream::Message,
+    /// Delivery attempt of `message`.
+    attempt: u64,
     agent: String,
     lane: Lane,
 }
@@ -296,6 +304,11 @@ impl Scheduler {
             let reported = state.limits.get(&device);
             let cap = |model: &str| reported.and_then(|l| l.get(model)).or_else(|| self.model_max_batch.get(model)).copied().unwrap_or(1);
             let Some(plan) = state.waiting.plan(self.settings.max_batch, cap) else { return };
+            if plan.alone && state.slots.get(&device).is_none_or(|free| *free < DEVICE_SLOTS) {
+                // A retried job waits for an idle device: nothing may queue
+                // behind a job that may bring the device down.
+                return;
+            }
             let now = now_ms();
             let delay = self.settings.max_queue_delay.as_millis() as u64;
             let due = plan.oldest_ms.saturating_add(delay);
@@ -320,7 +333,8 @@ impl Scheduler {
                 continue;
             }
             state.running.entry(device.clone()).or_default().push_back(batch.iter().map(|t| t.job.job_id).collect());
-            *state.slots.entry(device.clone()).or_default() -= 1;
+            // A retried job alone takes both slots; they come back when the device is idle.
+            *state.slots.entry(device.clone()).or_default() = if plan.alone { 0 } else { state.slots[&device] - 1 };
             if worker.cast(GpuWorkerMsg::Run(batch)).is_err() {
                 tracing::warn!(device, "worker unreachable; its batches return to the queue");
                 self.hand_back(state, &device);
@@ -460,7 +474,7 @@ impl Actor for Scheduler {
                         let job_id = ticket.job.job_id;
                         let agent = ticket.job.agent.clone();
                         metrics::ACTIVE_JOBS.with_label_values(&[&agent]).inc();
-                        if let Some(previous) = state.held.insert(job_id, Held { message, agent: agent.clone(), lane }) {
+                        if let Some(previous) = state.held.insert(job_id, Held { message, attempt: ticket.attempt, agent: agent.clone(), lane }) {
                             // Redelivered while we still hold it: keep the newest handle.
                             metrics::ACTIVE_JOBS.with_label_values(&[&agent]).dec();
                             state.credits[&previous.lane].add_permits(1);
@@ -477,18 +491,23 @@ impl Actor for Scheduler {
                 }
             }
             SchedulerMsg::DeviceIdle(device) => {
-                if let Some(batches) = state.running.get_mut(&device) {
+                let idle = state.running.get_mut(&device).is_none_or(|batches| {
                     batches.pop_front();
-                }
+                    batches.is_empty()
+                });
                 if let Some(free) = state.slots.get_mut(&device) {
-                    *free = (*free + 1).min(DEVICE_SLOTS);
+                    *free = if idle { DEVICE_SLOTS } else { (*free + 1).min(DEVICE_SLOTS) };
                 }
                 self.dispatch(&myself, state);
             }
             SchedulerMsg::BatchLimits { device, limits } => {
                 state.limits.insert(device, limits);
             }
-            SchedulerMsg::Finished { job_id, outcome } => {
+            SchedulerMsg::Finished { job_id, attempt, outcome } => {
+                if state.held.get(&job_id).is_some_and(|held| held.attempt != attempt) {
+                    tracing::debug!(%job_id, attempt, "a stale attempt finished; the newer delivery stays held");
+                    return Ok(());
+                }
                 if matches!(outcome, Outcome::Ack | Outcome::Term) {
                     self.load.finished_one();
                 }
@@ -497,11 +516,14 @@ impl Actor for Scheduler {
             }
             SchedulerMsg::WorkerLost(device) => {
                 self.hand_back(state, &device);
+                state.slots.insert(device, 0);
+                self.answer_drain(state);
+            }
+            SchedulerMsg::WorkerReady(device) => {
                 if !state.draining {
                     state.slots.insert(device, DEVICE_SLOTS);
                 }
                 self.dispatch(&myself, state);
-                self.answer_drain(state);
             }
             SchedulerMsg::Wake => {
                 state.wake_at = None;

@@ -5,8 +5,11 @@
 //!   can run). A child that fails to start fails the node's start.
 //! - Restart policy: one-for-one. A failed child is restarted after a capped
 //!   exponential backoff (0.2 s doubling to 10 s), counted in
-//!   `orfeas_actor_restarts_total`. When a GpuWorker dies, the Scheduler is
-//!   told to hand its batch back to JetStream.
+//!   `orfeas_actor_restarts_total`; a child that ran a minute since its
+//!   last loss starts again from the shortest backoff. When a GpuWorker
+//!   dies, the Scheduler is told to hand its batches back to JetStream
+//!   (`WorkerLost`) and, once it is restarted, to use the device again
+//!   (`WorkerReady`).
 //! - Shutdown: intake stops first (Ingress), then the Scheduler drains
 //!   (stops pulling, hands back jobs no device started, lets running ones
 //!   finish within `shutdown_grace` and hands back the rest; nothing
@@ -33,6 +36,9 @@ use crate::{
     store::ResultStore,
     warmth::Warmth,
 };
+
+/// A child lost again after running this long starts over at the shortest backoff.
+const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 
 /// Everything the children are built from.
 #[derive(Clone)]
@@ -100,6 +106,8 @@ pub struct SupervisorState {
     by_id: HashMap<ActorId, Child>,
     cells: HashMap<Child, ActorCell>,
     restarts: HashMap<Child, u32>,
+    /// When each child was last lost.
+    last_loss: HashMap<Child, std::time::Instant>,
     stopping: bool,
 }
 
@@ -178,6 +186,11 @@ impl NodeSupervisor {
         if state.stopping {
             return;
         }
+        // A child that stayed up a while since its last loss is not crash-looping.
+        let now = std::time::Instant::now();
+        if state.last_loss.insert(child.clone(), now).is_some_and(|at| now.duration_since(at) > HEALTHY_AFTER) {
+            state.restarts.insert(child.clone(), 0);
+        }
         let count = state.restarts.entry(child.clone()).or_insert(0);
         *count += 1;
         let backoff = Duration::from_millis(200u64.saturating_mul(1 << (*count - 1).min(6))).min(Duration::from_secs(10));
@@ -198,7 +211,7 @@ impl Actor for NodeSupervisor {
     type Arguments = ();
 
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, _: ()) -> Result<Self::State, ActorProcessingErr> {
-        let mut state = SupervisorState { by_id: HashMap::new(), cells: HashMap::new(), restarts: HashMap::new(), stopping: false };
+        let mut state = SupervisorState { by_id: HashMap::new(), cells: HashMap::new(), restarts: HashMap::new(), last_loss: HashMap::new(), stopping: false };
         for child in self.children_in_start_order() {
             let cell = self.spawn_child(&child, &myself).await?;
             state.by_id.insert(cell.get_id(), child.clone());
@@ -216,6 +229,11 @@ impl Actor for NodeSupervisor {
                 match self.spawn_child(&child, &myself).await {
                     Ok(cell) => {
                         tracing::info!(child = ?child, "actor restarted");
+                        if let Child::Worker(i) = child {
+                            if let Some(scheduler) = self.ctx.roster.scheduler() {
+                                let _ = scheduler.cast(SchedulerMsg::WorkerReady(self.ctx.devices[i].id.clone()));
+                            }
+                        }
                         state.by_id.insert(cell.get_id(), child.clone());
                         state.cells.insert(child, cell);
                     }
