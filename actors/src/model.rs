@@ -601,6 +601,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn sticky_cuda_errors_count_as_a_lost_device_and_others_do_not() {
+        for lost in [
+            "CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be asynchronously reported",
+            "CUDA error: device-side assert triggered",
+            "CUDA error: unspecified launch failure",
+        ] {
+            assert!(device_lost(&lost.to_ascii_lowercase()), "{lost}");
+        }
+        for batch_only in [
+            "CUDA out of memory. Tried to allocate 2.00 GiB",
+            "Expected 4-dimensional input for 4-dimensional weight",
+            "orfeas test model: this item is refused (fault = 1)",
+        ] {
+            assert!(!device_lost(&batch_only.to_ascii_lowercase()), "{batch_only}");
+        }
+    }
+
+    #[test]
     fn inflate_runs_batched_and_items_are_independent() {
         let (manifest, path) = inflate();
         let [h, w] = manifest.input_size;
