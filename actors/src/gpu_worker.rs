@@ -35,7 +35,7 @@ use std::{
 
 use image::RgbaImage;
 use orfeas_wire::{
-    v1::{Failure, ImageInput, Stage},
+    v1::{Failure, Stage},
     ErrorCode,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -102,6 +102,8 @@ pub struct GpuWorker {
     pub events: EventSink,
     /// Readiness: this device is warm once its models ran.
     pub warmth: Warmth,
+    /// Where images submitted by reference are fetched from (`None` in unit tests).
+    pub inputs: Option<crate::inputs::Inputs>,
 }
 
 /// Mutable state: the device thread's inbox and the current manifests.
@@ -250,7 +252,15 @@ impl Actor for GpuWorker {
                     self.settings.max_image_side,
                 );
                 let device = self.device.id.clone();
+                let inputs = self.inputs.clone();
                 tokio::spawn(async move {
+                    // Images by reference: fetched and checked before any decode.
+                    let batch = crate::inputs::Inputs::resolve(inputs.as_ref(), batch, |ticket, failure| {
+                        if let Some(post) = roster.postprocess() {
+                            let _ = post.cast(PostprocessMsg::Fail { ticket, failure });
+                        }
+                    })
+                    .await;
                     let prepared = tokio::task::spawn_blocking(move || {
                         prepare_batch(batch, manifest, &model, max_side, &roster, &events, &device)
                     })
@@ -341,7 +351,7 @@ fn prepare_batch(
     let mut input = vec![0f32; tickets.len() * slot];
     let results = decode_parallel(&tickets, &mut input, slot, |ticket, out| {
         events.progress(ticket, Stage::Preprocessing);
-        let ImageInput::Inline { media_type, data } = &ticket.job.image;
+        let (media_type, data) = crate::inputs::inline(&ticket.job.image).map_err(|e| e.failure())?;
         preprocess::prepare_into(
             data,
             media_type,
@@ -350,6 +360,7 @@ fn prepare_batch(
             manifest.preprocess,
             out,
         )
+        .map_err(|e| Failure::new(e.code(), e.to_string()))
     });
     // Close the gaps failed images leave, in place.
     let columns = manifest.params.len();
@@ -365,7 +376,7 @@ fn prepare_batch(
                 kept_params.extend_from_slice(&params[i * columns..(i + 1) * columns]);
                 items.push((ticket, image));
             }
-            Err(e) => fail(ticket, Failure::new(e.code(), e.to_string())),
+            Err(failure) => fail(ticket, failure),
         }
     }
     input.truncate(items.len() * slot);
@@ -755,7 +766,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use orfeas_wire::v1::{AdmittedJob, Format};
+    use orfeas_wire::v1::{AdmittedJob, Format, ImageInput};
     use tokio::sync::mpsc as tmpsc;
 
     /// Stands in for a sibling actor: forwards what it receives to the test.
@@ -841,6 +852,7 @@ mod tests {
                 roster: roster.clone(),
                 events,
                 warmth: warmth.clone(),
+                inputs: None,
             };
             let (worker, _) = Actor::spawn(Some(roster.worker_name("cpu")), worker, ())
                 .await

@@ -1,0 +1,163 @@
+//! Images submitted by reference (`ImageInput::Ref`): the node that runs a
+//! job fetches the bytes just before preprocessing.
+//!
+//! - Sources: the JetStream object store `orfeas_uploads` (object names
+//!   `<agent>/…`) or the node's configured object store (keys
+//!   `uploads/<agent>/…`, the store that holds results). The reference's
+//!   form and prefix were checked at admission; they are checked again here
+//!   (cheap) so a queue message can never make a node read another agent's
+//!   upload.
+//! - Bounded: the stored size is read first and must equal the signed
+//!   `size`; then at most `size + 1` bytes are read, their count must be
+//!   `size` and their SHA-256 the signed digest ([`image_input::check_digest`])
+//!   before anything parses them.
+//! - Outcomes: the bytes; `input_missing` (404, final) when the object is
+//!   not there; `input_mismatch` (422, final) when size or digest differ;
+//!   `unavailable` (503, retryable: the job is redelivered) when the store
+//!   did not answer.
+//! - Not an actor: called by the GpuWorker's preprocessing task.
+
+use async_nats::jetstream::{self, object_store::GetErrorKind};
+use orfeas_wire::{
+    subjects,
+    v1::{Failure, ImageInput, RefStore, MAX_REF_IMAGE_BYTES},
+    ErrorCode,
+};
+use tokio::io::AsyncReadExt;
+
+use crate::{image_input, store::ResultStore, ticket::Ticket};
+
+/// Why referenced bytes could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// No such object.
+    #[error("image {0} is not in its store")]
+    Missing(String),
+    /// The object differs from what the message signed.
+    #[error("image {key}: {why}")]
+    Mismatch {
+        /// The object.
+        key: String,
+        /// What differs.
+        why: String,
+    },
+    /// The reference is not one this agent may use (admission checks it first).
+    #[error("image reference refused: {0}")]
+    Refused(String),
+    /// The store did not answer; worth another try.
+    #[error("image {key} could not be fetched: {detail}")]
+    Unavailable {
+        /// The object.
+        key: String,
+        /// The store's error.
+        detail: String,
+    },
+}
+
+impl FetchError {
+    /// The failure the job ends with (or is retried on, for `unavailable`).
+    pub fn failure(&self) -> Failure {
+        let code = match self {
+            Self::Missing(_) => ErrorCode::InputMissing,
+            Self::Mismatch { .. } => ErrorCode::InputMismatch,
+            Self::Refused(_) => ErrorCode::Forbidden,
+            Self::Unavailable { .. } => ErrorCode::Unavailable,
+        };
+        Failure::new(code, self.to_string())
+    }
+}
+
+/// Where referenced images are read from.
+#[derive(Clone)]
+pub struct Inputs {
+    /// JetStream, for the uploads bucket.
+    pub js: jetstream::Context,
+    /// The configured object store.
+    pub store: ResultStore,
+}
+
+impl Inputs {
+    /// The bytes of `image` for `agent`'s job: `None` for an inline image
+    /// (its bytes are in the job), the checked bytes for a reference.
+    pub async fn fetch(&self, agent: &str, image: &ImageInput) -> Result<Option<Vec<u8>>, FetchError> {
+        let ImageInput::Ref { store, key, sha256, size, .. } = image else { return Ok(None) };
+        image.check_ref(agent, MAX_REF_IMAGE_BYTES).map_err(|(_, why)| FetchError::Refused(why))?;
+        let unavailable = |detail: String| FetchError::Unavailable { key: key.clone(), detail };
+        let mismatch = |why: String| FetchError::Mismatch { key: key.clone(), why };
+        let bytes = match store {
+            RefStore::Jetstream => {
+                let bucket = self.js.get_object_store(subjects::UPLOADS_BUCKET).await.map_err(|e| unavailable(e.to_string()))?;
+                let object = match bucket.get(key).await {
+                    Ok(object) => object,
+                    Err(e) if e.kind() == GetErrorKind::NotFound => return Err(FetchError::Missing(key.clone())),
+                    Err(e) => return Err(unavailable(e.to_string())),
+                };
+                if object.info().size as u64 != *size {
+                    return Err(mismatch(format!("stored size {} is not the signed size {size}", object.info().size)));
+                }
+                let mut bytes = Vec::with_capacity(*size as usize);
+                object.take(size + 1).read_to_end(&mut bytes).await.map_err(|e| unavailable(e.to_string()))?;
+                bytes
+            }
+            RefStore::ObjectStore => {
+                let stored = match self.store.size(key).await {
+                    Ok(stored) => stored,
+                    Err(e) if e.is_not_found() => return Err(FetchError::Missing(key.clone())),
+                    Err(e) => return Err(unavailable(e.to_string())),
+                };
+                if stored != *size {
+                    return Err(mismatch(format!("stored size {stored} is not the signed size {size}")));
+                }
+                match self.store.get_range(key, 0..size + 1).await {
+                    Ok(bytes) => bytes,
+                    Err(e) if e.is_not_found() => return Err(FetchError::Missing(key.clone())),
+                    Err(e) => return Err(unavailable(e.to_string())),
+                }
+            }
+        };
+        if bytes.len() as u64 != *size {
+            return Err(mismatch(format!("read {} bytes where the signed size is {size}", bytes.len())));
+        }
+        image_input::check_digest(&bytes, &hex::encode(sha256)).map_err(|e| mismatch(e.to_string()))?;
+        Ok(Some(bytes))
+    }
+
+    /// Replace every reference in `batch` by its checked bytes (inline);
+    /// jobs whose bytes cannot be had go to `fail` with their failure.
+    pub async fn resolve(inputs: Option<&Self>, batch: Vec<Ticket>, fail: impl Fn(Ticket, Failure)) -> Vec<Ticket> {
+        let mut ready = Vec::with_capacity(batch.len());
+        for mut ticket in batch {
+            if !matches!(ticket.job.image, ImageInput::Ref { .. }) {
+                ready.push(ticket);
+                continue;
+            }
+            let fetched = match inputs {
+                Some(inputs) => inputs.fetch(&ticket.job.agent, &ticket.job.image).await,
+                None => Err(FetchError::Unavailable { key: String::new(), detail: "this node has no input store".into() }),
+            };
+            match fetched {
+                Ok(Some(data)) => {
+                    let mut job = (*ticket.job).clone();
+                    job.image = ImageInput::Inline { media_type: job.image.media_type().to_string(), data };
+                    ticket.job = std::sync::Arc::new(job);
+                    ready.push(ticket);
+                }
+                Ok(None) => ready.push(ticket),
+                Err(e) => {
+                    tracing::info!(job_id = %ticket.job.job_id, error = %e, "image by reference refused");
+                    fail(ticket, e.failure());
+                }
+            }
+        }
+        ready
+    }
+}
+
+/// The bytes and media type of an image that is in the job (inline, or
+/// resolved by [`Inputs::resolve`]).
+pub fn inline(image: &ImageInput) -> Result<(&str, &[u8]), FetchError> {
+    match image {
+        ImageInput::Inline { media_type, data } => Ok((media_type, data)),
+        ImageInput::Ref { key, .. } => Err(FetchError::Unavailable { key: key.clone(), detail: "the reference was not resolved".into() }),
+    }
+}
