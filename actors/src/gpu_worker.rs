@@ -9,6 +9,10 @@
 //!   `SchedulerMsg::BatchLimits` (the batch size each model may have next,
 //!   from the memory free right now) and then `SchedulerMsg::DeviceIdle`
 //!   after every batch; `preprocessing` and `inference` progress events.
+//! - Images submitted by reference are fetched first (`inputs.rs`: at most
+//!   `size` + 1 bytes, size and sha256 checked before any decode); a job
+//!   whose bytes cannot be had fails (`input_missing`, `input_mismatch`) or
+//!   is retried (`unavailable`) through Postprocess.
 //! - State: the channel to its device thread and the manifests of the
 //!   loaded models. Images are decoded and resized on tokio's blocking pool
 //!   (all cores, straight into the batch buffer), so the device thread only
