@@ -99,27 +99,9 @@ impl Inputs {
                 object.take(size + 1).read_to_end(&mut bytes).await.map_err(|e| unavailable(e.to_string()))?;
                 bytes
             }
-            RefStore::ObjectStore => {
-                let stored = match self.store.size(key).await {
-                    Ok(stored) => stored,
-                    Err(e) if e.is_not_found() => return Err(FetchError::Missing(key.clone())),
-                    Err(e) => return Err(unavailable(e.to_string())),
-                };
-                if stored != *size {
-                    return Err(mismatch(format!("stored size {stored} is not the signed size {size}")));
-                }
-                match self.store.get_range(key, 0..size + 1).await {
-                    Ok(bytes) => bytes,
-                    Err(e) if e.is_not_found() => return Err(FetchError::Missing(key.clone())),
-                    Err(e) => return Err(unavailable(e.to_string())),
-                }
-            }
+            RefStore::ObjectStore => read_store(&self.store, key, *size).await?,
         };
-        if bytes.len() as u64 != *size {
-            return Err(mismatch(format!("read {} bytes where the signed size is {size}", bytes.len())));
-        }
-        image_input::check_digest(&bytes, &hex::encode(sha256)).map_err(|e| mismatch(e.to_string()))?;
-        Ok(Some(bytes))
+        check(key, bytes, sha256, *size).map(Some)
     }
 
     /// Replace every reference in `batch` by its checked bytes (inline);
@@ -153,11 +135,78 @@ impl Inputs {
     }
 }
 
+/// At most `size` + 1 bytes of `key` in the configured store, after its
+/// stored size matched `size`.
+async fn read_store(store: &ResultStore, key: &str, size: u64) -> Result<Vec<u8>, FetchError> {
+    let unavailable = |detail: String| FetchError::Unavailable { key: key.to_string(), detail };
+    let stored = match store.size(key).await {
+        Ok(stored) => stored,
+        Err(e) if e.is_not_found() => return Err(FetchError::Missing(key.to_string())),
+        Err(e) => return Err(unavailable(e.to_string())),
+    };
+    if stored != size {
+        return Err(FetchError::Mismatch { key: key.to_string(), why: format!("stored size {stored} is not the signed size {size}") });
+    }
+    match store.get_range(key, 0..size + 1).await {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.is_not_found() => Err(FetchError::Missing(key.to_string())),
+        Err(e) => Err(unavailable(e.to_string())),
+    }
+}
+
+/// The bytes read must be `size` long and hash to `sha256`.
+fn check(key: &str, bytes: Vec<u8>, sha256: &[u8], size: u64) -> Result<Vec<u8>, FetchError> {
+    let mismatch = |why: String| FetchError::Mismatch { key: key.to_string(), why };
+    if bytes.len() as u64 != size {
+        return Err(mismatch(format!("read {} bytes where the signed size is {size}", bytes.len())));
+    }
+    image_input::check_digest(&bytes, &hex::encode(sha256)).map_err(|e| mismatch(e.to_string()))?;
+    Ok(bytes)
+}
+
 /// The bytes and media type of an image that is in the job (inline, or
 /// resolved by [`Inputs::resolve`]).
 pub fn inline(image: &ImageInput) -> Result<(&str, &[u8]), FetchError> {
     match image {
         ImageInput::Inline { media_type, data } => Ok((media_type, data)),
         ImageInput::Ref { key, .. } => Err(FetchError::Unavailable { key: key.clone(), detail: "the reference was not resolved".into() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256};
+
+    #[tokio::test]
+    async fn store_reads_are_bounded_and_checked_before_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ResultStore::local(dir.path().to_path_buf()).unwrap();
+        let key = "uploads/alice/x.png";
+        store.put(key, b"0123456789".to_vec()).await.unwrap();
+        let digest = Sha256::digest(b"0123456789").to_vec();
+        let read = read_store(&store, key, 10).await.unwrap();
+        assert_eq!(check(key, read, &digest, 10).unwrap(), b"0123456789");
+        // A size lie either way is refused from the stored size, before reading.
+        for lie in [9, 11] {
+            let e = read_store(&store, key, lie).await.unwrap_err();
+            assert!(matches!(e, FetchError::Mismatch { .. }), "{e}");
+            assert_eq!(e.failure().code, ErrorCode::InputMismatch);
+        }
+        // Read bytes of another length or digest are refused too.
+        assert!(matches!(check(key, b"012345678".to_vec(), &digest, 10), Err(FetchError::Mismatch { .. })));
+        let e = check(key, b"0123456780".to_vec(), &digest, 10).unwrap_err();
+        assert!(e.to_string().contains("sha256"), "{e}");
+        let e = read_store(&store, "uploads/alice/none.png", 10).await.unwrap_err();
+        assert_eq!((e.failure().code, e.failure().status, e.failure().retryable), (ErrorCode::InputMissing, 404, false), "{e}");
+        assert!(FetchError::Unavailable { key: key.into(), detail: "down".into() }.failure().retryable);
+    }
+
+    #[test]
+    fn an_unresolved_reference_is_never_decoded() {
+        let image = ImageInput::by_reference("alice", RefStore::Jetstream, "x.png", "image/png", b"x");
+        assert!(inline(&image).is_err());
+        let inline_image = ImageInput::Inline { media_type: "image/png".into(), data: vec![1] };
+        assert_eq!(inline(&inline_image).unwrap(), ("image/png", &[1u8][..]));
     }
 }

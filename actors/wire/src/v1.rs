@@ -1102,6 +1102,44 @@ mod tests {
     }
 
     #[test]
+    fn references_are_checked_for_form_prefix_and_size() {
+        let image = ImageInput::by_reference("alice", RefStore::Jetstream, "a/b.png", "image/png", b"bytes");
+        let ImageInput::Ref { key, sha256, size, .. } = &image else { panic!("{image:?}") };
+        assert_eq!((key.as_str(), sha256.len(), *size), ("alice/a/b.png", 32, 5));
+        assert_eq!((image.bytes(), image.media_type()), (5, "image/png"));
+        assert!(image.check_ref("alice", 5).is_ok());
+        assert_eq!(image.check_ref("alice", 4).unwrap_err().0, ErrorCode::TooLarge);
+        assert_eq!(image.check_ref("bob", 5).unwrap_err().0, ErrorCode::Forbidden);
+        assert_eq!(image.check_ref("alic", 5).unwrap_err().0, ErrorCode::Forbidden, "a prefix of the name is not the prefix");
+        let stored = ImageInput::by_reference("alice", RefStore::ObjectStore, "b.png", "image/png", b"bytes");
+        assert!(stored.check_ref("alice", 5).is_ok());
+        let with = |image: &ImageInput, edit: &dyn Fn(&mut Option<String>, &mut String, &mut Vec<u8>, &mut u64)| {
+            let mut image = image.clone();
+            let ImageInput::Ref { bucket, key, sha256, size, .. } = &mut image else { unreachable!() };
+            edit(bucket, key, sha256, size);
+            image.check_ref("alice", 1 << 20).map_err(|(code, _)| code)
+        };
+        for key in ["", "alice/", "/alice/x", "alice//x", "alice/./x", "alice/../bob/x", "alice/x\\y", "alice/x\ny"] {
+            assert_eq!(with(&image, &|_, k, _, _| *k = key.into()), Err(ErrorCode::Invalid), "{key:?}");
+        }
+        assert_eq!(with(&image, &|_, k, _, _| *k = format!("alice/{}", "x".repeat(MAX_REF_KEY_BYTES))), Err(ErrorCode::Invalid));
+        assert_eq!(with(&image, &|_, _, sha, _| sha.push(0)), Err(ErrorCode::Invalid));
+        assert_eq!(with(&image, &|_, _, _, size| *size = 0), Err(ErrorCode::Invalid));
+        assert_eq!(with(&image, &|b, _, _, _| *b = Some(subjects::UPLOADS_BUCKET.into())), Ok(()));
+        assert_eq!(with(&image, &|b, _, _, _| *b = Some("other".into())), Err(ErrorCode::Forbidden));
+        assert_eq!(with(&stored, &|b, _, _, _| *b = Some(subjects::UPLOADS_BUCKET.into())), Err(ErrorCode::Invalid));
+        assert_eq!(with(&stored, &|_, k, _, _| *k = "alice/b.png".into()), Err(ErrorCode::Forbidden), "object store keys live under uploads/");
+        // Inline images have nothing to check here, and decode as before.
+        assert!(ImageInput::Inline { media_type: "image/png".into(), data: vec![] }.check_ref("x", 0).is_ok());
+        let back: ImageInput = crate::from_cbor(&crate::to_cbor(&image)).unwrap();
+        assert_eq!(back, image);
+        let value: ciborium::Value = crate::from_cbor(&crate::to_cbor(&image)).unwrap();
+        let (tag, fields) = &value.as_map().unwrap()[0];
+        assert_eq!(tag.as_text(), Some("ref"));
+        assert_eq!(fields.as_map().unwrap().len(), 5, "bucket is left out when unset");
+    }
+
+    #[test]
     fn trailing_bytes_are_refused() {
         let mut bytes = crate::to_cbor(&Stage::Queued);
         bytes.push(0);
