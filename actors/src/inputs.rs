@@ -202,6 +202,35 @@ mod tests {
         assert!(FetchError::Unavailable { key: key.into(), detail: "down".into() }.failure().retryable);
     }
 
+    #[tokio::test]
+    async fn resolve_passes_inline_jobs_and_fails_unfetchable_references_retryably() {
+        let admitted = |image: ImageInput| {
+            Ticket::new(
+                orfeas_wire::v1::AdmittedJob {
+                    job_id: uuid::Uuid::now_v7(),
+                    agent: "alice".into(),
+                    model: "null".into(),
+                    formats: vec![],
+                    image,
+                    params: Default::default(),
+                    admitted_at_ms: 0,
+                    lane: Default::default(),
+                    batch_id: None,
+                },
+                1,
+                1,
+            )
+        };
+        let inline_job = admitted(ImageInput::Inline { media_type: "image/png".into(), data: vec![1] });
+        let ref_job = admitted(ImageInput::by_reference("alice", RefStore::Jetstream, "x.png", "image/png", b"x"));
+        let failed = std::sync::Mutex::new(Vec::new());
+        let ready = Inputs::resolve(None, vec![inline_job.clone(), ref_job.clone()], |t, f| failed.lock().unwrap().push((t.job.job_id, f))).await;
+        assert_eq!(ready.iter().map(|t| t.job.job_id).collect::<Vec<_>>(), vec![inline_job.job.job_id]);
+        let failed = failed.into_inner().unwrap();
+        assert_eq!(failed.len(), 1);
+        assert_eq!((failed[0].0, failed[0].1.code, failed[0].1.retryable), (ref_job.job.job_id, ErrorCode::Unavailable, true));
+    }
+
     #[test]
     fn an_unresolved_reference_is_never_decoded() {
         let image = ImageInput::by_reference("alice", RefStore::Jetstream, "x.png", "image/png", b"x");
