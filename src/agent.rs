@@ -9,7 +9,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use orfeas_wire::{
     client::{AgentClient, JobEvents},
-    v1::{Event, EventKind, Format, ImageInput, JobParams, ResultFile, SubmitJob},
+    v1::{Event, EventKind, Format, ImageInput, JobParams, ResultFile, SubmitJob, MAX_INLINE_IMAGE_BYTES},
 };
 use uuid::Uuid;
 
@@ -36,6 +36,22 @@ pub fn job_for(image: &Path, model: &str, formats: Vec<Format>, params: JobParam
     let data = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
     let media_type = media_type(&data, image)?.to_string();
     Ok(SubmitJob { job_id: Uuid::now_v7(), model: model.to_string(), image: ImageInput::Inline { media_type, data }, formats, params })
+}
+
+/// Upload `job`'s inline image to the agent's part of the uploads object
+/// store and refer to it instead, when `force` or when it is over the inline
+/// cap ([`MAX_INLINE_IMAGE_BYTES`]); returns the object's key if it did.
+pub async fn upload_if(client: &AgentClient, job: &mut SubmitJob, force: bool) -> Result<Option<String>> {
+    let ImageInput::Inline { media_type, data } = &job.image else { return Ok(None) };
+    if !force && data.len() <= MAX_INLINE_IMAGE_BYTES {
+        return Ok(None);
+    }
+    let extension = media_type.strip_prefix("image/").unwrap_or("img");
+    let image = client.upload(&format!("{}.{extension}", job.job_id), media_type, data).await.context("uploading the image")?;
+    let ImageInput::Ref { key, .. } = &image else { bail!("upload returned no reference") };
+    let key = key.clone();
+    job.image = image;
+    Ok(Some(key))
 }
 
 /// Read events until the terminal one, calling `on_event` for each.

@@ -403,6 +403,10 @@ pub struct SubmitArgs {
     /// Give up waiting after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_s: u64,
+    /// Upload the image to the uploads object store (`orfeas_uploads`) and
+    /// submit it by reference; automatic for images over the inline cap.
+    #[arg(long)]
+    pub by_reference: bool,
     /// How the mesh is made.
     #[command(flatten)]
     pub shape: ShapeArgs,

@@ -114,7 +114,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Submit(args) => {
             let mut agent_client = args.agent.client(&config).await?;
-            let job = agent::job_for(&args.image, &args.model, agent::formats(&args.format)?, args.shape.params())?;
+            let mut job = agent::job_for(&args.image, &args.model, agent::formats(&args.format)?, args.shape.params())?;
+            if let Some(key) = agent::upload_if(&agent_client, &mut job, args.by_reference).await? {
+                println!("uploaded {key}");
+            }
             let mut events = agent_client.submit(&job).await?;
             println!("submitted job {}", job.job_id);
             if !args.wait {

@@ -25,7 +25,7 @@ use orfeas_wire::{
     client::AgentClient,
     envelope::{self, Claims, ContentKind, Seal},
     subjects,
-    v1::{EventKind, ImageInput, SubmitJob, MAX_INLINE_IMAGE_BYTES},
+    v1::{EventKind, ImageInput, RefStore, SubmitJob, MAX_INLINE_IMAGE_BYTES, MAX_REF_IMAGE_BYTES},
     ErrorCode, SecretKey,
 };
 use uuid::Uuid;
@@ -524,6 +524,42 @@ async fn bad_input_suite_each_case_rejected_once_audited_nothing_enqueued() {
     add("inline image over the cap", "alice", alice.seal(&j), ErrorCode::TooLarge, j.job_id);
     let j = job(image.clone());
     add("image over the agent's cap", "small", small.seal(&j), ErrorCode::TooLarge, j.job_id);
+
+    // --- Images by reference: checked at the door, never fetched.
+    let by_ref = |edit: &dyn Fn(&mut ImageInput)| {
+        let mut j = job(image.clone());
+        j.image = ImageInput::by_reference("alice", RefStore::Jetstream, "x.png", "image/png", &image);
+        edit(&mut j.image);
+        j
+    };
+    let field = |edit: fn(&mut String, &mut Vec<u8>, &mut u64, &mut String)| {
+        move |image: &mut ImageInput| {
+            let ImageInput::Ref { media_type, sha256, size, key, .. } = image else { unreachable!() };
+            edit(media_type, sha256, size, key)
+        }
+    };
+    let j = by_ref(&field(|_, _, _, key| *key = "bob/x.png".into()));
+    add("reference into another agent's prefix", "alice", alice.seal(&j), ErrorCode::Forbidden, j.job_id);
+    let j = by_ref(&|image| *image = ImageInput::by_reference("bob", RefStore::ObjectStore, "x.png", "image/png", &[1]));
+    add("object store reference into another agent's prefix", "alice", alice.seal(&j), ErrorCode::Forbidden, j.job_id);
+    let j = by_ref(&|image| {
+        let ImageInput::Ref { bucket, .. } = image else { unreachable!() };
+        *bucket = Some("KV_orfeas_agents".into());
+    });
+    add("reference into another bucket", "alice", alice.seal(&j), ErrorCode::Forbidden, j.job_id);
+    let j = by_ref(&field(|_, _, _, key| *key = "alice/../bob/x.png".into()));
+    add("reference key climbing out with ..", "alice", alice.seal(&j), ErrorCode::Invalid, j.job_id);
+    let j = by_ref(&field(|_, sha, _, _| sha.truncate(31)));
+    add("reference sha256 of 31 bytes", "alice", alice.seal(&j), ErrorCode::Invalid, j.job_id);
+    let j = by_ref(&field(|_, _, size, _| *size = 0));
+    add("reference of 0 bytes", "alice", alice.seal(&j), ErrorCode::Invalid, j.job_id);
+    let j = by_ref(&field(|_, _, size, _| *size = MAX_REF_IMAGE_BYTES + 1));
+    add("reference over the by-reference cap", "alice", alice.seal(&j), ErrorCode::TooLarge, j.job_id);
+    let j = by_ref(&field(|media, _, _, _| *media = "image/gif".into()));
+    add("reference with a media type not allowed", "alice", alice.seal(&j), ErrorCode::InvalidImage, j.job_id);
+    let mut j = by_ref(&|_| {});
+    j.image = ImageInput::by_reference("small", RefStore::Jetstream, "x.png", "image/png", &image);
+    add("reference over the agent's cap", "small", small.seal(&j), ErrorCode::TooLarge, j.job_id);
 
     // --- Policy.
     let j = job(image.clone());

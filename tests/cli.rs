@@ -57,6 +57,40 @@ async fn cli_keys_agents_submit_round_trip() {
         assert!(stdout.contains(line), "missing {line:?} in {stdout}");
     }
     assert!(out.join("star.glb").is_file() && out.join("star.stl").is_file(), "{stdout}");
+
+    // By reference: uploaded to `orfeas_uploads` under the agent's prefix, then submitted.
+    let by_ref = orfeas(&["submit", "--nats", &nats.url, "--agent", "dora", "--key", key_arg, star_arg, "--by-reference", "--wait", "--timeout-s", "120"]);
+    let stdout = text(&by_ref.stdout);
+    assert!(by_ref.status.success(), "{stdout}\n{}", text(&by_ref.stderr));
+    assert!(stdout.starts_with("uploaded dora/") && stdout.contains(".png\nsubmitted job"), "{stdout}");
+    assert!(stdout.contains("completed"), "{stdout}");
+
+    // Over the inline cap: uploaded by itself. A red disc on a noisy light
+    // background (noise below the background tolerance), RGB, 2600² pixels:
+    // the noise keeps the PNG over 8 MiB.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut noise = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % 17) as u8
+    };
+    let big = image::RgbImage::from_fn(2600, 2600, |x, y| {
+        let (dx, dy) = (x as f32 - 1300.0, y as f32 - 1300.0);
+        if dx * dx + dy * dy < 600.0 * 600.0 {
+            image::Rgb([200, 30, 30])
+        } else {
+            image::Rgb([230 + noise(), 230 + noise(), 230 + noise()])
+        }
+    });
+    let big_path = dir.path().join("big.png");
+    big.save(&big_path).unwrap();
+    let big_len = std::fs::metadata(&big_path).unwrap().len();
+    assert!(big_len > orfeas_wire::v1::MAX_INLINE_IMAGE_BYTES as u64, "{big_len} bytes is not over the inline cap");
+    let auto = orfeas(&["submit", "--nats", &nats.url, "--agent", "dora", "--key", key_arg, big_path.to_str().unwrap(), "--wait", "--timeout-s", "120"]);
+    let stdout = text(&auto.stdout);
+    assert!(auto.status.success(), "{stdout}\n{}", text(&auto.stderr));
+    assert!(stdout.starts_with("uploaded dora/") && stdout.contains("completed"), "{stdout}");
 }
 
 use std::os::unix::fs::PermissionsExt;

@@ -8,12 +8,16 @@ mod common;
 use std::process::Command;
 
 fn verify(subject: &str) -> (bool, serde_json::Value) {
+    verify_fixture("submit_job", subject)
+}
+
+fn verify_fixture(name: &str, subject: &str) -> (bool, serde_json::Value) {
     let python = std::env::var("ORFEAS_PYTHON").expect("ORFEAS_PYTHON is not set: run the tests through `deploy/setup.sh --test`");
     let fixtures = common::repo().join("actors/wire/tests/fixtures/v1");
     let public = std::fs::read_to_string(fixtures.join("agent_public_key.hex")).unwrap();
     let out = Command::new(python)
         .arg(common::repo().join("tests/oracles/cose_verify.py"))
-        .arg(fixtures.join("submit_job.cbor"))
+        .arg(fixtures.join(format!("{name}.cbor")))
         .arg(subject)
         .arg(public.trim())
         .output()
@@ -33,4 +37,19 @@ fn protocol_golden_submission_verifies_in_python() {
     assert_eq!(report["model"], "inflate");
     let (ok, report) = verify("orfeas.jobs.submit.bob");
     assert!(!ok, "verified on another subject: {report}");
+}
+
+#[test]
+fn protocol_golden_submission_by_reference_verifies_in_python() {
+    let (ok, report) = verify_fixture("submit_job_by_reference", "orfeas.jobs.submit.alice");
+    assert!(ok, "{report}");
+    let image = &report["image"]["ref"];
+    assert_eq!(image["store"], "jetstream", "{report}");
+    assert_eq!(image["key"], "alice/mug.png");
+    assert_eq!(image["sha256"], "ab".repeat(32));
+    assert_eq!(image["size"], 123_456);
+    assert_eq!(image["media_type"], "image/png");
+    assert!(image.get("bucket").is_none(), "bucket is left out when unset: {report}");
+    let (ok, _) = verify_fixture("submit_job_by_reference", "orfeas.jobs.submit.bob");
+    assert!(!ok);
 }

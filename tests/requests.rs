@@ -226,3 +226,92 @@ async fn requests_submit_batch_admits_each_job_on_its_own_and_reports_the_batch(
         assert_eq!(f.code, code, "{f:?}");
     }
 }
+
+/// A raw request/reply: the reply's body and its `Orfeas-Signature` header.
+async fn raw_request(client: &async_nats::Client, subject: &str, bytes: Vec<u8>) -> (orfeas_wire::v1::StatusReply, Vec<u8>, String) {
+    let reply = tokio::time::timeout(WAIT, client.request(subject.to_string(), bytes.into())).await.unwrap().unwrap();
+    let signature = reply.headers.as_ref().and_then(|h| h.get(orfeas_wire::v1::REPLY_SIGNATURE_HEADER)).expect("reply is signed").as_str().to_string();
+    (orfeas_wire::from_cbor(&reply.payload).unwrap(), reply.payload.to_vec(), signature)
+}
+
+fn reply_code(reply: &orfeas_wire::v1::StatusReply) -> Option<&orfeas_wire::v1::Failure> {
+    match reply {
+        orfeas_wire::v1::StatusReply::Error(f) => Some(f),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_gated_and_replies_are_signed_by_the_node() {
+    use orfeas_wire::{
+        envelope::{self, ContentKind},
+        v1::{open_reply, CancelRequest, StatusRequest},
+        PublicKey,
+    };
+    let nats = NatsServer::start();
+    let store = tempfile::tempdir().unwrap();
+    let _node = NodeProcess::start(&nats, NodeOptions { node_id: "n1", store: store.path(), env: vec![("ORFEAS_MODELS_ENABLED", "null".into())] }).await;
+    let (alice, alice_key) = agent(&nats.url, "alice").await;
+    let client = orfeas_actors::bus::connect(&nats.url, "orfeas-test").await.unwrap();
+    let bus = Bus::attach(client.clone()).await.unwrap();
+    let jobs = JobStore::new(bus.jobs.clone());
+    let queued = record("alice", JobState::Completed);
+    jobs.create(&queued).await.unwrap();
+    let now_s = orfeas_actors::now_ms() / 1000;
+    let node_key = {
+        let record: orfeas_wire::v1::NodeRecord = orfeas_wire::from_cbor(&bus.nodes.get("n1").await.unwrap().unwrap()).unwrap();
+        PublicKey::from_hex(&record.public_key).unwrap()
+    };
+
+    // The reply is signed by the node's event key over the body as sent,
+    // bound to the request's subject and nonce.
+    let (subject, bytes) = StatusRequest { job_id: Some(queued.job_id), batch_id: None }.seal("alice", &alice_key, "orfeas", now_s);
+    let cti = envelope::open(&bytes, 1 << 16, ContentKind::StatusRequest).unwrap().claims.cti;
+    let (reply, body, signature) = raw_request(&client, &subject, bytes.clone()).await;
+    assert!(matches!(&reply, orfeas_wire::v1::StatusReply::Job(s) if s.state == "completed"), "{reply:?}");
+    let opened = open_reply(&signature, &body).unwrap();
+    opened.verify(&node_key, &subject).unwrap();
+    assert_eq!((opened.claims.iss.as_str(), opened.claims.aud.as_str(), opened.op.as_str()), ("n1", "orfeas", "status"));
+    assert_eq!(opened.claims.cti, cti, "bound to the request's nonce");
+    assert!(open_reply(&signature, &body).unwrap().verify(&node_key, &subjects::status("bob")).is_err(), "bound to the subject");
+    let mut tampered = body.clone();
+    *tampered.last_mut().unwrap() ^= 1;
+    assert!(open_reply(&signature, &tampered).unwrap().verify(&node_key, &subject).is_err(), "bound to the body");
+    assert!(open_reply(&signature, &body).unwrap().verify(&alice_key.public(), &subject).is_err(), "made with the node's key only");
+
+    // The same request again: replayed (401), for status and cancel alike,
+    // and the refusal is signed too.
+    let (reply, body, signature) = raw_request(&client, &subject, bytes).await;
+    let f = reply_code(&reply).expect("a replay is refused");
+    assert_eq!((f.code, f.status), (ErrorCode::Replayed, 401), "{f:?}");
+    open_reply(&signature, &body).unwrap().verify(&node_key, &subject).unwrap();
+    let (cancel_subject, cancel_bytes) = CancelRequest { job_id: queued.job_id }.seal("alice", &alice_key, "orfeas", now_s);
+    assert!(reply_code(&raw_request(&client, &cancel_subject, cancel_bytes.clone()).await.0).is_none());
+    assert_eq!(reply_code(&raw_request(&client, &cancel_subject, cancel_bytes).await.0).unwrap().code, ErrorCode::Replayed);
+    // The Rust client verifies every reply (fresh nonces are never replays).
+    assert_eq!(alice.status(&queued.job_id, WAIT).await.unwrap().state, "completed");
+
+    // Requests count toward the agent's rate, with its submissions.
+    let registry = Registry::new(bus.agents.clone(), bus.nodes.clone());
+    let key = SecretKey::generate();
+    registry.add_agent("dave", &key.public().to_hex(), &PolicyUpdate { requests_per_minute: Some(3), ..Default::default() }).await.unwrap();
+    let mut dave = AgentClient::new(client.clone(), "dave", key, "orfeas");
+    for _ in 0..3 {
+        assert_eq!(refused(dave.status(&Uuid::now_v7(), WAIT).await), ErrorCode::NotFound);
+    }
+    let limited = match dave.status(&Uuid::now_v7(), WAIT).await {
+        Err(ClientError::Refused(f)) => f,
+        other => panic!("expected 429, got {other:?}"),
+    };
+    assert_eq!((limited.code, limited.status, limited.retryable), (ErrorCode::RateLimited, 429, true), "{limited:?}");
+    // 3 per minute: the next one is about 20 s away.
+    let retry = limited.retry_after_ms.expect("retry_after_ms");
+    assert!((1..=20_000).contains(&retry), "{retry}");
+    assert_eq!(refused(dave.cancel(&Uuid::now_v7(), WAIT).await), ErrorCode::RateLimited);
+    let mut job = common::example_job("mug.png", vec![]);
+    job.model = "null".into();
+    let mut events = dave.submit(&job).await.unwrap();
+    let event = dave.next_event(&mut events, WAIT).await.unwrap();
+    let EventKind::Rejected(f) = event.kind else { panic!("{event:?}") };
+    assert_eq!(f.code, ErrorCode::RateLimited, "the submission shares the rate: {f:?}");
+}

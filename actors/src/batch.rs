@@ -24,7 +24,7 @@ use async_nats::jetstream::{
 use orfeas_wire::{
     envelope::Opened,
     subjects,
-    v1::{self, EventKind, Failure, ImageInput, SubmitBatch},
+    v1::{self, EventKind, Failure, SubmitBatch},
     ErrorCode,
 };
 use serde::{Deserialize, Serialize};
@@ -169,12 +169,12 @@ impl Admission {
         for mut job in batch.jobs {
             let job_id = job.job_id;
             let digest = hex::encode(Sha256::digest(orfeas_wire::to_cbor(&job)));
-            let refusal = match check_job(&mut job, &self.policy) {
+            let refusal = match check_job(&mut job, agent, &self.policy) {
                 Err((code, error)) => Some(Failure::new(code, error)),
                 Ok(()) => {
-                    let ImageInput::Inline { data, .. } = &job.image;
-                    match record.max_image_bytes.filter(|&cap| data.len() as u64 > cap) {
-                        Some(cap) => Some(Failure::new(ErrorCode::TooLarge, format!("image of {} bytes exceeds agent {agent:?}'s cap of {cap} bytes", data.len()))),
+                    let bytes = job.image.bytes();
+                    match record.max_image_bytes.filter(|&cap| bytes > cap) {
+                        Some(cap) => Some(Failure::new(ErrorCode::TooLarge, format!("image of {bytes} bytes exceeds agent {agent:?}'s cap of {cap} bytes"))),
                         None => self.gate.take_slot(agent, job_id, record.max_concurrent).await?.err(),
                     }
                 }

@@ -161,6 +161,18 @@ impl Gate {
         }
     }
 
+    /// Record nonce `cti` of a verified request (status, cancel) of
+    /// `agent`: requests are not stored messages, so any earlier use of the
+    /// nonce (by a request or a submission) is a replay.
+    pub async fn request_nonce(&self, agent: &str, cti: &[u8]) -> Result<Result<(), Failure>, BusError> {
+        let key = format!("{agent}.{}", hex::encode(cti));
+        match self.nonces.create(&key, b"request".to_vec().into()).await {
+            Ok(_) => Ok(Ok(())),
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(Err(refusal(ErrorCode::Replayed, format!("nonce {} of agent {agent:?} was already used", hex::encode(cti)), None))),
+            Err(e) => Err(kv_err("create", &key, e)),
+        }
+    }
+
     /// Take a slot for `job_id` among `agent`'s unfinished jobs, at most
     /// `max`; `None` = no cap (and no bookkeeping). Idempotent per job.
     pub async fn take_slot(&self, agent: &str, job_id: Uuid, max: Option<u32>) -> Result<Result<(), Failure>, BusError> {

@@ -9,6 +9,10 @@
 //!   `SchedulerMsg::BatchLimits` (the batch size each model may have next,
 //!   from the memory free right now) and then `SchedulerMsg::DeviceIdle`
 //!   after every batch; `preprocessing` and `inference` progress events.
+//! - Images submitted by reference are fetched first (`inputs.rs`: at most
+//!   `size` + 1 bytes, size and sha256 checked before any decode); a job
+//!   whose bytes cannot be had fails (`input_missing`, `input_mismatch`) or
+//!   is retried (`unavailable`) through Postprocess.
 //! - State: the channel to its device thread and the manifests of the
 //!   loaded models. Images are decoded and resized on tokio's blocking pool
 //!   (all cores, straight into the batch buffer), so the device thread only
@@ -35,7 +39,7 @@ use std::{
 
 use image::RgbaImage;
 use orfeas_wire::{
-    v1::{Failure, ImageInput, Stage},
+    v1::{Failure, Stage},
     ErrorCode,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -103,6 +107,8 @@ pub struct GpuWorker {
     pub events: EventSink,
     /// Readiness: this device is warm once its models ran.
     pub warmth: Warmth,
+    /// Where images submitted by reference are fetched from (`None` in unit tests).
+    pub inputs: Option<crate::inputs::Inputs>,
 }
 
 /// Mutable state: the device thread's inbox and the current manifests.
@@ -264,7 +270,15 @@ impl Actor for GpuWorker {
                 let mut batch = batch;
                 // Retried jobs last: each runs alone after the others (see `DeviceThread::run`).
                 batch.sort_by_key(|t| t.attempt > 1);
+                let inputs = self.inputs.clone();
                 tokio::spawn(async move {
+                    // Images by reference: fetched and checked before any decode.
+                    let batch = crate::inputs::Inputs::resolve(inputs.as_ref(), batch, |ticket, failure| {
+                        if let Some(post) = roster.postprocess() {
+                            let _ = post.cast(PostprocessMsg::Fail { ticket, failure });
+                        }
+                    })
+                    .await;
                     let prepared = tokio::task::spawn_blocking(move || {
                         prepare_batch(batch, manifest, &model, max_side, &roster, &events, &device)
                     })
@@ -355,7 +369,7 @@ fn prepare_batch(
     let mut input = vec![0f32; tickets.len() * slot];
     let results = decode_parallel(&tickets, &mut input, slot, |ticket, out| {
         events.progress(ticket, Stage::Preprocessing);
-        let ImageInput::Inline { media_type, data } = &ticket.job.image;
+        let (media_type, data) = crate::inputs::inline(&ticket.job.image).map_err(|e| e.failure())?;
         preprocess::prepare_into(
             data,
             media_type,
@@ -364,6 +378,7 @@ fn prepare_batch(
             manifest.preprocess,
             out,
         )
+        .map_err(|e| Failure::new(e.code(), e.to_string()))
     });
     // Close the gaps failed images leave, in place.
     let columns = manifest.params.len();
@@ -379,7 +394,7 @@ fn prepare_batch(
                 kept_params.extend_from_slice(&params[i * columns..(i + 1) * columns]);
                 items.push((ticket, image));
             }
-            Err(e) => fail(ticket, Failure::new(e.code(), e.to_string())),
+            Err(failure) => fail(ticket, failure),
         }
     }
     input.truncate(items.len() * slot);
@@ -811,7 +826,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use orfeas_wire::v1::{AdmittedJob, Format};
+    use orfeas_wire::v1::{AdmittedJob, Format, ImageInput};
     use tokio::sync::mpsc as tmpsc;
 
     /// Stands in for a sibling actor: forwards what it receives to the test.
@@ -899,6 +914,7 @@ mod tests {
                 roster: roster.clone(),
                 events,
                 warmth: warmth.clone(),
+                inputs: None,
             };
             let (worker, ended) = Actor::spawn(Some(roster.worker_name("cpu")), worker, ())
                 .await

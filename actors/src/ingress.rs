@@ -152,14 +152,15 @@ pub fn check_submission(
     if opened.events_subject.as_deref() != Some(expected_events.as_str()) {
         return Err(reject(ErrorCode::Forbidden, format!("events subject {:?} is not {expected_events:?}", opened.events_subject)));
     }
-    check_job(&mut job, policy).map_err(|(code, error)| reject(code, error))?;
+    check_job(&mut job, agent, policy).map_err(|(code, error)| reject(code, error))?;
     let digest = hex::encode(Sha256::digest(&opened.payload));
     Ok(ValidJob { agent: agent.to_string(), job, digest, batch_id: None })
 }
 
 /// The checks of one job's content: model served, parameters, formats
-/// (defaulted and deduplicated), image size and header.
-pub fn check_job(job: &mut SubmitJob, policy: &Policy) -> Result<(), (ErrorCode, String)> {
+/// (defaulted and deduplicated), image size and header (inline), or the
+/// reference's form, `agent`'s prefix, size cap and media type (by reference).
+pub fn check_job(job: &mut SubmitJob, agent: &str, policy: &Policy) -> Result<(), (ErrorCode, String)> {
     let reject = |code, error: String| (code, error);
     if !policy.models.contains_key(&job.model) {
         let mut served: Vec<&str> = policy.models.keys().map(String::as_str).collect();
@@ -178,11 +179,21 @@ pub fn check_job(job: &mut SubmitJob, policy: &Policy) -> Result<(), (ErrorCode,
         }
     }
     job.formats = unique;
-    let ImageInput::Inline { media_type, data } = &job.image;
-    if data.len() > v1::MAX_INLINE_IMAGE_BYTES {
-        return Err(reject(ErrorCode::TooLarge, format!("inline image of {} bytes exceeds {}", data.len(), v1::MAX_INLINE_IMAGE_BYTES)));
+    match &job.image {
+        ImageInput::Inline { media_type, data } => {
+            if data.len() > v1::MAX_INLINE_IMAGE_BYTES {
+                return Err(reject(ErrorCode::TooLarge, format!("inline image of {} bytes exceeds {}", data.len(), v1::MAX_INLINE_IMAGE_BYTES)));
+            }
+            preprocess::check_header(data, media_type, policy.max_image_side).map_err(|e| reject(e.code(), e.to_string()))?;
+        }
+        image @ ImageInput::Ref { media_type, .. } => {
+            // The bytes are fetched and their header checked by the node that runs the job.
+            if crate::image_input::format_of(media_type).is_none() {
+                return Err(reject(ErrorCode::InvalidImage, format!("media type {media_type:?} is not image/png, image/jpeg or image/webp")));
+            }
+            image.check_ref(agent, v1::MAX_REF_IMAGE_BYTES)?;
+        }
     }
-    preprocess::check_header(data, media_type, policy.max_image_side).map_err(|e| reject(e.code(), e.to_string()))?;
     Ok(())
 }
 
@@ -200,6 +211,9 @@ pub struct Ingress {
     pub events: EventSink,
     /// Admission policy.
     pub policy: Policy,
+    /// Pre-auth rate, nonces, per-agent rate and concurrency cap (shared
+    /// with the status / cancel request server).
+    pub gate: Arc<Gate>,
 }
 
 /// Ingress state.
@@ -349,9 +363,9 @@ impl Admission {
         if !record.allows("submit") {
             return refuse(Failure::new(ErrorCode::Forbidden, format!("agent {agent:?} may not use operation submit")));
         }
-        let ImageInput::Inline { data, .. } = &valid.job.image;
-        if let Some(cap) = record.max_image_bytes.filter(|&cap| data.len() as u64 > cap) {
-            return refuse(Failure::new(ErrorCode::TooLarge, format!("image of {} bytes exceeds agent {agent:?}'s cap of {cap} bytes", data.len())));
+        let bytes = valid.job.image.bytes();
+        if let Some(cap) = record.max_image_bytes.filter(|&cap| bytes > cap) {
+            return refuse(Failure::new(ErrorCode::TooLarge, format!("image of {bytes} bytes exceeds agent {agent:?}'s cap of {cap} bytes")));
         }
         if let Err(failure) = self.gate.nonce(agent, &opened.claims.cti, stream_seq).await? {
             return refuse(failure);
@@ -493,7 +507,7 @@ impl Actor for Ingress {
             jobs: self.jobs.clone(),
             events: self.events.clone(),
             policy: self.policy.clone(),
-            gate: Arc::new(Gate::new(self.settings.preauth_per_minute, self.bus.nonces.clone(), self.bus.active.clone(), self.jobs.clone())),
+            gate: self.gate.clone(),
             queue_depth,
         });
         Ok(IngressState { credits, puller, depth_reader, admission })

@@ -27,6 +27,7 @@ pub mod heartbeat;
 pub mod http;
 pub mod image_input;
 pub mod ingress;
+pub mod inputs;
 pub mod jobs;
 pub mod lanes;
 pub mod metrics;

@@ -110,7 +110,11 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, NodeError> {
         devices: devices.iter().map(|d| d.id.clone()).collect(),
         reloading: Default::default(),
     };
+    let gate = Arc::new(crate::gate::Gate::new(settings.preauth_per_minute, bus.nonces.clone(), bus.active.clone(), crate::jobs::JobStore::new(bus.jobs.clone())));
     let requests = RequestServer {
+        node_id: settings.node_id.clone(),
+        node_key: settings.node_key.clone(),
+        gate: gate.clone(),
         deployment: settings.deployment.clone(),
         clock_skew_s: settings.clock_skew_s,
         registry: registry.clone(),
@@ -139,6 +143,7 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, NodeError> {
         warmth: warmth.clone(),
         roster: roster.clone(),
         load,
+        gate,
     };
     let health = Health::new(client.clone(), warmth);
     let http = match ctx.settings.http_listen {

@@ -5,14 +5,19 @@
 //!   (request/reply, no stream; a lost request is simply asked again);
 //!   every node subscribes in queue group `orfeas-requests`, so each
 //!   request gets one answer, from whichever node.
-//! - Checks, as Ingress does: size cap, envelope of the request's kind,
+//! - Checks, as Ingress does and through the same [`Gate`]: size cap,
+//!   envelope of the request's kind, pre-auth rate of the subject token,
 //!   issuer = subject token, key known / not revoked / in its window,
-//!   `verify_strict` bound to the subject, audience and time window, the
-//!   operation matching the subject, the agent allowed that operation.
-//!   Requests are idempotent, so nonces are not recorded for them.
+//!   `verify_strict` bound to the subject, audience and time window, nonce
+//!   (`cti`) never seen before (else `replayed`), the operation matching
+//!   the subject, the agent allowed that operation, the agent's request
+//!   rate (shared with its submissions; else 429 `rate_limited` with
+//!   `retry_after_ms`).
 //! - Answers: `StatusReply::Job` (the record as the agent may see it) or
 //!   `StatusReply::Error` with a stable code (`not_found` for a job of
-//!   another agent or none at all).
+//!   another agent or none at all), CBOR in the body, signed by this node's
+//!   event key in the `Orfeas-Signature` header (detached COSE_Sign1 bound
+//!   to the request's subject and nonce; `v1::seal_reply`).
 //! - Cancel: a queued job (`admitted`) becomes `canceled` with the terminal
 //!   event `failed{canceled}` at seq `attempt << 16 | 0xFFFF` (after any
 //!   event of that attempt), written revision-checked, then published by
@@ -30,13 +35,14 @@ use futures::StreamExt;
 use orfeas_wire::{
     envelope::{self, ContentKind, Opened},
     subjects,
-    v1::{CancelRequest, EventKind, Failure, JobStatus, StatusReply, StatusRequest, MAX_LIFETIME_S},
+    v1::{seal_reply, CancelRequest, EventKind, Failure, JobStatus, StatusReply, StatusRequest, MAX_LIFETIME_S, REPLY_SIGNATURE_HEADER},
     ErrorCode,
 };
 use tokio::{sync::Semaphore, task::JoinHandle};
 use uuid::Uuid;
 
 use crate::{
+    gate::Gate,
     events::EventSink,
     jobs::{JobRecord, JobState, JobStore, Updated},
     metrics, now_ms,
@@ -53,6 +59,12 @@ pub const CANCEL_STEP: u64 = 0xFFFF;
 /// What the request server needs.
 #[derive(Clone)]
 pub struct RequestServer {
+    /// This node (`iss` of its reply signatures).
+    pub node_id: String,
+    /// Signs replies (the node's event key).
+    pub node_key: orfeas_wire::SecretKey,
+    /// Pre-auth rate, nonces and per-agent rate, shared with Ingress.
+    pub gate: Arc<Gate>,
     /// The deployment name (`aud`).
     pub deployment: String,
     /// Tolerated clock skew, seconds.
@@ -103,6 +115,7 @@ pub fn job_status(record: &JobRecord) -> JobStatus {
 /// `agent`: the checks of Ingress' order that apply to requests.
 #[allow(clippy::too_many_arguments)]
 pub async fn verify_request(
+    gate: &Gate,
     registry: &Registry,
     deployment: &str,
     clock_skew_s: u64,
@@ -113,6 +126,7 @@ pub async fn verify_request(
     op: &str,
 ) -> Result<(Opened, AgentRecord), Failure> {
     let opened = envelope::open(bytes, MAX_REQUEST_BYTES, kind).map_err(|e| Failure::new(e.code(), e.to_string()))?;
+    gate.pre_auth(agent)?;
     if opened.claims.iss != agent {
         return Err(Failure::new(ErrorCode::Forbidden, format!("issuer {:?} asked on {agent:?}'s subject", opened.claims.iss)));
     }
@@ -131,12 +145,18 @@ pub async fn verify_request(
         }
         return Err(failure);
     }
+    match gate.request_nonce(agent, &opened.claims.cti).await {
+        Ok(Ok(())) => {}
+        Ok(Err(failure)) => return Err(failure),
+        Err(e) => return Err(Failure::new(ErrorCode::Unavailable, format!("nonce cache unreadable: {e}"))),
+    }
     if opened.op != op {
         return Err(Failure::new(ErrorCode::Forbidden, format!("operation {:?} is not {op}", opened.op)));
     }
     if !record.allows(op) {
         return Err(Failure::new(ErrorCode::Forbidden, format!("agent {agent:?} may not use operation {op}")));
     }
+    gate.rate(agent, record.requests_per_minute)?;
     Ok((opened, record))
 }
 
@@ -167,7 +187,10 @@ impl RequestServer {
                     tokio::spawn(async move {
                         let _permit = permit;
                         let answer = server.answer(&message.subject, &message.payload).await;
-                        if let Err(e) = client.publish(reply, orfeas_wire::to_cbor(&answer).into()).await {
+                        let body = orfeas_wire::to_cbor(&answer);
+                        let mut headers = async_nats::HeaderMap::new();
+                        headers.insert(REPLY_SIGNATURE_HEADER, server.sign_reply(&message.subject, &message.payload, &body).as_str());
+                        if let Err(e) = client.publish_with_headers(reply, headers, body.into()).await {
                             tracing::warn!(error = %e, "status/cancel reply not sent");
                         }
                     });
@@ -176,13 +199,22 @@ impl RequestServer {
         })
     }
 
+    /// The `Orfeas-Signature` header of `body`, the reply to request
+    /// `request` received on `subject`: bound to the subject and, when the
+    /// request could be decoded, to its nonce.
+    pub fn sign_reply(&self, subject: &str, request: &[u8], body: &[u8]) -> String {
+        let op = subjects::agent_of_request(subject).map(|(op, _)| op).unwrap_or("status");
+        let cti = envelope::open_one_of(request, MAX_REQUEST_BYTES, &[ContentKind::StatusRequest, ContentKind::CancelRequest]).map(|o| o.claims.cti).unwrap_or_default();
+        seal_reply(body, &self.node_id, &self.node_key, &self.deployment, op, subject, &cti, now_ms() / 1000)
+    }
+
     /// The answer to one request received on `subject`.
     pub async fn answer(&self, subject: &str, bytes: &[u8]) -> StatusReply {
         let Some((op, agent)) = subjects::agent_of_request(subject) else {
             return refuse(ErrorCode::Forbidden, format!("{subject:?} is not a status or cancel subject"), None);
         };
         let kind = if op == "status" { ContentKind::StatusRequest } else { ContentKind::CancelRequest };
-        let reply = match verify_request(&self.registry, &self.deployment, self.clock_skew_s, agent, subject, bytes, kind, op).await {
+        let reply = match verify_request(&self.gate, &self.registry, &self.deployment, self.clock_skew_s, agent, subject, bytes, kind, op).await {
             Err(failure) => StatusReply::Error(failure),
             Ok((opened, _)) => {
                 if op == "status" {

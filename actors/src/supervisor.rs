@@ -61,6 +61,9 @@ pub struct NodeContext {
     pub roster: Roster,
     /// Load the Scheduler reports to the heartbeat.
     pub load: crate::heartbeat::NodeLoad,
+    /// Admission limits shared by Ingress and the request server (kept
+    /// across Ingress restarts).
+    pub gate: Arc<crate::gate::Gate>,
 }
 
 /// One child slot of the tree.
@@ -138,6 +141,7 @@ impl NodeSupervisor {
                     roster: ctx.roster.clone(),
                     events: ctx.events.clone(),
                     warmth: ctx.warmth.clone(),
+                    inputs: Some(crate::inputs::Inputs { js: ctx.bus.js.clone(), store: ctx.store.clone() }),
                 };
                 Actor::spawn_linked(Some(name), actor, (), me).await?.0.get_cell()
             }
@@ -168,6 +172,7 @@ impl NodeSupervisor {
                     jobs,
                     events: ctx.events.clone(),
                     policy,
+                    gate: ctx.gate.clone(),
                 };
                 Actor::spawn_linked(Some(ctx.roster.name("ingress")), actor, (), me).await?.0.get_cell()
             }

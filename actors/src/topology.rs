@@ -105,6 +105,22 @@ pub fn buckets(settings: &NodeSettings) -> Vec<kv::Config> {
     ]
 }
 
+/// How long an agent's upload stays in [`subjects::UPLOADS_BUCKET`]: as
+/// long as a job may wait in the queue.
+pub const UPLOAD_TTL: Duration = JOB_TTL;
+
+/// The object store agents upload images to for submission by reference.
+pub fn uploads(settings: &NodeSettings) -> jetstream::object_store::Config {
+    jetstream::object_store::Config {
+        bucket: subjects::UPLOADS_BUCKET.into(),
+        description: Some("images agents submit by reference; object names <agent>/...".into()),
+        max_age: UPLOAD_TTL,
+        storage: StorageType::File,
+        num_replicas: settings.replicas,
+        ..Default::default()
+    }
+}
+
 /// The stream behind KV bucket `bucket`.
 pub fn bucket_stream(bucket: &str) -> String {
     format!("KV_{bucket}")
@@ -336,6 +352,17 @@ pub async fn ensure(
                 .await
                 .map_err(|e| setup_err(&name, e))?,
         );
+    }
+    // The uploads object store: created when missing (another node may
+    // create it at the same moment; then it exists).
+    let uploads = uploads(settings);
+    let stream_name = format!("OBJ_{}", uploads.bucket);
+    if existing(js, &stream_name).await?.is_none() {
+        if let Err(e) = js.create_object_store(uploads.clone()).await {
+            if existing(js, &stream_name).await?.is_none() {
+                return Err(setup_err(&uploads.bucket, e));
+            }
+        }
     }
     Ok(stores)
 }

@@ -6,12 +6,19 @@ signed events, ask for a job's status, cancel a job:
     python orfeas_client.py --nats nats://127.0.0.1:4222 --agent alice \
         --seed-hex <64 hex digits of the agent's Ed25519 seed> \
         submit photo.png --model inflate --format glb
+    python orfeas_client.py ... submit big.png --by-reference
     python orfeas_client.py ... status <job_id>
     python orfeas_client.py ... cancel <job_id>
 
-Every line printed is one JSON object: each verified event of a submission
-(`{"event": ...}`), or the status / cancel reply (`{"job": ...}` or
-`{"error": ...}`). Exit code 0 on `completed` / a `job` reply, 2 otherwise.
+`--by-reference` (automatic for images over the inline cap) uploads the
+image to the JetStream object store `orfeas_uploads` as `<agent>/<job_id>.<ext>`
+and submits a reference with the image's signed sha256 and size.
+
+Every line printed is one JSON object: `{"submitted": job_id}` (with
+`"uploaded": key` for a reference), then each verified event of a
+submission (`{"event": ...}`), or the status / cancel reply (`{"job": ...}`
+or `{"error": ...}`), whose node signature (header `Orfeas-Signature`) was
+verified. Exit code 0 on `completed` / a `job` reply, 2 otherwise.
 """
 import argparse
 import asyncio
@@ -36,7 +43,12 @@ CONTENT_TYPES = {
     "status": "application/orfeas.status.v1+cbor",
     "cancel": "application/orfeas.cancel.v1+cbor",
     "event": "application/orfeas.event.v1+cbor",
+    "reply": "application/orfeas.reply.v1+cbor",
 }
+# Largest inline image (8 MiB envelope cap minus 64 KiB); larger ones go by reference.
+MAX_INLINE_IMAGE_BYTES = 8 * 1024 * 1024 - 64 * 1024
+UPLOADS_BUCKET = "orfeas_uploads"
+REPLY_SIGNATURE_HEADER = "Orfeas-Signature"
 
 
 def kid(public_key: bytes) -> bytes:
@@ -45,14 +57,14 @@ def kid(public_key: bytes) -> bytes:
 
 
 def seal(key: nacl.signing.SigningKey, agent: str, audience: str, op: str, subject: str,
-         payload: bytes, lifetime_s: int, events_subject: str | None = None) -> bytes:
+         payload: bytes, lifetime_s: int, events_subject: str | None = None, cti: bytes | None = None) -> bytes:
     """COSE_Sign1 [protected, {}, payload, signature], untagged."""
     now = int(time.time())
     protected = {
         1: ALG_EDDSA,
         3: CONTENT_TYPES[op],
         4: kid(bytes(key.verify_key)),
-        15: {ISS: agent, AUD: audience, IAT: now, EXP: now + lifetime_s, CTI: os.urandom(16)},
+        15: {ISS: agent, AUD: audience, IAT: now, EXP: now + lifetime_s, CTI: cti or os.urandom(16)},
         "orfeas.op": op,
     }
     if events_subject is not None:
@@ -118,14 +130,31 @@ class Agent:
             raise ValueError("event names another node than its signer")
         return event
 
-    async def submit(self, image: bytes, model: str, formats: list[str], params: dict, timeout: float) -> int:
+    async def upload(self, name: str, image: bytes) -> dict:
+        """Put `image` into the uploads object store as `<agent>/<name>` and
+        return the reference to submit (sha256 and size are signed with it)."""
+        key = f"{self.agent}/{name}"
+        store = await self.js.object_store(UPLOADS_BUCKET)
+        await store.put(key, image)
+        return {"ref": {"media_type": media_type(image), "store": "jetstream", "key": key,
+                        "sha256": hashlib.sha256(image).digest(), "size": len(image)}}
+
+    async def submit(self, image: bytes, model: str, formats: list[str], params: dict, timeout: float,
+                     by_reference: bool = False) -> int:
         job_id = uuid.uuid7() if hasattr(uuid, "uuid7") else uuid.uuid4()
         subject = f"orfeas.jobs.submit.{self.agent}"
         events_subject = f"orfeas.events.{self.agent}.{job_id}"
+        submitted = {"submitted": str(job_id)}
+        if by_reference or len(image) > MAX_INLINE_IMAGE_BYTES:
+            extension = media_type(image).split("/")[1]
+            image_input = await self.upload(f"{job_id}.{extension}", image)
+            submitted["uploaded"] = image_input["ref"]["key"]
+        else:
+            image_input = {"inline": {"media_type": media_type(image), "data": image}}
         job = {
             "job_id": job_id.bytes,
             "model": model,
-            "image": {"inline": {"media_type": media_type(image), "data": image}},
+            "image": image_input,
             "formats": formats,
             "params": params,
         }
@@ -133,7 +162,7 @@ class Agent:
         # Subscribe before publishing so no event is missed.
         events = await self.nc.subscribe(events_subject)
         await self.js.publish(subject, envelope)
-        print(json.dumps({"submitted": str(job_id)}), flush=True)
+        print(json.dumps(submitted), flush=True)
         seen = set()
         accepted = False
         deadline = time.monotonic() + timeout
@@ -154,10 +183,32 @@ class Agent:
     async def request(self, op: str, job_id: str, timeout: float) -> int:
         subject = f"orfeas.{op}.{self.agent}"
         payload = cbor2.dumps({"job_id": uuid.UUID(job_id).bytes})
-        envelope = seal(self.key, self.agent, self.audience, op, subject, payload, 60)
-        reply = cbor2.loads((await self.nc.request(subject, envelope, timeout=timeout)).data)
+        cti = os.urandom(16)
+        envelope = seal(self.key, self.agent, self.audience, op, subject, payload, 60, cti=cti)
+        message = await self.nc.request(subject, envelope, timeout=timeout)
+        await self.verify_reply(subject, cti, message.headers or {}, message.data)
+        reply = cbor2.loads(message.data)
         print(json.dumps(plain(reply)), flush=True)
         return 0 if "job" in reply else 2
+
+    async def verify_reply(self, subject: str, cti: bytes, headers: dict, body: bytes) -> None:
+        """The node's detached COSE_Sign1 over the reply body, bound to the
+        request's subject and nonce (header `Orfeas-Signature`, hex)."""
+        signature_hex = headers.get(REPLY_SIGNATURE_HEADER)
+        if not signature_hex:
+            raise ValueError("reply is not signed")
+        protected_bytes, unprotected, payload, signature = cbor2.loads(bytes.fromhex(signature_hex))
+        protected = cbor2.loads(protected_bytes)
+        if protected[1] != ALG_EDDSA or protected[3] != CONTENT_TYPES["reply"] or unprotected or payload is not None:
+            raise ValueError("not an orfeas v1 reply signature")
+        claims = protected[15]
+        if claims[CTI] != cti or claims[AUD] != self.audience:
+            raise ValueError("reply signed for another request or deployment")
+        key = await self.node_key(claims[ISS])
+        if kid(bytes(key)) != protected[4]:
+            raise ValueError(f"reply key id {protected[4]!r} is not node {claims[ISS]}'s")
+        to_be_signed = cbor2.dumps(["Signature1", protected_bytes, AAD_DOMAIN + subject.encode(), body])
+        key.verify(to_be_signed, signature)
 
 
 async def main() -> int:
@@ -173,6 +224,8 @@ async def main() -> int:
     submit.add_argument("--model", default="inflate")
     submit.add_argument("--format", action="append", default=[])
     submit.add_argument("--target-faces", type=int)
+    submit.add_argument("--by-reference", action="store_true",
+                        help="upload to the orfeas_uploads object store and submit by reference")
     for op in ("status", "cancel"):
         sub.add_parser(op).add_argument("job_id")
     args = parser.parse_args()
@@ -184,7 +237,7 @@ async def main() -> int:
             params = {"target_faces": args.target_faces} if args.target_faces else {}
             with open(args.image, "rb") as f:
                 image = f.read()
-            return await agent.submit(image, args.model, args.format or ["glb"], params, args.timeout)
+            return await agent.submit(image, args.model, args.format or ["glb"], params, args.timeout, args.by_reference)
         return await agent.request(args.command, args.job_id, args.timeout)
     finally:
         await nc.close()

@@ -40,6 +40,8 @@ def main() -> None:
         "events": protected.get("orfeas.events"),
         "payload_keys": sorted(body.keys()),
         "model": body.get("model"),
+        "image": {kind: {k: (v.hex() if isinstance(v, bytes) else v) for k, v in fields.items()}
+                  for kind, fields in body.get("image", {}).items()},
     }))
 
 

@@ -88,6 +88,18 @@ impl AgentClient {
         Self { client, js, agent: agent.to_string(), key, audience: audience.to_string(), node_keys: HashMap::new() }
     }
 
+    /// Upload `bytes` as `name` into this agent's part of the JetStream
+    /// object store [`subjects::UPLOADS_BUCKET`] (object `<agent>/<name>`)
+    /// and return the image reference to submit: its sha256 and size go
+    /// into the signed job, so the node refuses any other bytes.
+    pub async fn upload(&self, name: &str, media_type: &str, bytes: &[u8]) -> Result<crate::v1::ImageInput, ClientError> {
+        let image = crate::v1::ImageInput::by_reference(&self.agent, crate::v1::RefStore::Jetstream, name, media_type, bytes);
+        let crate::v1::ImageInput::Ref { key, .. } = &image else { unreachable!("by_reference makes a Ref") };
+        let bucket = self.js.get_object_store(subjects::UPLOADS_BUCKET).await.map_err(nats_err)?;
+        bucket.put(key.as_str(), &mut std::io::Cursor::new(bytes)).await.map_err(nats_err)?;
+        Ok(image)
+    }
+
     /// Sign and publish `job`; returns the subscription to its events,
     /// opened before publishing so no event is missed. Waits for the
     /// submit stream's PubAck (a full queue refuses here, at once).
@@ -263,14 +275,41 @@ impl AgentClient {
     }
 
     async fn status_request(&self, subject: String, bytes: Vec<u8>, timeout: Duration) -> Result<StatusReply, ClientError> {
-        let reply = tokio::time::timeout(timeout, self.client.request(subject, bytes.into()))
+        let cti = envelope::open_one_of(&bytes, usize::MAX, &[ContentKind::StatusRequest, ContentKind::CancelRequest])
+            .map(|o| o.claims.cti)
+            .map_err(|e| ClientError::Unverified(e.to_string()))?;
+        let reply = tokio::time::timeout(timeout, self.client.request(subject.clone(), bytes.into()))
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
             .map_err(nats_err)?;
+        self.verify_reply(&subject, &cti, reply.headers.as_ref(), &reply.payload).await?;
         match crate::from_cbor::<StatusReply>(&reply.payload).map_err(ClientError::Unverified)? {
             StatusReply::Error(failure) => Err(ClientError::Refused(failure)),
             answer => Ok(answer),
         }
+    }
+
+    /// Check a status or cancel reply's signature: by a registered node's
+    /// key, over the body as received, bound to the request's subject and
+    /// nonce, for this deployment.
+    async fn verify_reply(&self, subject: &str, cti: &[u8], headers: Option<&HeaderMap>, body: &[u8]) -> Result<(), ClientError> {
+        let unverified = |e: &dyn std::fmt::Display| ClientError::Unverified(format!("reply: {e}"));
+        let signature = headers
+            .and_then(|h| h.get(crate::v1::REPLY_SIGNATURE_HEADER))
+            .ok_or_else(|| ClientError::Unverified(format!("reply has no {} header", crate::v1::REPLY_SIGNATURE_HEADER)))?;
+        let opened = crate::v1::open_reply(signature.as_str(), body).map_err(|e| unverified(&e))?;
+        let key = match self.node_keys.get(&opened.claims.iss) {
+            Some(key) if key.id().0 == opened.kid.0 => *key,
+            _ => self.fetch_node_key(&opened.claims.iss).await?,
+        };
+        opened.verify(&key, subject).map_err(|e| unverified(&e))?;
+        if opened.claims.cti != cti {
+            return Err(unverified(&"signed for another request (cti differs)"));
+        }
+        if opened.claims.aud != self.audience {
+            return Err(unverified(&format!("audience {:?} is not {:?}", opened.claims.aud, self.audience)));
+        }
+        Ok(())
     }
 
     async fn fetch_request(&self, request: &FetchRequest, timeout: Duration) -> Result<FetchReply, ClientError> {

@@ -56,6 +56,10 @@ pub enum ErrorCode {
     DeadlineExceeded,
     /// The job failed on every allowed delivery attempt and was dead-lettered.
     DeadLettered,
+    /// An image submitted by reference does not match its signed size or sha256.
+    InputMismatch,
+    /// An image submitted by reference is not in its store.
+    InputMissing,
 }
 
 impl ErrorCode {
@@ -86,6 +90,8 @@ impl ErrorCode {
             Self::Canceled => "canceled",
             Self::DeadlineExceeded => "deadline_exceeded",
             Self::DeadLettered => "dead_lettered",
+            Self::InputMismatch => "input_mismatch",
+            Self::InputMissing => "input_missing",
         }
     }
 
@@ -98,10 +104,10 @@ impl ErrorCode {
             Self::DeadlineExceeded => 408,
             Self::DeadLettered => 500,
             Self::Forbidden => 403,
-            Self::NotFound => 404,
+            Self::NotFound | Self::InputMissing => 404,
             Self::Conflict => 409,
             Self::TooLarge => 413,
-            Self::Malformed | Self::Invalid | Self::UnknownModel | Self::InvalidImage => 422,
+            Self::Malformed | Self::Invalid | Self::UnknownModel | Self::InvalidImage | Self::InputMismatch => 422,
             Self::Unavailable | Self::StorageFailed | Self::GpuOom => 503,
             Self::InferenceFailed | Self::MeshFailed | Self::Internal => 500,
         }
@@ -130,6 +136,14 @@ mod tests {
             let text: String = crate::from_cbor(&bytes).unwrap();
             assert_eq!(text, code.as_str());
         }
+    }
+
+    #[test]
+    fn input_codes_are_final() {
+        assert_eq!((ErrorCode::InputMismatch.as_str(), ErrorCode::InputMismatch.status(), ErrorCode::InputMismatch.retryable()), ("input_mismatch", 422, false));
+        assert_eq!((ErrorCode::InputMissing.as_str(), ErrorCode::InputMissing.status(), ErrorCode::InputMissing.retryable()), ("input_missing", 404, false));
+        let text: String = crate::from_cbor(&crate::to_cbor(&ErrorCode::InputMissing)).unwrap();
+        assert_eq!(text, "input_missing");
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub enum ContentKind {
     CancelRequest,
     /// [`crate::v1::SubmitBatch`] from an agent.
     SubmitBatch,
+    /// A node's signature over its reply to a status or cancel request
+    /// (detached: the reply's CBOR is the payload, see [`crate::v1::seal_reply`]).
+    Reply,
 }
 
 impl ContentKind {
@@ -54,11 +57,12 @@ impl ContentKind {
             Self::StatusRequest => "application/orfeas.status.v1+cbor",
             Self::CancelRequest => "application/orfeas.cancel.v1+cbor",
             Self::SubmitBatch => "application/orfeas.submit-batch.v1+cbor",
+            Self::Reply => "application/orfeas.reply.v1+cbor",
         }
     }
 
     fn from_content_type(text: &str) -> Option<Self> {
-        [Self::SubmitJob, Self::Event, Self::FetchRequest, Self::StatusRequest, Self::CancelRequest, Self::SubmitBatch].into_iter().find(|k| k.content_type() == text)
+        [Self::SubmitJob, Self::Event, Self::FetchRequest, Self::StatusRequest, Self::CancelRequest, Self::SubmitBatch, Self::Reply].into_iter().find(|k| k.content_type() == text)
     }
 }
 
@@ -167,6 +171,28 @@ pub struct Seal<'a> {
 
 /// Sign `payload` for publication on `subject`.
 pub fn seal(header: &Seal<'_>, payload: Vec<u8>, subject: &str, key: &SecretKey) -> Vec<u8> {
+    CoseSign1Builder::new()
+        .protected(protected_header(header, key))
+        .payload(payload)
+        .create_signature(&external_aad(subject), |data| key.sign(data).to_vec())
+        .build()
+        .to_vec()
+        .expect("cose encode")
+}
+
+/// Sign `payload` bound to `subject` with a detached payload: the COSE_Sign1
+/// carries `nil` where the payload would be, and the verifier supplies the
+/// bytes it received beside it ([`open_detached`]).
+pub fn seal_detached(header: &Seal<'_>, payload: &[u8], subject: &str, key: &SecretKey) -> Vec<u8> {
+    CoseSign1Builder::new()
+        .protected(protected_header(header, key))
+        .create_detached_signature(payload, &external_aad(subject), |data| key.sign(data).to_vec())
+        .build()
+        .to_vec()
+        .expect("cose encode")
+}
+
+fn protected_header(header: &Seal<'_>, key: &SecretKey) -> coset::Header {
     let claims = ClaimsSetBuilder::new()
         .issuer(header.claims.iss.clone())
         .audience(header.claims.aud.clone())
@@ -185,13 +211,7 @@ pub fn seal(header: &Seal<'_>, payload: Vec<u8>, subject: &str, key: &SecretKey)
     if let Some(events) = header.events_subject {
         protected = protected.text_value(EVENTS_LABEL.to_string(), events.into());
     }
-    CoseSign1Builder::new()
-        .protected(protected.build())
-        .payload(payload)
-        .create_signature(&external_aad(subject), |data| key.sign(data).to_vec())
-        .build()
-        .to_vec()
-        .expect("cose encode")
+    protected.build()
 }
 
 /// A decoded but not yet verified envelope. Nothing in it may be trusted
@@ -226,6 +246,25 @@ pub fn open_one_of(bytes: &[u8], cap: usize, wants: &[ContentKind]) -> Result<Op
         return Err(EnvelopeError::TooLarge { len: bytes.len(), cap });
     }
     let sign1 = CoseSign1::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(format!("cose: {e:?}")))?;
+    parse(sign1, wants)
+}
+
+/// Decode a detached-payload envelope of `want` kind (at most `cap` bytes)
+/// whose payload is `payload`, received beside it; then [`Opened::verify`]
+/// as for any envelope.
+pub fn open_detached(bytes: &[u8], payload: &[u8], cap: usize, want: ContentKind) -> Result<Opened, EnvelopeError> {
+    if bytes.len() > cap {
+        return Err(EnvelopeError::TooLarge { len: bytes.len(), cap });
+    }
+    let mut sign1 = CoseSign1::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(format!("cose: {e:?}")))?;
+    if sign1.payload.is_some() {
+        return Err(EnvelopeError::Malformed("a detached signature carries a payload".into()));
+    }
+    sign1.payload = Some(payload.to_vec());
+    parse(sign1, &[want])
+}
+
+fn parse(sign1: CoseSign1, wants: &[ContentKind]) -> Result<Opened, EnvelopeError> {
     let header = &sign1.protected.header;
     // Nothing unsigned is read, so nothing unsigned may be sent: an
     // unprotected header could only mislead another reader.
@@ -352,6 +391,24 @@ mod tests {
         tampered[at] ^= 1;
         let opened = open(&tampered, 1 << 20, ContentKind::SubmitJob).unwrap();
         assert_eq!(opened.verify(&key.public(), "orfeas.jobs.submit.alice").unwrap_err().code(), ErrorCode::BadSignature);
+    }
+
+    #[test]
+    fn detached_signature_verifies_only_with_its_payload_and_subject() {
+        let key = SecretKey::from_seed([5; 32]);
+        let claims = Claims::new("node-a", "orfeas", 1_000, 60);
+        let header = Seal { kind: ContentKind::Reply, claims: &claims, op: "status", events_subject: None };
+        let sig = seal_detached(&header, b"reply", "orfeas.status.alice", &key);
+        let opened = open_detached(&sig, b"reply", 4096, ContentKind::Reply).unwrap();
+        assert_eq!((opened.claims.iss.as_str(), opened.op.as_str(), opened.payload.as_slice()), ("node-a", "status", &b"reply"[..]));
+        opened.verify(&key.public(), "orfeas.status.alice").unwrap();
+        assert!(opened.verify(&key.public(), "orfeas.status.bob").is_err());
+        let other = open_detached(&sig, b"replY", 4096, ContentKind::Reply).unwrap();
+        assert_eq!(other.verify(&key.public(), "orfeas.status.alice").unwrap_err().code(), ErrorCode::BadSignature);
+        // A reply signature never opens as a request, and an attached envelope is not detached.
+        assert!(open_detached(&sig, b"reply", 4096, ContentKind::StatusRequest).is_err());
+        let attached = seal(&header, b"reply".to_vec(), "orfeas.status.alice", &key);
+        assert!(open_detached(&attached, b"reply", 4096, ContentKind::Reply).is_err());
     }
 
     #[test]

@@ -35,6 +35,13 @@ pub const NONCES_BUCKET: &str = "orfeas_nonces";
 pub const ACTIVE_BUCKET: &str = "orfeas_active";
 /// KV bucket: one record per `submit_batch` (its jobs and refusals).
 pub const BATCHES_BUCKET: &str = "orfeas_batches";
+/// JetStream object store agents upload images to for submission by
+/// reference (`ImageInput::Ref` with `store: jetstream`); object names start
+/// with `<agent>/`.
+pub const UPLOADS_BUCKET: &str = "orfeas_uploads";
+/// Key prefix of uploaded images in the node's configured object store
+/// (`ImageInput::Ref` with `store: object_store`): `uploads/<agent>/…`.
+pub const UPLOADS_PREFIX: &str = "uploads";
 
 /// Stream holding every node's hash-chained audit records (deny delete,
 /// deny purge).

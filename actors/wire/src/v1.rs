@@ -233,6 +233,113 @@ pub enum ImageInput {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
+    /// Image bytes the agent uploaded beforehand, at most
+    /// [`MAX_REF_IMAGE_BYTES`]; the node running the job fetches them (never
+    /// more than `size` + 1 bytes) and checks `size` and `sha256` before it
+    /// decodes anything. Both are inside the signed payload, so the upload
+    /// cannot be swapped after signing.
+    Ref {
+        /// `image/png`, `image/jpeg` or `image/webp`; must match the bytes.
+        media_type: String,
+        /// Which store holds the bytes.
+        store: RefStore,
+        /// The JetStream object store bucket (`store: jetstream` only; only
+        /// [`subjects::UPLOADS_BUCKET`] is read). Sent only when set; absent
+        /// means that bucket.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bucket: Option<String>,
+        /// Object name: `<agent>/<name>` in the JetStream bucket,
+        /// `uploads/<agent>/<name>` in the node's object store.
+        key: String,
+        /// SHA-256 of the bytes, 32 bytes.
+        #[serde(with = "serde_bytes")]
+        sha256: Vec<u8>,
+        /// Size of the bytes.
+        size: u64,
+    },
+}
+
+/// Where an image submitted by reference is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefStore {
+    /// The deployment's JetStream object store [`subjects::UPLOADS_BUCKET`].
+    Jetstream,
+    /// The object store the nodes keep results in (a folder or an S3 bucket).
+    ObjectStore,
+}
+
+/// Largest image submitted by reference, bytes (the node never decodes more).
+pub const MAX_REF_IMAGE_BYTES: u64 = 32 * 1024 * 1024;
+/// Longest reference key, bytes.
+pub const MAX_REF_KEY_BYTES: usize = 512;
+
+impl ImageInput {
+    /// The declared media type.
+    pub fn media_type(&self) -> &str {
+        match self {
+            Self::Inline { media_type, .. } | Self::Ref { media_type, .. } => media_type,
+        }
+    }
+
+    /// Bytes of the encoded image: the inline data's length, or the declared size.
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Self::Inline { data, .. } => data.len() as u64,
+            Self::Ref { size, .. } => *size,
+        }
+    }
+
+    /// A reference to bytes `agent` uploaded as `name` into `store`, with
+    /// their digest and size (`name` must not contain `..` or start with `/`).
+    pub fn by_reference(agent: &str, store: RefStore, name: &str, media_type: &str, bytes: &[u8]) -> Self {
+        use sha2::Digest;
+        Self::Ref { media_type: media_type.into(), store, bucket: None, key: ref_key(agent, store, name), sha256: sha2::Sha256::digest(bytes).to_vec(), size: bytes.len() as u64 }
+    }
+
+    /// Check a reference's form for `agent`: a key under the agent's own
+    /// prefix (else `forbidden`), a well-formed key, a 32-byte digest, a
+    /// size of 1..=`max_bytes` (else `too_large`). `Ok` for inline images.
+    pub fn check_ref(&self, agent: &str, max_bytes: u64) -> Result<(), (ErrorCode, String)> {
+        let Self::Ref { store, bucket, key, sha256, size, .. } = self else { return Ok(()) };
+        let invalid = |what: String| Err((ErrorCode::Invalid, what));
+        if key.is_empty() || key.len() > MAX_REF_KEY_BYTES {
+            return invalid(format!("image key of {} bytes is outside 1..={MAX_REF_KEY_BYTES}", key.len()));
+        }
+        if key.starts_with('/') || key.ends_with('/') || key.split('/').any(|part| part.is_empty() || part == "." || part == "..") || key.chars().any(|c| c.is_control() || c == '\\') {
+            return invalid(format!("image key {key:?} is not a plain relative path"));
+        }
+        if sha256.len() != 32 {
+            return invalid(format!("image sha256 is {} bytes, not 32", sha256.len()));
+        }
+        if *size == 0 {
+            return invalid("image size is 0".into());
+        }
+        match (store, bucket.as_deref()) {
+            (RefStore::Jetstream, None) => {}
+            (RefStore::Jetstream, Some(b)) if b == subjects::UPLOADS_BUCKET => {}
+            (RefStore::Jetstream, Some(b)) => return Err((ErrorCode::Forbidden, format!("bucket {b:?} is not the uploads bucket {:?}", subjects::UPLOADS_BUCKET))),
+            (RefStore::ObjectStore, Some(b)) => return invalid(format!("bucket {b:?} is only for store jetstream")),
+            (RefStore::ObjectStore, None) => {}
+        }
+        let prefix = ref_key(agent, *store, "");
+        if !key.starts_with(&prefix) {
+            return Err((ErrorCode::Forbidden, format!("image key {key:?} is outside agent {agent:?}'s prefix {prefix:?}")));
+        }
+        if *size > max_bytes {
+            return Err((ErrorCode::TooLarge, format!("image of {size} bytes exceeds the by-reference cap of {max_bytes} bytes")));
+        }
+        Ok(())
+    }
+}
+
+/// The key of `agent`'s upload `name` in `store`: `<agent>/<name>` in the
+/// JetStream bucket, `uploads/<agent>/<name>` in the object store.
+pub fn ref_key(agent: &str, store: RefStore, name: &str) -> String {
+    match store {
+        RefStore::Jetstream => format!("{agent}/{name}"),
+        RefStore::ObjectStore => format!("{}/{agent}/{name}", subjects::UPLOADS_PREFIX),
+    }
 }
 
 /// An agent's request to turn one image into a model. Operation `submit`.
@@ -697,6 +804,35 @@ fn seal_request(kind: ContentKind, op: &str, subject: &str, payload: Vec<u8>, ag
     (subject.to_string(), envelope::seal(&header, payload, subject, key))
 }
 
+/// NATS header on a node's reply to a status or cancel request: hex of a
+/// COSE_Sign1 with a detached payload (content type
+/// `application/orfeas.reply.v1+cbor`, operation `status` or `cancel`)
+/// signed with the node's event key over the reply body as sent, bound to
+/// the request's subject, with `iss` = the node id and `cti` = the
+/// request's `cti`. Verify it with [`open_reply`].
+pub const REPLY_SIGNATURE_HEADER: &str = "Orfeas-Signature";
+
+/// The [`REPLY_SIGNATURE_HEADER`] value for `reply` (the body's bytes) that
+/// node `node` sends to a request with nonce `request_cti` received on
+/// `request_subject`.
+#[allow(clippy::too_many_arguments)]
+pub fn seal_reply(reply: &[u8], node: &str, key: &SecretKey, audience: &str, op: &str, request_subject: &str, request_cti: &[u8], now_s: u64) -> String {
+    let mut claims = Claims::new(node, audience, now_s, REQUEST_LIFETIME_S);
+    if !request_cti.is_empty() {
+        claims.cti = request_cti.to_vec();
+    }
+    let header = Seal { kind: ContentKind::Reply, claims: &claims, op, events_subject: None };
+    hex::encode(envelope::seal_detached(&header, reply, request_subject, key))
+}
+
+/// Decode a [`REPLY_SIGNATURE_HEADER`] value over the reply body `reply`;
+/// the caller checks the node's key ([`Opened::verify`] with the request
+/// subject), `claims.cti` against its request's and `claims.aud`.
+pub fn open_reply(signature_hex: &str, reply: &[u8]) -> Result<crate::Opened, crate::EnvelopeError> {
+    let bytes = hex::decode(signature_hex.trim()).map_err(|e| crate::EnvelopeError::Malformed(format!("reply signature is not hex: {e}")))?;
+    envelope::open_detached(&bytes, reply, 4096, ContentKind::Reply)
+}
+
 /// Where a job is, as a status or cancel reply tells it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobStatus {
@@ -723,8 +859,9 @@ pub struct JobStatus {
     pub terminal_seq: u64,
 }
 
-/// A node's answer to a [`StatusRequest`] or [`CancelRequest`] (CBOR, not
-/// signed; only the agent's own inbox receives it).
+/// A node's answer to a [`StatusRequest`] or [`CancelRequest`] (plain CBOR
+/// in the body, as before; signed by the node in the
+/// [`REPLY_SIGNATURE_HEADER`] header).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StatusReply {
@@ -962,6 +1099,44 @@ mod tests {
         let back: ModelList = crate::from_cbor(&crate::to_cbor(&list)).unwrap();
         assert_eq!(back, list);
         let _: ListModels = crate::from_cbor(&crate::to_cbor(&ListModels {})).unwrap();
+    }
+
+    #[test]
+    fn references_are_checked_for_form_prefix_and_size() {
+        let image = ImageInput::by_reference("alice", RefStore::Jetstream, "a/b.png", "image/png", b"bytes");
+        let ImageInput::Ref { key, sha256, size, .. } = &image else { panic!("{image:?}") };
+        assert_eq!((key.as_str(), sha256.len(), *size), ("alice/a/b.png", 32, 5));
+        assert_eq!((image.bytes(), image.media_type()), (5, "image/png"));
+        assert!(image.check_ref("alice", 5).is_ok());
+        assert_eq!(image.check_ref("alice", 4).unwrap_err().0, ErrorCode::TooLarge);
+        assert_eq!(image.check_ref("bob", 5).unwrap_err().0, ErrorCode::Forbidden);
+        assert_eq!(image.check_ref("alic", 5).unwrap_err().0, ErrorCode::Forbidden, "a prefix of the name is not the prefix");
+        let stored = ImageInput::by_reference("alice", RefStore::ObjectStore, "b.png", "image/png", b"bytes");
+        assert!(stored.check_ref("alice", 5).is_ok());
+        let with = |image: &ImageInput, edit: &dyn Fn(&mut Option<String>, &mut String, &mut Vec<u8>, &mut u64)| {
+            let mut image = image.clone();
+            let ImageInput::Ref { bucket, key, sha256, size, .. } = &mut image else { unreachable!() };
+            edit(bucket, key, sha256, size);
+            image.check_ref("alice", 1 << 20).map_err(|(code, _)| code)
+        };
+        for key in ["", "alice/", "/alice/x", "alice//x", "alice/./x", "alice/../bob/x", "alice/x\\y", "alice/x\ny"] {
+            assert_eq!(with(&image, &|_, k, _, _| *k = key.into()), Err(ErrorCode::Invalid), "{key:?}");
+        }
+        assert_eq!(with(&image, &|_, k, _, _| *k = format!("alice/{}", "x".repeat(MAX_REF_KEY_BYTES))), Err(ErrorCode::Invalid));
+        assert_eq!(with(&image, &|_, _, sha, _| sha.push(0)), Err(ErrorCode::Invalid));
+        assert_eq!(with(&image, &|_, _, _, size| *size = 0), Err(ErrorCode::Invalid));
+        assert_eq!(with(&image, &|b, _, _, _| *b = Some(subjects::UPLOADS_BUCKET.into())), Ok(()));
+        assert_eq!(with(&image, &|b, _, _, _| *b = Some("other".into())), Err(ErrorCode::Forbidden));
+        assert_eq!(with(&stored, &|b, _, _, _| *b = Some(subjects::UPLOADS_BUCKET.into())), Err(ErrorCode::Invalid));
+        assert_eq!(with(&stored, &|_, k, _, _| *k = "alice/b.png".into()), Err(ErrorCode::Forbidden), "object store keys live under uploads/");
+        // Inline images have nothing to check here, and decode as before.
+        assert!(ImageInput::Inline { media_type: "image/png".into(), data: vec![] }.check_ref("x", 0).is_ok());
+        let back: ImageInput = crate::from_cbor(&crate::to_cbor(&image)).unwrap();
+        assert_eq!(back, image);
+        let value: ciborium::Value = crate::from_cbor(&crate::to_cbor(&image)).unwrap();
+        let (tag, fields) = &value.as_map().unwrap()[0];
+        assert_eq!(tag.as_text(), Some("ref"));
+        assert_eq!(fields.as_map().unwrap().len(), 5, "bucket is left out when unset");
     }
 
     #[test]

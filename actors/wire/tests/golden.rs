@@ -116,6 +116,36 @@ fn golden_submit_job_is_stable_and_verifies() {
     assert!(opened.verify(&agent_key().public(), "orfeas.jobs.submit.bob").is_err());
 }
 
+/// The same job with its image by reference (JetStream object store); the
+/// inline fixture above is unchanged by the variant's addition.
+fn submit_job_by_reference() -> SubmitJob {
+    let image = ImageInput::Ref {
+        media_type: "image/png".into(),
+        store: v1::RefStore::Jetstream,
+        bucket: None,
+        key: "alice/mug.png".into(),
+        sha256: vec![0xab; 32],
+        size: 123_456,
+    };
+    SubmitJob { image, ..submit_job() }
+}
+
+#[test]
+fn golden_submit_job_by_reference_is_stable_and_verifies() {
+    let job = submit_job_by_reference();
+    let events_subject = subjects::events("alice", &job.job_id);
+    let c = claims("alice");
+    let header = Seal { kind: ContentKind::SubmitJob, claims: &c, op: "submit", events_subject: Some(&events_subject) };
+    let fresh = envelope::seal(&header, orfeas_wire::to_cbor(&job), &subjects::submit("alice"), &agent_key());
+    let committed = compare("submit_job_by_reference", &fresh);
+    let opened = envelope::open(&committed, v1::MAX_SUBMIT_BYTES, ContentKind::SubmitJob).unwrap();
+    opened.verify(&agent_key().public(), "orfeas.jobs.submit.alice").unwrap();
+    let back: SubmitJob = orfeas_wire::from_cbor(&opened.payload).unwrap();
+    assert_eq!(back, job);
+    assert!(back.image.check_ref("alice", v1::MAX_REF_IMAGE_BYTES).is_ok());
+    assert_eq!(back.image.check_ref("bob", v1::MAX_REF_IMAGE_BYTES).unwrap_err().0, ErrorCode::Forbidden);
+}
+
 #[test]
 fn golden_events_are_stable_and_verify() {
     for (name, event) in events() {
