@@ -164,3 +164,86 @@ fn golden_test_vector_keys() {
     // Printed in md/protocol.md; a client in another language starts here.
     assert_eq!(agent_key().public().to_hex(), std::fs::read_to_string(fixture("agent_public_key").with_extension("hex")).unwrap().trim());
 }
+
+/// A request or batch sealed with the fixed claims of the test vector.
+fn sealed_request(kind: ContentKind, op: &str, events_subject: Option<&str>, payload: Vec<u8>, subject: &str) -> Vec<u8> {
+    let c = claims("alice");
+    let header = Seal { kind, claims: &c, op, events_subject };
+    envelope::seal(&header, payload, subject, &agent_key())
+}
+
+/// Open `committed` as `kind` on `subject`, check it is no other kind, and
+/// decode its payload.
+fn open_as<T: serde::de::DeserializeOwned>(name: &str, committed: &[u8], kind: ContentKind, subject: &str, op: &str) -> T {
+    let opened = envelope::open(committed, v1::MAX_SUBMIT_BYTES, kind).unwrap_or_else(|e| panic!("{name}: {e}"));
+    opened.verify(&agent_key().public(), subject).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!((opened.op.as_str(), &opened.claims), (op, &claims("alice")), "{name}");
+    assert!(opened.verify(&agent_key().public(), "orfeas.status.bob").is_err(), "{name}: bound to its subject");
+    for other in [ContentKind::SubmitJob, ContentKind::Event, ContentKind::FetchRequest, ContentKind::StatusRequest, ContentKind::CancelRequest, ContentKind::SubmitBatch] {
+        if other != kind {
+            assert!(envelope::open(committed, v1::MAX_SUBMIT_BYTES, other).is_err(), "{name} opened as {other:?}");
+        }
+    }
+    orfeas_wire::from_cbor(&opened.payload).unwrap()
+}
+
+#[test]
+fn golden_requests_and_batches_are_stable_and_verify() {
+    let status = v1::StatusRequest { job_id: Some(job_id()), batch_id: None };
+    let committed = compare("status_request", &sealed_request(ContentKind::StatusRequest, "status", None, orfeas_wire::to_cbor(&status), &subjects::status("alice")));
+    assert_eq!(open_as::<v1::StatusRequest>("status_request", &committed, ContentKind::StatusRequest, &subjects::status("alice"), "status"), status);
+
+    let batch_id = Uuid::parse_str("01890a5d-ac96-774b-bcce-b302099a8058").unwrap();
+    let status = v1::StatusRequest { job_id: None, batch_id: Some(batch_id) };
+    let committed = compare("status_request_batch", &sealed_request(ContentKind::StatusRequest, "status", None, orfeas_wire::to_cbor(&status), &subjects::status("alice")));
+    assert_eq!(open_as::<v1::StatusRequest>("status_request_batch", &committed, ContentKind::StatusRequest, &subjects::status("alice"), "status"), status);
+
+    let cancel = v1::CancelRequest { job_id: job_id() };
+    let committed = compare("cancel_request", &sealed_request(ContentKind::CancelRequest, "cancel", None, orfeas_wire::to_cbor(&cancel), &subjects::cancel("alice")));
+    assert_eq!(open_as::<v1::CancelRequest>("cancel_request", &committed, ContentKind::CancelRequest, &subjects::cancel("alice"), "cancel"), cancel);
+
+    let fetch = v1::FetchRequest { job_id: job_id(), location: Some("jobs/alice/01890a5d-ac96-774b-bcce-b302099a8057/model.glb".into()), offset: 0, max_bytes: v1::MAX_FETCH_CHUNK };
+    let committed = compare("fetch_request", &sealed_request(ContentKind::FetchRequest, "fetch", None, orfeas_wire::to_cbor(&fetch), &subjects::fetch("alice")));
+    assert_eq!(open_as::<v1::FetchRequest>("fetch_request", &committed, ContentKind::FetchRequest, &subjects::fetch("alice"), "fetch"), fetch);
+
+    let second = SubmitJob { job_id: Uuid::parse_str("01890a5d-ac96-774b-bcce-b302099a8059").unwrap(), ..submit_job() };
+    let batch = v1::SubmitBatch { batch_id, jobs: vec![submit_job(), second] };
+    let events = subjects::events("alice", &batch_id);
+    let committed = compare("submit_batch", &sealed_request(ContentKind::SubmitBatch, "submit_batch", Some(&events), orfeas_wire::to_cbor(&batch), &subjects::submit("alice")));
+    assert_eq!(open_as::<v1::SubmitBatch>("submit_batch", &committed, ContentKind::SubmitBatch, &subjects::submit("alice"), "submit_batch"), batch);
+}
+
+#[test]
+fn golden_replies_are_stable_and_signed_replies_verify() {
+    // A status reply: plain CBOR body, the node's detached signature in a header.
+    let reply = v1::StatusReply::Job(v1::JobStatus {
+        job_id: job_id(),
+        state: "running".into(),
+        lane: v1::Lane::Normal,
+        attempt: 1,
+        node: "node-a".into(),
+        updated_at_ms: 1_700_000_001_000,
+        cancel_requested: false,
+        terminal: None,
+        terminal_seq: 0,
+    });
+    let body = compare("status_reply", &orfeas_wire::to_cbor(&reply));
+    let subject = subjects::status("alice");
+    let signature = v1::seal_reply(&body, "node-a", &node_key(), "orfeas", "status", &subject, &[0x11; 16], 1_700_000_000);
+    let committed = compare("status_reply_signature", &hex::decode(&signature).unwrap());
+    let opened = v1::open_reply(&hex::encode(&committed), &body).unwrap();
+    opened.verify(&node_key().public(), &subject).unwrap();
+    assert_eq!((opened.claims.iss.as_str(), opened.claims.cti.as_slice(), opened.op.as_str()), ("node-a", &[0x11u8; 16][..], "status"));
+    let mut changed = body.clone();
+    *changed.last_mut().unwrap() ^= 1;
+    assert!(v1::open_reply(&hex::encode(&committed), &changed).and_then(|o| o.verify(&node_key().public(), &subject)).is_err(), "the signature covers the body");
+    assert_eq!(orfeas_wire::from_cbor::<v1::StatusReply>(&body).unwrap(), reply);
+
+    // Unsigned answers: a fetch chunk (files are checked against the signed
+    // manifest's SHA-256) and the model list (public configuration).
+    let chunk = v1::FetchReply::Chunk { location: "jobs/alice/01890a5d-ac96-774b-bcce-b302099a8057/model.glb".into(), offset: 0, total_bytes: 4, data: b"glTF".to_vec() };
+    let body = compare("fetch_reply_chunk", &orfeas_wire::to_cbor(&chunk));
+    assert_eq!(orfeas_wire::from_cbor::<v1::FetchReply>(&body).unwrap(), chunk);
+    let body = compare("list_models", &orfeas_wire::to_cbor(&v1::ListModels {}));
+    assert_eq!(orfeas_wire::from_cbor::<v1::ListModels>(&body).unwrap(), v1::ListModels {});
+}
