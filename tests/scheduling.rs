@@ -1,5 +1,6 @@
 //! Scheduling on a real node and a real `nats-server`: priority lanes,
-//! per-agent turns inside a lane, jobs that must not run (canceled, past
+//! per-agent turns inside a lane (also across a backlog far larger than a
+//! node holds), a cancel of a job waiting for its batch, jobs that must not run (canceled, past
 //! their deadline), a cancel while running, dead letters from JetStream's
 //! max-deliveries advisory, and a graceful SIGTERM under load.
 //!
@@ -110,7 +111,7 @@ async fn enqueue_unannounced(bus: &Bus, agent: &str, lane: Lane, params: JobPara
     };
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", format!("{agent}:{job_id}").as_str());
-    bus.publish_acked(subjects::queue(lane.as_str()), headers, orfeas_wire::to_cbor(&job).into()).await.unwrap();
+    bus.publish_acked(subjects::queue(lane.as_str(), agent), headers, orfeas_wire::to_cbor(&job).into()).await.unwrap();
     job_id
 }
 
@@ -203,6 +204,109 @@ async fn scheduling_high_lane_first_low_not_starved_and_agents_take_turns() {
     assert!(burst_after(low_start) >= 1 || later(single_start, low_start), "the low job was starved until the normal lane was empty");
 }
 
+/// When each job of `agent` started on the device (its `inference` event).
+async fn inference_at(js: &jetstream::Context, agent: &str) -> HashMap<Uuid, u64> {
+    all_events(js, agent)
+        .await
+        .into_iter()
+        .filter_map(|(job, events)| Some((job, events.iter().find(|e| matches!(e.kind, EventKind::Progress { stage: Stage::Inference, .. }))?.at_ms)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduling_a_burst_far_beyond_what_a_node_holds_delays_another_agent_by_about_one_batch() {
+    let _serial = SERIAL.lock().await;
+    let (nats, store) = prepared_nats().await;
+    let bus = bus(&nats).await;
+    // 200 jobs of one agent queued before another agent's single job. A
+    // node with batches of two and one batch of lookahead holds 2 × (2 + 1)
+    // = 6 jobs per lane, so in queue order the single job would wait for
+    // about 100 batches; pulled per agent it is among the first held.
+    let mut burst = Vec::new();
+    for _ in 0..200 {
+        burst.push(enqueue(&bus, "flood", Lane::Normal, params(), JobState::Admitted).await);
+    }
+    let single = enqueue(&bus, "solo", Lane::Normal, params(), JobState::Admitted).await;
+    let latency = 300;
+    let node = start(&nats, "fair", store.path(), node_env(latency, 2, &[("ORFEAS_SCHEDULER_LOOKAHEAD_BATCHES", "1")])).await;
+    let js = bus.js.clone();
+    one_completed(&terminals(&js, "solo", &[single], Duration::from_secs(60)).await, &single);
+    let solo_at = inference_at(&js, "solo").await[&single];
+    let flood_at = inference_at(&js, "flood").await;
+    drop(node);
+    // Batches run one after another, `latency` apart: a flood job in an
+    // earlier batch has its inference event at least that much earlier.
+    let before = flood_at.values().filter(|&&at| at + latency / 2 < solo_at).count();
+    let after_or_with = burst.len() - before;
+    println!("flood jobs started before the single job: {before} (of {})", burst.len());
+    assert!(before <= 2 * 2, "at most two batches of the burst (max_batch 2) ran before the other agent's job: {before}");
+    assert!(after_or_with >= 190, "the burst was still queued when the single job ran: {after_or_with} not before it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduling_cancel_of_a_job_waiting_for_its_batch_drops_it_before_it_runs() {
+    let _serial = SERIAL.lock().await;
+    let (nats, store) = prepared_nats().await;
+    let bus = bus(&nats).await;
+    let jobs = JobStore::new(bus.jobs.clone());
+    // One job per batch, 3 s each: the node holds 1 × (2 + 2) = 4 jobs,
+    // two on the device's slots and two waiting here for a batch.
+    let (client, _) = agent(&nats.url, "kate").await;
+    let node = start(&nats, "holder", store.path(), node_env(3_000, 1, &[])).await;
+    let js = bus.js.clone();
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let job = null_submit();
+        client.submit(&job).await.unwrap();
+        ids.push(job.job_id);
+    }
+    // Every job claimed (record `running`), two on the device's slots
+    // (their `preprocessing` starts when a batch reaches the device), so
+    // the other two wait here for a batch.
+    let waiting = eventually("two jobs on the device and two held", Duration::from_secs(30), || async {
+        let events = all_events(&js, "kate").await;
+        let on_device = |job: &Uuid| events.get(job).is_some_and(|l| l.iter().any(|e| matches!(e.kind, EventKind::Progress { stage: Stage::Preprocessing, .. })));
+        let mut held = Vec::new();
+        for job in &ids {
+            let (record, _) = jobs.get("kate", job).await.ok()??;
+            if record.state != JobState::Running {
+                return None;
+            }
+            if !on_device(job) {
+                held.push(*job);
+            }
+        }
+        (held.len() == 2).then(|| held[1])
+    })
+    .await;
+    let status = client.cancel(&waiting, Duration::from_secs(10)).await.unwrap();
+    assert_eq!((status.state.as_str(), status.cancel_requested), ("running", true), "held jobs are running to the agent");
+    let done = terminals(&js, "kate", &ids, Duration::from_secs(60)).await;
+    let answers = &done[&waiting];
+    assert_eq!(answers.len(), 1, "one answer: {answers:?}");
+    match &answers[0].kind {
+        EventKind::Failed(f) => assert_eq!((f.code, f.job_id), (ErrorCode::Canceled, Some(waiting))),
+        other => panic!("canceled while held: {other:?}"),
+    }
+    let events = all_events(&js, "kate").await;
+    assert!(
+        !events[&waiting].iter().any(|e| matches!(e.kind, EventKind::Progress { stage: Stage::Preprocessing | Stage::Inference, .. })),
+        "the canceled job never reached a device: {:?}",
+        events[&waiting]
+    );
+    let canceled_at = answers[0].at_ms;
+    let first_done = ids.iter().filter(|j| **j != waiting).map(|j| one_completed(&done, j).at_ms).min().unwrap();
+    assert!(canceled_at < first_done, "dropped at once, not when a device came free ({canceled_at} vs {first_done})");
+    let (record, _) = jobs.get("kate", &waiting).await.unwrap().unwrap();
+    assert_eq!(record.state, JobState::Canceled);
+    eventually("an empty queue", Duration::from_secs(30), || {
+        let js = js.clone();
+        async move { (js.get_stream(subjects::QUEUE_STREAM).await.ok()?.info().await.ok()?.state.messages == 0).then_some(()) }
+    })
+    .await;
+    drop(node);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduling_first_progress_never_overtakes_accepted() {
     let _serial = SERIAL.lock().await;
@@ -216,7 +320,7 @@ async fn scheduling_first_progress_never_overtakes_accepted() {
         let js = js.clone();
         async move {
             let stream = js.get_stream(subjects::QUEUE_STREAM).await.ok()?;
-            let info = stream.consumer_info(subjects::SCHEDULER_CONSUMER).await.ok()?;
+            let info = stream.consumer_info(orfeas_actors::queue::agent_consumer_name(Lane::Normal, "hana")).await.ok()?;
             (info.num_ack_pending == 1).then_some(())
         }
     })
@@ -311,8 +415,10 @@ async fn scheduling_job_out_of_deliveries_is_dead_lettered_exactly_once() {
     bus.client.flush().await.unwrap();
     let job = enqueue(&bus, "erin", Lane::Normal, params(), JobState::Admitted).await;
     let jobs = JobStore::new(bus.jobs.clone());
-    let consumer: jetstream::consumer::PullConsumer =
-        bus.js.get_stream(subjects::QUEUE_STREAM).await.unwrap().get_consumer("scheduler").await.unwrap();
+    // The consumer a node would make for erin's normal-lane jobs.
+    let settings = orfeas_actors::settings::NodeSettings::local("dl", &nats.url, "models".into(), "store".into());
+    let stream = bus.js.get_stream(subjects::QUEUE_STREAM).await.unwrap();
+    let consumer = orfeas_actors::queue::agent_consumer(&stream, Lane::Normal, "erin", &settings, 100).await.unwrap();
     let max_deliver = consumer.cached_info().config.max_deliver;
     assert_eq!(max_deliver, 5, "the default");
     for attempt in 1..=max_deliver as u64 {

@@ -167,6 +167,9 @@ impl RequestServer {
                     tokio::spawn(async move {
                         let _permit = permit;
                         let answer = server.answer(&message.subject, &message.payload).await;
+                        if let Some(job_id) = crate::scheduler::cancel_notice(&message.subject, &answer) {
+                            let _ = client.publish(subjects::CONTROL_CANCEL, job_id.to_string().into()).await;
+                        }
                         if let Err(e) = client.publish(reply, orfeas_wire::to_cbor(&answer).into()).await {
                             tracing::warn!(error = %e, "status/cancel reply not sent");
                         }

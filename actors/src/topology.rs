@@ -288,6 +288,27 @@ fn refuse(conflicts: Vec<Conflict>) -> BusError {
     }
 }
 
+/// A queue stream from before per-agent queues (`orfeas.jobs.queue.*`) is
+/// widened in place to `orfeas.jobs.queue.>`: a superset, so every queued
+/// message stays where it is (the lane-wide consumers drain them).
+async fn widen_queue_subjects(
+    js: &jetstream::Context,
+    wanted: &stream::Config,
+    current: stream::Config,
+) -> Result<stream::Config, BusError> {
+    if wanted.name != subjects::QUEUE_STREAM || current.subjects != [subjects::QUEUE_WILDCARD_LANES] {
+        return Ok(current);
+    }
+    tracing::info!(stream = %wanted.name, "widening the queue's subjects to per-agent queues");
+    let mut widened = current;
+    widened.subjects = vec![subjects::QUEUE_WILDCARD.into()];
+    match js.update_stream(&widened).await {
+        Ok(info) => Ok(info.config),
+        // Another node widened it first.
+        Err(e) => existing(js, &wanted.name).await?.ok_or_else(|| setup_err(&wanted.name, e)),
+    }
+}
+
 /// Create what is missing; refuse (naming the stream and setting) when an
 /// existing stream or bucket differs. Returns the buckets in the order of
 /// [`buckets`].
@@ -308,6 +329,7 @@ pub async fn ensure(
                     .ok_or_else(|| setup_err(&name, e))?,
             },
         };
+        let current = widen_queue_subjects(js, &wanted, current).await?;
         let conflicts = compare_stream(&wanted, &current);
         if !conflicts.is_empty() {
             return Err(refuse(conflicts));
