@@ -80,6 +80,11 @@ async fn announce(bus: &Bus, agent: &str, job_id: Uuid) {
 /// The record and the queue message only (Ingress between its PubAck and
 /// its `accepted`).
 async fn enqueue_unannounced(bus: &Bus, agent: &str, lane: Lane, params: JobParams, record_state: JobState) -> Uuid {
+    enqueue_on(bus, &subjects::queue(lane.as_str(), agent), agent, lane, params, record_state).await
+}
+
+/// [`enqueue_unannounced`] on queue subject `subject`.
+async fn enqueue_on(bus: &Bus, subject: &str, agent: &str, lane: Lane, params: JobParams, record_state: JobState) -> Uuid {
     let job_id = Uuid::now_v7();
     let record = JobRecord {
         agent: agent.into(),
@@ -111,7 +116,7 @@ async fn enqueue_unannounced(bus: &Bus, agent: &str, lane: Lane, params: JobPara
     };
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", format!("{agent}:{job_id}").as_str());
-    bus.publish_acked(subjects::queue(lane.as_str(), agent), headers, orfeas_wire::to_cbor(&job).into()).await.unwrap();
+    bus.publish_acked(subject.to_string(), headers, orfeas_wire::to_cbor(&job).into()).await.unwrap();
     job_id
 }
 
@@ -305,6 +310,33 @@ async fn scheduling_cancel_of_a_job_waiting_for_its_batch_drops_it_before_it_run
     })
     .await;
     drop(node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduling_queue_from_before_per_agent_subjects_is_widened_and_drained() {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsServer::start();
+    let store = tempfile::tempdir().unwrap();
+    // The queue stream as deployments before per-agent queues made it.
+    let settings = orfeas_actors::settings::NodeSettings::local("old", &nats.url, "models".into(), "store".into());
+    let mut old = orfeas_actors::topology::streams(&settings).into_iter().find(|c| c.name == subjects::QUEUE_STREAM).unwrap();
+    old.subjects = vec![subjects::QUEUE_WILDCARD_LANES.into()];
+    let client = orfeas_actors::bus::connect(&nats.url, "orfeas-test").await.unwrap();
+    jetstream::new(client).create_stream(old).await.unwrap();
+    // A node starts on it (it would refuse a stream it cannot use) ...
+    let mut setup = start(&nats, "setup", store.path(), node_env(0, 2, &[])).await;
+    setup.terminate(Duration::from_secs(30));
+    let bus = bus(&nats).await;
+    let info = bus.js.get_stream(subjects::QUEUE_STREAM).await.unwrap().info().await.unwrap().clone();
+    assert_eq!(info.config.subjects, vec![subjects::QUEUE_WILDCARD.to_string()], "widened in place");
+    // ... and a job an older Ingress left on the lane subject still runs.
+    let legacy = enqueue_on(&bus, &subjects::queue_lane("normal"), "olga", Lane::Normal, params(), JobState::Admitted).await;
+    announce(&bus, "olga", legacy).await;
+    let fresh = enqueue(&bus, "olga", Lane::Normal, params(), JobState::Admitted).await;
+    let _node = start(&nats, "new", store.path(), node_env(0, 2, &[])).await;
+    let done = terminals(&bus.js, "olga", &[legacy, fresh], Duration::from_secs(60)).await;
+    one_completed(&done, &legacy);
+    one_completed(&done, &fresh);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
