@@ -492,6 +492,58 @@ async fn scheduling_job_out_of_deliveries_is_dead_lettered_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduling_dead_letter_whose_advisory_nobody_heard_is_found_by_the_sweep() {
+    let _serial = SERIAL.lock().await;
+    let (nats, _store) = prepared_nats().await;
+    let bus = bus(&nats).await;
+    // No node listens while the job runs out of deliveries.
+    let job = enqueue(&bus, "fred", Lane::Normal, params(), JobState::Admitted).await;
+    let answered = enqueue(&bus, "fred", Lane::Normal, params(), JobState::Admitted).await;
+    let jobs = JobStore::new(bus.jobs.clone());
+    let settings = orfeas_actors::settings::NodeSettings::local("dl", &nats.url, "models".into(), "store".into());
+    let stream = bus.js.get_stream(subjects::QUEUE_STREAM).await.unwrap();
+    let consumer = orfeas_actors::queue::agent_consumer(&stream, Lane::Normal, "fred", &settings, 100).await.unwrap();
+    let max_deliver = consumer.cached_info().config.max_deliver as u64;
+    // Each delivery: claimed at its attempt, then it "crashes" (nak).
+    for _ in 0..2 * max_deliver {
+        let mut batch = consumer.fetch().max_messages(1).expires(Duration::from_secs(5)).messages().await.unwrap();
+        let message = batch.next().await.expect("a delivery").unwrap();
+        let attempt = message.info().unwrap().delivered as u64;
+        let sent: AdmittedJob = orfeas_wire::from_cbor(&message.payload).unwrap();
+        let (mut record, revision) = jobs.get("fred", &sent.job_id).await.unwrap().unwrap();
+        record.state = JobState::Running;
+        record.attempt = attempt;
+        if sent.job_id == answered && attempt == max_deliver {
+            // This one was answered on its last attempt, but the ack was lost.
+            record.state = JobState::Completed;
+        }
+        jobs.update(&record, revision).await.unwrap();
+        message.ack_with(jetstream::AckKind::Nak(None)).await.unwrap();
+    }
+    let mut batch = consumer.fetch().max_messages(1).expires(Duration::from_secs(2)).messages().await.unwrap();
+    assert!(batch.next().await.is_none(), "no further delivery");
+    assert_eq!(stream.clone().info().await.unwrap().state.messages, 2, "both messages stay in the queue");
+    // The sweep a node's dead-letter task runs when it starts finds both.
+    let events = orfeas_actors::events::EventSink::spawn(bus.clone(), "sweeper", orfeas_wire::SecretKey::generate(), "orfeas".into());
+    let swept = orfeas_actors::dead_letter::sweep(&bus.js, &jobs, &events, "sweeper").await.unwrap();
+    assert_eq!(swept, 2, "the job out of deliveries and the answered one");
+    assert_eq!(orfeas_actors::dead_letter::sweep(&bus.js, &jobs, &events, "sweeper").await.unwrap(), 0, "nothing left");
+    let done = terminals(&bus.js, "fred", &[job], Duration::from_secs(30)).await;
+    assert_eq!(done[&job].len(), 1, "one answer: {:?}", done[&job]);
+    match &done[&job][0].kind {
+        EventKind::Failed(f) => assert_eq!(f.code, ErrorCode::DeadLettered),
+        other => panic!("dead letter: {other:?}"),
+    }
+    eventually("both messages removed from the queue", Duration::from_secs(10), || {
+        let js = bus.js.clone();
+        async move { (js.get_stream(subjects::QUEUE_STREAM).await.ok()?.info().await.ok()?.state.messages == 0).then_some(()) }
+    })
+    .await;
+    assert_eq!(jobs.get("fred", &answered).await.unwrap().unwrap().0.state, JobState::Completed, "an answered job keeps its answer");
+    assert!(!all_events(&bus.js, "fred").await.get(&answered).is_some_and(|l| l.iter().any(|e| e.kind.is_terminal())), "nothing new said about it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduling_sigterm_finishes_running_jobs_hands_back_the_rest_and_none_is_lost() {
     let _serial = SERIAL.lock().await;
     let nats = NatsServer::start();
