@@ -200,11 +200,18 @@ fn stream_fields(c: &stream::Config) -> Vec<(&'static str, String, bool)> {
 
 /// Where `existing` (as the server reports it) differs from `wanted`.
 pub fn compare_stream(wanted: &stream::Config, existing: &stream::Config) -> Vec<Conflict> {
-    diff(
+    let mut conflicts = diff(
         &format!("stream {}", wanted.name),
         stream_fields(wanted),
         stream_fields(existing),
-    )
+    );
+    // Widening the queue to per-agent subjects keeps every message.
+    for c in &mut conflicts {
+        if c.field == "subjects" && c.existing == subjects::QUEUE_WILDCARD_LANES && c.wanted == subjects::QUEUE_WILDCARD {
+            c.updatable = true;
+        }
+    }
+    conflicts
 }
 
 /// Where the stream of an existing bucket differs from `wanted`. Only the
@@ -562,7 +569,18 @@ mod tests {
         );
         assert!(replicas.updatable);
         assert!(!conflicts[1].updatable, "retention cannot change in place");
+        assert!(!conflicts[0].updatable, "other subjects cannot change in place");
         assert_eq!(conflicts[4].existing, "old");
+    }
+
+    #[test]
+    fn the_queue_before_per_agent_subjects_is_widened_in_place() {
+        let wanted = streams(&settings(1)).remove(1);
+        let mut existing = as_server_reports(wanted.clone());
+        existing.subjects = vec![subjects::QUEUE_WILDCARD_LANES.into()];
+        let conflicts = compare_stream(&wanted, &existing);
+        assert_eq!(conflicts.len(), 1);
+        assert_eq!((conflicts[0].field, conflicts[0].updatable), ("subjects", true));
     }
 
     #[test]
