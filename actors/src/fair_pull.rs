@@ -14,9 +14,11 @@
 //!   on drain and on stop.
 //! - Refresh: the counts are read again every [`REFRESH`] while the node
 //!   has credits to spend, and after [`IDLE_REFRESH`] when every lane with
-//!   credits has run dry (so a new job on an idle node waits at most that
-//!   long). When credits free up and the cached backlog still has agents,
-//!   they are pulled at once without a refresh.
+//!   credits has run dry. When credits free up and the cached backlog still
+//!   has agents, they are pulled at once without a refresh. Ingress's
+//!   queued hints (`orfeas.control.queued`, core NATS) put a new job's
+//!   agent in the round at once, so an idle node does not wait for the
+//!   next look; a lost hint costs at most that wait.
 //! - Share: a turn fetches `ceil(free credits / agents with a backlog)`
 //!   jobs, so every agent with a backlog gets jobs in the same round; an
 //!   agent whose fetch comes back short is out of the round until the next
@@ -30,7 +32,7 @@ use std::{
 };
 
 use async_nats::jetstream::{self, consumer::pull};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use orfeas_wire::{subjects, v1::Lane};
 use tokio::{sync::Semaphore, task::JoinHandle};
 
@@ -109,6 +111,13 @@ impl Turns {
         Some((next, turns.ready.len()))
     }
 
+    /// A job was just queued on `subject` (a hint): its source is in the round.
+    pub fn hint(&mut self, subject: &str) {
+        if let Some((lane, source)) = queue::source_of(subject) {
+            *self.lanes[index(lane)].ready.entry(source).or_default() += 1;
+        }
+    }
+
     /// `source` gave `got` of the `wanted` jobs: short means it is out of
     /// the round until the next refresh.
     pub fn fetched(&mut self, lane: Lane, source: &Source, wanted: usize, got: usize) {
@@ -145,6 +154,8 @@ pub async fn lane_depths(stream: &jetstream::stream::Stream) -> Result<Vec<(Lane
 
 /// The pulling task's configuration.
 pub struct FairPull {
+    /// For the queued hints ([`subjects::CONTROL_QUEUED`]).
+    pub client: async_nats::Client,
     /// The queue stream.
     pub stream: jetstream::stream::Stream,
     /// Node settings (consumer config).
@@ -174,6 +185,13 @@ impl FairPull {
         let mut turns = Turns::default();
         let mut refreshed: Option<Instant> = None;
         let mut failures = 0u32;
+        let mut hints = match self.client.subscribe(subjects::CONTROL_QUEUED).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "no queued hints; new jobs are found by looking at the counts");
+                None
+            }
+        };
         let fail = |failures: &mut u32, what: String| -> bool {
             *failures += 1;
             tracing::warn!(error = %what, failures = *failures, "queue pull failed");
@@ -184,6 +202,10 @@ impl FairPull {
             false
         };
         loop {
+            // Hints that arrived while pulling.
+            while let Some(Some(hint)) = hints.as_mut().map(|h| h.next().now_or_never().flatten()) {
+                turns.hint(std::str::from_utf8(&hint.payload).unwrap_or_default());
+            }
             let free = |lane: Lane| self.credits.get(&lane).map_or(0, |c| c.available_permits());
             let dry = Lane::ALL.iter().all(|l| free(*l) == 0 || !turns.has_backlog(*l));
             let age = refreshed.map_or(Duration::MAX, |at| at.elapsed());
@@ -294,8 +316,15 @@ impl FairPull {
                 // The permit goes straight back: this only waits for one.
                 futures::future::select_all(acquires).await.0.is_ok()
             };
+            let hint = async {
+                match hints.as_mut() {
+                    Some(h) => h.next().await,
+                    None => futures::future::pending().await,
+                }
+            };
             tokio::select! {
                 open = credit => if !open { return },
+                Some(hint) = hint => turns.hint(std::str::from_utf8(&hint.payload).unwrap_or_default()),
                 _ = tokio::time::sleep(pause) => {}
             }
         }
@@ -334,6 +363,9 @@ mod tests {
         assert_eq!(t.next(Lane::Normal), Some((agent("burst"), 1)), "single is done");
         t.fetched(Lane::Normal, &agent("burst"), 4, 1);
         assert_eq!(t.next(Lane::Normal), None, "a short fetch leaves the round until the next refresh");
+        t.hint("orfeas.jobs.queue.normal.late");
+        t.hint("orfeas.jobs.queue.bogus.late");
+        assert_eq!(t.next(Lane::Normal), Some((agent("late"), 1)), "a queued hint puts its agent in the round");
     }
 
     #[test]

@@ -425,7 +425,7 @@ impl Actor for Scheduler {
         let semaphores: HashMap<Lane, Arc<Semaphore>> = Lane::ALL.iter().map(|lane| (*lane, Arc::new(Semaphore::new(credits)))).collect();
         let me = myself.clone();
         let me_err = myself.clone();
-        let pull = FairPull { stream, settings: self.settings.clone(), max_ack_pending: (credits * 4) as i64, credits: semaphores.clone(), lane_consumers };
+        let pull = FairPull { client: self.bus.client.clone(), stream, settings: self.settings.clone(), max_ack_pending: (credits * 4) as i64, credits: semaphores.clone(), lane_consumers };
         let mut notices = self.bus.client.subscribe(subjects::CONTROL_CANCEL).await.map_err(|e| bus::BusError::Setup { what: subjects::CONTROL_CANCEL.into(), detail: e.to_string() })?;
         let me_cancel = myself.clone();
         let listener = tokio::spawn(async move {

@@ -79,6 +79,12 @@ pub const REQUESTS_QUEUE_GROUP: &str = "orfeas-requests";
 /// Published by the node that answered the cancel; every node listens.
 pub const CONTROL_CANCEL: &str = "orfeas.control.cancel";
 
+/// Core NATS hint (payload: the queue subject) that a job was just queued,
+/// so idle nodes pull it at once and busy ones see a new agent before their
+/// next look at the queue's counts. Published by Ingress after the PubAck;
+/// a lost hint only delays the job until that next look.
+pub const CONTROL_QUEUED: &str = "orfeas.control.queued";
+
 /// Where agent `agent` asks for the state of its jobs.
 pub fn status(agent: &str) -> String {
     format!("orfeas.status.{agent}")
