@@ -125,6 +125,8 @@ pub enum SchedulerMsg {
     /// Its agent canceled this running job ([`subjects::CONTROL_CANCEL`]):
     /// if it is held here and no device has it yet, it ends now.
     CancelNotice(Uuid),
+    /// The record of a job named by a cancel notice has `cancel_requested`.
+    CancelConfirmed(Uuid),
 }
 
 /// The job a cancel answer asks the node holding it to drop: a cancel
@@ -583,6 +585,19 @@ impl Actor for Scheduler {
                 });
             }
             SchedulerMsg::CancelNotice(job_id) => {
+                // Only the record decides (a notice is a hint): confirm off the loop.
+                if let Some(held) = state.held.get(&job_id) {
+                    let (jobs, agent, me) = (self.jobs.clone(), held.agent.clone(), myself.clone());
+                    tokio::spawn(async move {
+                        if let Ok(Some((record, _))) = jobs.get(&agent, &job_id).await {
+                            if record.cancel_requested {
+                                let _ = me.cast(SchedulerMsg::CancelConfirmed(job_id));
+                            }
+                        }
+                    });
+                }
+            }
+            SchedulerMsg::CancelConfirmed(job_id) => {
                 // Held but on no device yet: end it through Postprocess,
                 // which sees `cancel_requested` and ends it `canceled`
                 // (fenced, once), then `Finished` terms its message.
