@@ -7,7 +7,8 @@
 //!   index) to learn which `(lane, agent)` subjects hold jobs; then the
 //!   per-agent consumers of [`crate::queue`], fetched without waiting.
 //! - Publishes: each fetched message to the Scheduler (`deliver`), one
-//!   credit of its lane per message, exactly like the lane pullers before.
+//!   credit of its lane per message (the Scheduler gives it back when the
+//!   message is settled).
 //! - State: the [`Turns`] per lane (agents with a backlog, in name order,
 //!   and who had the last turn, so a refresh does not restart the round);
 //!   the consumer handles. A task, not an actor: the Scheduler aborts it
