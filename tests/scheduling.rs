@@ -1,5 +1,6 @@
 //! Scheduling on a real node and a real `nats-server`: priority lanes,
-//! per-agent turns inside a lane, jobs that must not run (canceled, past
+//! per-agent turns inside a lane (also across a backlog far larger than a
+//! node holds), a cancel of a job waiting for its batch, jobs that must not run (canceled, past
 //! their deadline), a cancel while running, dead letters from JetStream's
 //! max-deliveries advisory, and a graceful SIGTERM under load.
 //!
@@ -79,6 +80,11 @@ async fn announce(bus: &Bus, agent: &str, job_id: Uuid) {
 /// The record and the queue message only (Ingress between its PubAck and
 /// its `accepted`).
 async fn enqueue_unannounced(bus: &Bus, agent: &str, lane: Lane, params: JobParams, record_state: JobState) -> Uuid {
+    enqueue_on(bus, &subjects::queue(lane.as_str(), agent), agent, lane, params, record_state).await
+}
+
+/// [`enqueue_unannounced`] on queue subject `subject`.
+async fn enqueue_on(bus: &Bus, subject: &str, agent: &str, lane: Lane, params: JobParams, record_state: JobState) -> Uuid {
     let job_id = Uuid::now_v7();
     let record = JobRecord {
         agent: agent.into(),
@@ -110,7 +116,7 @@ async fn enqueue_unannounced(bus: &Bus, agent: &str, lane: Lane, params: JobPara
     };
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", format!("{agent}:{job_id}").as_str());
-    bus.publish_acked(subjects::queue(lane.as_str()), headers, orfeas_wire::to_cbor(&job).into()).await.unwrap();
+    bus.publish_acked(subject.to_string(), headers, orfeas_wire::to_cbor(&job).into()).await.unwrap();
     job_id
 }
 
@@ -203,6 +209,136 @@ async fn scheduling_high_lane_first_low_not_starved_and_agents_take_turns() {
     assert!(burst_after(low_start) >= 1 || later(single_start, low_start), "the low job was starved until the normal lane was empty");
 }
 
+/// When each job of `agent` started on the device (its `inference` event).
+async fn inference_at(js: &jetstream::Context, agent: &str) -> HashMap<Uuid, u64> {
+    all_events(js, agent)
+        .await
+        .into_iter()
+        .filter_map(|(job, events)| Some((job, events.iter().find(|e| matches!(e.kind, EventKind::Progress { stage: Stage::Inference, .. }))?.at_ms)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduling_a_burst_far_beyond_what_a_node_holds_delays_another_agent_by_about_one_batch() {
+    let _serial = SERIAL.lock().await;
+    let (nats, store) = prepared_nats().await;
+    let bus = bus(&nats).await;
+    // 200 jobs of one agent queued before another agent's single job. A
+    // node with batches of two and one batch of lookahead holds 2 × (2 + 1)
+    // = 6 jobs per lane, so in queue order the single job would wait for
+    // about 100 batches; pulled per agent it is among the first held.
+    let mut burst = Vec::new();
+    for _ in 0..200 {
+        burst.push(enqueue(&bus, "flood", Lane::Normal, params(), JobState::Admitted).await);
+    }
+    let single = enqueue(&bus, "solo", Lane::Normal, params(), JobState::Admitted).await;
+    let latency = 300;
+    let node = start(&nats, "fair", store.path(), node_env(latency, 2, &[("ORFEAS_SCHEDULER_LOOKAHEAD_BATCHES", "1")])).await;
+    let js = bus.js.clone();
+    one_completed(&terminals(&js, "solo", &[single], Duration::from_secs(60)).await, &single);
+    let solo_at = inference_at(&js, "solo").await[&single];
+    let flood_at = inference_at(&js, "flood").await;
+    drop(node);
+    // Batches run one after another, `latency` apart: a flood job in an
+    // earlier batch has its inference event at least that much earlier.
+    let before = flood_at.values().filter(|&&at| at + latency / 2 < solo_at).count();
+    let after_or_with = burst.len() - before;
+    println!("flood jobs started before the single job: {before} (of {})", burst.len());
+    assert!(before <= 2 * 2, "at most two batches of the burst (max_batch 2) ran before the other agent's job: {before}");
+    assert!(after_or_with >= 190, "the burst was still queued when the single job ran: {after_or_with} not before it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduling_cancel_of_a_job_waiting_for_its_batch_drops_it_before_it_runs() {
+    let _serial = SERIAL.lock().await;
+    let (nats, store) = prepared_nats().await;
+    let bus = bus(&nats).await;
+    let jobs = JobStore::new(bus.jobs.clone());
+    // One job per batch, 3 s each: the node holds 1 × (2 + 2) = 4 jobs,
+    // two on the device's slots and two waiting here for a batch.
+    let (client, _) = agent(&nats.url, "kate").await;
+    let node = start(&nats, "holder", store.path(), node_env(3_000, 1, &[])).await;
+    let js = bus.js.clone();
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let job = null_submit();
+        client.submit(&job).await.unwrap();
+        ids.push(job.job_id);
+    }
+    // Every job claimed (record `running`), two on the device's slots
+    // (their `preprocessing` starts when a batch reaches the device), so
+    // the other two wait here for a batch.
+    let waiting = eventually("two jobs on the device and two held", Duration::from_secs(30), || async {
+        let events = all_events(&js, "kate").await;
+        let on_device = |job: &Uuid| events.get(job).is_some_and(|l| l.iter().any(|e| matches!(e.kind, EventKind::Progress { stage: Stage::Preprocessing, .. })));
+        let mut held = Vec::new();
+        for job in &ids {
+            let (record, _) = jobs.get("kate", job).await.ok()??;
+            if record.state != JobState::Running {
+                return None;
+            }
+            if !on_device(job) {
+                held.push(*job);
+            }
+        }
+        (held.len() == 2).then(|| held[1])
+    })
+    .await;
+    let status = client.cancel(&waiting, Duration::from_secs(10)).await.unwrap();
+    assert_eq!((status.state.as_str(), status.cancel_requested), ("running", true), "held jobs are running to the agent");
+    let done = terminals(&js, "kate", &ids, Duration::from_secs(60)).await;
+    let answers = &done[&waiting];
+    assert_eq!(answers.len(), 1, "one answer: {answers:?}");
+    match &answers[0].kind {
+        EventKind::Failed(f) => assert_eq!((f.code, f.job_id), (ErrorCode::Canceled, Some(waiting))),
+        other => panic!("canceled while held: {other:?}"),
+    }
+    let events = all_events(&js, "kate").await;
+    assert!(
+        !events[&waiting].iter().any(|e| matches!(e.kind, EventKind::Progress { stage: Stage::Preprocessing | Stage::Inference, .. })),
+        "the canceled job never reached a device: {:?}",
+        events[&waiting]
+    );
+    let canceled_at = answers[0].at_ms;
+    let first_done = ids.iter().filter(|j| **j != waiting).map(|j| one_completed(&done, j).at_ms).min().unwrap();
+    assert!(canceled_at < first_done, "dropped at once, not when a device came free ({canceled_at} vs {first_done})");
+    let (record, _) = jobs.get("kate", &waiting).await.unwrap().unwrap();
+    assert_eq!(record.state, JobState::Canceled);
+    eventually("an empty queue", Duration::from_secs(30), || {
+        let js = js.clone();
+        async move { (js.get_stream(subjects::QUEUE_STREAM).await.ok()?.info().await.ok()?.state.messages == 0).then_some(()) }
+    })
+    .await;
+    drop(node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduling_queue_from_before_per_agent_subjects_is_widened_and_drained() {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsServer::start();
+    let store = tempfile::tempdir().unwrap();
+    // The queue stream as deployments before per-agent queues made it.
+    let settings = orfeas_actors::settings::NodeSettings::local("old", &nats.url, "models".into(), "store".into());
+    let mut old = orfeas_actors::topology::streams(&settings).into_iter().find(|c| c.name == subjects::QUEUE_STREAM).unwrap();
+    old.subjects = vec![subjects::QUEUE_WILDCARD_LANES.into()];
+    let client = orfeas_actors::bus::connect(&nats.url, "orfeas-test").await.unwrap();
+    jetstream::new(client).create_stream(old).await.unwrap();
+    // A node starts on it (it would refuse a stream it cannot use) ...
+    let mut setup = start(&nats, "setup", store.path(), node_env(0, 2, &[])).await;
+    setup.terminate(Duration::from_secs(30));
+    let bus = bus(&nats).await;
+    let info = bus.js.get_stream(subjects::QUEUE_STREAM).await.unwrap().info().await.unwrap().clone();
+    assert_eq!(info.config.subjects, vec![subjects::QUEUE_WILDCARD.to_string()], "widened in place");
+    // ... and a job an older Ingress left on the lane subject still runs.
+    let legacy = enqueue_on(&bus, &subjects::queue_lane("normal"), "olga", Lane::Normal, params(), JobState::Admitted).await;
+    announce(&bus, "olga", legacy).await;
+    let fresh = enqueue(&bus, "olga", Lane::Normal, params(), JobState::Admitted).await;
+    let _node = start(&nats, "new", store.path(), node_env(0, 2, &[])).await;
+    let done = terminals(&bus.js, "olga", &[legacy, fresh], Duration::from_secs(60)).await;
+    one_completed(&done, &legacy);
+    one_completed(&done, &fresh);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduling_first_progress_never_overtakes_accepted() {
     let _serial = SERIAL.lock().await;
@@ -216,7 +352,7 @@ async fn scheduling_first_progress_never_overtakes_accepted() {
         let js = js.clone();
         async move {
             let stream = js.get_stream(subjects::QUEUE_STREAM).await.ok()?;
-            let info = stream.consumer_info(subjects::SCHEDULER_CONSUMER).await.ok()?;
+            let info = stream.consumer_info(orfeas_actors::queue::agent_consumer_name(Lane::Normal, "hana")).await.ok()?;
             (info.num_ack_pending == 1).then_some(())
         }
     })
@@ -311,8 +447,10 @@ async fn scheduling_job_out_of_deliveries_is_dead_lettered_exactly_once() {
     bus.client.flush().await.unwrap();
     let job = enqueue(&bus, "erin", Lane::Normal, params(), JobState::Admitted).await;
     let jobs = JobStore::new(bus.jobs.clone());
-    let consumer: jetstream::consumer::PullConsumer =
-        bus.js.get_stream(subjects::QUEUE_STREAM).await.unwrap().get_consumer("scheduler").await.unwrap();
+    // The consumer a node would make for erin's normal-lane jobs.
+    let settings = orfeas_actors::settings::NodeSettings::local("dl", &nats.url, "models".into(), "store".into());
+    let stream = bus.js.get_stream(subjects::QUEUE_STREAM).await.unwrap();
+    let consumer = orfeas_actors::queue::agent_consumer(&stream, Lane::Normal, "erin", &settings, 100).await.unwrap();
     let max_deliver = consumer.cached_info().config.max_deliver;
     assert_eq!(max_deliver, 5, "the default");
     for attempt in 1..=max_deliver as u64 {
@@ -351,6 +489,58 @@ async fn scheduling_job_out_of_deliveries_is_dead_lettered_exactly_once() {
     for l in listeners {
         l.abort();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduling_dead_letter_whose_advisory_nobody_heard_is_found_by_the_sweep() {
+    let _serial = SERIAL.lock().await;
+    let (nats, _store) = prepared_nats().await;
+    let bus = bus(&nats).await;
+    // No node listens while the job runs out of deliveries.
+    let job = enqueue(&bus, "fred", Lane::Normal, params(), JobState::Admitted).await;
+    let answered = enqueue(&bus, "fred", Lane::Normal, params(), JobState::Admitted).await;
+    let jobs = JobStore::new(bus.jobs.clone());
+    let settings = orfeas_actors::settings::NodeSettings::local("dl", &nats.url, "models".into(), "store".into());
+    let stream = bus.js.get_stream(subjects::QUEUE_STREAM).await.unwrap();
+    let consumer = orfeas_actors::queue::agent_consumer(&stream, Lane::Normal, "fred", &settings, 100).await.unwrap();
+    let max_deliver = consumer.cached_info().config.max_deliver as u64;
+    // Each delivery: claimed at its attempt, then it "crashes" (nak).
+    for _ in 0..2 * max_deliver {
+        let mut batch = consumer.fetch().max_messages(1).expires(Duration::from_secs(5)).messages().await.unwrap();
+        let message = batch.next().await.expect("a delivery").unwrap();
+        let attempt = message.info().unwrap().delivered as u64;
+        let sent: AdmittedJob = orfeas_wire::from_cbor(&message.payload).unwrap();
+        let (mut record, revision) = jobs.get("fred", &sent.job_id).await.unwrap().unwrap();
+        record.state = JobState::Running;
+        record.attempt = attempt;
+        if sent.job_id == answered && attempt == max_deliver {
+            // This one was answered on its last attempt, but the ack was lost.
+            record.state = JobState::Completed;
+        }
+        jobs.update(&record, revision).await.unwrap();
+        message.ack_with(jetstream::AckKind::Nak(None)).await.unwrap();
+    }
+    let mut batch = consumer.fetch().max_messages(1).expires(Duration::from_secs(2)).messages().await.unwrap();
+    assert!(batch.next().await.is_none(), "no further delivery");
+    assert_eq!(stream.clone().info().await.unwrap().state.messages, 2, "both messages stay in the queue");
+    // The sweep a node's dead-letter task runs when it starts finds both.
+    let events = orfeas_actors::events::EventSink::spawn(bus.clone(), "sweeper", orfeas_wire::SecretKey::generate(), "orfeas".into());
+    let swept = orfeas_actors::dead_letter::sweep(&bus.js, &jobs, &events, "sweeper").await.unwrap();
+    assert_eq!(swept, 2, "the job out of deliveries and the answered one");
+    assert_eq!(orfeas_actors::dead_letter::sweep(&bus.js, &jobs, &events, "sweeper").await.unwrap(), 0, "nothing left");
+    let done = terminals(&bus.js, "fred", &[job], Duration::from_secs(30)).await;
+    assert_eq!(done[&job].len(), 1, "one answer: {:?}", done[&job]);
+    match &done[&job][0].kind {
+        EventKind::Failed(f) => assert_eq!(f.code, ErrorCode::DeadLettered),
+        other => panic!("dead letter: {other:?}"),
+    }
+    eventually("both messages removed from the queue", Duration::from_secs(10), || {
+        let js = bus.js.clone();
+        async move { (js.get_stream(subjects::QUEUE_STREAM).await.ok()?.info().await.ok()?.state.messages == 0).then_some(()) }
+    })
+    .await;
+    assert_eq!(jobs.get("fred", &answered).await.unwrap().unwrap().0.state, JobState::Completed, "an answered job keeps its answer");
+    assert!(!all_events(&bus.js, "fred").await.get(&answered).is_some_and(|l| l.iter().any(|e| e.kind.is_terminal())), "nothing new said about it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

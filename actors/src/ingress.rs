@@ -451,9 +451,10 @@ impl Admission {
         // Jobs ahead of this one (a recent reading, not a round trip), so
         // that `accepted` follows the PubAck at once.
         let queue_position = self.queue_depth.load(Ordering::Relaxed);
-        let ack = self.bus.publish_acked(subjects::queue(lane.as_str()), headers, orfeas_wire::to_cbor(&admitted).into()).await?;
+        let ack = self.bus.publish_acked(subjects::queue(lane.as_str(), &agent), headers, orfeas_wire::to_cbor(&admitted).into()).await?;
         // Counted at once, so a burst meets the limit before the next reading.
         self.queue_depth.fetch_add(1, Ordering::Relaxed);
+        let _ = self.bus.client.publish(subjects::CONTROL_QUEUED, subjects::queue(lane.as_str(), &agent).into()).await;
         self.events.publish_in(Some(onward), &agent, job.job_id, 0, EventKind::Accepted { queue_position, eta_ms: crate::progress::accepted_eta(&admitted.model, queue_position) }).await?;
         metrics::REQUESTS.with_label_values(&[&agent, "submit", "accepted"]).inc();
         tracing::info!(agent, job_id = %job.job_id, seq = ack.sequence, "job admitted");

@@ -21,6 +21,7 @@ pub mod catalog;
 pub mod dead_letter;
 pub mod device;
 pub mod events;
+pub mod fair_pull;
 pub mod gate;
 pub mod gpu_worker;
 pub mod heartbeat;

@@ -40,7 +40,7 @@ pub static ACTIVE_JOBS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 
 /// Admitted jobs waiting in JetStream, by lane.
 pub static QUEUE_DEPTH: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register_int_gauge_vec!("orfeas_queue_depth", "Admitted jobs not yet taken by a node, by lane", &["lane"])
+    register_int_gauge_vec!("orfeas_queue_depth", "Admitted jobs in the queue (waiting, or held by a node and not yet answered), by lane", &["lane"])
         .expect("metric registers once")
 });
 

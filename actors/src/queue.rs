@@ -1,6 +1,16 @@
-//! The Scheduler's view of `ORFEAS_QUEUE`: one durable pull consumer per
-//! lane, each filtered to `orfeas.jobs.queue.<lane>`, so a node can pull
-//! each lane by its own credit (a full normal lane never hides a high job).
+//! The Scheduler's view of `ORFEAS_QUEUE`: jobs wait per lane and agent on
+//! `orfeas.jobs.queue.<lane>.<agent>`, each subject with its own durable
+//! pull consumer `q_<lane>_<agent>` (filters are disjoint, as a work-queue
+//! stream requires), created on demand by any node and deleted by JetStream
+//! after [`AGENT_CONSUMER_IDLE`] without pulls. A node pulls each lane by
+//! its own credit (a full normal lane never hides a high job) and, inside a
+//! lane, the agents with a backlog in turn (see [`crate::fair_pull`]), so
+//! one agent's burst never fills a node ahead of another agent's job.
+//!
+//! The lane-wide consumers (`scheduler`, `scheduler_high`, `scheduler_low`,
+//! filtered to `orfeas.jobs.queue.<lane>` exactly) stay: they drain what a
+//! deployment from before per-agent queues left on the lane subjects, and
+//! their filters do not overlap the per-agent ones.
 //!
 //! The normal lane keeps the historical consumer name `scheduler`; a
 //! deployment from before lanes has it unfiltered, which a work-queue
@@ -26,7 +36,67 @@ pub fn consumer_name(lane: Lane) -> String {
 
 /// The lane a queue message was published to.
 pub fn lane_of(subject: &str) -> Option<Lane> {
-    subject.strip_prefix("orfeas.jobs.queue.").and_then(Lane::parse)
+    subjects::queue_of(subject).and_then(|(lane, _)| Lane::parse(lane))
+}
+
+/// How long a per-agent consumer lives without pulls: far longer than any
+/// job is held (so its held messages' acks still reach it), short enough
+/// that agents gone quiet do not pile up consumers.
+pub const AGENT_CONSUMER_IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Where jobs of one lane come from: an agent's subject, or the lane-wide
+/// subject of deployments before per-agent queues.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    /// `orfeas.jobs.queue.<lane>`, consumer [`consumer_name`].
+    Lane,
+    /// `orfeas.jobs.queue.<lane>.<agent>`, consumer [`agent_consumer_name`].
+    Agent(String),
+}
+
+/// The lane and source of a queue subject.
+pub fn source_of(subject: &str) -> Option<(Lane, Source)> {
+    let (lane, agent) = subjects::queue_of(subject)?;
+    let lane = Lane::parse(lane)?;
+    Some((lane, agent.map_or(Source::Lane, |a| Source::Agent(a.to_string()))))
+}
+
+/// The durable consumer of `agent`'s jobs in `lane`.
+pub fn agent_consumer_name(lane: Lane, agent: &str) -> String {
+    format!("q_{}_{agent}", lane.as_str())
+}
+
+/// The consumer of one source of `lane`.
+pub fn source_consumer_name(lane: Lane, source: &Source) -> String {
+    match source {
+        Source::Lane => consumer_name(lane),
+        Source::Agent(agent) => agent_consumer_name(lane, agent),
+    }
+}
+
+/// The config of `agent`'s consumer in `lane` (explicit acks, the node's
+/// `ack_wait` and `max_deliver`, deleted after [`AGENT_CONSUMER_IDLE`]).
+pub fn agent_config(lane: Lane, agent: &str, settings: &NodeSettings, max_ack_pending: i64) -> pull::Config {
+    let name = agent_consumer_name(lane, agent);
+    pull::Config {
+        durable_name: Some(name.clone()),
+        name: Some(name),
+        filter_subject: subjects::queue(lane.as_str(), agent),
+        inactive_threshold: AGENT_CONSUMER_IDLE,
+        ..config(lane, settings, max_ack_pending)
+    }
+}
+
+/// `agent`'s consumer in `lane`, created when missing.
+pub async fn agent_consumer(
+    stream: &jetstream::stream::Stream,
+    lane: Lane,
+    agent: &str,
+    settings: &NodeSettings,
+    max_ack_pending: i64,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, BusError> {
+    let name = agent_consumer_name(lane, agent);
+    stream.get_or_create_consumer(&name, agent_config(lane, agent, settings, max_ack_pending)).await.map_err(|e| setup_err(&name, e))
 }
 
 fn config(lane: Lane, settings: &NodeSettings, max_ack_pending: i64) -> pull::Config {
@@ -34,7 +104,7 @@ fn config(lane: Lane, settings: &NodeSettings, max_ack_pending: i64) -> pull::Co
     pull::Config {
         durable_name: Some(name.clone()),
         name: Some(name),
-        filter_subject: subjects::queue(lane.as_str()),
+        filter_subject: subjects::queue_lane(lane.as_str()),
         ack_policy: AckPolicy::Explicit,
         ack_wait: settings.ack_wait,
         max_deliver: settings.max_deliver,
@@ -87,8 +157,14 @@ mod tests {
         assert_eq!(consumer_name(Lane::High), "scheduler_high");
         assert_eq!(consumer_name(Lane::Low), "scheduler_low");
         for lane in Lane::ALL {
-            assert_eq!(lane_of(&subjects::queue(lane.as_str())), Some(lane));
+            assert_eq!(lane_of(&subjects::queue_lane(lane.as_str())), Some(lane));
+            assert_eq!(lane_of(&subjects::queue(lane.as_str(), "ann")), Some(lane));
+            assert_eq!(source_of(&subjects::queue(lane.as_str(), "ann")), Some((lane, Source::Agent("ann".into()))));
+            assert_eq!(source_of(&subjects::queue_lane(lane.as_str())), Some((lane, Source::Lane)));
         }
         assert_eq!(lane_of("orfeas.jobs.queue.urgent"), None);
+        assert_eq!(lane_of("orfeas.jobs.queue.urgent.ann"), None);
+        assert_eq!(agent_consumer_name(Lane::High, "ann"), "q_high_ann");
+        assert_eq!(source_consumer_name(Lane::Normal, &Source::Lane), "scheduler");
     }
 }

@@ -187,6 +187,9 @@ impl RequestServer {
                     tokio::spawn(async move {
                         let _permit = permit;
                         let answer = server.answer(&message.subject, &message.payload).await;
+                        if let Some(job_id) = crate::scheduler::cancel_notice(&message.subject, &answer) {
+                            let _ = client.publish(subjects::CONTROL_CANCEL, job_id.to_string().into()).await;
+                        }
                         let body = orfeas_wire::to_cbor(&answer);
                         let mut headers = async_nats::HeaderMap::new();
                         headers.insert(REPLY_SIGNATURE_HEADER, server.sign_reply(&message.subject, &message.payload, &body).as_str());

@@ -1,8 +1,10 @@
 //! Scheduler: turns admitted jobs into device batches and owns their acks.
 //!
-//! - Consumes: admitted jobs from one durable pull consumer per lane on
-//!   `ORFEAS_QUEUE` (see [`crate::queue`]; each pulled by its own credit:
-//!   the node holds per lane at most what its devices can start soon);
+//! - Consumes: admitted jobs from `ORFEAS_QUEUE`, one durable pull consumer
+//!   per lane and agent (see [`crate::queue`]), pulled by
+//!   [`crate::fair_pull`]: each lane by its own credit (the node holds per
+//!   lane at most what its devices can start soon), the agents with queued
+//!   jobs in turn;
 //!   `BatchLimits` and `DeviceIdle` from GpuWorkers; `Finished` from
 //!   Postprocess; `WorkerLost` from the supervisor; `Drain` on shutdown.
 //! - Publishes: `GpuWorkerMsg::Run` batches chosen by [`crate::lanes`]
@@ -18,6 +20,11 @@
 //! - Claiming a delivered job (its record set to `running` at this
 //!   attempt, revision-fenced) runs on a task that answers with `Claimed`,
 //!   so KV round trips never hold up batching.
+//! - A cancel notice (`orfeas.control.cancel`, core NATS, from the node
+//!   that answered the agent's cancel) for a job held here and not yet on
+//!   a device ends it at once as `canceled` (through Postprocess, fenced)
+//!   and terms its message; a job already on a device runs and its result
+//!   is discarded. A lost notice changes nothing but that.
 //! - Claiming also ends jobs that must not run: a `canceled` record is
 //!   acked without a word (its canceller announced it); a record with
 //!   `cancel_requested` ends as `canceled`; a job past its `deadline_ms`
@@ -37,6 +44,7 @@ use std::{
 
 use async_nats::jetstream::{self, AckKind};
 use orfeas_wire::{
+    subjects,
     v1::{AdmittedJob, Failure, Lane},
     ErrorCode,
 };
@@ -48,6 +56,7 @@ use uuid::Uuid;
 use crate::{
     bus::{self, Bus},
     events::EventSink,
+    fair_pull::FairPull,
     heartbeat::NodeLoad,
     gpu_worker::GpuWorkerMsg,
     jobs::{JobState, JobStore, Updated},
@@ -119,6 +128,20 @@ pub enum SchedulerMsg {
     Drain(ractor::RpcReplyPort<usize>),
     /// The grace period of a drain is over.
     DrainDeadline,
+    /// Its agent canceled this running job ([`subjects::CONTROL_CANCEL`]):
+    /// if it is held here and no device has it yet, it ends now.
+    CancelNotice(Uuid),
+    /// The record of a job named by a cancel notice has `cancel_requested`.
+    CancelConfirmed(Uuid),
+}
+
+/// The job a cancel answer asks the node holding it to drop: a cancel
+/// request that left its job `running` with `cancel_requested`.
+pub fn cancel_notice(subject: &str, answer: &orfeas_wire::v1::StatusReply) -> Option<Uuid> {
+    match answer {
+        orfeas_wire::v1::StatusReply::Job(status) if status.state == "running" && status.cancel_requested && subject.starts_with("orfeas.cancel.") => Some(status.job_id),
+        _ => None,
+    }
 }
 
 /// Scheduler configuration.
@@ -408,23 +431,33 @@ impl Actor for Scheduler {
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, _: ()) -> Result<Self::State, ActorProcessingErr> {
         let credits = self.credits();
         crate::progress::PARALLEL.store((self.devices.len() * self.settings.max_batch).max(1), std::sync::atomic::Ordering::Relaxed);
-        let consumers = queue::lane_consumers(&self.bus, &self.settings, (credits * 4) as i64).await?;
-        let mut semaphores = HashMap::new();
-        let mut pullers = Vec::new();
-        for (lane, consumer) in consumers {
-            let semaphore = Arc::new(Semaphore::new(credits));
-            let me = myself.clone();
-            let me_err = myself.clone();
-            pullers.push(bus::spawn_puller(
-                consumer,
-                semaphore.clone(),
-                Box::new(move |m| me.cast(SchedulerMsg::Delivered(m)).is_ok()),
-                Box::new(move |e| {
-                    let _ = me_err.cast(SchedulerMsg::PullFailed(e));
-                }),
-            ));
-            semaphores.insert(lane, semaphore);
-        }
+        let lane_consumers = queue::lane_consumers(&self.bus, &self.settings, (credits * 4) as i64).await?;
+        let stream = self
+            .bus
+            .js
+            .get_stream(orfeas_wire::subjects::QUEUE_STREAM)
+            .await
+            .map_err(|e| bus::BusError::Setup { what: orfeas_wire::subjects::QUEUE_STREAM.into(), detail: e.to_string() })?;
+        let semaphores: HashMap<Lane, Arc<Semaphore>> = Lane::ALL.iter().map(|lane| (*lane, Arc::new(Semaphore::new(credits)))).collect();
+        let me = myself.clone();
+        let me_err = myself.clone();
+        let pull = FairPull { client: self.bus.client.clone(), stream, settings: self.settings.clone(), max_ack_pending: (credits * 4) as i64, credits: semaphores.clone(), lane_consumers };
+        let mut notices = self.bus.client.subscribe(subjects::CONTROL_CANCEL).await.map_err(|e| bus::BusError::Setup { what: subjects::CONTROL_CANCEL.into(), detail: e.to_string() })?;
+        let me_cancel = myself.clone();
+        let listener = tokio::spawn(async move {
+            while let Some(notice) = futures::StreamExt::next(&mut notices).await {
+                let Some(job_id) = std::str::from_utf8(&notice.payload).ok().and_then(|s| Uuid::parse_str(s).ok()) else { continue };
+                if me_cancel.cast(SchedulerMsg::CancelNotice(job_id)).is_err() {
+                    return;
+                }
+            }
+        });
+        let pullers = vec![listener, pull.spawn(
+            Box::new(move |m| me.cast(SchedulerMsg::Delivered(m)).is_ok()),
+            Box::new(move |e| {
+                let _ = me_err.cast(SchedulerMsg::PullFailed(e));
+            }),
+        )];
         myself.send_interval(self.settings.progress_ack_interval, || SchedulerMsg::KeepAlive);
         Ok(SchedulerState {
             credits: semaphores,
@@ -565,13 +598,36 @@ impl Actor for Scheduler {
                         let _ = message.ack_with(AckKind::Progress).await;
                     }
                     if let Ok(stream) = js.get_stream(orfeas_wire::subjects::QUEUE_STREAM).await {
-                        for lane in Lane::ALL {
-                            if let Ok(info) = stream.consumer_info(queue::consumer_name(lane)).await {
-                                metrics::QUEUE_DEPTH.with_label_values(&[lane.as_str()]).set(info.num_pending as i64);
+                        if let Ok(depths) = crate::fair_pull::lane_depths(&stream).await {
+                            for (lane, depth) in depths {
+                                metrics::QUEUE_DEPTH.with_label_values(&[lane.as_str()]).set(depth as i64);
                             }
                         }
                     }
                 });
+            }
+            SchedulerMsg::CancelNotice(job_id) => {
+                // Only the record decides (a notice is a hint): confirm off the loop.
+                if let Some(held) = state.held.get(&job_id) {
+                    let (jobs, agent, me) = (self.jobs.clone(), held.agent.clone(), myself.clone());
+                    tokio::spawn(async move {
+                        if let Ok(Some((record, _))) = jobs.get(&agent, &job_id).await {
+                            if record.cancel_requested {
+                                let _ = me.cast(SchedulerMsg::CancelConfirmed(job_id));
+                            }
+                        }
+                    });
+                }
+            }
+            SchedulerMsg::CancelConfirmed(job_id) => {
+                // Held but on no device yet: end it through Postprocess,
+                // which sees `cancel_requested` and ends it `canceled`
+                // (fenced, once), then `Finished` terms its message.
+                if let Some(ticket) = state.waiting.remove(job_id) {
+                    tracing::info!(%job_id, "canceled while waiting for a batch; dropped");
+                    let (_, failure) = terminal::ending(ErrorCode::Canceled, job_id, "canceled by its agent before it started");
+                    self.fail(ticket, failure);
+                }
             }
             SchedulerMsg::PullFailed(e) => return Err(e.into()),
         }

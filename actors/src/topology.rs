@@ -216,11 +216,18 @@ fn stream_fields(c: &stream::Config) -> Vec<(&'static str, String, bool)> {
 
 /// Where `existing` (as the server reports it) differs from `wanted`.
 pub fn compare_stream(wanted: &stream::Config, existing: &stream::Config) -> Vec<Conflict> {
-    diff(
+    let mut conflicts = diff(
         &format!("stream {}", wanted.name),
         stream_fields(wanted),
         stream_fields(existing),
-    )
+    );
+    // Widening the queue to per-agent subjects keeps every message.
+    for c in &mut conflicts {
+        if c.field == "subjects" && c.existing == subjects::QUEUE_WILDCARD_LANES && c.wanted == subjects::QUEUE_WILDCARD {
+            c.updatable = true;
+        }
+    }
+    conflicts
 }
 
 /// Where the stream of an existing bucket differs from `wanted`. Only the
@@ -304,6 +311,27 @@ fn refuse(conflicts: Vec<Conflict>) -> BusError {
     }
 }
 
+/// A queue stream from before per-agent queues (`orfeas.jobs.queue.*`) is
+/// widened in place to `orfeas.jobs.queue.>`: a superset, so every queued
+/// message stays where it is (the lane-wide consumers drain them).
+async fn widen_queue_subjects(
+    js: &jetstream::Context,
+    wanted: &stream::Config,
+    current: stream::Config,
+) -> Result<stream::Config, BusError> {
+    if wanted.name != subjects::QUEUE_STREAM || current.subjects != [subjects::QUEUE_WILDCARD_LANES] {
+        return Ok(current);
+    }
+    tracing::info!(stream = %wanted.name, "widening the queue's subjects to per-agent queues");
+    let mut widened = current;
+    widened.subjects = vec![subjects::QUEUE_WILDCARD.into()];
+    match js.update_stream(&widened).await {
+        Ok(info) => Ok(info.config),
+        // Another node widened it first.
+        Err(e) => existing(js, &wanted.name).await?.ok_or_else(|| setup_err(&wanted.name, e)),
+    }
+}
+
 /// Create what is missing; refuse (naming the stream and setting) when an
 /// existing stream or bucket differs. Returns the buckets in the order of
 /// [`buckets`].
@@ -324,6 +352,7 @@ pub async fn ensure(
                     .ok_or_else(|| setup_err(&name, e))?,
             },
         };
+        let current = widen_queue_subjects(js, &wanted, current).await?;
         let conflicts = compare_stream(&wanted, &current);
         if !conflicts.is_empty() {
             return Err(refuse(conflicts));
@@ -567,7 +596,18 @@ mod tests {
         );
         assert!(replicas.updatable);
         assert!(!conflicts[1].updatable, "retention cannot change in place");
+        assert!(!conflicts[0].updatable, "other subjects cannot change in place");
         assert_eq!(conflicts[4].existing, "old");
+    }
+
+    #[test]
+    fn the_queue_before_per_agent_subjects_is_widened_in_place() {
+        let wanted = streams(&settings(1)).remove(1);
+        let mut existing = as_server_reports(wanted.clone());
+        existing.subjects = vec![subjects::QUEUE_WILDCARD_LANES.into()];
+        let conflicts = compare_stream(&wanted, &existing);
+        assert_eq!(conflicts.len(), 1);
+        assert_eq!((conflicts[0].field, conflicts[0].updatable), ("subjects", true));
     }
 
     #[test]

@@ -9,8 +9,13 @@ pub const SUBMIT_STREAM: &str = "ORFEAS_SUBMIT";
 pub const SUBMIT_WILDCARD: &str = "orfeas.jobs.submit.*";
 /// Stream holding admitted jobs waiting for a device (work queue).
 pub const QUEUE_STREAM: &str = "ORFEAS_QUEUE";
-/// Subjects of [`QUEUE_STREAM`].
-pub const QUEUE_WILDCARD: &str = "orfeas.jobs.queue.*";
+/// Subjects of [`QUEUE_STREAM`]: `orfeas.jobs.queue.<lane>.<agent>` (and
+/// `orfeas.jobs.queue.<lane>`, where deployments before per-agent queues
+/// published).
+pub const QUEUE_WILDCARD: &str = "orfeas.jobs.queue.>";
+/// [`QUEUE_STREAM`]'s subjects before per-agent queues (a stream created
+/// with them is widened to [`QUEUE_WILDCARD`] in place).
+pub const QUEUE_WILDCARD_LANES: &str = "orfeas.jobs.queue.*";
 /// Stream keeping events for replay by agents that were not listening.
 pub const EVENTS_STREAM: &str = "ORFEAS_EVENTS";
 /// Subjects of [`EVENTS_STREAM`].
@@ -76,6 +81,17 @@ pub const CANCEL_WILDCARD: &str = "orfeas.cancel.*";
 /// Queue group of nodes answering status and cancel requests (one answer each).
 pub const REQUESTS_QUEUE_GROUP: &str = "orfeas-requests";
 
+/// Core NATS notice (payload: the job id as text) that an agent canceled a
+/// running job, so the node holding it drops it if no device started it.
+/// Published by the node that answered the cancel; every node listens.
+pub const CONTROL_CANCEL: &str = "orfeas.control.cancel";
+
+/// Core NATS hint (payload: the queue subject) that a job was just queued,
+/// so idle nodes pull it at once and busy ones see a new agent before their
+/// next look at the queue's counts. Published by Ingress after the PubAck;
+/// a lost hint only delays the job until that next look.
+pub const CONTROL_QUEUED: &str = "orfeas.control.queued";
+
 /// Where agent `agent` asks for the state of its jobs.
 pub fn status(agent: &str) -> String {
     format!("orfeas.status.{agent}")
@@ -106,9 +122,24 @@ pub fn agent_of_fetch(subject: &str) -> Option<&str> {
     subject.strip_prefix("orfeas.results.fetch.").filter(|a| is_valid_agent_name(a))
 }
 
-/// Where admitted jobs of a priority lane wait.
-pub fn queue(lane: &str) -> String {
+/// Where admitted jobs of `agent` in a priority lane wait.
+pub fn queue(lane: &str, agent: &str) -> String {
+    format!("orfeas.jobs.queue.{lane}.{agent}")
+}
+
+/// Where admitted jobs of a priority lane waited before per-agent queues
+/// (still drained, never published to).
+pub fn queue_lane(lane: &str) -> String {
     format!("orfeas.jobs.queue.{lane}")
+}
+
+/// The lane token and, for a per-agent subject, the agent of a queue subject.
+pub fn queue_of(subject: &str) -> Option<(&str, Option<&str>)> {
+    let rest = subject.strip_prefix("orfeas.jobs.queue.")?;
+    match rest.split_once('.') {
+        None => (!rest.is_empty()).then_some((rest, None)),
+        Some((lane, agent)) => (!lane.is_empty() && is_valid_agent_name(agent)).then_some((lane, Some(agent))),
+    }
 }
 
 /// The agent token of a submit subject, if the subject is one.
@@ -134,6 +165,16 @@ mod tests {
         assert_eq!(agent_of_submit("orfeas.jobs.submit."), None);
         assert_eq!(agent_of_submit("orfeas.jobs.queue.normal"), None);
         assert!(!is_valid_agent_name(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn queue_subjects_name_lane_and_agent() {
+        assert_eq!(queue("normal", "alice"), "orfeas.jobs.queue.normal.alice");
+        assert_eq!(queue_of(&queue("high", "bob")), Some(("high", Some("bob"))));
+        assert_eq!(queue_of(&queue_lane("low")), Some(("low", None)));
+        assert_eq!(queue_of("orfeas.jobs.queue.normal.a.b"), None);
+        assert_eq!(queue_of("orfeas.jobs.queue."), None);
+        assert_eq!(queue_of("orfeas.jobs.submit.alice"), None);
     }
 
     #[test]
