@@ -18,7 +18,7 @@ use common::{agent, eventually, http_get, metric, NatsServer, NodeOptions, NodeP
 use orfeas_wire::{
     client::{AgentClient, JobEvents},
     subjects,
-    v1::{EventKind, Failure, Format, ImageInput, ListModels, MeshStats, ModelList, SubmitJob},
+    v1::{EventKind, Failure, Format, ImageInput, ListModels, MeshStats, ModelList, Stage, SubmitJob},
     ErrorCode,
 };
 
@@ -38,6 +38,17 @@ fn job(model: &str, image: &str, model_params: BTreeMap<String, f64>) -> SubmitJ
             previews: Some(false),
             ..Default::default()
         },
+    }
+}
+
+/// Read a job's events until it is past `queued` (sent to a device).
+async fn dispatched(client: &mut AgentClient, events: &mut JobEvents) {
+    loop {
+        match client.next_event(events, WAIT).await.expect("verified event").kind {
+            EventKind::Progress { stage, .. } if stage != Stage::Queued => return,
+            EventKind::Completed { .. } | EventKind::Failed(_) | EventKind::Rejected(_) => panic!("the job ended before it was dispatched"),
+            _ => {}
+        }
     }
 }
 
@@ -142,7 +153,15 @@ async fn runtime_out_of_memory_splits_batches_lowers_the_ceiling_and_fails_only_
             BTreeMap::new()
         };
         let submit = job("oom", "mug.png", params);
-        let events = client.submit(&submit).await.unwrap();
+        let mut events = client.submit(&submit).await.unwrap();
+        if i < 2 {
+            // Jobs 0 and 1 take the device's two batch slots one by one (a
+            // batch that fits), so the other five wait and form one batch.
+            // Were the never-fitting job 4 to go alone first, its
+            // out-of-memory error would drop the ceiling to 1 and no large
+            // batch would form.
+            dispatched(&mut client, &mut events).await;
+        }
         jobs.push((i, events));
     }
     let mut completed = 0;
@@ -174,7 +193,8 @@ async fn runtime_out_of_memory_splits_batches_lowers_the_ceiling_and_fails_only_
     );
     assert!(
         ooms >= 2.0,
-        "the large batch ran out of memory and was split: {ooms}"
+        "the large batch ran out of memory and was split: {ooms}; node log:\n{}",
+        node.log_text()
     );
     let ceiling = metric(&text, "orfeas_batch_ceiling{device=\"cpu\",model=\"oom\"}");
     assert!(

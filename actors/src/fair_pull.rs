@@ -39,6 +39,7 @@ use tokio::{sync::Semaphore, task::JoinHandle};
 
 use crate::{
     bus::Deliver,
+    lanes::index,
     metrics,
     queue::{self, Source},
     settings::NodeSettings,
@@ -53,14 +54,6 @@ pub const IDLE_REFRESH: Duration = Duration::from_millis(100);
 const MAX_FAILURES: u32 = 20;
 /// Pause after a failed request.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
-
-fn index(lane: Lane) -> usize {
-    match lane {
-        Lane::High => 0,
-        Lane::Normal => 1,
-        Lane::Low => 2,
-    }
-}
 
 /// Who pulls next in each lane. Pure; [`FairPull`] owns one.
 #[derive(Default)]

@@ -23,7 +23,8 @@ use crate::ticket::Ticket;
 /// Batches each lane gets per round of the weighted round robin.
 pub const WEIGHTS: [(Lane, i64); 3] = [(Lane::High, 8), (Lane::Normal, 4), (Lane::Low, 1)];
 
-fn index(lane: Lane) -> usize {
+/// Position of `lane` in per-lane arrays (high, normal, low).
+pub(crate) fn index(lane: Lane) -> usize {
     match lane {
         Lane::High => 0,
         Lane::Normal => 1,
