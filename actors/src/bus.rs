@@ -81,6 +81,23 @@ impl BusError {
     }
 }
 
+/// A durable pull consumer `name` of a work-queue stream: explicit acks,
+/// the node's `ack_wait` and `max_deliver`, at most `max_ack_pending`
+/// unacked messages (add a filter for consumers of part of the stream).
+pub fn work_consumer(name: &str, settings: &NodeSettings, max_ack_pending: i64) -> pull::Config {
+    pull::Config {
+        durable_name: Some(name.to_string()),
+        name: Some(name.to_string()),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: settings.ack_wait,
+        max_deliver: settings.max_deliver,
+        max_ack_pending,
+        // Consumers of a work queue have the stream's replicas.
+        num_replicas: settings.replicas,
+        ..Default::default()
+    }
+}
+
 fn setup_err(what: &str, e: impl std::fmt::Display) -> BusError {
     BusError::Setup { what: what.to_string(), detail: e.to_string() }
 }
@@ -178,22 +195,7 @@ impl Bus {
         max_ack_pending: i64,
     ) -> Result<jetstream::consumer::Consumer<pull::Config>, BusError> {
         let stream_handle = self.js.get_stream(stream).await.map_err(|e| setup_err(stream, e))?;
-        stream_handle
-            .get_or_create_consumer(
-                name,
-                pull::Config {
-                    durable_name: Some(name.to_string()),
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: settings.ack_wait,
-                    max_deliver: settings.max_deliver,
-                    max_ack_pending,
-                    // Consumers of a work queue have the stream's replicas.
-                    num_replicas: settings.replicas,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| setup_err(name, e))
+        stream_handle.get_or_create_consumer(name, work_consumer(name, settings, max_ack_pending)).await.map_err(|e| setup_err(name, e))
     }
 
     /// Publish to a stream and wait for the server's PubAck.

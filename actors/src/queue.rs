@@ -20,7 +20,7 @@
 
 use async_nats::jetstream::{
     self,
-    consumer::{pull, AckPolicy},
+    consumer::pull,
 };
 use orfeas_wire::{subjects, v1::Lane};
 
@@ -100,18 +100,7 @@ pub async fn agent_consumer(
 }
 
 fn config(lane: Lane, settings: &NodeSettings, max_ack_pending: i64) -> pull::Config {
-    let name = consumer_name(lane);
-    pull::Config {
-        durable_name: Some(name.clone()),
-        name: Some(name),
-        filter_subject: subjects::queue_lane(lane.as_str()),
-        ack_policy: AckPolicy::Explicit,
-        ack_wait: settings.ack_wait,
-        max_deliver: settings.max_deliver,
-        max_ack_pending,
-        num_replicas: settings.replicas,
-        ..Default::default()
-    }
+    pull::Config { filter_subject: subjects::queue_lane(lane.as_str()), ..crate::bus::work_consumer(&consumer_name(lane), settings, max_ack_pending) }
 }
 
 fn setup_err(what: &str, e: impl std::fmt::Display) -> BusError {
