@@ -254,22 +254,10 @@ pub fn spawn_puller(
             let batch = consumer.batch().max_messages(wanted).expires(Duration::from_secs(1)).messages().await;
             let mut got = 0usize;
             match batch {
-                Ok(mut messages) => {
+                Ok(messages) => {
                     failures = 0;
-                    while let Some(item) = messages.next().await {
-                        match item {
-                            Ok(message) => {
-                                got += 1;
-                                if !deliver(message) {
-                                    return;
-                                }
-                            }
-                            Err(e) => {
-                                tracing::debug!(error = %e, "pull batch ended");
-                                break;
-                            }
-                        }
-                    }
+                    let Some(n) = deliver_all(messages, &deliver).await else { return };
+                    got = n;
                 }
                 Err(e) => {
                     failures += 1;
@@ -285,6 +273,30 @@ pub fn spawn_puller(
             credits.add_permits(wanted.saturating_sub(got));
         }
     })
+}
+
+/// Hand every message of one pull request to `deliver`: how many came, or
+/// `None` once `deliver` refuses one (the Scheduler is gone).
+pub async fn deliver_all<E: std::fmt::Display>(
+    mut messages: impl futures::Stream<Item = Result<jetstream::Message, E>> + Unpin,
+    deliver: &Deliver,
+) -> Option<usize> {
+    let mut got = 0;
+    while let Some(item) = messages.next().await {
+        match item {
+            Ok(message) => {
+                got += 1;
+                if !deliver(message) {
+                    return None;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "pull batch ended");
+                break;
+            }
+        }
+    }
+    Some(got)
 }
 
 #[cfg(test)]

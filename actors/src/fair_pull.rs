@@ -260,21 +260,9 @@ impl FairPull {
                 };
                 let mut got = 0usize;
                 match consumer.fetch().max_messages(wanted).messages().await {
-                    Ok(mut messages) => {
-                        while let Some(item) = messages.next().await {
-                            match item {
-                                Ok(message) => {
-                                    got += 1;
-                                    if !deliver(message) {
-                                        return;
-                                    }
-                                }
-                                Err(e) => {
-                                    tracing::debug!(error = %e, consumer = %queue::source_consumer_name(lane, &source), "fetch ended");
-                                    break;
-                                }
-                            }
-                        }
+                    Ok(messages) => {
+                        let Some(n) = crate::bus::deliver_all(messages, &deliver).await else { return };
+                        got = n;
                         failures = 0;
                     }
                     Err(e) => {
