@@ -267,9 +267,6 @@ impl Actor for GpuWorker {
                     self.settings.max_image_side,
                 );
                 let device = self.device.id.clone();
-                let mut batch = batch;
-                // Retried jobs last: each runs alone after the others (see `DeviceThread::run`).
-                batch.sort_by_key(|t| t.attempt > 1);
                 let inputs = self.inputs.clone();
                 tokio::spawn(async move {
                     // Images by reference: fetched and checked before any decode.
@@ -582,12 +579,9 @@ impl DeviceThread {
         }
     }
 
-    /// Run a prepared batch: its first attempts in chunks of the batch
-    /// limit, then each retried job (attempt > 1) alone. A job comes back
-    /// only when its earlier attempt ended without an answer (a node or a
-    /// device died under it); running it alone keeps a job that brings the
-    /// device down from taking its batch mates with it again, so it alone
-    /// runs out of deliveries and is dead-lettered.
+    /// Run a prepared batch in chunks of the batch limit. A device-fatal
+    /// error ends it at once (the Scheduler sends a retried job alone, see
+    /// [`crate::lanes::retried`], so such a job takes no batch mates down).
     fn run(&mut self, batch: PreparedBatch) -> Result<(), DeviceLost> {
         if batch.items.is_empty() {
             return Ok(());
@@ -658,12 +652,10 @@ impl DeviceThread {
                 .observe(waited);
         }
         let name = batch.model.clone();
-        // Retried jobs were sorted last when the batch was prepared.
-        let first = batch.items.iter().take_while(|(t, _)| t.attempt <= 1).count();
         let mut items = batch.items.into_iter();
         let mut start = 0;
         while start < n {
-            let len = if start < first { limit.min(first - start) } else { 1 };
+            let len = limit.min(n - start);
             let chunk: Vec<(Ticket, RgbaImage)> = items.by_ref().take(len).collect();
             let p = params
                 .as_ref()
@@ -1048,16 +1040,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_device_fatal_error_ends_the_worker_and_a_retried_job_runs_alone() {
+    async fn a_device_fatal_error_ends_the_worker_without_answering_the_job() {
         // Fault 2 raises what a CUDA illegal memory access says: the device
         // is unusable, so the worker must end (its supervisor restarts it).
-        // The retried job runs after its fresh batch mates and alone, so
-        // they got their volumes before it brought the device down.
         let mut rig = Rig::start("gpu-worker-lost", testing("fault"), 8).await;
-        let tickets = vec![fault(1, 2.0, 2), fault(2, 0.0, 1), fault(3, 0.0, 1)];
-        rig.worker.cast(GpuWorkerMsg::Run(tickets)).unwrap();
+        rig.worker.cast(GpuWorkerMsg::Run(vec![fault(2, 0.0, 1), fault(3, 0.0, 1)])).unwrap();
         let (done, failed) = outcomes(&mut rig, 2).await;
-        assert_eq!((done, failed), (vec![2, 3], vec![]), "the fresh jobs ran first");
+        assert_eq!((done, failed), (vec![2, 3], vec![]), "the model runs until the fatal job");
+        rig.worker.cast(GpuWorkerMsg::Run(vec![fault(1, 2.0, 2)])).unwrap();
         tokio::time::timeout(Duration::from_secs(60), &mut rig.ended).await.expect("the worker ended after the device-fatal error").unwrap();
         assert!(rig.post.try_recv().is_err(), "the job that brought the device down got no answer here (JetStream redelivers it)");
         assert!(!rig.warmth.cold().is_empty(), "the device counts as cold until its worker is back");
