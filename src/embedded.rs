@@ -24,11 +24,25 @@ pub struct EmbeddedNats {
     dir: tempfile::TempDir,
 }
 
-/// Find `nats-server`: the configured path, then PATH, then the binary the
-/// set-up script installed (recorded at build time).
+/// Find `nats-server`: the configured path (`nats.server_bin`,
+/// `ORFEAS_NATS_SERVER_BIN`), then `NATS_SERVER_BIN`, then the binary
+/// deploy/setup.sh installed (recorded at build time, or found under
+/// `$ORFEAS_CACHE_DIR`), and only then PATH: a distribution's older
+/// server on PATH must not shadow the supported one setup installed.
 pub fn find_server(configured: &str) -> Result<PathBuf> {
     if !configured.is_empty() {
         return Ok(PathBuf::from(configured));
+    }
+    if let Some(bin) = std::env::var_os("NATS_SERVER_BIN").filter(|b| !b.is_empty()) {
+        return Ok(PathBuf::from(bin));
+    }
+    if let Some(built) = option_env!("ORFEAS_BUILD_NATS_SERVER") {
+        if Path::new(built).is_file() {
+            return Ok(PathBuf::from(built));
+        }
+    }
+    if let Some(installed) = setup_installed() {
+        return Ok(installed);
     }
     if let Some(paths) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&paths) {
@@ -38,12 +52,30 @@ pub fn find_server(configured: &str) -> Result<PathBuf> {
             }
         }
     }
-    if let Some(built) = option_env!("ORFEAS_BUILD_NATS_SERVER") {
-        if Path::new(built).is_file() {
-            return Ok(PathBuf::from(built));
-        }
-    }
-    bail!("nats-server not found: set nats.server_bin (ORFEAS_NATS_SERVER_BIN), put it on PATH, or run scripts/setup.sh")
+    bail!("nats-server not found: run deploy/setup.sh, set NATS_SERVER_BIN (or nats.server_bin / ORFEAS_NATS_SERVER_BIN), or put nats-server 2.10+ on PATH")
+}
+
+/// The nats-server of setup's venv under the cache dir, newest name first.
+fn setup_installed() -> Option<PathBuf> {
+    let cache = std::env::var_os("ORFEAS_CACHE_DIR").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/orfeas")))?;
+    let mut found: Vec<PathBuf> = std::fs::read_dir(cache)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("venv-torch-"))
+        .map(|e| e.path().join("bin/nats-server"))
+        .filter(|p| p.is_file())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// Run `bin --version` and refuse a server older than the supported
+/// minimum, before it is started and before any stream exists.
+pub fn check_version(bin: &Path) -> Result<()> {
+    let output = Command::new(bin).arg("--version").stdin(Stdio::null()).output().with_context(|| format!("running {} --version", bin.display()))?;
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    orfeas_actors::server_version::check(&text, &format!("{} --version", bin.display()))?;
+    Ok(())
 }
 
 fn free_port() -> Result<u16> {
@@ -127,6 +159,7 @@ pub async fn server_or_embedded(config: &crate::config::Config, flag: Option<&st
         return Ok((None, url));
     }
     let bin = find_server(&config.nats.server_bin)?;
+    check_version(&bin)?;
     // Starting waits for the port with short blocking sleeps.
     let server = tokio::task::spawn_blocking(move || EmbeddedNats::start(&bin)).await??;
     let url = server.url.clone();

@@ -365,6 +365,13 @@ async fn bad_input_suite_each_case_rejected_once_audited_nothing_enqueued() {
     claims.cti = vec![];
     add("empty nonce (cti)", "alice", seal_raw(&claims, "submit", Some(&alice.events(&j.job_id)), orfeas_wire::to_cbor(&j), &alice.subject(), &alice.key), ErrorCode::Malformed, nil);
     let j = job(image.clone());
+    let mut claims = alice.claims();
+    claims.cti = vec![0x5a; orfeas_wire::envelope::NONCE_LEN - 1];
+    add("nonce (cti) shorter than 16 bytes", "alice", seal_raw(&claims, "submit", Some(&alice.events(&j.job_id)), orfeas_wire::to_cbor(&j), &alice.subject(), &alice.key), ErrorCode::Malformed, nil);
+    let mut j = job(image.clone());
+    j.job_id = nil;
+    add("job id is the nil UUID", "alice", alice.seal(&j), ErrorCode::Invalid, nil);
+    let j = job(image.clone());
     add("payload detached (nil)", "alice", resign(&alice.seal(&j), &alice.subject(), &alice.key, |s| s.payload = None), ErrorCode::Malformed, nil);
 
     // --- Raw bytes.

@@ -292,3 +292,48 @@ async fn results_fetch_over_nats_from_the_node_holding_a_local_folder() {
         ErrorCode::UnknownKey,
     );
 }
+
+/// The manifest verifies with a second implementation (cbor2 + PyNaCl,
+/// `tests/oracles/cose_verify.py`) exactly as md/protocol.md says events
+/// verify: key from `orfeas_nodes` by `iss`, `kid` its key id, external AAD
+/// bound to the job's events subject — not to the reply inbox or the fetch
+/// subject it travelled on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_manifest_verifies_like_an_event_in_python() {
+    let nats = NatsServer::start();
+    let store = tempfile::tempdir().unwrap();
+    let _node = NodeProcess::start(&nats, NodeOptions { node_id: "signer", store: store.path(), env: vec![("ORFEAS_MODELS_ENABLED", "null".into())] }).await;
+    let (mut client, _) = agent(&nats.url, "ivan").await;
+    let mut job = common::example_job("mug.png", vec![Format::Glb]);
+    job.model = "null".into();
+    completed(&mut client, &job).await;
+    let sealed = client.fetch_manifest_sealed(&job.job_id, WAIT).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("manifest.cbor");
+    std::fs::write(&file, &sealed).unwrap();
+
+    let nc = async_nats::connect(&nats.url).await.unwrap();
+    let nodes = async_nats::jetstream::new(nc).get_key_value(orfeas_wire::subjects::NODES_BUCKET).await.unwrap();
+    let record: orfeas_wire::v1::NodeRecord = orfeas_wire::from_cbor(&nodes.get("signer").await.unwrap().expect("node record")).unwrap();
+    let python = std::env::var("ORFEAS_PYTHON").expect("ORFEAS_PYTHON is not set: run the tests through `deploy/setup.sh --test`");
+    let verify = |subject: String| {
+        let out = std::process::Command::new(&python).arg(common::repo().join("tests/oracles/cose_verify.py")).arg(&file).arg(&subject).arg(&record.public_key).output().unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.success(), report)
+    };
+    let events = orfeas_wire::subjects::events("ivan", &job.job_id);
+    let (ok, report) = verify(events);
+    assert!(ok, "{report}");
+    assert_eq!(report["content_type"], "application/orfeas.event.v1+cbor");
+    assert_eq!(report["op"], "event");
+    assert_eq!(report["claims"]["iss"], "signer");
+    assert_eq!(report["claims"]["aud"], "orfeas");
+    assert_eq!(report["claims"]["cti"].as_str().map(str::len), Some(2 * orfeas_wire::envelope::NONCE_LEN));
+    let kid = hex::encode(&Sha256::digest(hex::decode(&record.public_key).unwrap())[..8]);
+    assert_eq!(report["kid"], kid.as_str(), "kid is the node key's id");
+    assert!(report["payload_keys"].as_array().unwrap().iter().any(|k| k == "kind"), "{report}");
+    for other in [orfeas_wire::subjects::fetch("ivan"), "_INBOX.x".to_string(), orfeas_wire::subjects::events("ivan", &uuid::Uuid::now_v7())] {
+        let (ok, _) = verify(other.clone());
+        assert!(!ok, "verified on {other}");
+    }
+}

@@ -56,6 +56,16 @@ pub enum BusError {
         /// Every differing setting with both values.
         detail: String,
     },
+    /// The nats-server is older than this node supports.
+    #[error("nats_server_too_old: nats-server {found} (from {origin}) is older than the supported minimum {minimum}: {fix}", fix = crate::server_version::FIX)]
+    ServerTooOld {
+        /// The version text found.
+        found: String,
+        /// The oldest supported version.
+        minimum: String,
+        /// Where the version was read.
+        origin: String,
+    },
     /// A key-value operation failed.
     #[error("kv {op} of {key} failed: {detail}")]
     Kv {
@@ -77,6 +87,7 @@ impl BusError {
             Self::Publish { .. } => "publish_unconfirmed",
             Self::Kv { .. } => "kv_failed",
             Self::Conflict { .. } => "stream_conflict",
+            Self::ServerTooOld { .. } => "nats_server_too_old",
         }
     }
 }
@@ -159,6 +170,8 @@ impl Bus {
     /// Create (or reuse) every stream and bucket the node needs, refusing
     /// existing ones whose settings differ (see [`crate::topology`]).
     pub async fn ensure(client: async_nats::Client, settings: &NodeSettings) -> Result<Self, BusError> {
+        // Before any stream: an older server cannot serve this node.
+        crate::server_version::check_client(&client).await?;
         let js = jetstream::new(client.clone());
         let mut buckets = crate::topology::ensure(&js, settings).await?.into_iter();
         let mut next = |name: &str| buckets.next().ok_or_else(|| setup_err(name, "bucket missing"));

@@ -162,6 +162,11 @@ pub fn check_submission(
 /// reference's form, `agent`'s prefix, size cap and media type (by reference).
 pub fn check_job(job: &mut SubmitJob, agent: &str, policy: &Policy) -> Result<(), (ErrorCode, String)> {
     let reject = |code, error: String| (code, error);
+    // The nil id names no job an agent could wait for (refusals that could
+    // not read an id use it), so it is refused before anything is admitted.
+    if job.job_id.is_nil() {
+        return Err(reject(ErrorCode::Invalid, "job_id is the nil UUID; use a fresh random (v4) or time-ordered (v7) UUID".into()));
+    }
     if !policy.models.contains_key(&job.model) {
         let mut served: Vec<&str> = policy.models.keys().map(String::as_str).collect();
         served.sort_unstable();

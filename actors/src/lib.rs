@@ -43,6 +43,7 @@ pub mod requests;
 pub mod results;
 pub mod roster;
 pub mod scheduler;
+pub mod server_version;
 pub mod settings;
 pub mod store;
 pub mod supervisor;

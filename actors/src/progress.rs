@@ -119,6 +119,10 @@ pub struct Report {
 pub struct Track {
     /// The last stage reported and when it began.
     at: Option<(usize, Instant)>,
+    /// The highest percent reported in this attempt: the moving averages
+    /// can change between two stages of one attempt (another job of the
+    /// model finished meanwhile), and a client must never see it go back.
+    percent: u8,
 }
 
 impl Track {
@@ -138,8 +142,9 @@ impl Track {
         self.at = Some((next, now));
         (from..=next)
             .map(|i| {
-                let (percent, eta_ms) = times.estimate(model, STAGES[i]);
-                Report { stage: STAGES[i], percent, eta_ms }
+                let (estimate, eta_ms) = times.estimate(model, STAGES[i]);
+                self.percent = self.percent.max(estimate);
+                Report { stage: STAGES[i], percent: self.percent, eta_ms }
             })
             .collect()
     }
@@ -197,6 +202,34 @@ mod tests {
         assert_eq!(times.total_ms("m"), Some(12_000));
         times.observe("m", Stage::Queued, 100.0);
         assert_eq!(times.total_ms("m"), Some(12_000), "waiting is not a stage time");
+    }
+
+    #[test]
+    fn percent_never_decreases_within_an_attempt() {
+        let mut times = StageTimes::default();
+        let t0 = Instant::now();
+        let mut track = Track::default();
+        let first = track.enter("m", Stage::Inference, t0, &mut times);
+        assert_eq!(first.last().map(|r| r.percent), Some(30), "fixed share of inference before any data");
+        // Another job of the model finishes meanwhile with a long
+        // inference: the estimate for meshing falls to 24 percent.
+        for (stage, secs) in [(Stage::Preprocessing, 0.4), (Stage::Inference, 2.0), (Stage::Meshing, 5.6), (Stage::Exporting, 0.5), (Stage::Storing, 1.5)] {
+            times.observe("m", stage, secs);
+        }
+        assert_eq!(times.estimate("m", Stage::Meshing).0, 24, "the fresh estimate is lower than what was said");
+        let later = track.enter("m", Stage::Meshing, t0, &mut times);
+        assert_eq!(later.len(), 1);
+        assert_eq!(later[0].percent, 30, "clamped to the highest percent already reported");
+        let last = track.enter("m", Stage::Storing, t0, &mut times);
+        assert!(last.windows(2).all(|w| w[0].percent <= w[1].percent));
+        let storing = times.estimate("m", Stage::Storing).0;
+        assert!(storing > 30, "{storing}");
+        assert_eq!(last.last().map(|r| r.percent), Some(storing), "rises again once the estimate passes it");
+        // A new attempt starts from its own track, at the fresh estimate.
+        let meshing = times.estimate("m", Stage::Meshing).0;
+        assert!(meshing < 30, "{meshing}");
+        let retry = Track::default().enter("m", Stage::Meshing, t0, &mut times);
+        assert_eq!(retry.last().map(|r| r.percent), Some(meshing));
     }
 
     #[test]

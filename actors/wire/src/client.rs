@@ -182,15 +182,22 @@ impl AgentClient {
     /// node that can serve its files (`orfeas.results.fetch.<agent>`), with
     /// fresh download URLs. For agents that only speak NATS.
     pub async fn fetch_manifest(&mut self, job_id: &uuid::Uuid, timeout: Duration) -> Result<Event, ClientError> {
+        let sealed = self.fetch_manifest_sealed(job_id, timeout).await?;
+        // Bound to the job's events subject, not the reply inbox it came on.
+        let event = self.verify_event(&subjects::events(&self.agent, job_id), &sealed).await?;
+        match (&event.kind, event.job_id == *job_id) {
+            (EventKind::Completed { .. }, true) => Ok(event),
+            _ => Err(ClientError::Unverified(format!("manifest for job {job_id} is a {} event of job {}", event.kind.name(), event.job_id))),
+        }
+    }
+
+    /// The manifest as received, not yet verified: the COSE_Sign1 event
+    /// envelope, signed by the answering node for the job's events subject
+    /// `orfeas.events.<agent>.<job_id>` (for verifiers of their own).
+    pub async fn fetch_manifest_sealed(&self, job_id: &uuid::Uuid, timeout: Duration) -> Result<Vec<u8>, ClientError> {
         let request = FetchRequest { job_id: *job_id, location: None, offset: 0, max_bytes: 0 };
         match self.fetch_request(&request, timeout).await? {
-            FetchReply::Manifest { event } => {
-                let event = self.verify_event(&subjects::events(&self.agent, job_id), &event).await?;
-                match (&event.kind, event.job_id == *job_id) {
-                    (EventKind::Completed { .. }, true) => Ok(event),
-                    _ => Err(ClientError::Unverified(format!("manifest for job {job_id} is a {} event of job {}", event.kind.name(), event.job_id))),
-                }
-            }
+            FetchReply::Manifest { event } => Ok(event),
             FetchReply::Error(failure) => Err(ClientError::Refused(failure)),
             FetchReply::Chunk { .. } => Err(ClientError::Unverified("a chunk answered a manifest request".into())),
         }

@@ -66,6 +66,10 @@ impl ContentKind {
     }
 }
 
+/// Length of the `cti` nonce, bytes: 16 random bytes (128 bits), so two
+/// honest messages never share one; any other length is `malformed`.
+pub const NONCE_LEN: usize = 16;
+
 /// The CWT claims every envelope carries.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claims {
@@ -84,7 +88,7 @@ pub struct Claims {
 impl Claims {
     /// Claims valid from `now_s` for `lifetime_s`, with a fresh random nonce.
     pub fn new(iss: &str, aud: &str, now_s: u64, lifetime_s: u64) -> Self {
-        let mut cti = vec![0u8; 16];
+        let mut cti = vec![0u8; NONCE_LEN];
         getrandom::fill(&mut cti).expect("operating system random source");
         Self { iss: iss.to_string(), aud: aud.to_string(), iat: now_s, exp: now_s + lifetime_s, cti }
     }
@@ -318,7 +322,11 @@ fn decode_claims(value: ciborium::Value) -> Result<Claims, EnvelopeError> {
         aud: set.audience.ok_or_else(|| EnvelopeError::Malformed("claim aud missing".into()))?,
         iat: seconds(set.issued_at, "iat")?,
         exp: seconds(set.expiration_time, "exp")?,
-        cti: set.cwt_id.filter(|c| !c.is_empty()).ok_or_else(|| EnvelopeError::Malformed("claim cti missing".into()))?,
+        cti: match set.cwt_id {
+            Some(cti) if cti.len() == NONCE_LEN => cti,
+            Some(cti) if !cti.is_empty() => return Err(EnvelopeError::Malformed(format!("claim cti is {} bytes, a nonce is {NONCE_LEN}", cti.len()))),
+            _ => return Err(EnvelopeError::Malformed("claim cti missing".into())),
+        },
     })
 }
 
