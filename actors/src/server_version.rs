@@ -38,7 +38,7 @@ pub fn check(found: &str, origin: &str) -> Result<Version, BusError> {
     let too_old = |found: &str| BusError::ServerTooOld { found: found.to_string(), minimum: format!("{}.{}.{}", MINIMUM.0, MINIMUM.1, MINIMUM.2), origin: origin.to_string() };
     match parse(found) {
         Some(version) if version >= MINIMUM => Ok(version),
-        Some(_) => Err(too_old(found.trim())),
+        Some((major, minor, patch)) => Err(too_old(&format!("{major}.{minor}.{patch}"))),
         None => Err(too_old(if found.trim().is_empty() { "none reported" } else { found.trim() })),
     }
 }
