@@ -162,7 +162,7 @@ impl OrfeasMcp {
 
     async fn dispatch(&self, request: CallToolRequestParams, context: RequestContext<RoleServer>) -> Result<CallToolResponse, ToolError> {
         let args = Value::Object(request.arguments.unwrap_or_default());
-        let tasks = context.peer.peer_info().is_some_and(|info| info.capabilities.supports_tasks());
+        let tasks = context.client_capabilities().is_some_and(|caps| caps.supports_tasks());
         match request.name.as_ref() {
             "generate_3d" => {
                 let args: GenerateArgs = parse(args)?;
