@@ -91,6 +91,13 @@ impl OrfeasMcp {
         if !args.wait.unwrap_or(true) {
             return Ok(CallToolResponse::Complete(ok_result(json!({ "job_id": job_id, "state": "submitted", "applied": applied }), vec![])));
         }
+        // A retry of a job that already ended gets no new events: its record
+        // answers (events were subscribed before the submission, so a job
+        // ending after this check is still heard).
+        if let Ok(JobStatus { terminal: Some(kind), .. }) = client.status(&job_id, REQUEST_TIMEOUT).await {
+            drop(client);
+            return self.finish(job_id, kind, applied).await;
+        }
         let token = context.meta.get_progress_token();
         let peer = context.peer.clone();
         let mut step = 0.0;
@@ -109,7 +116,12 @@ impl OrfeasMcp {
         .await
         .map_err(|e| ToolError { code: "timeout".into(), status: 504, retryable: true, message: format!("{e:#}"), job_id: Some(job_id) })?;
         drop(client);
-        match last.kind {
+        self.finish(job_id, last.kind, applied).await
+    }
+
+    /// The answer to a waited `generate_3d` once its job ended.
+    async fn finish(&self, job_id: Uuid, kind: EventKind, applied: Value) -> Result<CallToolResponse, ToolError> {
+        match kind {
             EventKind::Completed { .. } => {
                 let mut result = self.result(job_id, true).await?;
                 if let Some(Value::Object(s)) = result.structured_content.as_mut() {
