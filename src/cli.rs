@@ -69,6 +69,9 @@ pub enum Command {
     Cancel(crate::jobs_cmd::JobArgs),
     /// Write the NATS authorization block isolating agents from each other.
     NatsConfig(crate::nats_config::NatsConfigArgs),
+    /// Serve the Model Context Protocol (stdio, or streamable HTTP with
+    /// --http) as one registered agent, for LLM hosts.
+    Mcp(crate::mcp::McpArgs),
     /// The audit trail (hash-chained admission decisions and terminal states).
     Audit {
         /// What to do with the audit trail.

@@ -11,6 +11,8 @@ mod config;
 mod embedded;
 mod generate;
 mod jobs_cmd;
+mod mcp;
+mod mcp_args;
 mod mesh_cmd;
 mod models_cmd;
 mod nats_config;
@@ -193,6 +195,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Cancel(args) => {
             jobs_cmd::run(&config, &args, true).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Mcp(args) => {
+            mcp::run(&config, &args, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { command } => Ok(if audit_cmd::run(&config, command).await? { ExitCode::SUCCESS } else { ExitCode::from(4) }),
