@@ -44,6 +44,7 @@ pub mod results;
 pub mod roster;
 pub mod scheduler;
 pub mod settings;
+pub mod stages;
 pub mod store;
 pub mod supervisor;
 pub mod terminal;
