@@ -45,6 +45,7 @@ pub mod roster;
 pub mod scheduler;
 pub mod server_version;
 pub mod settings;
+pub mod stages;
 pub mod store;
 pub mod supervisor;
 pub mod terminal;
