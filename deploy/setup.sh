@@ -14,7 +14,7 @@ set -euo pipefail
 
 TORCH_VERSION=2.13.0          # tch 0.26 is built against exactly this
 NATS_SERVER_VERSION=2.15.1    # supported: 2.10 and newer, see md/operations.md
-ORACLES="numpy==2.4.6 trimesh==5.2.0 manifold3d==3.5.4 lxml==6.1.3 networkx==3.6.1 pillow==13.0.0 nats-py==2.16.0 cbor2==6.2.1 pynacl==1.6.2"
+ORACLES="numpy==2.4.6 trimesh==5.2.0 manifold3d==3.5.4 lxml==6.1.3 networkx==3.6.1 pillow==13.0.0 nats-py==2.16.0 cbor2==6.2.1 pynacl==1.6.2 flit_core==3.12.0"
 # Test servers and parsers: moto_server (S3-compatible) for the shared result
 # store, PyYAML for the compose / Kubernetes file checks.
 TEST_TOOLS="moto[server]==5.2.5 pyyaml==6.0.3"
@@ -43,6 +43,15 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$venv/bin/pip" install --disable-pip-version-check -q $want
   set +f
   echo "$want" > "$stamp"
+fi
+
+# The Python client package (clients/python), reinstalled when its sources change.
+client_stamp="$venv/.orfeas-client"
+client_want="$(cd "$here/clients/python" && find pyproject.toml README.md src -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-64)"
+if [ ! -f "$client_stamp" ] || [ "$(cat "$client_stamp")" != "$client_want" ]; then
+  say "installing the Python client (clients/python)"
+  "$venv/bin/pip" install --disable-pip-version-check -q --no-build-isolation --no-deps --force-reinstall "$here/clients/python"
+  echo "$client_want" > "$client_stamp"
 fi
 
 validator="$cache/npm/node_modules/gltf-validator"
