@@ -186,7 +186,16 @@ async fn runtime_out_of_memory_splits_batches_lowers_the_ceiling_and_fails_only_
         }
     }
     assert_eq!(completed, 6, "every job that fits alone completed");
-    let (_, text) = http_get(node.http_port, "/metrics");
+    // The outcome counters are bumped beside the terminal event, not
+    // strictly before it: wait until all seven outcomes are counted, then
+    // check how they split.
+    let text = eventually("all seven outcomes counted", WAIT, || async {
+        let (_, text) = http_get(node.http_port, "/metrics");
+        let counted = metric(&text, "orfeas_jobs_finished_total{outcome=\"completed\"}")
+            + metric(&text, "orfeas_jobs_finished_total{outcome=\"gpu_oom\"}");
+        (counted >= 7.0).then_some(text)
+    })
+    .await;
     let ooms = metric(
         &text,
         "orfeas_device_oom_total{device=\"cpu\",model=\"oom\"}",
