@@ -9,7 +9,12 @@ use std::process::{Command, Stdio};
 use common::orfeas_bin;
 use serde_json::Value;
 
+/// Bench runs in this file take turns: each measures the machine, and the
+/// guard's ratio must not be halved by a neighbour's run.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn bench(args: &[&str]) -> Value {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let output = Command::new(orfeas_bin())
         .arg("bench")
         .args(args)
