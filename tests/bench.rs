@@ -9,7 +9,12 @@ use std::process::{Command, Stdio};
 use common::orfeas_bin;
 use serde_json::Value;
 
+/// Bench runs in this file take turns: each measures the machine, and the
+/// guard's ratio must not be halved by a neighbour's run.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn bench(args: &[&str]) -> Value {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let output = Command::new(orfeas_bin())
         .arg("bench")
         .args(args)
@@ -71,3 +76,33 @@ fn bench_open_loop_counts_rejections_by_code() {
     assert_eq!(s["accepted_ms"]["n"], 0, "a rejected job is never accepted");
     assert!(report["raw"].is_null());
 }
+
+/// The regression guard for the control plane: the null model's end-to-end
+/// ceiling, as a fraction of the raw JetStream floor measured in the same
+/// run (a ratio, so a slow or busy machine moves both). Previews are off so
+/// the ratio measures orchestration and meshing, not PNG rendering. On this
+/// 2-core machine the ratio is about 0.005 (md/benchmarks.md "Control
+/// plane"); the floor is a third of that, low enough for a loaded CI run and
+/// high enough that a per-job poll interval or an extra blocking round trip
+/// per claim (the 9× drop of issue 13 would give about 0.0006) fails it.
+#[test]
+fn bench_guard_the_null_model_ceiling_stays_near_the_raw_floor() {
+    let report = bench(&[
+        "--jobs", "300", "--agents", "4", "--concurrency", "64", "--warmup", "20", "--no-previews", "--raw", "--raw-messages", "3000",
+    ]);
+    let s = &report["system"];
+    assert_eq!(s["completed"], 300, "{s}");
+    assert_eq!(s["unanswered"], 0, "{s}");
+    assert_eq!(s["duplicate_terminals"], 0, "{s}");
+    let ratio = report["system_over_raw"].as_f64().unwrap();
+    assert!(
+        ratio >= GUARD_SYSTEM_OVER_RAW,
+        "the null-model ceiling fell to {ratio:.5} of the raw JetStream floor (guard {GUARD_SYSTEM_OVER_RAW}): \
+         {} jobs/s against {} msgs/s raw; see md/benchmarks.md \"Control plane\"",
+        s["throughput_jobs_s"],
+        report["raw"]["throughput_msgs_s"]
+    );
+}
+
+/// The least `system_over_raw` the guard accepts (see the test above).
+const GUARD_SYSTEM_OVER_RAW: f64 = 0.0017;

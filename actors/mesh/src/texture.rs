@@ -163,7 +163,7 @@ pub fn project_texture(mesh: &Mesh, image: &Image, plane: &ImagePlane) -> Textur
         .collect();
     Texture {
         uvs,
-        png: encode_rgb(&filled_rgb(image), image.width, image.height),
+        png: encode_rgb(&filled_rgb(image), image.width, image.height, png::Compression::Fast),
     }
 }
 
@@ -211,12 +211,12 @@ fn srgb_to_linear(c: u8) -> f32 {
 }
 
 /// PNG of an RGB8 buffer.
-pub(crate) fn encode_rgb(rgb: &[u8], width: u32, height: u32) -> Vec<u8> {
+pub(crate) fn encode_rgb(rgb: &[u8], width: u32, height: u32, compression: png::Compression) -> Vec<u8> {
     let mut out = Vec::new();
     let mut encoder = png::Encoder::new(&mut out, width, height);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
-    encoder.set_compression(png::Compression::Fast);
+    encoder.set_compression(compression);
     // Writing to a Vec cannot fail for a correctly sized buffer.
     if let Ok(mut writer) = encoder.write_header() {
         let _ = writer.write_image_data(rgb);
