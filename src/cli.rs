@@ -245,7 +245,7 @@ pub struct ShapeArgs {
     /// Decimate to about this many triangles (100..=2000000).
     #[arg(long)]
     pub faces: Option<u32>,
-    /// Longest side of the printed object, millimetres.
+    /// Longest side of the printed object, millimetres (`generate`: 80 by default).
     #[arg(long)]
     pub size_mm: Option<f32>,
     /// Keep the voxel terracing (no smoothing).
@@ -268,6 +268,9 @@ pub struct ShapeArgs {
     /// Printer build volume x,y,z in mm (Z up) the report checks the object against [default: 256,256,256].
     #[arg(long, value_parser = parse_xyz, value_name = "X,Y,Z")]
     pub build_volume_mm: Option<[f32; 3]>,
+    /// Turn the object so its largest stable face rests on the bed.
+    #[arg(long)]
+    pub lay_flat: bool,
 }
 
 fn parse_model_param(text: &str) -> Result<(String, f64), String> {
@@ -337,21 +340,40 @@ pub struct GenerateArgs {
     /// Input images (PNG, JPEG, WebP).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
-    /// Output file (one image: `out.glb` → `out.glb` + `out.stl`) or folder.
+    /// Output file (one image; its extension picks the format: `out.3mf` → `out.3mf`)
+    /// or folder (`<image stem>.<ext>` per format). Previews and `NAME.report.json`
+    /// go beside the model.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
-    /// Output formats, comma separated (glb, stl, obj, ply, 3mf).
-    #[arg(long, default_value = "glb,stl", value_delimiter = ',')]
-    pub format: Vec<String>,
-    /// Model to run.
+    /// Output formats, comma separated (glb, stl, obj, ply, 3mf) [default: the -o
+    /// extension, else glb,stl].
+    #[arg(long, value_delimiter = ',')]
+    pub format: Option<Vec<String>>,
+    /// Model to run (`relief` for flat artwork, tiles and patterns).
     #[arg(long, default_value = "inflate")]
     pub model: String,
-    /// Use this NATS instead of an embedded server.
+    /// Submit to this NATS deployment as an agent (--agent, --key) instead of an
+    /// embedded server; starts no node, registers no key.
     #[arg(long)]
     pub nats: Option<String>,
+    /// Agent name to submit as (with --nats or nats.url).
+    #[arg(long, env = "ORFEAS_AGENT")]
+    pub agent: Option<String>,
+    /// The agent's secret key file (with --nats or nats.url).
+    #[arg(long, env = "ORFEAS_AGENT_KEY")]
+    pub key: Option<PathBuf>,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_s: u64,
+    /// Print one JSON document with every image's files and report on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Material density for the weight estimate, g/cm³ (1.24: PLA).
+    #[arg(long, default_value_t = 1.24)]
+    pub density_g_cm3: f64,
+    /// Material price per kilogram for the cost estimate.
+    #[arg(long, default_value_t = 25.0)]
+    pub price_per_kg: f64,
     /// How the mesh is made.
     #[command(flatten)]
     pub shape: ShapeArgs,
@@ -427,6 +449,7 @@ impl ShapeArgs {
             model_params: self.model_params.iter().cloned().collect(),
             texture: self.texture,
             build_volume_mm: self.build_volume_mm,
+            lay_flat: self.lay_flat,
             ..Default::default()
         }
     }

@@ -182,7 +182,7 @@ impl Default for Config {
             models: ModelsSection { dir: default_models_dir(), enabled: vec![] },
             devices: DevicesSection { cpu_threads: 0, use_cuda: true, memory_safety: 0.8 },
             scheduler: SchedulerSection { max_batch: 8, ack_wait_s: 60, progress_ack_s: 15, max_deliver: 5, max_queue_delay_ms: 0, lookahead_batches: 2, shutdown_grace_s: 30 },
-            ingress: IngressSection { clock_skew_s: 120, max_image_side: 4096, submit_queue_max: 100_000, preauth_per_minute: default_preauth_per_minute() },
+            ingress: IngressSection { clock_skew_s: 120, max_image_side: 16384, submit_queue_max: 100_000, preauth_per_minute: default_preauth_per_minute() },
             http: HttpSection { listen: "127.0.0.1:9470".into() },
         }
     }

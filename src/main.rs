@@ -47,11 +47,13 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let generating = matches!(cli.command, Command::Generate(_));
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            // `generate` tells usage, setup and Ctrl-C apart (README, "Exit codes").
+            ExitCode::from(if generating { generate::exit_code(&e) } else { 1 })
         }
     }
 }
@@ -87,7 +89,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Generate(args) => {
             let failed = generate::run(config, args).await?;
-            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
+            Ok(ExitCode::from(if failed == 0 { generate::EXIT_OK } else { generate::EXIT_FAILED }))
         }
         Command::Serve(args) => {
             let url = nats_url(&config, &args.nats)?;

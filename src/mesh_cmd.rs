@@ -101,8 +101,20 @@ pub fn run(args: &MeshArgs) -> Result<()> {
         "volume: {:.1} mm³  area: {:.1} mm²  box: {:.1} × {:.1} × {:.1} mm  fits build volume: {}",
         r.volume_mm3, r.area_mm2, r.bbox_mm[0], r.bbox_mm[1], r.bbox_mm[2], r.fits_build_volume
     );
-    for problem in &r.problems {
-        println!("problem: {problem}");
+    let c = &r.checks;
+    println!(
+        "parts: {} ({} floating)  bed contact: {:.1} mm²  tips over: {}  overhangs > {}°: {:.0} mm²  thinnest wall: {}",
+        c.parts,
+        c.floating_parts,
+        c.bed_contact_mm2,
+        c.tips_over,
+        orfeas_mesh::OVERHANG_ANGLE_DEG,
+        c.overhang_mm2,
+        c.min_wall_mm.map(|w| format!("{w:.2} mm")).unwrap_or_else(|| "-".into())
+    );
+    for issue in &r.issues {
+        let severity = if issue.severity == orfeas_mesh::Severity::Error { "problem" } else { "warning" };
+        println!("{severity} {}: {}", issue.code, issue.message);
     }
     for note in &processed.notes {
         println!("note: {note}");

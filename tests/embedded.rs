@@ -48,8 +48,8 @@ fn embedded_generate_writes_files_and_never_leaves_a_server() {
     let out = tempfile::tempdir().unwrap();
     let target = out.path().join("mug.glb");
 
-    // 1. Success: GLB + STL next to the requested name.
-    let result = generate().arg(repo().join("examples/mug.png")).arg("-o").arg(&target).output().unwrap();
+    // 1. Success: GLB + STL next to the requested name (the -o extension alone would pick GLB only).
+    let result = generate().arg(repo().join("examples/mug.png")).args(["--format", "glb,stl", "-o"]).arg(&target).output().unwrap();
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(result.status.success(), "generate failed: {stderr}");
     assert!(stderr.contains("completed"), "progress is printed: {stderr}");
@@ -100,12 +100,12 @@ fn embedded_generate_writes_files_and_never_leaves_a_server() {
     let blank = out.path().join("blank.png");
     std::fs::write(&blank, blank_png()).unwrap();
     let result = generate().arg(&blank).arg("-o").arg(out.path()).output().unwrap();
-    assert_eq!(result.status.code(), Some(2), "failed job gives exit code 2: {}", String::from_utf8_lossy(&result.stderr));
+    assert_eq!(result.status.code(), Some(1), "failed job gives exit code 1: {}", String::from_utf8_lossy(&result.stderr));
     assert!(String::from_utf8_lossy(&result.stderr).contains("invalid_image"));
     assert!(embedded_servers().is_empty(), "server left after failure");
 
     // 3. Ctrl-C while a job runs (a slow simulated device keeps it running):
-    //    a clean shutdown (exit code 1 from the handler, not death by signal).
+    //    a clean shutdown (exit code 130 from the handler, not death by signal).
     let mut child = generate()
         .env("ORFEAS_NODE_SIMULATED_LATENCY_MS", "60000")
         .arg(repo().join("examples/mug.png"))
@@ -126,7 +126,7 @@ fn embedded_generate_writes_files_and_never_leaves_a_server() {
         assert!(Instant::now() < deadline, "generate did not stop on Ctrl-C");
         std::thread::sleep(Duration::from_millis(25));
     };
-    assert_eq!(status.code(), Some(1), "Ctrl-C is handled: {status:?}");
+    assert_eq!(status.code(), Some(130), "Ctrl-C is handled: {status:?}");
     assert!(embedded_servers().is_empty(), "server left after Ctrl-C");
 
     // 4. SIGKILL: the kernel's parent-death signal takes the server down too.

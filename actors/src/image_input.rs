@@ -20,9 +20,9 @@ use sha2::{Digest, Sha256};
 /// (`v1::MAX_INLINE_IMAGE_BYTES`, checked at admission).
 pub const MAX_IMAGE_BYTES: usize = 32 * 1024 * 1024;
 
-/// Largest image, in pixels (width × height), whatever the side limit: 4096² (64 MiB
-/// as RGBA8).
-pub const MAX_IMAGE_PIXELS: u64 = 4096 * 4096;
+/// Largest image, in pixels (width × height), whatever the side limit: 8192² (256 MiB
+/// as RGBA8) — an 8000-px photo is decoded and then scaled down (`preprocess.rs`).
+pub const MAX_IMAGE_PIXELS: u64 = 8192 * 8192;
 
 /// What reading a header may allocate (the PNG decoder's chunk buffers), bytes.
 const HEADER_ALLOC_BYTES: u64 = 64 * 1024 * 1024;

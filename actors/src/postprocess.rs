@@ -236,6 +236,13 @@ pub fn mesh_and_export(job: &VolumeJob, formats: &[Format], exporting: impl FnOn
         mesh.colors = Some(orfeas_mesh::project_colours(&mesh, &image, &plane));
     }
     let texture = params.texture.then(|| orfeas_mesh::project_texture(&mesh, &image, &plane));
+    // Turned after colouring: colours and UVs were projected from the image as
+    // photographed, and a rotation keeps them on their vertices.
+    let mut r = processed.report;
+    if params.lay_flat {
+        mesh = orfeas_mesh::lay_flat(&mesh);
+        r = orfeas_mesh::print_report(&mesh, &options);
+    }
     exporting();
     let mut files = Vec::with_capacity(formats.len());
     for &format in formats {
@@ -243,7 +250,6 @@ pub fn mesh_and_export(job: &VolumeJob, formats: &[Format], exporting: impl FnOn
     }
     let previews = if params.previews.unwrap_or(true) { orfeas_mesh::render_previews(&mesh, PREVIEW_SIZE) } else { Vec::new() };
     let topology = orfeas_mesh::check(&mesh);
-    let r = processed.report;
     let stats = MeshStats {
         vertices: topology.vertices as u64,
         faces: topology.faces as u64,
@@ -268,6 +274,28 @@ pub fn mesh_and_export(job: &VolumeJob, formats: &[Format], exporting: impl FnOn
         build_volume_mm: r.build_volume_mm,
         fits_build_volume: r.fits_build_volume,
         problems: r.problems,
+        checks: Some(orfeas_wire::v1::PrintChecks {
+            parts: r.checks.parts as u64,
+            floating_parts: r.checks.floating_parts as u64,
+            bed_contact_mm2: r.checks.bed_contact_mm2,
+            tips_over: r.checks.tips_over,
+            overhang_mm2: r.checks.overhang_mm2,
+            overhang_fraction: r.checks.overhang_fraction,
+            min_wall_mm: r.checks.min_wall_mm,
+        }),
+        issues: r
+            .issues
+            .iter()
+            .map(|i| orfeas_wire::v1::PrintIssue {
+                code: i.code.to_string(),
+                severity: match i.severity {
+                    orfeas_mesh::Severity::Error => "error",
+                    orfeas_mesh::Severity::Warning => "warning",
+                }
+                .to_string(),
+                message: i.message.clone(),
+            })
+            .collect(),
     };
     Ok(Made { files, previews, stats, report })
 }

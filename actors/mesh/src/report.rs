@@ -2,6 +2,7 @@
 
 use crate::intersect::count_self_intersections;
 use crate::place::{scale_for, to_print_frame};
+use crate::printability::{assess, Checks, Issue, Severity};
 use crate::{check, Mesh, MeshOptions};
 
 /// Default build volume: 256 × 256 × 256 mm (a common desktop printer).
@@ -55,8 +56,14 @@ pub struct PrintReport {
     pub build_volume_mm: [f32; 3],
     /// The box fits the build volume (x and y may be swapped by turning the part).
     pub fits_build_volume: bool,
-    /// Why the mesh is not printable as is; empty when it is.
+    /// Why the mesh is not printable as is; empty when it is (the messages of the
+    /// error-severity `issues`).
     pub problems: Vec<String>,
+    /// What a print shop measures beyond mesh health: parts, bed contact, overhangs,
+    /// walls.
+    pub checks: Checks,
+    /// Every finding with a stable code: errors (also in `problems`) and warnings.
+    pub issues: Vec<Issue>,
 }
 
 impl PrintReport {
@@ -92,55 +99,60 @@ pub fn print_report(mesh: &Mesh, options: &MeshOptions) -> PrintReport {
         SELF_INTERSECTION_MAX_PAIRS,
     );
 
-    let mut problems = Vec::new();
+    let mut issues: Vec<Issue> = Vec::new();
+    let mut error = |code: &'static str, message: String| issues.push(Issue { code, severity: Severity::Error, message });
     if topo.faces == 0 {
-        problems.push("the mesh has no faces".to_string());
+        error("no_faces", "the mesh has no faces".to_string());
     }
     if topo.boundary_edges > 0 {
-        problems.push(format!(
+        error("not_closed", format!(
             "not closed: {} boundary edges (holes)",
             topo.boundary_edges
         ));
     }
     if topo.non_manifold_edges > 0 {
-        problems.push(format!(
+        error("non_manifold_edges", format!(
             "not 2-manifold: {} edges shared by more than two faces",
             topo.non_manifold_edges
         ));
     }
     if topo.non_manifold_vertices > 0 {
-        problems.push(format!(
+        error("pinched_vertices", format!(
             "not 2-manifold: {} pinched vertices (more than one fan of faces)",
             topo.non_manifold_vertices
         ));
     }
     if topo.inconsistent_edges > 0 {
-        problems.push(format!(
+        error("inconsistent_winding", format!(
             "inconsistent winding: {} edges traversed the same way by both faces",
             topo.inconsistent_edges
         ));
     }
     if topo.faces > 0 && topo.inconsistent_edges == 0 && topo.volume <= 0.0 {
-        problems.push(format!(
+        error("inward_faces", format!(
             "faces point inward: enclosed volume {:.3} mm³",
             topo.volume
         ));
     }
     if topo.degenerate_faces > 0 {
-        problems.push(format!(
+        error("degenerate_faces", format!(
             "{} degenerate faces (repeated vertex or zero area)",
             topo.degenerate_faces
         ));
     }
     if let Some(k) = self_intersections.filter(|&k| k > 0) {
-        problems.push(format!("{k} pairs of faces intersect each other"));
+        error("self_intersections", format!("{k} pairs of faces intersect each other"));
     }
     if !fits_build_volume {
-        problems.push(format!(
+        error("exceeds_build_volume", format!(
             "size {:.1} × {:.1} × {:.1} mm exceeds the build volume {} × {} × {} mm",
             bbox_mm[0], bbox_mm[1], bbox_mm[2], bx, by, bz
         ));
     }
+    let longest = f64::from(bbox_mm.iter().copied().fold(0.0f32, f32::max));
+    let (checks, more) = assess(&placed, topo.volume, topo.area, longest);
+    issues.extend(more);
+    let problems = issues.iter().filter(|i| i.severity == Severity::Error).map(|i| i.message.clone()).collect();
     PrintReport {
         faces: topo.faces,
         vertices: topo.vertices,
@@ -161,5 +173,7 @@ pub fn print_report(mesh: &Mesh, options: &MeshOptions) -> PrintReport {
         build_volume_mm,
         fits_build_volume,
         problems,
+        checks,
+        issues,
     }
 }

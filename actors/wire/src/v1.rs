@@ -103,6 +103,10 @@ pub struct JobParams {
     /// 256 × 256 × 256. Sent only when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_volume_mm: Option<[f32; 3]>,
+    /// Turn the object so its largest stable face rests on the bed before export and
+    /// the report; default false. Sent only when true.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub lay_flat: bool,
     /// Run in this priority lane instead of the agent's own; a job may only
     /// ask for the agent's lane or a lower one. Sent only when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -500,6 +504,53 @@ pub struct PrintReport {
     pub fits_build_volume: bool,
     /// Why it is not printable as is; empty when it is.
     pub problems: Vec<String>,
+    /// What a print shop measures beyond mesh health. Sent only when measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks: Option<PrintChecks>,
+    /// Every finding with a stable code, errors (also in `problems`) and warnings.
+    /// Sent only when not empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issues: Vec<PrintIssue>,
+}
+
+/// Print-shop measures of the object at its printed size, Z up, resting on the bed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PrintChecks {
+    /// Connected parts.
+    #[serde(default)]
+    pub parts: u64,
+    /// Parts whose lowest point is above the bed (they print in mid-air).
+    #[serde(default)]
+    pub floating_parts: u64,
+    /// Area lying on the bed, mm².
+    #[serde(default)]
+    pub bed_contact_mm2: f64,
+    /// The centre of mass lies outside the bed contact: the part falls over.
+    #[serde(default)]
+    pub tips_over: bool,
+    /// Area overhanging more than 45° from vertical (needs supports), mm².
+    #[serde(default)]
+    pub overhang_mm2: f64,
+    /// That area over the surface area, 0–1.
+    #[serde(default)]
+    pub overhang_fraction: f64,
+    /// Thinnest wall found, mm; absent when none was measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_wall_mm: Option<f64>,
+}
+
+/// One printability finding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrintIssue {
+    /// Stable snake_case code: `floating_parts`, `disconnected_parts`, `tips_over`,
+    /// `small_bed_contact`, `overhangs`, `thin_walls`, `too_small`, `not_closed`,
+    /// `non_manifold_edges`, `pinched_vertices`, `inconsistent_winding`, `inward_faces`,
+    /// `degenerate_faces`, `self_intersections`, `exceeds_build_volume`, `no_faces`.
+    pub code: String,
+    /// `error` (not printable as is) or `warning` (printable with care).
+    pub severity: String,
+    /// One lowercase sentence with the numbers.
+    pub message: String,
 }
 
 /// A refusal or failure: one shape for every error.

@@ -1,0 +1,294 @@
+//! `orfeas generate` as a person at a terminal uses it, black-box (the real binary on
+//! the embedded default, or against a real deployment with `--nats`): the `-o` format,
+//! previews and `NAME.report.json` beside the model, `--json`, output paths checked
+//! first, one bad image among good ones, exit codes, the default print size, the print
+//! report on generated images (a figure with a pale face, a checkerboard, a heart on its
+//! tip, an 8000-px photo) and the progress lines.
+
+mod common;
+
+use std::{
+    path::Path,
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{orfeas_bin, repo, NatsServer, NodeOptions, NodeProcess};
+
+fn generate() -> Command {
+    let mut command = Command::new(orfeas_bin());
+    command
+        .arg("generate")
+        .env_remove("ORFEAS_NATS_URL")
+        .env_remove("ORFEAS_AGENT")
+        .env_remove("ORFEAS_AGENT_KEY")
+        .env("ORFEAS_DEVICES_CPU_THREADS", "1")
+        .stdin(Stdio::null());
+    command
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn json_of(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("stdout is one JSON document ({e}): {}\n{}", text(&output.stdout), text(&output.stderr)))
+}
+
+/// An RGB PNG (no alpha: the background must be matted) from a colour function.
+fn png(path: &Path, w: u32, h: u32, colour: impl Fn(f32, f32) -> [u8; 3]) {
+    let mut raw = Vec::with_capacity((w * h * 3) as usize);
+    for y in 0..h {
+        for x in 0..w {
+            raw.extend(colour(x as f32 / w as f32, y as f32 / h as f32));
+        }
+    }
+    let file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let encoder = image::codecs::png::PngEncoder::new_with_quality(file, image::codecs::png::CompressionType::Fast, image::codecs::png::FilterType::Sub);
+    image::ImageEncoder::write_image(encoder, &raw, w, h, image::ExtendedColorType::Rgb8).unwrap();
+}
+
+/// A figure on a light background: dark hair around a pale skin-toned face (within 40
+/// of the background in every channel: a global threshold keys it out), a neck, a body.
+fn figure(path: &Path, side: u32) {
+    png(path, side, side, |x, y| {
+        let head = ((x - 0.5).powi(2) + (y - 0.25).powi(2)).sqrt();
+        if head < 0.09 {
+            [232, 212, 200]
+        } else if head < 0.12 {
+            [60, 40, 30]
+        } else if (0.46..0.54).contains(&x) && (0.35..0.42).contains(&y) {
+            [225, 200, 185]
+        } else if (0.32..0.68).contains(&x) && (0.40..0.92).contains(&y) {
+            [40, 60, 140]
+        } else {
+            [240, 240, 240]
+        }
+    });
+}
+
+/// A heart standing on its point, red on white.
+fn heart(path: &Path, side: u32) {
+    png(path, side, side, |x, y| {
+        // The classic implicit heart, point down, scaled into the frame.
+        let (u, v) = ((x - 0.5) * 2.6, (0.45 - y) * 2.6);
+        let f = (u * u + v * v - 1.0).powi(3) - u * u * v.powi(3);
+        if f < 0.0 {
+            [200, 20, 40]
+        } else {
+            [255, 255, 255]
+        }
+    });
+}
+
+#[test]
+fn generate_writes_the_output_format_previews_report_and_json() {
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("models/mug.3mf");
+    let result = generate().arg(repo().join("examples/mug.png")).arg("-o").arg(&target).arg("--json").output().unwrap();
+    let stderr = text(&result.stderr);
+    assert_eq!(result.status.code(), Some(0), "{stderr}");
+    // The -o extension picks the format: a 3MF and nothing else.
+    assert!(target.is_file(), "{stderr}");
+    assert!(!out.path().join("models/mug.glb").exists() && !out.path().join("models/mug.stl").exists());
+    for view in ["front", "back", "left", "top"] {
+        let png = std::fs::read(out.path().join(format!("models/mug.{view}.png"))).unwrap_or_else(|e| panic!("{view} preview: {e}"));
+        assert!(png.starts_with(b"\x89PNG"));
+    }
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.path().join("models/mug.report.json")).unwrap()).unwrap();
+    let doc = json_of(&result);
+    assert_eq!(doc["completed"], 1);
+    assert_eq!(doc["failed"], 0);
+    let image = &doc["images"][0];
+    assert_eq!(image["status"], "completed");
+    assert_eq!(image["report"], report["report"], "the report file and --json agree");
+    // Without --size-mm, print formats come out at the default 80 mm, not 2 mm.
+    let longest = report["report"]["bbox_mm"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).fold(0.0, f64::max);
+    assert!((longest - 80.0).abs() < 0.5, "longest side {longest} mm");
+    // trimesh, independently, measures the same volume in the 3MF.
+    let verdict = common::trimesh_check(&target);
+    let volume = report["report"]["volume_mm3"].as_f64().unwrap();
+    assert!(verdict.watertight && (verdict.volume - volume).abs() < 0.02 * volume, "{verdict:?} vs {volume} mm³");
+    let grams = report["material"]["grams"].as_f64().unwrap();
+    assert!((grams - volume / 1000.0 * 1.24).abs() < 1e-6 * grams.max(1.0), "PLA grams: {grams}");
+    assert!(report["report"]["checks"]["bed_contact_mm2"].as_f64().is_some(), "{report}");
+    // The terminal summary: the files, size and material, the verdict; then the run's line.
+    assert!(stderr.contains("mug.png → ") && stderr.contains("mug.report.json"), "{stderr}");
+    assert!(stderr.contains(" mm, 1 part") && stderr.contains(" g ≈ "), "{stderr}");
+    assert!(stderr.contains("printable"), "{stderr}");
+    assert!(stderr.lines().last().unwrap().contains("1 of 1 images completed, 0 failed"), "{stderr}");
+}
+
+#[test]
+fn generate_checks_the_output_path_and_arguments_before_any_work() {
+    let out = tempfile::tempdir().unwrap();
+    let mug = repo().join("examples/mug.png");
+    let star = repo().join("examples/star.png");
+    std::fs::write(out.path().join("file"), "x").unwrap();
+    let started = Instant::now();
+    for (args, needle) in [
+        (vec!["-o".to_string(), out.path().join("file/sub/x.glb").display().to_string()], "is a file, not a folder"),
+        (vec!["-o".to_string(), out.path().join("x.fbx").display().to_string()], "\"fbx\""),
+        (vec!["--format".to_string(), "glb,fbx".to_string()], "unknown format"),
+        (vec!["--faces".to_string(), "5".to_string()], "target_faces"),
+    ] {
+        let result = generate().arg(&mug).args(&args).output().unwrap();
+        assert_eq!(result.status.code(), Some(2), "{args:?}: {}", text(&result.stderr));
+        assert!(text(&result.stderr).contains(needle), "{args:?}: {}", text(&result.stderr));
+    }
+    let two = generate().arg(&mug).arg(&star).arg("-o").arg(out.path().join("x.glb")).output().unwrap();
+    assert_eq!(two.status.code(), Some(2));
+    assert!(text(&two.stderr).contains("names one file but 2 images"), "{}", text(&two.stderr));
+    let missing = generate().arg(out.path().join("nope.png")).output().unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    // A config file that does not parse: exit 3, setup.
+    std::fs::write(out.path().join("bad.toml"), "version = 1\n[nats]\nurl = 5\n").unwrap();
+    let config = generate().arg("--config").arg(out.path().join("bad.toml")).arg(&mug).output().unwrap();
+    assert_eq!(config.status.code(), Some(3), "{}", text(&config.stderr));
+    // None of it started a server or a model: all of it together took seconds.
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    assert!(std::fs::read_dir(out.path()).unwrap().count() == 2, "nothing written besides the fixtures");
+}
+
+#[test]
+fn generate_goes_on_past_a_bad_image_with_parallel_progress() {
+    let out = tempfile::tempdir().unwrap();
+    let bogus = out.path().join("notes.png");
+    std::fs::write(&bogus, "just text").unwrap();
+    let result = generate()
+        .arg(&bogus)
+        .arg(repo().join("examples/mug.png"))
+        .arg(repo().join("examples/star.png"))
+        .args(["--format", "glb", "--no-previews", "--json", "-o"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stderr = text(&result.stderr);
+    assert_eq!(result.status.code(), Some(1), "one failed image: exit 1: {stderr}");
+    assert!(out.path().join("mug.glb").is_file() && out.path().join("star.glb").is_file(), "{stderr}");
+    let doc = json_of(&result);
+    assert_eq!((doc["completed"].as_u64(), doc["failed"].as_u64()), (Some(2), Some(1)));
+    let failed = doc["images"].as_array().unwrap().iter().find(|i| i["status"] == "failed").unwrap();
+    assert_eq!(failed["code"], "invalid_image");
+    assert!(failed["error"].as_str().unwrap().contains("not a PNG, JPEG or WebP"), "{failed}");
+
+    // Without a terminal every bar is a line per event. Both jobs are followed at once:
+    // the second image's first event arrives before the first one completes.
+    let lines: Vec<&str> = stderr.lines().collect();
+    let first = |prefix: &str, needle: &str| lines.iter().position(|l| l.starts_with(prefix) && l.contains(needle));
+    let mug_done = first("mug.png: ", "completed").expect("mug completed line");
+    let star_first = first("star.png: ", "").expect("star events");
+    assert!(star_first < mug_done, "star's events wait for mug's:\n{stderr}");
+    assert!(first("star.png: ", "inference").is_some() || first("star.png: ", "meshing").is_some(), "{stderr}");
+    assert!(lines.last().unwrap().contains("2 of 3 images completed, 1 failed"), "{stderr}");
+}
+
+#[test]
+fn generate_keeps_a_pale_face_and_reports_a_checkerboard() {
+    let out = tempfile::tempdir().unwrap();
+    let person = out.path().join("person.png");
+    figure(&person, 600);
+    let checker = out.path().join("checker.png");
+    png(&checker, 1200, 1200, |x, y| {
+        let inside = (0.05..0.95).contains(&x) && (0.05..0.95).contains(&y);
+        let (i, j) = (((x - 0.05) / 0.1125) as i32, ((y - 0.05) / 0.1125) as i32);
+        if inside && (i + j) % 2 == 0 { [20, 20, 20] } else { [250, 250, 250] }
+    });
+    let result = generate().arg(&person).arg(&checker).args(["--format", "stl", "--no-previews", "--json", "-o"]).arg(out.path()).output().unwrap();
+    let stderr = text(&result.stderr);
+    let doc = json_of(&result);
+    let by_name = |name: &str| doc["images"].as_array().unwrap().iter().find(|i| i["image"].as_str().unwrap().ends_with(name)).unwrap().clone();
+
+    // The head is kept: the figure is about twice as tall (z, image up) as wide.
+    let person = by_name("person.png");
+    assert_eq!(person["status"], "completed", "{stderr}");
+    let bbox: Vec<f64> = person["report"]["bbox_mm"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert!(bbox[2] / bbox[0] > 1.7, "height/width {:.2}: the head was keyed out? {bbox:?}", bbox[2] / bbox[0]);
+    assert_eq!(person["report"]["checks"]["parts"], 1, "{person}");
+
+    // The checkerboard: squares touch at corners only, so inflated they come apart;
+    // the report says so with a stable code and suggests relief.
+    let board = by_name("checker.png");
+    assert_eq!(board["status"], "completed", "{stderr}");
+    let checks = &board["report"]["checks"];
+    assert!(checks["parts"].as_u64().unwrap() > 10, "{checks}");
+    assert!(checks["floating_parts"].as_u64().unwrap() > 3, "{checks}");
+    let codes: Vec<&str> = board["report"]["issues"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
+    assert!(codes.contains(&"floating_parts"), "{codes:?}");
+    assert!(!board["report"]["problems"].as_array().unwrap().is_empty(), "floating parts are a problem");
+    assert!(board["advice"][0].as_str().unwrap().contains("--model relief"), "{board}");
+    assert!(stderr.contains("NOT printable: ") && stderr.contains("--model relief"), "{stderr}");
+    assert_eq!(result.status.code(), Some(0), "completed jobs with problems still exit 0: {stderr}");
+}
+
+#[test]
+fn generate_lays_a_heart_flat_and_takes_an_8000_px_photo() {
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("heart.png");
+    heart(&path, 400);
+    let run = |extra: &[&str], name: &str| {
+        let result = generate().arg(&path).args(["--format", "stl", "--no-previews", "--json", "-o"]).arg(out.path().join(name)).args(extra).output().unwrap();
+        assert_eq!(result.status.code(), Some(0), "{}", text(&result.stderr));
+        json_of(&result)["images"][0]["report"].clone()
+    };
+    let standing = run(&[], "standing.stl");
+    let flat = run(&["--lay-flat"], "flat.stl");
+    let contact = |r: &serde_json::Value| r["checks"]["bed_contact_mm2"].as_f64().unwrap();
+    assert!(contact(&standing) < 20.0, "a heart on its point touches the bed at a point: {standing}");
+    let codes: Vec<&str> = standing["issues"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
+    assert!(codes.contains(&"tips_over") || codes.contains(&"small_bed_contact"), "{codes:?}");
+    assert!(contact(&flat) > 5.0 * contact(&standing).max(1.0), "laid flat: {} vs {}", contact(&flat), contact(&standing));
+    assert_eq!(flat["checks"]["tips_over"], false, "{flat}");
+    // Laid flat, the heart's thickness is its height.
+    let height = |r: &serde_json::Value| r["bbox_mm"][2].as_f64().unwrap();
+    assert!(height(&flat) < 0.7 * height(&standing), "{} vs {}", height(&flat), height(&standing));
+    let verdict = common::trimesh_check(&out.path().join("flat.stl"));
+    assert!(verdict.watertight && verdict.winding_consistent, "{verdict:?}");
+
+    // An 8000-px photo is scaled down, not refused.
+    let big = out.path().join("big.png");
+    png(&big, 8000, 8000, |x, y| if ((x - 0.5).powi(2) + (y - 0.5).powi(2)).sqrt() < 0.3 { [30, 90, 200] } else { [250, 250, 250] });
+    let result = generate().arg(&big).args(["--format", "glb", "--no-previews", "-o"]).arg(out.path()).output().unwrap();
+    assert_eq!(result.status.code(), Some(0), "{}", text(&result.stderr));
+    assert!(out.path().join("big.glb").is_file());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_nats_is_a_pure_client() {
+    let nats = NatsServer::start();
+    let store = tempfile::tempdir().unwrap();
+    let _node = NodeProcess::start(&nats, NodeOptions { node_id: "shop-node", store: store.path(), env: vec![] }).await;
+    let (_client, key) = common::agent(&nats.url, "shop").await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("shop.key");
+    std::fs::write(&key_file, key.to_text()).unwrap();
+    let agents_before = bucket_keys(&nats.url, "orfeas_agents").await;
+    let nodes_before = bucket_keys(&nats.url, "orfeas_nodes").await;
+
+    // Without an agent it refuses before doing anything (usage).
+    let url = nats.url.clone();
+    let refused = tokio::task::spawn_blocking(move || generate().arg(repo().join("examples/star.png")).args(["--nats", &url]).output().unwrap()).await.unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    assert!(text(&refused.stderr).contains("--agent NAME --key FILE"), "{}", text(&refused.stderr));
+
+    let (url, out, key_arg) = (nats.url.clone(), dir.path().join("star.glb"), key_file.clone());
+    let result = tokio::task::spawn_blocking(move || {
+        generate().arg(repo().join("examples/star.png")).args(["--nats", &url, "--agent", "shop", "--key"]).arg(&key_arg).arg("-o").arg(&out).output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(result.status.code(), Some(0), "{}", text(&result.stderr));
+    assert!(dir.path().join("star.glb").is_file() && dir.path().join("star.report.json").is_file());
+    // No node joined the deployment and no key was added.
+    assert_eq!(bucket_keys(&nats.url, "orfeas_nodes").await, nodes_before, "generate started a node");
+    assert_eq!(bucket_keys(&nats.url, "orfeas_agents").await, agents_before, "generate registered a key");
+}
+
+async fn bucket_keys(url: &str, bucket: &str) -> Vec<String> {
+    use futures::StreamExt;
+    let client = orfeas_actors::bus::connect(url, "orfeas-test").await.unwrap();
+    let kv = async_nats::jetstream::new(client).get_key_value(bucket).await.unwrap();
+    let mut keys: Vec<String> = kv.keys().await.unwrap().filter_map(|k| async move { k.ok() }).collect().await;
+    keys.sort();
+    keys
+}
