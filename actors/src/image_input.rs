@@ -27,9 +27,18 @@ pub const MAX_IMAGE_PIXELS: u64 = 8192 * 8192;
 /// What reading a header may allocate (the PNG decoder's chunk buffers), bytes.
 const HEADER_ALLOC_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Decoded RGBA8 plus the decoders' own working buffers, bytes per pixel, for
-/// `image::Limits::max_alloc`.
-const ALLOC_BYTES_PER_PIXEL: u64 = 12;
+/// Largest decoded pixel buffer, bytes, computed from the header (sides × the bytes per
+/// pixel of its colour type) before anything is decoded: 256 MiB, an 8192² RGBA8 or an
+/// 8000² RGB8 photo; a 16-bit 8000² PNG (512 MiB) is refused as `too_large`.
+pub const MAX_DECODE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// What the decoders may allocate beyond the pixel buffer (row and chunk buffers), bytes.
+const DECODER_SLACK_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Decoded bytes all concurrent decodes of this process may hold at once: parallel
+/// preprocessing of a batch of 8000-px photos waits here rather than holding 256 MiB
+/// per thread. A single decode larger than this still runs (alone).
+pub const CONCURRENT_DECODE_BYTES: u64 = 2 * MAX_DECODE_BYTES;
 
 /// Why image bytes were refused. `code()` gives the wire code: `too_large` for the
 /// size limits, `invalid_image` for everything else.
@@ -82,6 +91,20 @@ pub enum ImageError {
         /// Pixel limit.
         max: u64,
     },
+    /// Decoding would need a pixel buffer over [`MAX_DECODE_BYTES`] (from the header).
+    #[error("image is {width}x{height} {color}: decoding needs {} MiB, the limit is {} MiB", bytes / (1024 * 1024), max / (1024 * 1024))]
+    TooMuchMemory {
+        /// Width.
+        width: u32,
+        /// Height.
+        height: u32,
+        /// The header's colour type, e.g. `Rgba16`.
+        color: String,
+        /// Bytes the decoded pixels need.
+        bytes: u64,
+        /// The limit.
+        max: u64,
+    },
     /// The header or the data cannot be decoded (truncated, corrupt).
     #[error("image cannot be decoded: {0}")]
     Decode(String),
@@ -91,7 +114,7 @@ impl ImageError {
     /// The wire code.
     pub fn code(&self) -> orfeas_wire::ErrorCode {
         match self {
-            Self::TooManyBytes { .. } | Self::TooLarge { .. } | Self::TooManyPixels { .. } => {
+            Self::TooManyBytes { .. } | Self::TooLarge { .. } | Self::TooManyPixels { .. } | Self::TooMuchMemory { .. } => {
                 orfeas_wire::ErrorCode::TooLarge
             }
             _ => orfeas_wire::ErrorCode::InvalidImage,
@@ -123,13 +146,24 @@ pub fn check_digest(bytes: &[u8], sha256_hex: &str) -> Result<(), ImageError> {
     }
 }
 
-/// Checks size, format and dimensions from the header only: no pixel buffer is
-/// allocated. Returns (width, height).
+/// Checks size, format, dimensions and the decoded size from the header only: no pixel
+/// buffer is allocated. Returns (width, height).
 pub fn check_header(bytes: &[u8], media_type: &str, max_side: u32) -> Result<(u32, u32), ImageError> {
-    let reader = reader(bytes, media_type)?;
-    let (width, height) = reader
-        .into_dimensions()
-        .map_err(|e| ImageError::Decode(e.to_string()))?;
+    header(bytes, media_type, max_side).map(|h| (h.width, h.height))
+}
+
+/// What the header says, checked against every limit.
+struct Header {
+    width: u32,
+    height: u32,
+    /// Bytes of the decoded pixel buffer.
+    decoded_bytes: u64,
+}
+
+fn header(bytes: &[u8], media_type: &str, max_side: u32) -> Result<Header, ImageError> {
+    use image::ImageDecoder;
+    let decoder = reader(bytes, media_type)?.into_decoder().map_err(|e| ImageError::Decode(e.to_string()))?;
+    let (width, height) = decoder.dimensions();
     if width == 0 || height == 0 {
         return Err(ImageError::Empty(format!("{width}x{height}")));
     }
@@ -139,23 +173,57 @@ pub fn check_header(bytes: &[u8], media_type: &str, max_side: u32) -> Result<(u3
     if u64::from(width) * u64::from(height) > MAX_IMAGE_PIXELS {
         return Err(ImageError::TooManyPixels { width, height, max: MAX_IMAGE_PIXELS });
     }
-    Ok((width, height))
+    let color = decoder.color_type();
+    let decoded_bytes = u64::from(width) * u64::from(height) * u64::from(color.bytes_per_pixel());
+    if decoded_bytes > MAX_DECODE_BYTES {
+        return Err(ImageError::TooMuchMemory { width, height, color: format!("{color:?}"), bytes: decoded_bytes, max: MAX_DECODE_BYTES });
+    }
+    Ok(Header { width, height, decoded_bytes })
 }
 
 /// [`check_header`], then a decode under `image::Limits` (sides, and allocations bounded
-/// by the checked size).
+/// by the decoded size the header declared), holding its share of
+/// [`CONCURRENT_DECODE_BYTES`] while it runs.
 pub fn decode(bytes: &[u8], media_type: &str, max_side: u32) -> Result<DynamicImage, ImageError> {
-    let (width, height) = check_header(bytes, media_type, max_side)?;
+    let Header { width, height, decoded_bytes } = header(bytes, media_type, max_side)?;
     let mut reader = reader(bytes, media_type)?;
     let mut limits = Limits::default();
     limits.max_image_width = Some(max_side);
     limits.max_image_height = Some(max_side);
-    limits.max_alloc = Some((u64::from(width) * u64::from(height)).saturating_mul(ALLOC_BYTES_PER_PIXEL).max(1 << 20));
+    limits.max_alloc = Some(decoded_bytes + DECODER_SLACK_BYTES);
     reader.limits(limits);
+    let _share = DecodeBudget::take(decoded_bytes);
     reader.decode().map_err(|e| match e {
         image::ImageError::Limits(_) => ImageError::TooLarge { width, height, max: max_side },
         other => ImageError::Decode(other.to_string()),
     })
+}
+
+/// The process-wide budget of decoded bytes in flight ([`CONCURRENT_DECODE_BYTES`]).
+static IN_FLIGHT: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
+static RELEASED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// A share of the budget, given back on drop.
+struct DecodeBudget(u64);
+
+impl DecodeBudget {
+    /// Waits until `bytes` fit in the budget (or nothing else is decoding).
+    fn take(bytes: u64) -> Self {
+        let mut in_flight = IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
+        while *in_flight > 0 && *in_flight + bytes > CONCURRENT_DECODE_BYTES {
+            in_flight = RELEASED.wait(in_flight).unwrap_or_else(|e| e.into_inner());
+        }
+        *in_flight += bytes;
+        Self(bytes)
+    }
+}
+
+impl Drop for DecodeBudget {
+    fn drop(&mut self) {
+        let mut in_flight = IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
+        *in_flight -= self.0;
+        RELEASED.notify_all();
+    }
 }
 
 /// A reader for `bytes` as the declared format, after the byte cap and the sniff.
@@ -205,6 +273,11 @@ mod tests {
     /// A PNG signature and IHDR chunk declaring `width` × `height` RGBA8, with a correct
     /// CRC, then one tiny IDAT: a valid header for an image nobody should decode.
     fn png_declaring(width: u32, height: u32) -> Vec<u8> {
+        png_declaring_depth(width, height, 8)
+    }
+
+    /// As [`png_declaring`], RGBA of `depth` bits per channel.
+    fn png_declaring_depth(width: u32, height: u32, depth: u8) -> Vec<u8> {
         fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
             out.extend((data.len() as u32).to_be_bytes());
             let start = out.len();
@@ -217,7 +290,7 @@ mod tests {
         let mut ihdr = Vec::new();
         ihdr.extend(width.to_be_bytes());
         ihdr.extend(height.to_be_bytes());
-        ihdr.extend([8, 6, 0, 0, 0]);
+        ihdr.extend([depth, 6, 0, 0, 0]);
         chunk(&mut out, b"IHDR", &ihdr);
         chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
         chunk(&mut out, b"IEND", &[]);
@@ -260,8 +333,48 @@ mod tests {
         let e = decode(&bytes, "image/png", 4096).unwrap_err();
         assert_eq!(e.code(), ErrorCode::TooLarge, "{e}");
         // Within a huge side limit the pixel cap still holds.
-        let e = check_header(&png_declaring(5_000, 5_000), "image/png", 100_000).unwrap_err();
+        let e = check_header(&png_declaring(9_000, 9_000), "image/png", 100_000).unwrap_err();
         assert!(matches!(e, ImageError::TooManyPixels { .. }) && e.code() == ErrorCode::TooLarge, "{e}");
+    }
+
+    #[test]
+    fn the_decoded_size_is_checked_from_the_header() {
+        // 8000² RGBA8 is 244 MiB decoded: within the limit, it passes the header check.
+        assert_eq!(check_header(&png_declaring(8_000, 8_000), "image/png", 16_384).unwrap(), (8_000, 8_000));
+        // The same sides at 16 bits per channel would need 488 MiB: refused before any
+        // decode, with the numbers, as too_large.
+        let bytes = png_declaring_depth(8_000, 8_000, 16);
+        let e = check_header(&bytes, "image/png", 16_384).unwrap_err();
+        match &e {
+            ImageError::TooMuchMemory { bytes, max, color, .. } => {
+                assert_eq!(*bytes, 8_000 * 8_000 * 8);
+                assert_eq!(*max, MAX_DECODE_BYTES);
+                assert_eq!(color, "Rgba16");
+            }
+            other => panic!("{other}"),
+        }
+        assert_eq!(e.code(), ErrorCode::TooLarge);
+        assert!(e.to_string().contains("488 MiB") && e.to_string().contains("256 MiB"), "{e}");
+        let e = decode(&bytes, "image/png", 16_384).unwrap_err();
+        assert!(matches!(e, ImageError::TooMuchMemory { .. }), "{e}");
+        // A small 16-bit image is fine.
+        assert_eq!(check_header(&png_declaring_depth(64, 64, 16), "image/png", 4096).unwrap(), (64, 64));
+    }
+
+    #[test]
+    fn concurrent_decodes_wait_for_the_budget() {
+        let held = DecodeBudget::take(CONCURRENT_DECODE_BYTES);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let _share = DecodeBudget::take(MAX_DECODE_BYTES);
+            tx.send(()).unwrap();
+        });
+        assert!(rx.recv_timeout(std::time::Duration::from_millis(300)).is_err(), "a decode ran past a full budget");
+        drop(held);
+        rx.recv_timeout(std::time::Duration::from_secs(10)).expect("the waiting decode goes on once the budget is free");
+        waiter.join().unwrap();
+        // A decode that alone exceeds the budget still runs when nothing else decodes.
+        drop(DecodeBudget::take(3 * CONCURRENT_DECODE_BYTES));
     }
 
     #[test]
