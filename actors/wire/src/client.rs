@@ -42,7 +42,10 @@ fn nats_err(e: impl std::fmt::Display) -> ClientError {
     ClientError::Nats(e.to_string())
 }
 
-/// One agent's connection to a deployment.
+/// One agent's connection to a deployment. Cloning is cheap (the NATS
+/// connection is shared) and gives each concurrent caller its own node-key
+/// cache, so callers need no lock around a shared client.
+#[derive(Clone)]
 pub struct AgentClient {
     client: async_nats::Client,
     js: jetstream::Context,
