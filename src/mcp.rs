@@ -343,7 +343,7 @@ impl OrfeasMcp {
                 let result = match self.result(job_id, true).await {
                     Ok((mut result, status)) => {
                         if let Some(Value::Object(s)) = result.structured_content.as_mut() {
-                            let mut applied = applied.cloned().unwrap_or_else(|| json!({"job_id": job_id}));
+                            let mut applied = applied.cloned().unwrap_or_else(|| applied_from_record(job_id, &status));
                             applied["priority"] = json!(status.lane.as_str());
                             s.insert("applied".into(), applied);
                         }
@@ -410,6 +410,23 @@ impl OrfeasMcp {
             let _ = notify(task).await;
         }
     }
+}
+
+/// The echo of a job's parameters rebuilt from its record, for a task
+/// read after this server restarted (or made by another one): what the job
+/// runs with, defaults included; what only the call knew (where the image
+/// came from, the idempotency key) is not in it.
+fn applied_from_record(job_id: Uuid, status: &JobStatus) -> Value {
+    let mut applied = json!({"job_id": job_id, "priority": status.lane.as_str(), "from": "record"});
+    if let Some(request) = &status.request {
+        applied["model"] = json!(request.model);
+        applied["formats"] = json!(request.formats.iter().map(|f| f.extension()).collect::<Vec<_>>());
+        applied["faces"] = json!(request.params.target_faces);
+        applied["size_mm"] = json!(request.params.size_mm);
+        applied["previews"] = json!(request.params.previews.unwrap_or(true));
+        applied["priority_asked"] = json!(request.params.priority.map(|l| l.as_str()));
+    }
+    applied
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(args: Value) -> Result<T, ToolError> {

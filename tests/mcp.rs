@@ -102,6 +102,7 @@ fn queued_record(job_id: Uuid) -> JobRecord {
         deadline_ms: None,
         cancel_requested: false,
         batch_id: None,
+        request: None,
     }
 }
 
@@ -311,6 +312,12 @@ async fn mcp_over_http_runs_tasks_that_survive_a_server_restart() {
     assert_ne!(result.is_error, Some(true), "{result:?}");
     assert_eq!(body(&result)["job_id"].as_str().unwrap(), task_id);
     assert!(!body(&result)["files"].as_array().unwrap().is_empty());
+    // This server did not make the call: the echo comes from the job's record.
+    let applied = &body(&result)["applied"];
+    let formats: Vec<&str> = body(&result)["files"].as_array().unwrap().iter().map(|f| f["format"].as_str().unwrap()).collect();
+    assert_eq!((applied["from"].as_str(), applied["model"].as_str(), applied["previews"].as_bool()), (Some("record"), Some("null"), Some(true)), "{applied}");
+    assert_eq!(applied["formats"], json!(formats), "{applied}");
+    assert_eq!((applied["priority"].as_str(), &applied["faces"]), (Some("normal"), &Value::Null), "{applied}");
 
     // Retrying the call with the same key: the same task.
     let CallToolResponse::Task(again) = client.call_tool_once(params).await.unwrap() else { panic!("task") };
@@ -368,6 +375,41 @@ async fn mcp_over_stdio_pushes_task_updates_with_report_previews_and_applied_par
     params.name = "generate_3d".into();
     let CallToolResponse::Complete(now) = client.call_tool_once(params).await.unwrap() else { panic!("wait: false is not a task") };
     assert!(body(&now)["job_id"].is_string() && body(&now)["applied"]["wait"] == false, "{now:?}");
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_a_waiting_call_does_not_hold_up_other_calls_of_the_same_session() {
+    let nats = NatsServer::start();
+    let store = tempfile::tempdir().unwrap();
+    let options = |node_id| NodeOptions { node_id, store: store.path(), env: vec![("ORFEAS_MODELS_ENABLED", "null".into())] };
+    // A node sets up the streams and goes away: jobs now wait for the next one.
+    let mut first = NodeProcess::start(&nats, options("n1")).await;
+    let (_alice, key) = agent(&nats.url, "alice").await;
+    first.kill();
+    let key_dir = tempfile::tempdir().unwrap();
+    std::fs::write(key_dir.path().join("alice.key"), key.to_text()).unwrap();
+    let client = Recorder::default().serve(TokioChildProcess::new(mcp_command(&nats.url, &key_dir.path().join("alice.key"), &[])).unwrap()).await.unwrap();
+
+    // A waited generation that cannot end while no node runs...
+    let image = common::repo().join("examples/mug.png");
+    let mut params = args(json!({"image_path": image, "model": "null", "idempotency_key": "waits-1"}));
+    params.name = "generate_3d".into();
+    let peer = client.peer().clone();
+    let waiting = tokio::spawn(async move { peer.call_tool(params).await });
+    // ...while the same session uploads twice, each answered on its own.
+    let b64 = base64::engine::general_purpose::STANDARD.encode(common::example("mug.png"));
+    for _ in 0..2 {
+        let uploaded = call(&client, "upload_image", json!({"image_base64": b64})).await;
+        assert!(body(&uploaded)["image_ref"].as_str().is_some_and(|r| r.starts_with("alice/")), "{uploaded:?}");
+        assert!(!waiting.is_finished(), "the generation still waits for a node");
+    }
+    // A node comes: the waiting call ends with its files.
+    let _second = NodeProcess::start(&nats, options("n2")).await;
+    let done = tokio::time::timeout(WAIT, waiting).await.expect("the waiting call ends").unwrap().unwrap();
+    assert_ne!(done.is_error, Some(true), "{done:?}");
+    assert_eq!(body(&done)["job_id"].as_str().unwrap(), orfeas_wire_job_id("alice", "waits-1").to_string());
+    assert!(!body(&done)["files"].as_array().unwrap().is_empty(), "{done:?}");
     client.cancel().await.unwrap();
 }
 

@@ -40,6 +40,7 @@ fn record(agent: &str, state: JobState) -> JobRecord {
         deadline_ms: None,
         cancel_requested: false,
         batch_id: None,
+        request: None,
     }
 }
 
@@ -84,6 +85,9 @@ async fn requests_status_and_cancel_from_rust_and_python() {
     let status = alice.status(&job.job_id, WAIT).await.unwrap();
     assert_eq!((status.state.as_str(), status.terminal_seq), ("completed", completed_seq));
     assert!(matches!(status.terminal, Some(EventKind::Completed { .. })));
+    // The request as admitted: no formats asked, so the door's default.
+    let request = status.request.as_ref().expect("the admitted request");
+    assert_eq!((request.model.as_str(), request.formats.as_slice(), &request.params), ("null", &[orfeas_wire::v1::Format::Glb][..], &job.params));
     assert_eq!(alice.cancel(&job.job_id, WAIT).await.unwrap().state, "completed", "a finished job is not changed");
 
     // A queued job: canceled at once, with its terminal event.

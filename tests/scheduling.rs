@@ -101,6 +101,7 @@ async fn enqueue_on(bus: &Bus, subject: &str, agent: &str, lane: Lane, params: J
         deadline_ms: params.deadline_ms,
         cancel_requested: false,
         batch_id: None,
+        request: None,
     };
     JobStore::new(bus.jobs.clone()).create(&record).await.unwrap();
     let job = AdmittedJob {
