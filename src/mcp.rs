@@ -531,6 +531,40 @@ impl ServerHandler for OrfeasMcp {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_bearer_token_passes() {
+        let token = "0123456789abcdef0123456789abcdef";
+        let with = |value: &str| {
+            let mut headers = axum::http::HeaderMap::new();
+            headers.insert(axum::http::header::AUTHORIZATION, value.parse().unwrap());
+            headers
+        };
+        assert!(bearer_matches(&with(&format!("Bearer {token}")), token));
+        assert!(!bearer_matches(&with(&format!("Bearer {token}x")), token), "longer");
+        assert!(!bearer_matches(&with("Bearer 0123456789abcdef0123456789abcdeX"), token), "one byte off");
+        assert!(!bearer_matches(&with(&format!("Basic {token}")), token), "another scheme");
+        assert!(!bearer_matches(&axum::http::HeaderMap::new(), token), "none");
+    }
+
+    #[test]
+    fn a_short_or_multi_line_token_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        assert_eq!(read_token(&write("good", "0123456789abcdef0123456789abcdef\n")).unwrap(), "0123456789abcdef0123456789abcdef");
+        assert!(read_token(&write("short", "secret\n")).is_err());
+        assert!(read_token(&write("two", "0123456789abcdef\n0123456789abcdef0123\n")).is_err());
+        assert!(read_token(&dir.path().join("missing")).is_err());
+    }
+}
+
 fn task_job_id(task_id: &str) -> Result<Uuid, ErrorData> {
     Uuid::parse_str(task_id).map_err(|_| ErrorData::invalid_params(format!("task id {task_id:?} is not a job id"), None))
 }
@@ -566,6 +600,35 @@ pub struct McpArgs {
     /// How long a waiting generate_3d call follows its job, seconds.
     #[arg(long, default_value_t = 600)]
     pub wait_timeout_s: u64,
+    /// HTTP: a file holding the bearer token every request must carry
+    /// (`Authorization: Bearer <token>`). Required to serve on anything but
+    /// a loopback address: whoever reaches the server acts as the agent.
+    #[arg(long, env = "ORFEAS_MCP_HTTP_TOKEN_FILE")]
+    pub http_token_file: Option<std::path::PathBuf>,
+    /// HTTP: a host name clients may use in `Host` besides the loopback
+    /// names (repeat for several; guards against DNS rebinding).
+    #[arg(long = "allowed-host")]
+    pub allowed_hosts: Vec<String>,
+}
+
+/// The bearer token of `--http-token-file`: one line, at least 32
+/// characters (a guessable token is no lock).
+fn read_token(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading the MCP token file {}", path.display()))?;
+    let token = text.trim().to_string();
+    if token.len() < 32 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        anyhow::bail!("the MCP token in {} must be one line of at least 32 visible characters (e.g. `openssl rand -hex 32`)", path.display());
+    }
+    Ok(token)
+}
+
+/// Whether `headers` carry `Authorization: Bearer <token>` (compared in
+/// constant time, so the token cannot be guessed byte by byte).
+fn bearer_matches(headers: &axum::http::HeaderMap, token: &str) -> bool {
+    let Some(given) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")) else {
+        return false;
+    };
+    given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 /// Run the server until stdin closes (stdio) or SIGTERM / Ctrl-C (HTTP).
@@ -582,11 +645,34 @@ pub async fn run(config: &crate::config::Config, args: &McpArgs, shutdown: impl 
         }
         Some(bind) => {
             use rmcp::transport::streamable_http_server::{session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService};
-            let service: StreamableHttpService<OrfeasMcp, LocalSessionManager> =
-                StreamableHttpService::new(move || Ok(server.clone()), Default::default(), StreamableHttpServerConfig::default());
-            let router = axum::Router::new().nest_service("/mcp", service);
+            let token = args.http_token_file.as_deref().map(read_token).transpose()?;
             let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("binding {bind}"))?;
-            eprintln!("orfeas mcp listening on http://{}/mcp", listener.local_addr()?);
+            let local = listener.local_addr()?;
+            if !local.ip().is_loopback() && token.is_none() {
+                anyhow::bail!("serving MCP on {local} without --http-token-file would let anyone who reaches it act as agent {:?}; give a token file, or bind 127.0.0.1", args.agent.agent);
+            }
+            let mut hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+            hosts.extend(args.allowed_hosts.iter().cloned());
+            let config = StreamableHttpServerConfig::default().with_allowed_hosts(hosts);
+            let service: StreamableHttpService<OrfeasMcp, LocalSessionManager> = StreamableHttpService::new(move || Ok(server.clone()), Default::default(), config);
+            let mut router = axum::Router::new().nest_service("/mcp", service);
+            if let Some(token) = token {
+                let token = std::sync::Arc::new(token);
+                router = router.layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
+                    let token = token.clone();
+                    async move {
+                        if bearer_matches(request.headers(), &token) {
+                            next.run(request).await
+                        } else {
+                            let mut refused = axum::response::Response::new(axum::body::Body::from("a bearer token is required (Authorization: Bearer <token>)\n"));
+                            *refused.status_mut() = axum::http::StatusCode::UNAUTHORIZED;
+                            refused.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+                            refused
+                        }
+                    }
+                }));
+            }
+            eprintln!("orfeas mcp listening on http://{local}/mcp");
             axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
         }
     }

@@ -339,6 +339,41 @@ async fn mcp_over_http_runs_tasks_that_survive_a_server_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_over_http_with_a_token_refuses_requests_without_it() {
+    let s = setup().await;
+    let key = s.key_dir.path().join("alice.key");
+    // Beyond loopback without a token: refused before anything is served.
+    let open = mcp_command(&s.nats.url, &key, &["--http", "0.0.0.0:0"]).stdout(Stdio::null()).stderr(Stdio::piped()).output().await.unwrap();
+    assert!(!open.status.success());
+    assert!(String::from_utf8_lossy(&open.stderr).contains("--http-token-file"), "{}", String::from_utf8_lossy(&open.stderr));
+
+    let token = "5f0c1d2e3a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d";
+    let token_file = s.key_dir.path().join("mcp.token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let mut server = mcp_command(&s.nats.url, &key, &["--http", &bind, "--http-token-file", token_file.to_str().unwrap()]).kill_on_drop(true).spawn().unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let connect = |auth: Option<&str>| {
+        let mut config = StreamableHttpClientTransportConfig::with_uri(format!("http://127.0.0.1:{port}/mcp"));
+        if let Some(auth) = auth {
+            config = config.auth_header(auth);
+        }
+        Recorder::default().serve(StreamableHttpClientTransport::from_config(config))
+    };
+    // With the token: a working session (polled until the server listens).
+    let client = common::eventually("the MCP HTTP server with a token", WAIT, || async { connect(Some(token)).await.ok() }).await;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(common::example("mug.png"));
+    let uploaded = call(&client, "upload_image", json!({"image_base64": b64})).await;
+    assert!(body(&uploaded)["image_ref"].is_string(), "{uploaded:?}");
+    // Without it, or with a wrong one: no session at all.
+    assert!(connect(None).await.is_err(), "no token");
+    assert!(connect(Some(&token.replace('5', "6"))).await.is_err(), "a wrong token");
+    client.cancel().await.unwrap();
+    server.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_over_stdio_pushes_task_updates_with_report_previews_and_applied_parameters() {
     let s = setup().await;
     let key = s.key_dir.path().join("alice.key");
