@@ -324,6 +324,9 @@ pub struct MeshArgs {
     /// Printer build volume x,y,z in mm (Z up) the report checks the object against [default: 256,256,256].
     #[arg(long, value_parser = parse_xyz, value_name = "X,Y,Z")]
     pub build_volume_mm: Option<[f32; 3]>,
+    /// Turn the object so its largest stable face rests on the bed.
+    #[arg(long)]
+    pub lay_flat: bool,
     /// Colour the vertices from this image (PNG, JPEG, WebP), stretched over the x/y bounds
     /// as seen from the front (+z), top row at the largest y.
     #[arg(long, value_name = "IMAGE", conflicts_with = "texture")]

@@ -67,6 +67,14 @@ pub fn run(args: &MeshArgs) -> Result<()> {
         mesh.colors = Some(orfeas_mesh::project_colours(&mesh, image, &plane));
         args.texture.is_some().then(|| orfeas_mesh::project_texture(&mesh, image, &plane))
     });
+    // Turned after colouring (colours and UVs were projected as seen from the front and
+    // stay on their vertices); the report then measures the mesh as it will print.
+    let report = if args.lay_flat {
+        mesh = orfeas_mesh::lay_flat(&mesh);
+        orfeas_mesh::print_report(&mesh, &options)
+    } else {
+        processed.report
+    };
     let stem = args.output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     let files = orfeas_mesh::export_files(&mesh, format, args.size_mm, texture.as_ref(), &stem).map_err(|e| anyhow::anyhow!("{e} ({})", e.code()))?;
     if let Some(parent) = args.output.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -87,7 +95,7 @@ pub fn run(args: &MeshArgs) -> Result<()> {
             println!("wrote {}", path.display());
         }
     }
-    let r = &processed.report;
+    let r = &report;
     println!("wrote {} ({} faces, meshed in {:.3} s)", args.output.display(), r.faces, meshed.as_secs_f64());
     println!(
         "closed: {}  2-manifold: {}  winding consistent: {}  components: {}  genus: {}",

@@ -140,6 +140,64 @@ fn cli_mesh_turns_a_volume_into_a_printable_file() {
     assert!(!bad.status.success() && text(&bad.stderr).contains("is not a float32 C-order 3-D .npy"), "{}", text(&bad.stderr));
 }
 
+/// A .npy occupancy of a cube turned 45° about the view axis (z): in the print frame
+/// it stands on an edge.
+fn cube_on_edge_npy(n: usize) -> Vec<u8> {
+    let header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({n}, {n}, {n}), }}");
+    let pad = 64 - (10 + header.len() + 1) % 64;
+    let header = format!("{header}{}\n", " ".repeat(pad % 64));
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    let c = (n - 1) as f32 / 2.0;
+    let s = std::f32::consts::FRAC_1_SQRT_2;
+    for z in 0..n {
+        for y in 0..n {
+            for x in 0..n {
+                let p = [x as f32 - c, y as f32 - c, z as f32 - c].map(|v| v / c);
+                let q = [s * p[0] - s * p[1], s * p[0] + s * p[1], p[2]];
+                out.extend_from_slice(&(0.5 - q.iter().fold(0f32, |m, v| m.max(v.abs()))).to_le_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// The `bed contact: N mm²` figure of `orfeas mesh`'s report.
+fn bed_contact(stdout: &str) -> f64 {
+    let at = stdout.find("bed contact: ").unwrap_or_else(|| panic!("no bed contact in {stdout}")) + "bed contact: ".len();
+    stdout[at..].split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn cli_mesh_lay_flat_puts_a_face_on_the_bed() {
+    let dir = tempfile::tempdir().unwrap();
+    let npy = dir.path().join("cube.npy");
+    std::fs::write(&npy, cube_on_edge_npy(48)).unwrap();
+    let npy = npy.to_str().unwrap();
+    let (edge, flat) = (dir.path().join("edge.stl"), dir.path().join("flat.stl"));
+    let standing = orfeas(&["mesh", npy, "-o", edge.to_str().unwrap(), "--no-smooth", "--size-mm", "40"]);
+    assert!(standing.status.success(), "{}", text(&standing.stderr));
+    let laid = orfeas(&["mesh", npy, "-o", flat.to_str().unwrap(), "--no-smooth", "--size-mm", "40", "--lay-flat"]);
+    assert!(laid.status.success(), "{}", text(&laid.stderr));
+    let (standing, laid) = (text(&standing.stdout), text(&laid.stdout));
+    // On its edge the cube touches the bed along a strip (the voxel chamfer, about a
+    // millimetre wide) and its lower faces lean 45°; laid flat, a whole face rests on
+    // the bed (about 28² mm²: the cube stays turned 45° on the bed, its 40 mm diagonal
+    // the longest side).
+    assert!(bed_contact(&laid) > 600.0, "{laid}");
+    assert!(bed_contact(&laid) > 10.0 * bed_contact(&standing), "{standing}\n{laid}");
+    assert!(standing.contains("warning overhangs"), "{standing}");
+    for issue in ["small_bed_contact", "tips_over", "warning overhangs"] {
+        assert!(!laid.contains(issue), "{issue}: {laid}");
+    }
+    let verdict = common::trimesh_check(&flat);
+    assert!(verdict.watertight && verdict.winding_consistent, "{verdict:?}");
+    // The turn keeps the longest side (40 mm) and so the volume.
+    let before = common::trimesh_check(&edge);
+    assert!((verdict.volume - before.volume).abs() < 0.01 * before.volume, "{verdict:?} vs {before:?}");
+}
+
 #[test]
 fn cli_mesh_textures_colours_and_checks_the_build_volume() {
     let dir = tempfile::tempdir().unwrap();

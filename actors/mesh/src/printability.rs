@@ -268,7 +268,7 @@ fn ray_triangle(o: [f64; 3], dir: [f64; 3], a: [f64; 3], b: [f64; 3], c: [f64; 3
 }
 
 /// Andrew's monotone chain, counter-clockwise.
-fn convex_hull(mut points: Vec<[f64; 2]>) -> Vec<[f64; 2]> {
+pub(crate) fn convex_hull(mut points: Vec<[f64; 2]>) -> Vec<[f64; 2]> {
     points.sort_by(|a, b| a[0].total_cmp(&b[0]).then(a[1].total_cmp(&b[1])));
     points.dedup();
     if points.len() < 3 {
@@ -292,7 +292,7 @@ fn convex_hull(mut points: Vec<[f64; 2]>) -> Vec<[f64; 2]> {
 
 /// `q` inside (or on) the counter-clockwise hull; a point or segment hull holds
 /// nothing of positive area, so only a point within 1 µm of it counts.
-fn inside_hull(hull: &[[f64; 2]], q: [f64; 2]) -> bool {
+pub(crate) fn inside_hull(hull: &[[f64; 2]], q: [f64; 2]) -> bool {
     match hull.len() {
         0 => false,
         1 | 2 => {
