@@ -222,6 +222,7 @@ async fn requests_submit_batch_admits_each_job_on_its_own_and_reports_the_batch(
     for (batch, code) in [
         (orfeas_wire::v1::SubmitBatch { batch_id: Uuid::now_v7(), jobs: vec![null_job()] }, ErrorCode::Forbidden),
         (orfeas_wire::v1::SubmitBatch { batch_id: Uuid::now_v7(), jobs: vec![] }, ErrorCode::Invalid),
+        (orfeas_wire::v1::SubmitBatch { batch_id: Uuid::nil(), jobs: vec![null_job()] }, ErrorCode::Invalid),
     ] {
         let mut events = single.submit_batch(&batch).await.unwrap();
         let event = single.next_event(&mut events, WAIT).await.unwrap();
