@@ -16,6 +16,7 @@ mod mcp_args;
 mod mesh_cmd;
 mod models_cmd;
 mod nats_config;
+mod studio;
 mod telemetry;
 
 use std::{collections::BTreeMap, process::ExitCode, time::Duration};
@@ -199,6 +200,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Mcp(args) => {
             mcp::run(&config, &args, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Studio(args) => {
+            studio::run(config, args, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { command } => Ok(if audit_cmd::run(&config, command).await? { ExitCode::SUCCESS } else { ExitCode::from(4) }),
