@@ -20,8 +20,6 @@ use anyhow::{Context, Result};
 use orfeas_actors::{node, registry::Registry};
 use orfeas_wire::{client::AgentClient, SecretKey};
 
-pub use safety::DEFAULT_PRINT_SIZE_MM;
-
 /// The agent name of the embedded default's throwaway key.
 const LOCAL_AGENT: &str = "studio";
 
