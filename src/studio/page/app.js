@@ -155,16 +155,21 @@ function select(id) {
   renderDetail(jobs.get(id));
 }
 
-async function ensureViewer() {
-  if (viewer || !config.viewer) return viewer;
-  try {
-    const { Viewer } = await import('/viewer.js');
+// One viewer for the page: concurrent renders share the one being made.
+let viewerStarting = null;
+function ensureViewer() {
+  if (!config.viewer) return Promise.resolve(null);
+  viewerStarting ??= import('/viewer.js').then(({ Viewer }) => {
     viewer = new Viewer($('viewer'));
-  } catch (e) {
+    // For people debugging the page from the console (and the browser test).
+    window.orfeasViewer = viewer;
+    return viewer;
+  }).catch((e) => {
     $('viewer-note').hidden = false;
     $('viewer-note').textContent = `The 3D viewer could not start: ${e.message}`;
-  }
-  return viewer;
+    return null;
+  });
+  return viewerStarting;
 }
 
 async function renderDetail(job) {

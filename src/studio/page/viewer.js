@@ -59,6 +59,12 @@ export class Viewer {
       const g = node.geometry;
       triangles += (g.index ? g.index.count : g.attributes.position.count) / 3;
       node.material.side = THREE.DoubleSide;
+      // Printed plastic, not metal: glTF's default metallic factor is 1,
+      // and metal without an environment map renders black.
+      if ('metalness' in node.material) {
+        node.material.metalness = 0;
+        node.material.roughness = 0.8;
+      }
       this.materials.push({ material: node.material, map: node.material.map, vertexColors: node.material.vertexColors });
     });
     this.scene.add(this.model);
