@@ -85,8 +85,13 @@ async fn index(State(studio): State<Shared>) -> Response {
     let page = INDEX
         .replace("{{csrf}}", &studio.token)
         .replace("{{default_size}}", &format!("{}", safety::DEFAULT_PRINT_SIZE_MM))
-        .replace("{{max_mb}}", &format!("{:.0}", studio.max_upload_bytes as f64 / (1024.0 * 1024.0)));
+        .replace("{{max_size}}", &human_bytes(studio.max_upload_bytes));
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], page).into_response()
+}
+
+/// `16 MB`, `64 KB`: the upload limit as the page says it.
+fn human_bytes(n: usize) -> String {
+    if n >= 1024 * 1024 { format!("{:.0} MB", n as f64 / (1024.0 * 1024.0)) } else { format!("{:.0} KB", n as f64 / 1024.0) }
 }
 
 /// A three.js module from the vendored package. Only `.js` files under

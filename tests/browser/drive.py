@@ -301,13 +301,13 @@ def errors(b):
 def scenario_errors(b, args, out):
     open_page(b, args.url, args.timeout)
     drop(b, "notes.png", "image/png", b"this is text, not a picture\n")
-    b.wait("the type error", "document.querySelector('#errors li[data-code=unsupported_type]')", args.timeout)
+    b.wait("the type error", "!!document.querySelector('#errors li[data-code=unsupported_type]')", args.timeout)
     limit = b.js("fetch('/api/config').then(r => r.json()).then(c => c.max_upload_bytes)")
     drop(b, "huge.png", "image/png", b"\x89PNG\r\n\x1a\n" + b"\0" * (limit + 1))
-    b.wait("the size error", "document.querySelector('#errors li[data-code=too_large]')", args.timeout)
+    b.wait("the size error", "!!document.querySelector('#errors li[data-code=too_large]')", args.timeout)
     b.js("document.getElementById('faces').value = '10'; true")
     drop(b, "mug.png", "image/png", open(args.image, "rb").read())
-    b.wait("the faces error", "document.querySelector('#errors li[data-code=invalid_argument]')", args.timeout)
+    b.wait("the faces error", "!!document.querySelector('#errors li[data-code=invalid_argument]')", args.timeout)
     out["jobs_after_bad_uploads"] = b.js("document.querySelectorAll('.job').length")
     # A good drop: drag and drop makes a job like the file picker does.
     b.js("document.getElementById('faces').value = ''; true")
