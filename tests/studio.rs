@@ -21,6 +21,8 @@ use serde_json::Value;
 use sha2::Digest;
 
 const WAIT: Duration = Duration::from_secs(240);
+/// The face budget the happy scenario types into the page (inflate makes ~50 000 as is).
+const HAPPY_FACES: u32 = 8000;
 
 /// A running `orfeas studio`.
 struct StudioProcess {
@@ -108,6 +110,7 @@ fn drive(studio: &StudioProcess, scenario: &str, model: &str) -> Value {
     command
         .arg(common::repo().join("tests/browser/drive.py"))
         .args(["--url", &studio.url(), "--scenario", scenario, "--model", model, "--timeout", "200", "--chromium", &chromium])
+        .args(["--faces", &HAPPY_FACES.to_string()])
         .arg("--image")
         .arg(common::repo().join("examples/mug.png"));
     if let Ok(shots) = std::env::var("ORFEAS_STUDIO_SHOTS") {
@@ -191,7 +194,9 @@ async fn studio_page_uploads_follows_progress_draws_the_mesh_and_downloads_the_s
     }
     assert!(r["percents"].as_array().unwrap().len() >= 2, "{r}");
     // The viewer drew the mesh: a real share of its pixels is not background.
-    assert!(r["triangles"].as_u64().unwrap() > 100, "{r}");
+    let triangles = r["triangles"].as_u64().unwrap();
+    // Decimation may stop above the budget to keep the mesh closed, never near the ~50 000 made.
+    assert!(triangles > 100 && triangles < 2 * u64::from(HAPPY_FACES), "the page's face budget did not reach the node: {r}");
     assert!(r["viewer_foreground"].as_f64().unwrap() > 0.02, "viewer looks empty: {r}");
     assert!(r["wireframe_foreground"].as_f64().unwrap() > 0.005, "wireframe looks empty: {r}");
     assert!(r["uncoloured_foreground"].as_f64().unwrap() > 0.02, "{r}");
@@ -259,6 +264,7 @@ async fn studio_page_shows_bad_uploads_and_takes_a_dropped_image() {
     assert!(texts.iter().any(|t| t.contains("notes.png") && t.contains("not a PNG, JPEG or WebP")), "{texts:?}");
     assert_eq!(r["jobs_after_bad_uploads"], 0, "a bad upload was queued: {r}");
     assert_eq!(r["dropped_job"]["name"], "dropped.png", "{r}");
+    assert!(r["dropped_triangles"].as_u64().unwrap() > 100, "the dropped job's mesh is not in the viewer: {r}");
     assert_eq!(r["tokenless_post"]["status"], 403, "{r}");
     assert_eq!(r["tokenless_post"]["body"]["error"]["code"], "cross_site", "{r}");
     // The server's own limit, for a client that skips the page's check.
@@ -276,6 +282,7 @@ async fn studio_page_cancels_a_running_job() {
     let studio = studio_for(&s, &["--model", "null"]);
     let r = drive(&studio, "cancel", "null");
     assert!(["queued", "running"].contains(&r["before_cancel"].as_str().unwrap()), "{r}");
+    assert_eq!(r["viewer_note"], "The 3D model appears here when the job is done.", "{r}");
     assert_eq!(r["after_cancel"]["state"], "canceled", "{r}");
     assert_eq!(r["after_cancel"]["button"], false, "a finished job offers no cancel: {r}");
     let job_id: uuid::Uuid = r["job_id"].as_str().unwrap().parse().unwrap();

@@ -110,6 +110,8 @@ class Browser:
         self.console = []
         for domain in ("Page", "Runtime", "DOM"):
             self.call(f"{domain}.enable")
+        # The viewport itself, not the window around it, is 1440 × 1100: screenshots show the whole page.
+        self.call("Emulation.setDeviceMetricsOverride", width=1440, height=1100, deviceScaleFactor=1, mobile=False)
 
     def call(self, method, **params):
         self.next_id += 1
@@ -220,6 +222,8 @@ def open_page(b, url, timeout):
     b.wait("the page", "document.body && document.body.dataset.ready === '1' && document.body.dataset.sse === 'open'", timeout)
 
 
+PREVIEWS_JS = "(() => { const imgs = [...document.querySelectorAll('#previews img')]; return imgs.length && imgs.every(i => i.complete && i.naturalWidth > 0) ? imgs.map(i => i.alt) : null; })()"
+
 DOWNLOADS_JS = """(async () => {
   const out = [];
   for (const a of document.querySelectorAll('#downloads a')) {
@@ -237,7 +241,8 @@ DOWNLOADS_JS = """(async () => {
 def scenario_happy(b, args, out):
     open_page(b, args.url, args.timeout)
     out["csp"] = b.js("fetch('/').then(r => r.headers.get('content-security-policy'))")
-    b.js(f"document.getElementById('model').value = {json.dumps(args.model)}; document.querySelector('input[value=\"3mf\"]').checked = true; true")
+    # A face budget the page passes to the node (and a wireframe a person can read).
+    b.js(f"document.getElementById('model').value = {json.dumps(args.model)}; document.querySelector('input[value=\"3mf\"]').checked = true; document.getElementById('faces').value = '{args.faces}'; true")
     b.set_files("#files", [os.path.abspath(args.image)])
     job_id = b.wait("a job card", "document.querySelector('.job') && document.querySelector('.job').dataset.jobId", args.timeout)
     out["job_id"] = job_id
@@ -264,7 +269,7 @@ def scenario_happy(b, args, out):
         fraction = foreground_fraction(b.screenshot(clip=clip))
     out["viewer_foreground"] = fraction
     out["report"] = b.js("[...document.querySelectorAll('#report li')].map(li => ({level: li.className, text: li.textContent}))")
-    out["previews"] = b.wait("previews", "(() => { const imgs = [...document.querySelectorAll('#previews img')]; return imgs.length && imgs.every(i => i.complete && i.naturalWidth > 0) ? imgs.map(i => i.alt) : null; })()", args.timeout)
+    out["previews"] = b.wait("previews", PREVIEWS_JS, args.timeout)
     out["downloads"] = b.js(DOWNLOADS_JS)
     if args.shots:
         b.screenshot(os.path.join(args.shots, "studio-done.png"))
@@ -313,6 +318,8 @@ def scenario_errors(b, args, out):
     b.js("document.getElementById('faces').value = ''; true")
     drop(b, "dropped.png", "image/png", open(args.image, "rb").read())
     out["dropped_job"] = b.wait("the dropped job", "(() => { const c = document.querySelector('.job[data-state=completed]'); return c && {id: c.dataset.jobId, name: c.querySelector('.name').textContent}; })()", args.timeout)
+    out["dropped_triangles"] = int(b.wait("the dropped mesh in the viewer", "+document.getElementById('viewer').dataset.triangles", args.timeout))
+    b.wait("previews", PREVIEWS_JS, args.timeout)
     out["errors"] = errors(b)
     if args.shots:
         b.screenshot(os.path.join(args.shots, "studio-errors.png"))
@@ -326,6 +333,7 @@ def scenario_cancel(b, args, out):
     b.set_files("#files", [os.path.abspath(args.image)])
     out["before_cancel"] = b.wait("a running job", "(() => { const c = document.querySelector('.job'); return c && ['queued', 'running'].includes(c.dataset.state) && c.querySelector('button.cancel') ? c.dataset.state : null; })()", args.timeout)
     out["job_id"] = b.js("document.querySelector('.job').dataset.jobId")
+    out["viewer_note"] = b.wait("the viewer's note", "(() => { const n = document.getElementById('viewer-note'); return !n.hidden && n.textContent; })()", args.timeout)
     if args.shots:
         b.screenshot(os.path.join(args.shots, "studio-running.png"))
     b.js("document.querySelector('.job button.cancel').click(); true")
@@ -338,6 +346,7 @@ def main():
     parser.add_argument("--scenario", required=True, choices=["happy", "errors", "cancel"])
     parser.add_argument("--image")
     parser.add_argument("--model", default="null")
+    parser.add_argument("--faces", type=int, default=8000, help="the face budget of the happy scenario")
     parser.add_argument("--shots")
     parser.add_argument("--timeout", type=float, default=120)
     parser.add_argument("--chromium", default=os.environ.get("CHROMIUM", "/usr/bin/chromium"))

@@ -191,19 +191,22 @@ async function renderDetail(job) {
   const glb = job.files.find((f) => f.format === 'glb');
   const v = await ensureViewer();
   if (!v) return;
+  if (selected !== job.id) return; // another job was picked meanwhile
+  const note = (text) => { $('viewer-note').hidden = !text; $('viewer-note').textContent = text; };
   if (glb && viewerShown !== glb.url) {
     viewerShown = glb.url;
+    note('');
     try {
       await v.show(glb.url);
       v.setWireframe($('wireframe').checked);
       v.setColour($('show-colour').checked);
     } catch (e) {
-      $('viewer-note').hidden = false;
-      $('viewer-note').textContent = `The model could not be shown: ${e.message}`;
+      note(`The model could not be shown: ${e.message}`);
     }
   } else if (!glb) {
     viewerShown = null;
     v.clear();
+    note(['failed', 'canceled'].includes(job.state) ? 'This job made no model.' : 'The 3D model appears here when the job is done.');
   }
 }
 
