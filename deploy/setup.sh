@@ -17,8 +17,9 @@ TORCH_VERSION=2.13.0          # tch 0.26 is built against exactly this
 NATS_SERVER_VERSION=2.15.1    # supported: 2.10 and newer, see md/operations.md
 ORACLES="numpy==2.4.6 trimesh==5.2.0 manifold3d==3.5.4 lxml==6.1.3 networkx==3.6.1 pillow==13.0.0 nats-py==2.16.0 cbor2==6.2.1 pynacl==1.6.2 flit_core==3.12.0"
 # Test servers and parsers: moto_server (S3-compatible) for the shared result
-# store, PyYAML for the compose / Kubernetes file checks.
-TEST_TOOLS="moto[server]==5.2.5 pyyaml==6.0.3"
+# store, PyYAML for the compose / Kubernetes file checks, the official Python
+# MCP SDK as an independent client of `orfeas mcp` (tests/mcp.rs).
+TEST_TOOLS="moto[server]==5.2.5 pyyaml==6.0.3 mcp==2.3.0"
 GLTF_VALIDATOR=gltf-validator@2.0.0-dev.3.10   # Khronos validator (npm), test oracle for GLB
 THREE=three@0.187.0           # the Studio's 3D viewer (npm), served by the binary from the cache
 

@@ -2,6 +2,10 @@
 //! temporary folder on a free loopback port, using `nats/embedded.conf`.
 //! The child is killed when this value is dropped, and the kernel kills it
 //! if orfeas itself dies (parent-death signal), so no server is left behind.
+//! The parent-death signal follows the *thread* that started the child, so
+//! the child is started and kept by a thread of its own that lives exactly
+//! as long as this value: started from one of tokio's blocking threads
+//! (which end after ten idle seconds) a long run lost its server.
 
 use std::{
     net::TcpListener,
@@ -15,11 +19,19 @@ use anyhow::{bail, Context, Result};
 
 const CONFIG_TEMPLATE: &str = include_str!("../nats/embedded.conf");
 
-/// A running embedded nats-server.
+/// A running embedded nats-server; dropping it stops the server.
 pub struct EmbeddedNats {
-    child: Child,
     /// Client URL, `nats://127.0.0.1:<port>`.
     pub url: String,
+    /// Dropped to tell the keeper thread to stop the server.
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    keeper: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The child process, owned by the keeper thread.
+struct ServerProcess {
+    child: Child,
+    url: String,
     // Holds the JetStream store and the config; removed on drop.
     dir: tempfile::TempDir,
 }
@@ -84,8 +96,42 @@ fn free_port() -> Result<u16> {
 }
 
 impl EmbeddedNats {
-    /// Start the server and wait until it accepts connections.
+    /// Start the server on a keeper thread and wait until it accepts
+    /// connections (blocking: at most 15 s).
     pub fn start(server_bin: &Path) -> Result<Self> {
+        let bin = server_bin.to_path_buf();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let keeper = std::thread::Builder::new()
+            .name("embedded-nats".into())
+            .spawn(move || match ServerProcess::start(&bin) {
+                Ok(server) => {
+                    let _ = ready_tx.send(Ok(server.url.clone()));
+                    // Until the EmbeddedNats is dropped (its sender with it).
+                    let _ = stop_rx.recv();
+                    drop(server);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })
+            .context("starting the embedded nats-server's thread")?;
+        let url = ready_rx.recv().context("the embedded nats-server's thread ended")??;
+        Ok(Self { url, stop: Some(stop_tx), keeper: Some(keeper) })
+    }
+}
+
+impl Drop for EmbeddedNats {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(keeper) = self.keeper.take() {
+            let _ = keeper.join();
+        }
+    }
+}
+
+impl ServerProcess {
+    fn start(server_bin: &Path) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("orfeas-nats-").tempdir().context("creating a temp dir for nats")?;
         let port = free_port()?;
         let store = dir.path().join("jetstream");
@@ -133,7 +179,7 @@ impl EmbeddedNats {
     }
 }
 
-impl Drop for EmbeddedNats {
+impl Drop for ServerProcess {
     fn drop(&mut self) {
         // SIGTERM first so JetStream closes its files; SIGKILL if it lingers.
         unsafe {
@@ -164,4 +210,26 @@ pub async fn server_or_embedded(config: &crate::config::Config, flag: Option<&st
     let server = tokio::task::spawn_blocking(move || EmbeddedNats::start(&bin)).await??;
     let url = server.url.clone();
     Ok((Some(server), url))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Started from a thread that then ends (as tokio's blocking threads do
+    /// after ten idle seconds), the server keeps running until dropped.
+    #[test]
+    fn the_server_outlives_the_thread_that_started_it_and_stops_when_dropped() {
+        let bin = find_server("").expect("nats-server (run deploy/setup.sh)");
+        let server = std::thread::spawn(move || EmbeddedNats::start(&bin)).join().unwrap().unwrap();
+        // The starting thread is gone: a child tied to it is killed at once.
+        let port: u16 = server.url.rsplit(':').next().unwrap().parse().unwrap();
+        let until = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < until {
+            assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), "the server ended with the thread that started it");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(server);
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the server stops when dropped");
+    }
 }

@@ -13,6 +13,7 @@ mod generate;
 mod jobs_cmd;
 mod mcp;
 mod mcp_args;
+mod mcp_error;
 mod mesh_cmd;
 mod models_cmd;
 mod nats_config;

@@ -3,31 +3,36 @@
 //! this process. A `generate_3d` call from a client that declared the tasks
 //! extension becomes an MCP task whose id *is* the job id, so `tasks/get`
 //! and `tasks/cancel` read and change the durable job record: a task handle
-//! outlives this server and the node that ran the job.
+//! outlives this server and the node that ran the job. While the client
+//! that made a task stays connected, it also gets `notifications/tasks`
+//! updates (progress, then the result with report and previews).
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use base64::Engine;
 use orfeas_wire::{
-    client::{AgentClient, ClientError},
-    v1::{EventKind, ImageInput, JobParams, JobStatus, SubmitJob},
+    client::{AgentClient, ClientError, JobEvents},
+    v1::{Event, EventKind, ImageInput, JobParams, JobStatus, RefStore, SubmitJob},
 };
 use rmcp::{
     model::{
         CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock, CreateTaskResult, DetailedTask,
         GetTaskParams, GetTaskResult, JsonObject, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
-        ServerCapabilities, ServerConfig, Task, TaskPayload, TaskStatus, Tool,
+        ServerCapabilities, ServerConfig, ServerNotification, Task, TaskPayload, TaskStatus, TaskStatusNotification,
+        TaskStatusNotificationParams, Tool,
     },
-    service::{RequestContext, RoleServer},
+    service::{Peer, RequestContext, RoleServer},
     ErrorData, ServerHandler,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::mcp_args::{self, GenerateArgs, JobArg, ResultArg};
+use crate::{
+    mcp_args::{self, GenerateArgs, ImageSource, JobArg, ResultArg, UploadArgs},
+    mcp_error::{Code, ToolError},
+};
 
 /// Namespace of job ids derived from idempotency keys (UUIDv5 of
 /// `agent \0 key`): the same agent and key always name the same job.
@@ -36,13 +41,19 @@ const IDEMPOTENCY_NS: Uuid = Uuid::from_u128(0x6f72_6665_6173_4d43_5000_0000_000
 /// How long a signed request may wait for an answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The server: one agent's client, shared by every session.
+/// How long one notification may take to leave; a client that stopped
+/// reading must not hold a watcher forever.
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The server: one agent, shared by every session.
 #[derive(Clone)]
 pub struct OrfeasMcp {
     agent: String,
-    client: Arc<Mutex<AgentClient>>,
+    /// Cloned per call: each call verifies with its own node-key cache, so
+    /// concurrent calls never wait on each other.
+    client: AgentClient,
     nats: async_nats::Client,
-    /// How long a waiting `generate_3d` (no tasks) follows the job.
+    /// How long a waiting `generate_3d` (and a task's watcher) follows the job.
     wait_timeout: Duration,
 }
 
@@ -54,96 +65,209 @@ pub fn job_id_for(agent: &str, key: &str) -> Uuid {
 impl OrfeasMcp {
     /// A server speaking as `agent` through `client`.
     pub fn new(agent: &str, client: AgentClient, nats: async_nats::Client, wait_timeout: Duration) -> Self {
-        Self { agent: agent.to_string(), client: Arc::new(Mutex::new(client)), nats, wait_timeout }
+        Self { agent: agent.to_string(), client, nats, wait_timeout }
+    }
+
+    fn js(&self) -> async_nats::jetstream::Context {
+        async_nats::jetstream::new(self.nats.clone())
     }
 
     async fn generate(&self, args: GenerateArgs, context: &RequestContext<RoleServer>, as_task: bool) -> Result<CallToolResponse, ToolError> {
-        let (data, media_type) = args.image_bytes()?;
+        // Every argument is checked before anything is uploaded or signed.
+        let source = args.image(&self.agent)?;
         let formats = args.formats()?;
+        let priority = args.priority()?;
         let job_id = match &args.idempotency_key {
+            Some(key) if key.is_empty() => return Err(ToolError::bad("idempotency_key is empty")),
             Some(key) => job_id_for(&self.agent, key),
             None => Uuid::now_v7(),
         };
-        let params = JobParams { target_faces: args.faces, size_mm: args.size_mm, previews: Some(args.previews.unwrap_or(true)), ..Default::default() };
-        let mut job = SubmitJob { job_id, model: args.model().to_string(), image: ImageInput::Inline { media_type, data }, formats: formats.clone(), params };
-        let applied = json!({
+        let client = self.client.clone();
+        let (image, source_name, uploaded) = match source {
+            ImageSource::Bytes { data, media_type } => {
+                let mut job = SubmitJob { job_id, model: String::new(), image: ImageInput::Inline { media_type, data }, formats: vec![], params: JobParams::default() };
+                let uploaded = crate::agent::upload_if(&client, &mut job, false).await.map_err(|e| ToolError::new(Code::Unavailable, format!("{e:#}")))?;
+                (job.image, if args.image_path.is_some() { "image_path" } else { "image_base64" }, uploaded)
+            }
+            ImageSource::Ref(key) => (self.reference(&key).await?, "image_ref", Some(key)),
+        };
+        let wait = args.wait.unwrap_or(true);
+        let params = JobParams { target_faces: args.faces, size_mm: args.size_mm, previews: Some(args.previews.unwrap_or(true)), priority, ..Default::default() };
+        let job = SubmitJob { job_id, model: args.model().to_string(), image, formats: formats.clone(), params };
+        let mut applied = json!({
             "job_id": job_id,
             "model": job.model,
+            "image": {"source": source_name, "media_type": job.image.media_type(), "bytes": job.image.bytes(), "uploaded": uploaded},
             "formats": formats.iter().map(|f| f.extension()).collect::<Vec<_>>(),
             "faces": args.faces,
             "size_mm": args.size_mm,
             "previews": job.params.previews,
+            "priority_asked": priority.map(|l| l.as_str()),
+            // The lane the job really waits in, from its durable record
+            // (filled in below): an agent's policy may put it lower.
+            "priority": Value::Null,
             "idempotency_key": args.idempotency_key,
-            "wait": args.wait.unwrap_or(true),
+            "wait": wait,
         });
-        let mut client = self.client.lock().await;
-        crate::agent::upload_if(&client, &mut job, false).await.map_err(|e| ToolError::internal(format!("{e:#}")))?;
-        let mut events = client.submit(&job).await.map_err(ToolError::from)?;
+        let mut events = client.submit(&job).await.map_err(|e| ToolError::from(e).with_job(job_id))?;
         if as_task {
-            drop(client);
             let now = now_iso();
-            let task = Task::new(job_id.to_string(), TaskStatus::Working, now.clone(), now)
-                .with_status_message(format!("job {job_id} submitted"));
-            let mut task = task;
-            task.poll_interval_ms = Some(1000);
-            return Ok(CallToolResponse::Task(CreateTaskResult::new(task)));
+            let task = Task::new(job_id.to_string(), TaskStatus::Working, now.clone(), now).with_status_message(format!("job {job_id} submitted")).with_poll_interval_ms(1000);
+            let mut created = CreateTaskResult::new(task);
+            created.meta = Some(rmcp::model::MetaObject(match json!({ "orfeas/applied": applied.clone() }) {
+                Value::Object(map) => map,
+                _ => JsonObject::new(),
+            }));
+            // Status updates go to this client while it is connected; the
+            // task itself is the job, so `tasks/get` answers without them.
+            tokio::spawn(self.clone().watch_task(client, events, job_id, applied, context.peer.clone()));
+            return Ok(CallToolResponse::Task(created));
         }
-        if !args.wait.unwrap_or(true) {
-            return Ok(CallToolResponse::Complete(ok_result(json!({ "job_id": job_id, "state": "submitted", "applied": applied }), vec![])));
+        if !wait {
+            let status = self.recorded(job_id).await?;
+            applied["priority"] = json!(status.lane.as_str());
+            let mut body = status_json(&status);
+            body["applied"] = applied;
+            body["progress"] = self.latest(job_id).await.map(|e| progress_json(&e)).unwrap_or(Value::Null);
+            return Ok(CallToolResponse::Complete(ok_result(body, vec![])));
         }
         // A retry of a job that already ended gets no new events: its record
         // answers (events were subscribed before the submission, so a job
         // ending after this check is still heard).
-        if let Ok(JobStatus { terminal: Some(kind), .. }) = client.status(&job_id, REQUEST_TIMEOUT).await {
-            drop(client);
-            return self.finish(job_id, kind, applied).await;
+        if let Ok(JobStatus { terminal: Some(_), .. }) = client.status(&job_id, REQUEST_TIMEOUT).await {
+            return self.finish(job_id, applied).await;
         }
+        self.follow_with_progress(client, &mut events, job_id, context).await?;
+        self.finish(job_id, applied).await
+    }
+
+    /// Follow a waited call's job to its end, sending
+    /// `notifications/progress` (never decreasing, in order) when the
+    /// request carried a progress token.
+    async fn follow_with_progress(&self, mut client: AgentClient, events: &mut JobEvents, job_id: Uuid, context: &RequestContext<RoleServer>) -> Result<Event, ToolError> {
         let token = context.meta.get_progress_token();
+        // One sender task keeps the notifications in the order they were made.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ProgressNotificationParam>();
         let peer = context.peer.clone();
-        let mut step = 0.0;
-        let last = crate::agent::follow(&mut client, &mut events, self.wait_timeout, |event| {
-            let (percent, message) = match &event.kind {
-                EventKind::Progress { percent, .. } => (*percent as f64, crate::agent::describe(event)),
-                _ => (step, crate::agent::describe(event)),
+        let sender = tokio::spawn(async move {
+            while let Some(param) = rx.recv().await {
+                if tokio::time::timeout(NOTIFY_TIMEOUT, peer.notify_progress(param)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut sent: Option<f64> = None;
+        let followed = crate::agent::follow(&mut client, events, self.wait_timeout, |event| {
+            let percent = match &event.kind {
+                EventKind::Progress { percent, .. } => f64::from(*percent),
+                EventKind::Completed { .. } => 100.0,
+                _ => 0.0,
             };
-            step = percent.max(step);
+            // Events may arrive out of order, and the spec wants progress to
+            // increase with every notification: send only a higher value.
+            if sent.is_some_and(|last| percent <= last) {
+                return;
+            }
+            sent = Some(percent);
             if let Some(token) = &token {
-                let peer = peer.clone();
-                let param = ProgressNotificationParam::new(token.clone(), step).with_total(100.0).with_message(message);
-                tokio::spawn(async move { peer.notify_progress(param).await });
+                let _ = tx.send(ProgressNotificationParam::new(token.clone(), percent).with_total(100.0).with_message(crate::agent::describe(event)));
             }
         })
-        .await
-        .map_err(|e| ToolError { code: "timeout".into(), status: 504, retryable: true, message: format!("{e:#}"), job_id: Some(job_id) })?;
-        drop(client);
-        self.finish(job_id, last.kind, applied).await
+        .await;
+        drop(tx);
+        // Every progress notification leaves before the result does.
+        let _ = sender.await;
+        followed.map_err(|e| ToolError::new(Code::Timeout, format!("{e:#} (call again with the same idempotency_key to pick the job up)")).with_job(job_id))
     }
 
     /// The answer to a waited `generate_3d` once its job ended.
-    async fn finish(&self, job_id: Uuid, kind: EventKind, applied: Value) -> Result<CallToolResponse, ToolError> {
-        match kind {
-            EventKind::Completed { .. } => {
-                let mut result = self.result(job_id, true).await?;
-                if let Some(Value::Object(s)) = result.structured_content.as_mut() {
-                    s.insert("applied".into(), applied);
+    async fn finish(&self, job_id: Uuid, mut applied: Value) -> Result<CallToolResponse, ToolError> {
+        let (mut result, status) = self.result(job_id, true).await?;
+        applied["priority"] = json!(status.lane.as_str());
+        if let Some(Value::Object(s)) = result.structured_content.as_mut() {
+            s.insert("applied".into(), applied.clone());
+        }
+        refresh_text(&mut result);
+        Ok(CallToolResponse::Complete(result))
+    }
+
+    /// The job's record, waiting (briefly) for Ingress to write it.
+    async fn recorded(&self, job_id: Uuid) -> Result<JobStatus, ToolError> {
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match self.client.status(&job_id, REQUEST_TIMEOUT).await {
+                Err(ClientError::Refused(f)) if f.code == orfeas_wire::ErrorCode::NotFound && tokio::time::Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
                 }
-                Ok(CallToolResponse::Complete(result))
+                other => return other.map_err(|e| ToolError::from(e).with_job(job_id)),
             }
-            EventKind::Failed(f) | EventKind::Rejected(f) => Err(ToolError::from(ClientError::Refused(f))),
-            _ => Err(ToolError::internal("the job ended without a terminal event".into())),
         }
     }
 
-    async fn status(&self, job_id: Uuid) -> Result<JobStatus, ToolError> {
-        self.client.lock().await.status(&job_id, REQUEST_TIMEOUT).await.map_err(ToolError::from)
+    /// An uploaded image's reference: size and SHA-256 as the object store
+    /// computed them on upload, so the signed job names exactly those bytes.
+    async fn reference(&self, key: &str) -> Result<ImageInput, ToolError> {
+        let missing = || ToolError::new(Code::InputMissing, format!("image_ref {key:?} is not in the uploads store {:?}: upload it first (upload_image)", orfeas_wire::subjects::UPLOADS_BUCKET));
+        let bucket = self.js().get_object_store(orfeas_wire::subjects::UPLOADS_BUCKET).await.map_err(|_| missing())?;
+        let info = bucket.info(key).await.map_err(|e| match e.kind() {
+            async_nats::jetstream::object_store::InfoErrorKind::NotFound => missing(),
+            _ => ToolError::new(Code::Unavailable, format!("reading image_ref {key:?}: {e}")),
+        })?;
+        let sha256 = info
+            .digest
+            .as_deref()
+            .and_then(|d| d.strip_prefix("SHA-256="))
+            .and_then(|d| base64::engine::general_purpose::URL_SAFE.decode(d).or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(d)).ok())
+            .filter(|d| d.len() == 32)
+            .ok_or_else(|| ToolError::internal(format!("image_ref {key:?} has no SHA-256 digest in the store")))?;
+        let media_type = match key.rsplit('.').next().map(str::to_ascii_lowercase).as_deref() {
+            Some("png") => "image/png",
+            Some("jpg" | "jpeg") => "image/jpeg",
+            Some("webp") => "image/webp",
+            _ => return Err(ToolError::bad(format!("image_ref {key:?} does not end in .png, .jpg, .jpeg or .webp"))),
+        };
+        Ok(ImageInput::Ref { media_type: media_type.into(), store: RefStore::Jetstream, bucket: None, key: key.to_string(), sha256, size: info.size as u64 })
     }
 
-    /// Files, printability report and (when asked) preview renders as images.
-    async fn result(&self, job_id: Uuid, previews: bool) -> Result<CallToolResult, ToolError> {
-        let mut client = self.client.lock().await;
-        let event = client.fetch_manifest(&job_id, REQUEST_TIMEOUT).await.map_err(ToolError::from)?;
+    async fn upload(&self, args: UploadArgs) -> Result<CallToolResult, ToolError> {
+        let (data, media_type, name) = args.checked()?;
+        let image = self.client.upload(&name, media_type, &data).await.map_err(ToolError::from)?;
+        let ImageInput::Ref { key, sha256, size, .. } = &image else { return Err(ToolError::internal("upload returned no reference")) };
+        Ok(ok_result(json!({"image_ref": key, "media_type": media_type, "sha256": hex::encode(sha256), "bytes": size}), vec![]))
+    }
+
+    async fn status(&self, job_id: Uuid) -> Result<JobStatus, ToolError> {
+        self.client.status(&job_id, REQUEST_TIMEOUT).await.map_err(|e| ToolError::from(e).with_job(job_id))
+    }
+
+    /// The job's latest verified event from the events stream (stage,
+    /// percent, ETA, queue position); `None` when there is none to read.
+    async fn latest(&self, job_id: Uuid) -> Option<Event> {
+        let stream = self.js().get_stream_no_info(orfeas_wire::subjects::EVENTS_STREAM).await.ok()?;
+        let subject = orfeas_wire::subjects::events(&self.agent, &job_id);
+        let message = stream.get_last_raw_message_by_subject(&subject).await.ok()?;
+        self.client.clone().verify_event(&subject, &message.payload).await.ok()
+    }
+
+    /// Files, printability report and (when asked) preview renders as
+    /// images, with the job's record; `not_ready` while it runs, the job's
+    /// own error once it failed.
+    async fn result(&self, job_id: Uuid, previews: bool) -> Result<(CallToolResult, JobStatus), ToolError> {
+        let status = self.status(job_id).await?;
+        match (status.state.as_str(), &status.terminal) {
+            ("completed", _) => {}
+            (_, Some(EventKind::Failed(f) | EventKind::Rejected(f))) => return Err(ToolError::node(f.clone()).with_job(job_id)),
+            (state, _) => {
+                let progress = self.latest(job_id).await.map(|e| format!(" ({})", crate::agent::describe(&e))).unwrap_or_default();
+                return Err(ToolError::new(Code::NotReady, format!("job {job_id} is {state}{progress}: poll get_job, or call generate_3d again with the same idempotency_key to wait")).with_job(job_id));
+            }
+        }
+        let mut client = self.client.clone();
+        let event = client.fetch_manifest(&job_id, REQUEST_TIMEOUT).await.map_err(|e| ToolError::from(e).with_job(job_id))?;
         let EventKind::Completed { results, mesh, report, previews: renders } = &event.kind else {
-            return Err(ToolError::internal("manifest is not a completed event".into()));
+            return Err(ToolError::internal("manifest is not a completed event"));
         };
         let mut images = Vec::new();
         if previews {
@@ -155,19 +279,21 @@ impl OrfeasMcp {
         let body = json!({
             "job_id": job_id,
             "state": "completed",
+            "lane": status.lane.as_str(),
             "files": results,
             "mesh": mesh,
             "report": report,
             "previews": renders.iter().map(|p| json!({"view": p.view, "location": p.location, "url": p.url, "bytes": p.bytes})).collect::<Vec<_>>(),
         });
-        Ok(ok_result(body, images))
+        Ok((ok_result(body, images), status))
     }
 
     async fn list_models(&self) -> Result<CallToolResult, ToolError> {
+        let unavailable = |e: String| ToolError::new(Code::Unavailable, format!("no node answered the model list{e}"));
         let answer = tokio::time::timeout(REQUEST_TIMEOUT, self.nats.request(orfeas_wire::subjects::MODELS_LIST, orfeas_wire::to_cbor(&orfeas_wire::v1::ListModels {}).into()))
             .await
-            .map_err(|_| ToolError { code: "unavailable".into(), status: 503, retryable: true, message: "no node answered the model list".into(), job_id: None })?
-            .map_err(|e| ToolError { code: "unavailable".into(), status: 503, retryable: true, message: format!("no node answered the model list: {e}"), job_id: None })?;
+            .map_err(|_| unavailable(String::new()))?
+            .map_err(|e| unavailable(format!(": {e}")))?;
         let list: orfeas_wire::v1::ModelList = orfeas_wire::from_cbor(&answer.payload).map_err(|e| ToolError::internal(format!("decoding the model list: {e}")))?;
         Ok(ok_result(serde_json::to_value(&list).unwrap_or_default(), vec![]))
     }
@@ -178,67 +304,129 @@ impl OrfeasMcp {
         match request.name.as_ref() {
             "generate_3d" => {
                 let args: GenerateArgs = parse(args)?;
-                self.generate(args, &context, tasks).await
+                // `wait: false` answers at once even for a tasks client.
+                let as_task = tasks && args.wait != Some(false);
+                self.generate(args, &context, as_task).await
             }
+            "upload_image" => Ok(CallToolResponse::Complete(self.upload(parse(args)?).await?)),
             "get_job" => {
                 let JobArg { job_id } = parse(args)?;
-                let status = self.status(mcp_args::job_id(&job_id)?).await?;
-                Ok(CallToolResponse::Complete(ok_result(status_json(&status), vec![])))
+                let job_id = mcp_args::job_id(&job_id)?;
+                let status = self.status(job_id).await?;
+                let mut body = status_json(&status);
+                body["progress"] = self.latest(job_id).await.map(|e| progress_json(&e)).unwrap_or(Value::Null);
+                Ok(CallToolResponse::Complete(ok_result(body, vec![])))
             }
             "get_result" => {
                 let ResultArg { job_id, previews } = parse(args)?;
-                Ok(CallToolResponse::Complete(self.result(mcp_args::job_id(&job_id)?, previews.unwrap_or(true)).await?))
+                Ok(CallToolResponse::Complete(self.result(mcp_args::job_id(&job_id)?, previews.unwrap_or(true)).await?.0))
             }
             "cancel_job" => {
                 let JobArg { job_id } = parse(args)?;
-                let status = self.client.lock().await.cancel(&mcp_args::job_id(&job_id)?, REQUEST_TIMEOUT).await.map_err(ToolError::from)?;
+                let job_id = mcp_args::job_id(&job_id)?;
+                let status = self.client.cancel(&job_id, REQUEST_TIMEOUT).await.map_err(|e| ToolError::from(e).with_job(job_id))?;
                 Ok(CallToolResponse::Complete(ok_result(status_json(&status), vec![])))
             }
             "list_models" => Ok(CallToolResponse::Complete(self.list_models().await?)),
-            other => Err(ToolError::bad(format!("unknown tool {other:?} (generate_3d, get_job, get_result, cancel_job, list_models)"))),
+            other => Err(ToolError::bad(format!("unknown tool {other:?} (generate_3d, upload_image, get_job, get_result, cancel_job, list_models)"))),
+        }
+    }
+
+    /// The task a job is, read from its durable record: `working` (with the
+    /// latest progress as status message), `completed` with the
+    /// `get_result` result (a failed job's is an `isError` result),
+    /// `cancelled`. `applied` is the echo of the call when this server made it.
+    async fn detailed_task(&self, job_id: Uuid, applied: Option<&Value>) -> Result<DetailedTask, ToolError> {
+        let status = self.status(job_id).await?;
+        let (payload, message) = match (status.state.as_str(), &status.terminal) {
+            ("completed", _) => {
+                let result = match self.result(job_id, true).await {
+                    Ok((mut result, status)) => {
+                        if let Some(Value::Object(s)) = result.structured_content.as_mut() {
+                            let mut applied = applied.cloned().unwrap_or_else(|| applied_from_record(job_id, &status));
+                            applied["priority"] = json!(status.lane.as_str());
+                            s.insert("applied".into(), applied);
+                        }
+                        refresh_text(&mut result);
+                        result
+                    }
+                    Err(e) => e.result(),
+                };
+                (TaskPayload::Completed { result: to_object(&result) }, format!("job {job_id} completed"))
+            }
+            ("canceled", _) => (TaskPayload::Cancelled, format!("job {job_id} canceled")),
+            (_, Some(EventKind::Failed(f) | EventKind::Rejected(f))) => {
+                (TaskPayload::Completed { result: to_object(&ToolError::node(f.clone()).with_job(job_id).result()) }, format!("job {job_id} failed: {}", f.code))
+            }
+            (state, _) => {
+                let progress = self.latest(job_id).await.map(|e| crate::agent::describe(&e));
+                (TaskPayload::Working, format!("job {job_id} {state}{}", progress.map(|p| format!(": {p}")).unwrap_or_default()))
+            }
+        };
+        let created = iso(job_created_ms(&job_id).unwrap_or(status.updated_at_ms));
+        let task = Task::new(job_id.to_string(), TaskStatus::Working, created, iso(status.updated_at_ms)).with_status_message(message).with_poll_interval_ms(1000);
+        Ok(DetailedTask::new(task, payload))
+    }
+
+    /// Push `notifications/tasks` to the client that made the task: each
+    /// progress event as a `working` update, then the final task with the
+    /// result (files, printability report, preview images, applied
+    /// parameters). Ends at the job's end, at the wait timeout, or as soon
+    /// as the client stops taking notifications; the job does not care.
+    async fn watch_task(self, mut client: AgentClient, mut events: JobEvents, job_id: Uuid, applied: Value, peer: Peer<RoleServer>) {
+        let notify = |task: DetailedTask| {
+            let peer = peer.clone();
+            async move {
+                let note = ServerNotification::TaskStatusNotification(TaskStatusNotification::new(TaskStatusNotificationParams::new(task)));
+                matches!(tokio::time::timeout(NOTIFY_TIMEOUT, peer.send_notification(note)).await, Ok(Ok(())))
+            }
+        };
+        let created = iso(job_created_ms(&job_id).unwrap_or_else(orfeas_actors::now_ms));
+        let deadline = tokio::time::Instant::now() + self.wait_timeout;
+        // A retry of a job that already ended hears no events.
+        let mut done = matches!(client.status(&job_id, REQUEST_TIMEOUT).await, Ok(JobStatus { terminal: Some(_), .. }));
+        let mut seen = std::collections::HashSet::new();
+        while !done {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Ok(event) = client.next_event(&mut events, left).await else { return };
+            if event.job_id != job_id || !seen.insert(event.seq) {
+                continue;
+            }
+            done = event.kind.is_terminal();
+            if !done {
+                let task = Task::new(job_id.to_string(), TaskStatus::Working, created.clone(), now_iso()).with_status_message(crate::agent::describe(&event)).with_poll_interval_ms(1000);
+                if !notify(DetailedTask::new(task, TaskPayload::Working)).await {
+                    return;
+                }
+            }
+        }
+        // The record answers for the end (the same as `tasks/get`), so a
+        // notification never says something the job does not.
+        let final_task = match self.recorded(job_id).await {
+            Ok(_) => self.detailed_task(job_id, Some(&applied)).await,
+            Err(e) => Err(e),
+        };
+        if let Ok(task) = final_task {
+            let _ = notify(task).await;
         }
     }
 }
 
-/// A tool's failure, returned as an `isError` result (never a crash).
-#[derive(Debug)]
-pub struct ToolError {
-    code: String,
-    status: u16,
-    retryable: bool,
-    message: String,
-    job_id: Option<Uuid>,
-}
-
-impl ToolError {
-    fn bad(message: String) -> Self {
-        Self { code: "invalid_argument".into(), status: 400, retryable: false, message, job_id: None }
+/// The echo of a job's parameters rebuilt from its record, for a task
+/// read after this server restarted (or made by another one): what the job
+/// runs with, defaults included; what only the call knew (where the image
+/// came from, the idempotency key) is not in it.
+fn applied_from_record(job_id: Uuid, status: &JobStatus) -> Value {
+    let mut applied = json!({"job_id": job_id, "priority": status.lane.as_str(), "from": "record"});
+    if let Some(request) = &status.request {
+        applied["model"] = json!(request.model);
+        applied["formats"] = json!(request.formats.iter().map(|f| f.extension()).collect::<Vec<_>>());
+        applied["faces"] = json!(request.params.target_faces);
+        applied["size_mm"] = json!(request.params.size_mm);
+        applied["previews"] = json!(request.params.previews.unwrap_or(true));
+        applied["priority_asked"] = json!(request.params.priority.map(|l| l.as_str()));
     }
-    fn internal(message: String) -> Self {
-        Self { code: "internal".into(), status: 500, retryable: true, message, job_id: None }
-    }
-    fn result(&self) -> CallToolResult {
-        let body = json!({"error": {"code": self.code, "status": self.status, "retryable": self.retryable, "message": self.message, "job_id": self.job_id}});
-        let mut result = CallToolResult::error(vec![ContentBlock::text(body.to_string())]);
-        result.structured_content = Some(body);
-        result
-    }
-}
-
-impl From<ClientError> for ToolError {
-    fn from(e: ClientError) -> Self {
-        match e {
-            ClientError::Refused(f) => Self { code: f.code.to_string(), status: f.status, retryable: f.retryable, message: f.error, job_id: f.job_id },
-            ClientError::Timeout(_) | ClientError::Nats(_) => Self { code: "unavailable".into(), status: 503, retryable: true, message: e.to_string(), job_id: None },
-            ClientError::Unverified(_) => Self { code: "unverified".into(), status: 502, retryable: true, message: e.to_string(), job_id: None },
-        }
-    }
-}
-
-impl From<mcp_args::ArgError> for ToolError {
-    fn from(e: mcp_args::ArgError) -> Self {
-        Self::bad(e.0)
-    }
+    applied
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(args: Value) -> Result<T, ToolError> {
@@ -253,12 +441,39 @@ fn ok_result(body: Value, mut extra: Vec<ContentBlock>) -> CallToolResult {
     result
 }
 
+/// Keep the text block (the first) equal to the structured content after an edit.
+fn refresh_text(result: &mut CallToolResult) {
+    if let (Some(body), Some(first)) = (&result.structured_content, result.content.first_mut()) {
+        if first.as_text().is_some() {
+            *first = ContentBlock::text(body.to_string());
+        }
+    }
+}
+
 fn status_json(status: &JobStatus) -> Value {
     let mut body = serde_json::to_value(status).unwrap_or_default();
-    if let (Value::Object(map), Some(terminal)) = (&mut body, &status.terminal) {
-        if let EventKind::Failed(f) | EventKind::Rejected(f) = terminal {
-            map.insert("error".into(), json!({"code": f.code.to_string(), "status": f.status, "retryable": f.retryable, "message": f.error}));
+    if let (Value::Object(map), Some(EventKind::Failed(f) | EventKind::Rejected(f))) = (&mut body, &status.terminal) {
+        map.insert("error".into(), json!({"code": f.code.to_string(), "status": f.status, "retryable": f.retryable, "message": f.error}));
+    }
+    body
+}
+
+/// The latest event as `{event, stage, percent, eta_ms, queue_position, message}`.
+fn progress_json(event: &Event) -> Value {
+    let mut body = json!({"event": event.kind.name(), "message": crate::agent::describe(event), "at_ms": event.at_ms});
+    match &event.kind {
+        EventKind::Accepted { queue_position, eta_ms } => {
+            body["queue_position"] = json!(queue_position);
+            body["eta_ms"] = json!(eta_ms);
+            body["percent"] = json!(0);
         }
+        EventKind::Progress { stage, percent, eta_ms } => {
+            body["stage"] = json!(stage.as_str());
+            body["percent"] = json!(percent);
+            body["eta_ms"] = json!(eta_ms);
+        }
+        EventKind::Completed { .. } => body["percent"] = json!(100),
+        _ => {}
     }
     body
 }
@@ -286,8 +501,9 @@ fn iso(ms: u64) -> String {
 
 impl ServerHandler for OrfeasMcp {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_tasks().build())
-            .with_instructions("Images to printable 3D models. generate_3d submits a signed job (same idempotency_key = same job); get_job, get_result, cancel_job follow it; list_models names the models.")
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_tasks().build()).with_instructions(
+            "Images to printable 3D models. generate_3d submits a signed job (same idempotency_key = same job); upload_image stores an image once for many jobs; get_job, get_result, cancel_job follow a job; list_models names the models.",
+        )
     }
 
     async fn list_tools(&self, _request: Option<PaginatedRequestParams>, _context: RequestContext<RoleServer>) -> Result<ListToolsResult, ErrorData> {
@@ -303,39 +519,59 @@ impl ServerHandler for OrfeasMcp {
     }
 
     async fn get_task(&self, request: GetTaskParams, _context: RequestContext<RoleServer>) -> Result<GetTaskResult, ErrorData> {
-        let job_id = Uuid::parse_str(&request.task_id).map_err(|_| ErrorData::invalid_params(format!("task id {:?} is not a job id", request.task_id), None))?;
-        let status = self.status(job_id).await.map_err(|e| ErrorData::invalid_params(e.message.clone(), Some(e.result().structured_content.unwrap_or_default())))?;
-        let payload = match (status.state.as_str(), &status.terminal) {
-            ("completed", _) => {
-                let result = self.result(job_id, true).await.unwrap_or_else(|e| e.result());
-                TaskPayload::Completed { result: to_object(&result) }
-            }
-            ("canceled", _) => TaskPayload::Cancelled,
-            ("failed", _) => TaskPayload::Completed { result: to_object(&status_error(&status)) },
-            _ => TaskPayload::Working,
-        };
-        let created = iso(job_created_ms(&job_id).unwrap_or(status.updated_at_ms));
-        let mut task = Task::new(job_id.to_string(), TaskStatus::Working, created, iso(status.updated_at_ms))
-            .with_status_message(format!("job {} {}", job_id, status.state));
-        task.poll_interval_ms = Some(1000);
-        Ok(GetTaskResult::new(DetailedTask::new(task, payload)))
+        let job_id = task_job_id(&request.task_id)?;
+        let task = self.detailed_task(job_id, None).await.map_err(protocol_error)?;
+        Ok(GetTaskResult::new(task))
     }
 
     async fn cancel_task(&self, request: CancelTaskParams, _context: RequestContext<RoleServer>) -> Result<(), ErrorData> {
-        let job_id = Uuid::parse_str(&request.task_id).map_err(|_| ErrorData::invalid_params(format!("task id {:?} is not a job id", request.task_id), None))?;
-        self.client.lock().await.cancel(&job_id, REQUEST_TIMEOUT).await.map_err(|e| {
-            let e = ToolError::from(e);
-            ErrorData::invalid_params(e.message.clone(), e.result().structured_content)
-        })?;
+        let job_id = task_job_id(&request.task_id)?;
+        self.client.cancel(&job_id, REQUEST_TIMEOUT).await.map_err(|e| protocol_error(ToolError::from(e).with_job(job_id)))?;
         Ok(())
     }
 }
 
-fn status_error(status: &JobStatus) -> CallToolResult {
-    match &status.terminal {
-        Some(EventKind::Failed(f) | EventKind::Rejected(f)) => ToolError::from(ClientError::Refused(f.clone())).result(),
-        _ => ToolError::internal(format!("job {} {}", status.job_id, status.state)).result(),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_bearer_token_passes() {
+        let token = "0123456789abcdef0123456789abcdef";
+        let with = |value: &str| {
+            let mut headers = axum::http::HeaderMap::new();
+            headers.insert(axum::http::header::AUTHORIZATION, value.parse().unwrap());
+            headers
+        };
+        assert!(bearer_matches(&with(&format!("Bearer {token}")), token));
+        assert!(!bearer_matches(&with(&format!("Bearer {token}x")), token), "longer");
+        assert!(!bearer_matches(&with("Bearer 0123456789abcdef0123456789abcdeX"), token), "one byte off");
+        assert!(!bearer_matches(&with(&format!("Basic {token}")), token), "another scheme");
+        assert!(!bearer_matches(&axum::http::HeaderMap::new(), token), "none");
     }
+
+    #[test]
+    fn a_short_or_multi_line_token_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        assert_eq!(read_token(&write("good", "0123456789abcdef0123456789abcdef\n")).unwrap(), "0123456789abcdef0123456789abcdef");
+        assert!(read_token(&write("short", "secret\n")).is_err());
+        assert!(read_token(&write("two", "0123456789abcdef\n0123456789abcdef0123\n")).is_err());
+        assert!(read_token(&dir.path().join("missing")).is_err());
+    }
+}
+
+fn task_job_id(task_id: &str) -> Result<Uuid, ErrorData> {
+    Uuid::parse_str(task_id).map_err(|_| ErrorData::invalid_params(format!("task id {task_id:?} is not a job id"), None))
+}
+
+/// A task request's failure as a JSON-RPC error carrying the tool error body.
+fn protocol_error(e: ToolError) -> ErrorData {
+    ErrorData::invalid_params(e.message.clone(), Some(e.body()))
 }
 
 fn to_object(result: &CallToolResult) -> JsonObject {
@@ -364,6 +600,35 @@ pub struct McpArgs {
     /// How long a waiting generate_3d call follows its job, seconds.
     #[arg(long, default_value_t = 600)]
     pub wait_timeout_s: u64,
+    /// HTTP: a file holding the bearer token every request must carry
+    /// (`Authorization: Bearer <token>`). Required to serve on anything but
+    /// a loopback address: whoever reaches the server acts as the agent.
+    #[arg(long, env = "ORFEAS_MCP_HTTP_TOKEN_FILE")]
+    pub http_token_file: Option<std::path::PathBuf>,
+    /// HTTP: a host name clients may use in `Host` besides the loopback
+    /// names (repeat for several; guards against DNS rebinding).
+    #[arg(long = "allowed-host")]
+    pub allowed_hosts: Vec<String>,
+}
+
+/// The bearer token of `--http-token-file`: one line, at least 32
+/// characters (a guessable token is no lock).
+fn read_token(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading the MCP token file {}", path.display()))?;
+    let token = text.trim().to_string();
+    if token.len() < 32 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        anyhow::bail!("the MCP token in {} must be one line of at least 32 visible characters (e.g. `openssl rand -hex 32`)", path.display());
+    }
+    Ok(token)
+}
+
+/// Whether `headers` carry `Authorization: Bearer <token>` (compared in
+/// constant time, so the token cannot be guessed byte by byte).
+fn bearer_matches(headers: &axum::http::HeaderMap, token: &str) -> bool {
+    let Some(given) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")) else {
+        return false;
+    };
+    given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 /// Run the server until stdin closes (stdio) or SIGTERM / Ctrl-C (HTTP).
@@ -380,11 +645,34 @@ pub async fn run(config: &crate::config::Config, args: &McpArgs, shutdown: impl 
         }
         Some(bind) => {
             use rmcp::transport::streamable_http_server::{session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService};
-            let service: StreamableHttpService<OrfeasMcp, LocalSessionManager> =
-                StreamableHttpService::new(move || Ok(server.clone()), Default::default(), StreamableHttpServerConfig::default());
-            let router = axum::Router::new().nest_service("/mcp", service);
+            let token = args.http_token_file.as_deref().map(read_token).transpose()?;
             let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("binding {bind}"))?;
-            eprintln!("orfeas mcp listening on http://{}/mcp", listener.local_addr()?);
+            let local = listener.local_addr()?;
+            if !local.ip().is_loopback() && token.is_none() {
+                anyhow::bail!("serving MCP on {local} without --http-token-file would let anyone who reaches it act as agent {:?}; give a token file, or bind 127.0.0.1", args.agent.agent);
+            }
+            let mut hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+            hosts.extend(args.allowed_hosts.iter().cloned());
+            let config = StreamableHttpServerConfig::default().with_allowed_hosts(hosts);
+            let service: StreamableHttpService<OrfeasMcp, LocalSessionManager> = StreamableHttpService::new(move || Ok(server.clone()), Default::default(), config);
+            let mut router = axum::Router::new().nest_service("/mcp", service);
+            if let Some(token) = token {
+                let token = std::sync::Arc::new(token);
+                router = router.layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
+                    let token = token.clone();
+                    async move {
+                        if bearer_matches(request.headers(), &token) {
+                            next.run(request).await
+                        } else {
+                            let mut refused = axum::response::Response::new(axum::body::Body::from("a bearer token is required (Authorization: Bearer <token>)\n"));
+                            *refused.status_mut() = axum::http::StatusCode::UNAUTHORIZED;
+                            refused.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+                            refused
+                        }
+                    }
+                }));
+            }
+            eprintln!("orfeas mcp listening on http://{local}/mcp");
             axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
         }
     }

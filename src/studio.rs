@@ -104,49 +104,6 @@ fn assets_dir(flag: Option<&PathBuf>) -> Option<PathBuf> {
     None
 }
 
-/// Keeps the embedded nats-server alive on a thread of its own; dropping
-/// this stops it. The child's parent-death signal fires when the *thread*
-/// that spawned it exits, and the runtime's blocking threads exit after ten
-/// idle seconds: a server started there dies under a long-lived studio.
-struct EmbeddedThread {
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for EmbeddedThread {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// The NATS URL: `flag`, else `nats.url`, else a fresh embedded server.
-async fn nats_or_embedded(config: &crate::config::Config, flag: Option<&str>) -> Result<(Option<EmbeddedThread>, String)> {
-    let url = flag.map(str::to_string).unwrap_or_else(|| config.nats.url.clone());
-    if !url.is_empty() {
-        return Ok((None, url));
-    }
-    let bin = crate::embedded::find_server(&config.nats.server_bin)?;
-    crate::embedded::check_version(&bin)?;
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (stop, stopped) = std::sync::mpsc::channel::<()>();
-    let thread = std::thread::Builder::new().name("embedded-nats".into()).spawn(move || match crate::embedded::EmbeddedNats::start(&bin) {
-        Ok(server) => {
-            let _ = ready_tx.send(Ok(server.url.clone()));
-            // Until the sender is dropped.
-            let _ = stopped.recv();
-            drop(server);
-        }
-        Err(e) => {
-            let _ = ready_tx.send(Err(e));
-        }
-    })?;
-    let url = ready_rx.await.context("the embedded nats-server thread ended")??;
-    Ok((Some(EmbeddedThread { stop: Some(stop), thread: Some(thread) }), url))
-}
-
 /// Serve the studio until `shutdown`.
 pub async fn run(config: crate::config::Config, args: StudioArgs, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
     let assets = assets_dir(args.assets.as_ref());
@@ -155,7 +112,8 @@ pub async fn run(config: crate::config::Config, args: StudioArgs, shutdown: impl
     }
     let listener = tokio::net::TcpListener::bind(args.studio_bind).await.with_context(|| format!("binding {}", args.studio_bind))?;
     let bound = listener.local_addr()?;
-    let (embedded, url) = nats_or_embedded(&config, args.nats.as_deref()).await?;
+    // The embedded server is kept by a thread of its own (see `embedded`).
+    let (embedded, url) = crate::embedded::server_or_embedded(&config, args.nats.as_deref()).await?;
     let scratch = tempfile::Builder::new().prefix("orfeas-studio-").tempdir()?;
     let mut running = None;
     let (agent, key, audience, nats) = if embedded.is_none() {

@@ -71,6 +71,7 @@ async fn enqueue_many(bus: &Bus, agent: &str, n: usize) {
                     deadline_ms: None,
                     cancel_requested: false,
                     batch_id: None,
+        request: None,
                 };
                 jobs.create(&record).await.unwrap();
                 let job = AdmittedJob {

@@ -225,6 +225,7 @@ async fn bad_input_suite_each_case_rejected_once_audited_nothing_enqueued() {
         deadline_ms: None,
         cancel_requested: false,
         batch_id: None,
+        request: None,
     };
     assert!(matches!(jobs.create(&record).await.unwrap(), orfeas_actors::jobs::Created::New(_)));
     bus.active.put("capped", orfeas_wire::to_cbor(&orfeas_actors::gate::ActiveJobs { jobs: vec![(held, orfeas_actors::now_ms())] }).into()).await.unwrap();

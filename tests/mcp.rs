@@ -1,11 +1,18 @@
-//! `orfeas mcp` driven by the official MCP client (rmcp) against a real
+//! `orfeas mcp` driven by two independent MCP clients, the official Rust
+//! SDK (rmcp) and the official Python SDK (PyPI `mcp`), against a real
 //! node on a real nats-server, over stdio and over streamable HTTP: tools,
-//! idempotent retries, cancel, bad arguments, and tasks that outlive the
+//! uploads, priorities, idempotent retries, cancel, bad arguments, progress
+//! that never goes back, task status updates, and tasks that outlive the
 //! MCP server.
 
 mod common;
 
-use std::{path::Path, process::Stdio, time::Duration};
+use std::{
+    path::Path,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use base64::Engine;
 use common::{agent, NatsServer, NodeOptions, NodeProcess};
@@ -14,8 +21,11 @@ use orfeas_actors::{
     jobs::{JobRecord, JobState, JobStore},
 };
 use rmcp::{
-    model::{CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ClientCapabilities, ClientConfig, GetTaskParams, Implementation, TaskPayload, TaskStatus},
-    service::RunningService,
+    model::{
+        CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ClientCapabilities, ClientConfig, GetTaskParams, Implementation, NumberOrString,
+        ProgressNotificationParam, ProgressToken, RequestParamsMeta, TaskPayload, TaskStatus, TaskStatusNotificationParams,
+    },
+    service::{NotificationContext, RunningService},
     transport::{streamable_http_client::StreamableHttpClientTransportConfig, StreamableHttpClientTransport, TokioChildProcess},
     RoleClient, ServiceExt,
 };
@@ -24,12 +34,43 @@ use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(120);
 
+/// An MCP client that keeps the notifications it gets.
+#[derive(Clone, Default)]
+struct Recorder {
+    config: ClientConfig,
+    progress: Arc<Mutex<Vec<f64>>>,
+    tasks: Arc<Mutex<Vec<TaskStatusNotificationParams>>>,
+}
+
+impl Recorder {
+    /// A client that declares the tasks extension.
+    fn with_tasks() -> Self {
+        Self { config: ClientConfig::new(ClientCapabilities::builder().enable_tasks().build(), Implementation::new("orfeas-test", "0")), ..Default::default() }
+    }
+}
+
+impl rmcp::ClientHandler for Recorder {
+    async fn on_progress(&self, params: ProgressNotificationParam, _context: NotificationContext<RoleClient>) {
+        self.progress.lock().unwrap().push(params.progress);
+    }
+
+    async fn on_task_status(&self, params: TaskStatusNotificationParams, _context: NotificationContext<RoleClient>) {
+        self.tasks.lock().unwrap().push(params);
+    }
+
+    fn get_info(&self) -> ClientConfig {
+        self.config.clone()
+    }
+}
+
+type Mcp = RunningService<RoleClient, Recorder>;
+
 fn args(value: Value) -> CallToolRequestParams {
     let Value::Object(map) = value else { panic!("arguments are an object") };
     CallToolRequestParams::new("x").with_arguments(map)
 }
 
-async fn call(client: &RunningService<RoleClient, ClientConfig>, tool: &'static str, arguments: Value) -> CallToolResult {
+async fn call(client: &Mcp, tool: &'static str, arguments: Value) -> CallToolResult {
     let mut params = args(arguments);
     params.name = tool.into();
     client.call_tool(params).await.unwrap_or_else(|e| panic!("{tool}: {e}"))
@@ -61,6 +102,7 @@ fn queued_record(job_id: Uuid) -> JobRecord {
         deadline_ms: None,
         cancel_requested: false,
         batch_id: None,
+        request: None,
     }
 }
 
@@ -89,24 +131,35 @@ async fn mcp_over_stdio_generates_retries_cancels_and_refuses_bad_arguments() {
     let s = setup().await;
     let key = s.key_dir.path().join("alice.key");
     let transport = TokioChildProcess::new(mcp_command(&s.nats.url, &key, &[])).unwrap();
-    let client = ClientConfig::default().serve(transport).await.unwrap();
+    let recorder = Recorder::default();
+    let client = recorder.clone().serve(transport).await.unwrap();
 
     let tools: Vec<String> = client.list_tools(None).await.unwrap().tools.iter().map(|t| t.name.to_string()).collect();
-    for want in ["generate_3d", "get_job", "get_result", "cancel_job", "list_models"] {
+    for want in ["generate_3d", "upload_image", "get_job", "get_result", "cancel_job", "list_models"] {
         assert!(tools.contains(&want.to_string()), "{want} missing from {tools:?}");
     }
     let models = call(&client, "list_models", json!({})).await;
     assert!(body(&models)["models"].as_array().unwrap().iter().any(|m| m["name"] == "null"), "{models:?}");
 
-    // A waited generation, by path, echoing every applied parameter.
+    // A waited generation, by path, echoing every applied parameter, with
+    // progress notifications that only go up and end at 100.
     let image = common::repo().join("examples/mug.png");
-    let first = call(&client, "generate_3d", json!({"image_path": image, "model": "null", "formats": ["glb", "stl"], "idempotency_key": "mug-1"})).await;
+    let mut params = args(json!({"image_path": image, "model": "null", "formats": ["glb", "stl"], "idempotency_key": "mug-1", "priority": "low"}));
+    params.name = "generate_3d".into();
+    params.set_progress_token(ProgressToken(NumberOrString::Number(7)));
+    let first = client.call_tool(params).await.unwrap();
     assert_ne!(first.is_error, Some(true), "{first:?}");
+    let progress = recorder.progress.lock().unwrap().clone();
+    assert!(!progress.is_empty(), "progress notifications arrive before the result");
+    assert!(progress.windows(2).all(|w| w[0] < w[1]), "progress only goes up: {progress:?}");
+    assert_eq!(progress.last(), Some(&100.0), "{progress:?}");
     let b = body(&first);
     let applied = &b["applied"];
     assert_eq!(applied["model"], "null");
     assert_eq!(applied["formats"], json!(["glb", "stl"]));
     assert_eq!(applied["previews"], true, "the default is echoed");
+    assert_eq!((applied["priority_asked"].as_str(), applied["priority"].as_str()), (Some("low"), Some("low")), "{applied}");
+    assert_eq!(applied["image"]["source"], "image_path");
     assert!(applied.get("faces").is_some() && applied.get("size_mm").is_some());
     let job_id = b["job_id"].as_str().unwrap().to_string();
     let formats: Vec<&str> = b["files"].as_array().unwrap().iter().map(|f| f["format"].as_str().unwrap()).collect();
@@ -114,12 +167,32 @@ async fn mcp_over_stdio_generates_retries_cancels_and_refuses_bad_arguments() {
 
     // The same idempotency key, now inline as base64: the same job, not a new one.
     let b64 = base64::engine::general_purpose::STANDARD.encode(common::example("mug.png"));
-    let again = call(&client, "generate_3d", json!({"image_base64": b64, "model": "null", "formats": ["glb", "stl"], "idempotency_key": "mug-1"})).await;
+    let again = call(&client, "generate_3d", json!({"image_base64": b64, "model": "null", "formats": ["glb", "stl"], "idempotency_key": "mug-1", "priority": "low"})).await;
     assert_ne!(again.is_error, Some(true), "{again:?}");
     assert_eq!(body(&again)["job_id"].as_str().unwrap(), job_id);
     let record = s.jobs.get("alice", &job_id.parse().unwrap()).await.unwrap().unwrap().0;
     assert_eq!(record.state, JobState::Completed);
     assert_eq!(record.attempt, 1, "the retry ran nothing again");
+    assert_eq!(serde_json::to_value(record.lane).unwrap(), "low", "the lane echoed is the record's");
+
+    // Upload once, generate by reference without waiting: the answer comes
+    // at once with the job's id and record; the node fetches the upload.
+    let uploaded = call(&client, "upload_image", json!({"image_base64": b64})).await;
+    let image_ref = body(&uploaded)["image_ref"].as_str().unwrap().to_string();
+    assert!(image_ref.starts_with("alice/") && image_ref.ends_with(".png"), "{uploaded:?}");
+    let by_ref = call(&client, "generate_3d", json!({"image_ref": image_ref, "model": "null", "wait": false})).await;
+    assert_ne!(by_ref.is_error, Some(true), "{by_ref:?}");
+    let by_ref_id: Uuid = body(&by_ref)["job_id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(body(&by_ref)["applied"]["image"]["source"], "image_ref");
+    assert_eq!(body(&by_ref)["applied"]["priority"], "normal", "the agent's own lane");
+    let done = common::eventually("the by-reference job completes", WAIT, || async {
+        let status = call(&client, "get_job", json!({"job_id": by_ref_id})).await;
+        (body(&status)["state"] == "completed").then(|| body(&status).clone())
+    })
+    .await;
+    assert_eq!(done["progress"]["percent"], 100, "get_job shows the latest event: {done}");
+    let record = s.jobs.get("alice", &by_ref_id).await.unwrap().unwrap().0;
+    assert_eq!((record.state, record.attempt), (JobState::Completed, 1));
 
     // Status and result, previews as MCP images (real PNG bytes).
     let status = call(&client, "get_job", json!({"job_id": job_id})).await;
@@ -135,9 +208,14 @@ async fn mcp_over_stdio_generates_retries_cancels_and_refuses_bad_arguments() {
     assert!(images.iter().all(|png| png.starts_with(b"\x89PNG")));
     assert!(body(&result).get("report").is_some());
 
-    // Cancel a queued job: it ends canceled.
+    // Cancel a queued job: it ends canceled. Before that its result is not ready.
     let queued = Uuid::now_v7();
     s.jobs.create(&queued_record(queued)).await.unwrap();
+    let early = call(&client, "get_result", json!({"job_id": queued})).await;
+    assert_eq!(early.is_error, Some(true));
+    let error = &body(&early)["error"];
+    assert_eq!((error["code"].as_str(), error["status"].as_u64(), error["retryable"].as_bool()), (Some("not_ready"), Some(409), Some(true)), "{error}");
+    assert_eq!(error["job_id"], queued.to_string());
     let canceled = call(&client, "cancel_job", json!({"job_id": queued})).await;
     assert_eq!(body(&canceled)["state"], "canceled", "{canceled:?}");
     assert_eq!(s.jobs.get("alice", &queued).await.unwrap().unwrap().0.state, JobState::Canceled);
@@ -145,6 +223,10 @@ async fn mcp_over_stdio_generates_retries_cancels_and_refuses_bad_arguments() {
     // Bad arguments: a clear tool error with a stable code, and the server lives on.
     for (arguments, needle) in [
         (json!({"model": "null"}), "image is required"),
+        (json!({"image_path": image, "image_ref": "alice/x.png"}), "not several"),
+        (json!({"image_path": image, "priority": "urgent"}), "unknown priority"),
+        (json!({"image_ref": "bob/mug.png"}), "not one of this agent's uploads"),
+        (json!({"image_base64": "data:image/png;base64,AAAA"}), "data: URL"),
         (json!({"image_path": image, "formats": ["dwg"]}), "unknown format"),
         (json!({"image_path": image, "faces": 5}), "faces 5"),
         (json!({"image_path": "/nonexistent.png"}), "cannot be read"),
@@ -158,6 +240,12 @@ async fn mcp_over_stdio_generates_retries_cancels_and_refuses_bad_arguments() {
     }
     let bad = call(&client, "get_job", json!({"job_id": "nope"})).await;
     assert_eq!(bad.is_error, Some(true));
+    let bad = call(&client, "upload_image", json!({"image_base64": base64::engine::general_purpose::STANDARD.encode(b"not an image")})).await;
+    assert_eq!(body(&bad)["error"]["code"], "invalid_argument", "{bad:?}");
+    // A reference to nothing uploaded: its own code, not retryable as it is.
+    let missing = call(&client, "generate_3d", json!({"image_ref": "alice/never-uploaded.png", "model": "null"})).await;
+    let error = &body(&missing)["error"];
+    assert_eq!((error["code"].as_str(), error["status"].as_u64(), error["retryable"].as_bool()), (Some("input_missing"), Some(404), Some(false)), "{error}");
     // Someone else's or an unknown job: the node's own code.
     let unknown = call(&client, "get_job", json!({"job_id": Uuid::now_v7()})).await;
     assert_eq!(unknown.is_error, Some(true));
@@ -170,10 +258,10 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-async fn http_client(port: u16) -> RunningService<RoleClient, ClientConfig> {
+async fn http_client(port: u16) -> Mcp {
     // reqwest is built without a crypto provider of its own (as the node's S3 client).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let config = ClientConfig::new(ClientCapabilities::builder().enable_tasks().build(), Implementation::new("orfeas-test", "0"));
+    let config = Recorder::with_tasks();
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let transport = StreamableHttpClientTransport::from_config(StreamableHttpClientTransportConfig::with_uri(format!("http://127.0.0.1:{port}/mcp")));
@@ -188,7 +276,7 @@ async fn http_client(port: u16) -> RunningService<RoleClient, ClientConfig> {
     }
 }
 
-async fn task_until_done(client: &RunningService<RoleClient, ClientConfig>, task_id: &str) -> TaskPayload {
+async fn task_until_done(client: &Mcp, task_id: &str) -> TaskPayload {
     common::eventually("the task ends", WAIT, || async {
         let got = client.get_task(GetTaskParams::new(task_id)).await.unwrap();
         assert_eq!(got.task.task.task_id, task_id);
@@ -224,6 +312,12 @@ async fn mcp_over_http_runs_tasks_that_survive_a_server_restart() {
     assert_ne!(result.is_error, Some(true), "{result:?}");
     assert_eq!(body(&result)["job_id"].as_str().unwrap(), task_id);
     assert!(!body(&result)["files"].as_array().unwrap().is_empty());
+    // This server did not make the call: the echo comes from the job's record.
+    let applied = &body(&result)["applied"];
+    let formats: Vec<&str> = body(&result)["files"].as_array().unwrap().iter().map(|f| f["format"].as_str().unwrap()).collect();
+    assert_eq!((applied["from"].as_str(), applied["model"].as_str(), applied["previews"].as_bool()), (Some("record"), Some("null"), Some(true)), "{applied}");
+    assert_eq!(applied["formats"], json!(formats), "{applied}");
+    assert_eq!((applied["priority"].as_str(), &applied["faces"]), (Some("normal"), &Value::Null), "{applied}");
 
     // Retrying the call with the same key: the same task.
     let CallToolResponse::Task(again) = client.call_tool_once(params).await.unwrap() else { panic!("task") };
@@ -242,4 +336,165 @@ async fn mcp_over_http_runs_tasks_that_survive_a_server_restart() {
     assert_eq!(body(&call(&client, "get_job", json!({"job_id": task_id})).await)["state"], "completed");
     client.cancel().await.unwrap();
     server.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_over_http_with_a_token_refuses_requests_without_it() {
+    let s = setup().await;
+    let key = s.key_dir.path().join("alice.key");
+    // Beyond loopback without a token: refused before anything is served.
+    let open = mcp_command(&s.nats.url, &key, &["--http", "0.0.0.0:0"]).stdout(Stdio::null()).stderr(Stdio::piped()).output().await.unwrap();
+    assert!(!open.status.success());
+    assert!(String::from_utf8_lossy(&open.stderr).contains("--http-token-file"), "{}", String::from_utf8_lossy(&open.stderr));
+
+    let token = "5f0c1d2e3a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d";
+    let token_file = s.key_dir.path().join("mcp.token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let mut server = mcp_command(&s.nats.url, &key, &["--http", &bind, "--http-token-file", token_file.to_str().unwrap()]).kill_on_drop(true).spawn().unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let connect = |auth: Option<&str>| {
+        let mut config = StreamableHttpClientTransportConfig::with_uri(format!("http://127.0.0.1:{port}/mcp"));
+        if let Some(auth) = auth {
+            config = config.auth_header(auth);
+        }
+        Recorder::default().serve(StreamableHttpClientTransport::from_config(config))
+    };
+    // With the token: a working session (polled until the server listens).
+    let client = common::eventually("the MCP HTTP server with a token", WAIT, || async { connect(Some(token)).await.ok() }).await;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(common::example("mug.png"));
+    let uploaded = call(&client, "upload_image", json!({"image_base64": b64})).await;
+    assert!(body(&uploaded)["image_ref"].is_string(), "{uploaded:?}");
+    // Without it, or with a wrong one: no session at all.
+    assert!(connect(None).await.is_err(), "no token");
+    assert!(connect(Some(&token.replace('5', "6"))).await.is_err(), "a wrong token");
+    client.cancel().await.unwrap();
+    server.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_over_stdio_pushes_task_updates_with_report_previews_and_applied_parameters() {
+    let s = setup().await;
+    let key = s.key_dir.path().join("alice.key");
+    let recorder = Recorder::with_tasks();
+    let client = recorder.clone().serve(TokioChildProcess::new(mcp_command(&s.nats.url, &key, &[])).unwrap()).await.unwrap();
+
+    let image = common::repo().join("examples/mug.png");
+    let mut params = args(json!({"image_path": image, "model": "null", "idempotency_key": "pushed-1", "priority": "low"}));
+    params.name = "generate_3d".into();
+    let CallToolResponse::Task(created) = client.call_tool_once(params).await.unwrap() else { panic!("a tasks client gets a task") };
+    let task_id = created.task.task_id.clone();
+    let meta = created.meta.expect("the applied parameters ride along");
+    assert_eq!(meta.0["orfeas/applied"]["priority_asked"], "low", "{meta:?}");
+
+    // Without polling: the server pushes the task's end, with the result.
+    let last = common::eventually("a terminal task update", WAIT, || async {
+        recorder.tasks.lock().unwrap().iter().find(|t| t.task.task.task_id == task_id && t.task.status().is_terminal()).cloned()
+    })
+    .await;
+    let TaskPayload::Completed { result } = last.task.payload else { panic!("completed: {last:?}") };
+    let result: CallToolResult = serde_json::from_value(Value::Object(result)).unwrap();
+    let b = body(&result);
+    assert!(b["report"].is_object(), "the printability report: {b}");
+    assert_eq!(b["applied"]["priority_asked"], "low");
+    assert_eq!(b["applied"]["priority"], "low", "the lane from the record");
+    let images = result.content.iter().filter(|c| c.as_image().is_some()).count();
+    assert!(images > 0 && images == b["previews"].as_array().unwrap().len(), "previews as images: {images}");
+    // Every update is about this task and the polled record agrees.
+    assert!(recorder.tasks.lock().unwrap().iter().all(|t| t.task.task.task_id == task_id));
+    assert_eq!(client.get_task(GetTaskParams::new(task_id.clone())).await.unwrap().task.status(), TaskStatus::Completed);
+
+    // `wait: false` answers at once even for a tasks client.
+    let mut params = args(json!({"image_path": image, "model": "null", "wait": false}));
+    params.name = "generate_3d".into();
+    let CallToolResponse::Complete(now) = client.call_tool_once(params).await.unwrap() else { panic!("wait: false is not a task") };
+    assert!(body(&now)["job_id"].is_string() && body(&now)["applied"]["wait"] == false, "{now:?}");
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_a_waiting_call_does_not_hold_up_other_calls_of_the_same_session() {
+    let nats = NatsServer::start();
+    let store = tempfile::tempdir().unwrap();
+    let options = |node_id| NodeOptions { node_id, store: store.path(), env: vec![("ORFEAS_MODELS_ENABLED", "null".into())] };
+    // A node sets up the streams and goes away: jobs now wait for the next one.
+    let mut first = NodeProcess::start(&nats, options("n1")).await;
+    let (_alice, key) = agent(&nats.url, "alice").await;
+    first.kill();
+    let key_dir = tempfile::tempdir().unwrap();
+    std::fs::write(key_dir.path().join("alice.key"), key.to_text()).unwrap();
+    let client = Recorder::default().serve(TokioChildProcess::new(mcp_command(&nats.url, &key_dir.path().join("alice.key"), &[])).unwrap()).await.unwrap();
+
+    // A waited generation that cannot end while no node runs...
+    let image = common::repo().join("examples/mug.png");
+    let mut params = args(json!({"image_path": image, "model": "null", "idempotency_key": "waits-1"}));
+    params.name = "generate_3d".into();
+    let peer = client.peer().clone();
+    let waiting = tokio::spawn(async move { peer.call_tool(params).await });
+    // ...while the same session uploads twice, each answered on its own.
+    let b64 = base64::engine::general_purpose::STANDARD.encode(common::example("mug.png"));
+    for _ in 0..2 {
+        let uploaded = call(&client, "upload_image", json!({"image_base64": b64})).await;
+        assert!(body(&uploaded)["image_ref"].as_str().is_some_and(|r| r.starts_with("alice/")), "{uploaded:?}");
+        assert!(!waiting.is_finished(), "the generation still waits for a node");
+    }
+    // A node comes: the waiting call ends with its files.
+    let _second = NodeProcess::start(&nats, options("n2")).await;
+    let done = tokio::time::timeout(WAIT, waiting).await.expect("the waiting call ends").unwrap().unwrap();
+    assert_ne!(done.is_error, Some(true), "{done:?}");
+    assert_eq!(body(&done)["job_id"].as_str().unwrap(), orfeas_wire_job_id("alice", "waits-1").to_string());
+    assert!(!body(&done)["files"].as_array().unwrap().is_empty(), "{done:?}");
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_python_sdk_drives_both_transports() {
+    let s = setup().await;
+    let key = s.key_dir.path().join("alice.key");
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let mut server = mcp_command(&s.nats.url, &key, &["--http", &bind]).kill_on_drop(true).spawn().unwrap();
+    // The HTTP server is up once the Rust client can talk to it.
+    http_client(port).await.cancel().await.unwrap();
+    let (queued_stdio, queued_http) = (Uuid::now_v7(), Uuid::now_v7());
+    for queued in [queued_stdio, queued_http] {
+        s.jobs.create(&queued_record(queued)).await.unwrap();
+    }
+
+    let python = std::env::var("ORFEAS_PYTHON").expect("ORFEAS_PYTHON is not set: run the tests through `deploy/setup.sh --test`");
+    let out = tokio::process::Command::new(python)
+        .arg(common::repo().join("tests/python/mcp_check.py"))
+        .arg(common::orfeas_bin())
+        .args([&s.nats.url, "alice"])
+        .arg(&key)
+        .arg(common::repo().join("examples/mug.png"))
+        .arg(format!("http://127.0.0.1:{port}/mcp"))
+        .args([queued_stdio.to_string(), queued_http.to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "python MCP check failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let seen: Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+
+    for transport in ["stdio", "http"] {
+        // The key names the job as it does for every door, and its retry ran nothing again.
+        let job: Uuid = seen[transport]["job"].as_str().unwrap().parse().unwrap();
+        assert_eq!(job, orfeas_wire_job_id("alice", &format!("py-{transport}-1")));
+        let record = s.jobs.get("alice", &job).await.unwrap().unwrap().0;
+        assert_eq!((record.state, record.attempt), (JobState::Completed, 1), "{transport}: {record:?}");
+        assert_eq!(serde_json::to_value(record.lane).unwrap(), "low");
+        let by_ref: Uuid = seen[transport]["by_ref"].as_str().unwrap().parse().unwrap();
+        common::eventually("the by-reference job completes", WAIT, || async { (s.jobs.get("alice", &by_ref).await.unwrap()?.0.state == JobState::Completed).then_some(()) }).await;
+    }
+    for queued in [queued_stdio, queued_http] {
+        assert_eq!(s.jobs.get("alice", &queued).await.unwrap().unwrap().0.state, JobState::Canceled);
+    }
+    server.kill().await.unwrap();
+}
+
+/// The job id of an idempotency key (UUIDv5 of `agent \0 key`, md/mcp.md).
+fn orfeas_wire_job_id(agent: &str, key: &str) -> Uuid {
+    let ns = Uuid::parse_str("6f726665-6173-4d43-5000-000000000001").unwrap();
+    Uuid::new_v5(&ns, format!("{agent}\0{key}").as_bytes())
 }

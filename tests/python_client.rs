@@ -32,6 +32,7 @@ fn queued_record(job_id: Uuid) -> JobRecord {
         deadline_ms: None,
         cancel_requested: false,
         batch_id: None,
+        request: None,
     }
 }
 

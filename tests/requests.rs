@@ -40,6 +40,7 @@ fn record(agent: &str, state: JobState) -> JobRecord {
         deadline_ms: None,
         cancel_requested: false,
         batch_id: None,
+        request: None,
     }
 }
 
@@ -84,6 +85,9 @@ async fn requests_status_and_cancel_from_rust_and_python() {
     let status = alice.status(&job.job_id, WAIT).await.unwrap();
     assert_eq!((status.state.as_str(), status.terminal_seq), ("completed", completed_seq));
     assert!(matches!(status.terminal, Some(EventKind::Completed { .. })));
+    // The request as admitted: no formats asked, so the door's default.
+    let request = status.request.as_ref().expect("the admitted request");
+    assert_eq!((request.model.as_str(), request.formats.as_slice(), &request.params), ("null", &[orfeas_wire::v1::Format::Glb][..], &job.params));
     assert_eq!(alice.cancel(&job.job_id, WAIT).await.unwrap().state, "completed", "a finished job is not changed");
 
     // A queued job: canceled at once, with its terminal event.
@@ -218,6 +222,7 @@ async fn requests_submit_batch_admits_each_job_on_its_own_and_reports_the_batch(
     for (batch, code) in [
         (orfeas_wire::v1::SubmitBatch { batch_id: Uuid::now_v7(), jobs: vec![null_job()] }, ErrorCode::Forbidden),
         (orfeas_wire::v1::SubmitBatch { batch_id: Uuid::now_v7(), jobs: vec![] }, ErrorCode::Invalid),
+        (orfeas_wire::v1::SubmitBatch { batch_id: Uuid::nil(), jobs: vec![null_job()] }, ErrorCode::Invalid),
     ] {
         let mut events = single.submit_batch(&batch).await.unwrap();
         let event = single.next_event(&mut events, WAIT).await.unwrap();
@@ -314,4 +319,43 @@ async fn requests_are_gated_and_replies_are_signed_by_the_node() {
     let event = dave.next_event(&mut events, WAIT).await.unwrap();
     let EventKind::Rejected(f) = event.kind else { panic!("{event:?}") };
     assert_eq!(f.code, ErrorCode::RateLimited, "the submission shares the rate: {f:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_an_event_for_another_deployment_or_another_job_does_not_verify() {
+    let nats = NatsServer::start();
+    let store = tempfile::tempdir().unwrap();
+    let _node = NodeProcess::start(&nats, NodeOptions { node_id: "n1", store: store.path(), env: vec![("ORFEAS_MODELS_ENABLED", "null".into())] }).await;
+    let (mut alice, _) = agent(&nats.url, "alice").await;
+    // A node whose key the agent can read, as every node registers it.
+    let node_key = SecretKey::generate();
+    let bus = Bus::attach(orfeas_actors::bus::connect(&nats.url, "orfeas-test").await.unwrap()).await.unwrap();
+    let record = orfeas_wire::v1::NodeRecord {
+        node_id: "forger".into(),
+        public_key: node_key.public().to_hex(),
+        version: "test".into(),
+        started_at_ms: 0,
+        heartbeat_at_ms: 0,
+        state: "ready".into(),
+        devices: vec![],
+        models: vec![],
+        capacity: 0,
+        held_jobs: 0,
+        busy_devices: 0,
+        finished_jobs: 0,
+    };
+    bus.js.get_key_value(subjects::NODES_BUCKET).await.unwrap().put("forger", orfeas_wire::to_cbor(&record).into()).await.unwrap();
+    let job_id = Uuid::now_v7();
+    let event = orfeas_wire::v1::Event { job_id, seq: 1, node: "forger".into(), at_ms: 0, kind: EventKind::Accepted { queue_position: 0, eta_ms: None } };
+    let subject = subjects::events("alice", &job_id);
+    let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    // Signed for this deployment and this job: it verifies.
+    assert_eq!(alice.verify_event(&subject, &event.seal(&subject, &node_key, "orfeas", now_s)).await.unwrap(), event);
+    // The same event signed for another deployment does not.
+    let elsewhere = alice.verify_event(&subject, &event.seal(&subject, &node_key, "staging", now_s)).await;
+    assert!(matches!(&elsewhere, Err(ClientError::Unverified(e)) if e.contains("audience")), "{elsewhere:?}");
+    // Nor one about another job, signed for this job's subject.
+    let other = orfeas_wire::v1::Event { job_id: Uuid::now_v7(), ..event.clone() };
+    let misplaced = alice.verify_event(&subject, &other.seal(&subject, &node_key, "orfeas", now_s)).await;
+    assert!(matches!(&misplaced, Err(ClientError::Unverified(e)) if e.contains("signed for")), "{misplaced:?}");
 }

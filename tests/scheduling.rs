@@ -101,6 +101,7 @@ async fn enqueue_on(bus: &Bus, subject: &str, agent: &str, lane: Lane, params: J
         deadline_ms: params.deadline_ms,
         cancel_requested: false,
         batch_id: None,
+        request: None,
     };
     JobStore::new(bus.jobs.clone()).create(&record).await.unwrap();
     let job = AdmittedJob {
@@ -615,14 +616,22 @@ async fn events_of(js: &jetstream::Context, agent: &str) -> HashMap<Uuid, Vec<Ev
 }
 
 /// Wait until every accepted job of `agent` has an answer; the ledger.
-async fn settled(js: &jetstream::Context, agent: &str, attempted: &std::collections::HashSet<Uuid>, timeout: Duration) -> common::ledger::Ledger {
+async fn settled(js: &jetstream::Context, agent: &str, attempted: &std::collections::HashSet<Uuid>, timeout: Duration, nodes: &[&NodeProcess]) -> common::ledger::Ledger {
     let started = Instant::now();
     loop {
         let ledger = common::ledger::Ledger::of(attempted, &events_of(js, agent).await);
         if ledger.lost.is_empty() && ledger.accepted > 0 {
             return ledger;
         }
-        assert!(started.elapsed() < timeout, "not settled after {timeout:?}: {}", ledger.line());
+        if started.elapsed() >= timeout {
+            // The end of each node's log says where the lost jobs stopped.
+            let logs: Vec<String> = nodes.iter().map(|n| {
+                let text = n.log_text();
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(200)..].join("\n")
+            }).collect();
+            panic!("not settled after {timeout:?}: {}\nlost: {:?}\n{}", ledger.line(), ledger.lost, logs.join("\n----\n"));
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
@@ -632,7 +641,7 @@ async fn faults_same_job_submitted_five_times_concurrently_runs_once() {
     let _serial = SERIAL.lock().await;
     let nats = NatsServer::start();
     let store = tempfile::tempdir().unwrap();
-    let _node = start(&nats, "dup", store.path(), node_env(300, 4, &[])).await;
+    let node = start(&nats, "dup", store.path(), node_env(300, 4, &[])).await;
     let (client, key) = agent(&nats.url, "gina").await;
     let job = null_submit();
     // Five separately signed copies (different issue times, so five
@@ -647,7 +656,7 @@ async fn faults_same_job_submitted_five_times_concurrently_runs_once() {
     }
     let js = bus(&nats).await.js;
     let attempted = [job.job_id].into_iter().collect();
-    let ledger = settled(&js, "gina", &attempted, Duration::from_secs(60)).await;
+    let ledger = settled(&js, "gina", &attempted, Duration::from_secs(60), &[&node]).await;
     println!("five copies: {}", ledger.line());
     ledger.assert_clean();
     assert_eq!((ledger.accepted, ledger.completed), (1, 1));
@@ -662,7 +671,7 @@ async fn faults_nats_server_restarted_under_load_loses_no_accepted_job() {
     let mut nats = NatsServer::start();
     let store = tempfile::tempdir().unwrap();
     let env = node_env(100, 4, &[("ORFEAS_SCHEDULER_ACK_WAIT_S", "10"), ("ORFEAS_SCHEDULER_PROGRESS_ACK_S", "2")]);
-    let _node = start(&nats, "survivor", store.path(), env).await;
+    let node = start(&nats, "survivor", store.path(), env).await;
     let (client, _) = agent(&nats.url, "hank").await;
     let n = scale(30);
     let mut attempted = std::collections::HashSet::new();
@@ -689,7 +698,7 @@ async fn faults_nats_server_restarted_under_load_loses_no_accepted_job() {
         }
     }
     let js = bus(&nats).await.js;
-    let ledger = settled(&js, "hank", &attempted, Duration::from_secs(120)).await;
+    let ledger = settled(&js, "hank", &attempted, Duration::from_secs(120), &[&node]).await;
     println!("nats restart: {}", ledger.line());
     ledger.assert_clean();
     assert_eq!(ledger.accepted, n, "every job accepted (resubmitted after the restart)");
@@ -731,7 +740,7 @@ async fn backpressure_full_system_answers_unavailable_at_once_with_retry_after()
     let b = bus(&nats).await;
     assert!(JobStore::new(b.jobs.clone()).get("ivan", &job_id).await.unwrap().is_none());
     // The accepted ones are all answered.
-    let ledger = settled(&b.js, "ivan", &accepted, Duration::from_secs(120)).await;
+    let ledger = settled(&b.js, "ivan", &accepted, Duration::from_secs(120), &[&node]).await;
     assert_eq!(ledger.completed, accepted.len(), "{}", ledger.line());
 }
 
@@ -743,7 +752,7 @@ async fn faults_node_killed_mid_batch_its_jobs_complete_once_on_the_other() {
     // A dead node's held jobs come back after ack_wait (3 s).
     let env = || node_env(1_000, 2, &[("ORFEAS_SCHEDULER_ACK_WAIT_S", "3"), ("ORFEAS_SCHEDULER_PROGRESS_ACK_S", "1")]);
     let mut victim = start(&nats, "victim", store.path(), env()).await;
-    let _survivor = start(&nats, "survivor", store.path(), env()).await;
+    let survivor = start(&nats, "survivor", store.path(), env()).await;
     let (client, _) = agent(&nats.url, "jill").await;
     let mut attempted = std::collections::HashSet::new();
     for _ in 0..scale(20) {
@@ -761,7 +770,7 @@ async fn faults_node_killed_mid_batch_its_jobs_complete_once_on_the_other() {
     .await;
     victim.kill();
     let killed_at = now_ms();
-    let ledger = settled(&js, "jill", &attempted, Duration::from_secs(120)).await;
+    let ledger = settled(&js, "jill", &attempted, Duration::from_secs(120), &[&victim, &survivor]).await;
     println!("kill -9 mid-batch: {}", ledger.line());
     ledger.assert_clean();
     assert_eq!((ledger.accepted, ledger.completed), (attempted.len(), attempted.len()));

@@ -140,6 +140,10 @@ impl Admission {
         if opened.events_subject.as_deref() != Some(expected.as_str()) {
             return reject(ErrorCode::Forbidden, format!("events subject {:?} is not {expected:?}", opened.events_subject));
         }
+        // As for jobs: the nil id names nothing an agent could follow.
+        if batch.batch_id.is_nil() {
+            return reject(ErrorCode::Invalid, "batch_id is the nil UUID; use a fresh random (v4) or time-ordered (v7) UUID".to_string());
+        }
         if batch.jobs.is_empty() || batch.jobs.len() > v1::MAX_BATCH_JOBS {
             return reject(ErrorCode::Invalid, format!("a batch has 1 to {} jobs, not {}", v1::MAX_BATCH_JOBS, batch.jobs.len()));
         }

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use orfeas_wire::subjects;
 use tokio::{sync::Semaphore, task::JoinHandle};
 
-use crate::settings::NodeSettings;
+use crate::{metrics, settings::NodeSettings};
 
 /// Broken infrastructure on the NATS side. Per-job problems are not here.
 #[derive(Debug, thiserror::Error)]
@@ -269,7 +269,7 @@ pub fn spawn_puller(
             match batch {
                 Ok(messages) => {
                     failures = 0;
-                    let Some(n) = deliver_all(messages, &deliver).await else { return };
+                    let Some(n) = deliver_all(messages, &deliver, PULL_PATIENCE).await else { return };
                     got = n;
                 }
                 Err(e) => {
@@ -288,14 +288,33 @@ pub fn spawn_puller(
     })
 }
 
+/// The longest wait for the next message of one pull request. A request
+/// the server took and then lost (it restarted, or the connection dropped
+/// between request and answer) is never answered, and a fetch without an
+/// expiry would wait for it forever: the pull loop would stall while the
+/// jobs stay queued. Past this the request is given up; any message the
+/// server did send to it is redelivered after `ack_wait`.
+pub const PULL_PATIENCE: Duration = Duration::from_secs(5);
+
 /// Hand every message of one pull request to `deliver`: how many came, or
-/// `None` once `deliver` refuses one (the Scheduler is gone).
-pub async fn deliver_all<E: std::fmt::Display>(
-    mut messages: impl futures::Stream<Item = Result<jetstream::Message, E>> + Unpin,
-    deliver: &Deliver,
+/// `None` once `deliver` refuses one (the Scheduler is gone). Ends when the
+/// request is answered in full, ends early, or goes silent for `patience`.
+pub async fn deliver_all<T, E: std::fmt::Display>(
+    mut messages: impl futures::Stream<Item = Result<T, E>> + Unpin,
+    deliver: impl Fn(T) -> bool,
+    patience: Duration,
 ) -> Option<usize> {
     let mut got = 0;
-    while let Some(item) = messages.next().await {
+    loop {
+        let item = match tokio::time::timeout(patience, messages.next()).await {
+            Ok(Some(item)) => item,
+            Ok(None) => break,
+            Err(_) => {
+                tracing::warn!(got, patience_s = patience.as_secs_f64(), "pull request unanswered; giving it up");
+                metrics::PULLS_ABANDONED.inc();
+                break;
+            }
+        };
         match item {
             Ok(message) => {
                 got += 1;
@@ -315,6 +334,27 @@ pub async fn deliver_all<E: std::fmt::Display>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_pull_request_that_goes_silent_is_given_up_with_what_came() {
+        let seen = std::sync::Mutex::new(Vec::new());
+        let take = |n: u32| {
+            seen.lock().unwrap().push(n);
+            true
+        };
+        // Two messages, then the server is gone: no end, no error, ever.
+        let silent = futures::stream::iter([Ok::<u32, String>(1), Ok(2)]).chain(futures::stream::pending());
+        let got = deliver_all(silent, &take, Duration::from_millis(50)).await;
+        assert_eq!(got, Some(2));
+        assert_eq!(*seen.lock().unwrap(), vec![1, 2]);
+        // An error ends the batch with what came before it.
+        let broken = futures::stream::iter([Ok::<u32, String>(3), Err("409".to_string()), Ok(4)]);
+        assert_eq!(deliver_all(broken, &take, Duration::from_secs(60)).await, Some(1));
+        // A refused message (the Scheduler is gone) stops the pulling.
+        let refused = futures::stream::iter([Ok::<u32, String>(5), Ok(6)]);
+        assert_eq!(deliver_all(refused, |_| false, Duration::from_secs(60)).await, None);
+        assert!(metrics::PULLS_ABANDONED.get() >= 1);
+    }
 
     #[test]
     fn retry_delay_doubles_to_a_cap() {

@@ -261,7 +261,7 @@ impl FairPull {
                 let mut got = 0usize;
                 match consumer.fetch().max_messages(wanted).messages().await {
                     Ok(messages) => {
-                        let Some(n) = crate::bus::deliver_all(messages, &deliver).await else { return };
+                        let Some(n) = crate::bus::deliver_all(messages, &deliver, crate::bus::PULL_PATIENCE).await else { return };
                         got = n;
                         failures = 0;
                     }

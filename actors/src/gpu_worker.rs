@@ -116,6 +116,8 @@ pub struct GpuWorkerState {
     work: mpsc::Sender<DeviceWork>,
     manifests: Arc<RwLock<HashMap<String, Manifest>>>,
     thread: thread::JoinHandle<()>,
+    /// Fires once the batch sent last has reached the device thread.
+    last_sent: Option<oneshot::Receiver<()>>,
 }
 
 /// Work for the device thread.
@@ -228,6 +230,7 @@ impl Actor for GpuWorker {
             work,
             manifests,
             thread,
+            last_sent: None,
         })
     }
 
@@ -268,6 +271,13 @@ impl Actor for GpuWorker {
                 );
                 let device = self.device.id.clone();
                 let inputs = self.inputs.clone();
+                // Batches are prepared side by side but reach the device in
+                // the order they came: the Scheduler pairs each `DeviceIdle`
+                // with its oldest batch on this device, so a batch that
+                // overtook another would leave the other's jobs unaccounted
+                // for when the device is lost.
+                let (sent_tx, sent_rx) = oneshot::channel();
+                let turn = state.last_sent.replace(sent_rx);
                 tokio::spawn(async move {
                     // Images by reference: fetched and checked before any decode.
                     let batch = crate::inputs::Inputs::resolve(inputs.as_ref(), batch, |ticket, failure| {
@@ -280,6 +290,10 @@ impl Actor for GpuWorker {
                         prepare_batch(batch, manifest, &model, max_side, &roster, &events, &device)
                     })
                     .await;
+                    if let Some(turn) = turn {
+                        // Err: the batch before ended without sending; go on.
+                        let _ = turn.await;
+                    }
                     let sent = match prepared {
                         Ok(prepared) => work.send(DeviceWork::Forward(prepared)).is_ok(),
                         Err(e) => {
@@ -287,6 +301,7 @@ impl Actor for GpuWorker {
                             false
                         }
                     };
+                    let _ = sent_tx.send(());
                     if !sent {
                         let _ = myself.cast(GpuWorkerMsg::DeviceGone);
                     }
@@ -956,6 +971,36 @@ mod tests {
             &[name.to_string()],
         )
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn batches_reach_the_device_in_the_order_they_were_sent() {
+        let mut rig = Rig::start("gpu-worker-order", testing("oom"), 4).await;
+        // The first batch's image takes far longer to decode than the second's,
+        // so prepared side by side the second would be ready first.
+        let big = {
+            let pixels = image::RgbaImage::from_fn(3000, 3000, |x, y| {
+                image::Rgba([(x % 251) as u8, (y % 241) as u8, ((x ^ y) % 239) as u8, 255])
+            });
+            let mut png = std::io::Cursor::new(Vec::new());
+            pixels.write_to(&mut png, image::ImageFormat::Png).unwrap();
+            png.into_inner()
+        };
+        rig.worker
+            .cast(GpuWorkerMsg::Run(vec![ticket(1, "oom", big, BTreeMap::new())]))
+            .unwrap();
+        rig.worker
+            .cast(GpuWorkerMsg::Run(vec![ticket(2, "oom", mug(), BTreeMap::new())]))
+            .unwrap();
+        let mut order = Vec::new();
+        while order.len() < 2 {
+            match rig.next_post().await {
+                PostprocessMsg::Volume(job) => order.push(job.ticket.job.job_id.as_u128()),
+                PostprocessMsg::Fail { failure, .. } => panic!("{failure:?}"),
+            }
+        }
+        assert_eq!(order, vec![1, 2], "the device ran the batches in the order sent");
+        rig.stop();
     }
 
     #[tokio::test]

@@ -40,7 +40,7 @@ use async_nats::{jetstream::{self, AckKind}, HeaderMap};
 use orfeas_wire::{
     envelope::{self, ContentKind, Opened},
     subjects,
-    v1::{self, AdmittedJob, EventKind, Failure, Format, ImageInput, Lane, SubmitJob},
+    v1::{self, AdmittedJob, AdmittedRequest, EventKind, Failure, Format, ImageInput, Lane, SubmitJob},
     ErrorCode, PublicKey,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -405,6 +405,7 @@ impl Admission {
             deadline_ms: job.params.deadline_ms,
             cancel_requested: false,
             batch_id,
+            request: Some(AdmittedRequest { model: job.model.clone(), formats: job.formats.clone(), params: job.params.clone() }),
         };
         // A full system refuses new jobs at once (a known job is answered as usual).
         if let Some(mut failure) = crate::backpressure::refusal(self.queue_depth.load(Ordering::Relaxed), self.settings.submit_queue_max, &job.model) {

@@ -72,6 +72,9 @@ pub struct JobRecord {
     /// The `submit_batch` it came in, if any.
     #[serde(default)]
     pub batch_id: Option<Uuid>,
+    /// Model, formats and parameters as admitted (status replies echo it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<orfeas_wire::v1::AdmittedRequest>,
 }
 
 /// Bucket key of a job.

@@ -107,6 +107,17 @@ pub static NATS_RECONNECTS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("orfeas_nats_reconnects_total", "Reconnections to NATS").expect("metric registers once")
 });
 
+/// Pull requests given up unanswered (see [`crate::bus::PULL_PATIENCE`]).
+pub static PULLS_ABANDONED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("orfeas_pulls_abandoned_total", "Queue pull requests given up after no answer").expect("metric registers once")
+});
+
+/// Held jobs handed back because nothing settled them in time (see
+/// [`crate::scheduler::FINISH_PATIENCE`]); any count is a bug to report.
+pub static JOBS_UNACCOUNTED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("orfeas_jobs_unaccounted_total", "Held jobs handed back because no answer came for them in time").expect("metric registers once")
+});
+
 /// Jobs given up after their last delivery.
 pub static DEAD_LETTERS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("orfeas_dead_letters_total", "Jobs failed for good after exhausting deliveries").expect("metric registers once")

@@ -108,6 +108,7 @@ pub fn job_status(record: &JobRecord) -> JobStatus {
         cancel_requested: record.cancel_requested,
         terminal: record.terminal.clone(),
         terminal_seq: record.terminal_seq,
+        request: record.request.clone(),
     }
 }
 

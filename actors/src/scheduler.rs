@@ -30,6 +30,11 @@
 //!   `cancel_requested` ends as `canceled`; a job past its `deadline_ms`
 //!   before it started ends as `deadline_exceeded` (also checked again
 //!   when its batch is formed).
+//! - No job is held forever: a held job that left its device (or went to
+//!   Postprocess to end) and has no `Finished` after [`FINISH_PATIENCE`]
+//!   is handed back (`orfeas_jobs_unaccounted_total`), since the
+//!   in-progress acks would otherwise keep JetStream from delivering it
+//!   again; its record fences the late attempt.
 //! - State: held messages by job id (with their lane), the waiting jobs
 //!   per lane and agent, free batch slots and running batches per device.
 //! - Restart policy: restartable at any time. Held messages are never acked
@@ -37,9 +42,9 @@
 //!   records fence the attempts so no job is answered twice.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use async_nats::jetstream::{self, AckKind};
@@ -276,6 +281,32 @@ struct Held {
     attempt: u64,
     agent: String,
     lane: Lane,
+    /// When it left its device (or was handed to Postprocess to end it):
+    /// from then on only `Finished` settles it.
+    handed_on: Option<Instant>,
+}
+
+/// How long a job may stay with Postprocess before the Scheduler stops
+/// vouching for it. In-progress acks keep a held job from being delivered
+/// again, so a `Finished` that never comes (a lost message, a crash between
+/// two actors) would hold the job forever; past this it is handed back to
+/// JetStream, and its job record fences the late attempt, so the job is
+/// still answered once. Far above any meshing and storing time.
+pub const FINISH_PATIENCE: Duration = Duration::from_secs(15 * 60);
+
+/// Held jobs handed on longer than `patience` ago that neither wait here
+/// nor run on a device: nothing will settle them.
+pub fn overdue(
+    handed_on: impl IntoIterator<Item = (Uuid, Option<Instant>)>,
+    accounted: &std::collections::HashSet<Uuid>,
+    now: Instant,
+    patience: Duration,
+) -> Vec<Uuid> {
+    handed_on
+        .into_iter()
+        .filter(|(job_id, at)| at.is_some_and(|at| now.duration_since(at) > patience) && !accounted.contains(job_id))
+        .map(|(job_id, _)| job_id)
+        .collect()
 }
 
 /// How long a claimed first attempt waits for its `accepted` event before
@@ -342,16 +373,15 @@ impl Scheduler {
                 }
                 return;
             }
-            let mut batch = state.waiting.take(self.settings.max_batch, cap);
+            let batch = state.waiting.take(self.settings.max_batch, cap);
             // Jobs whose start-by time passed while they waited here end now.
-            batch.retain(|ticket| match ticket.job.params.deadline_ms {
-                Some(deadline) if deadline < now => {
-                    let (_, failure) = terminal::ending(ErrorCode::DeadlineExceeded, ticket.job.job_id, format!("not started by its deadline {deadline} (ms since the epoch)"));
-                    self.fail(ticket.clone(), failure);
-                    false
-                }
-                _ => true,
-            });
+            let (late, batch): (Vec<Ticket>, Vec<Ticket>) =
+                batch.into_iter().partition(|ticket| ticket.job.params.deadline_ms.is_some_and(|deadline| deadline < now));
+            for ticket in late {
+                let deadline = ticket.job.params.deadline_ms.unwrap_or_default();
+                let (_, failure) = terminal::ending(ErrorCode::DeadlineExceeded, ticket.job.job_id, format!("not started by its deadline {deadline} (ms since the epoch)"));
+                self.fail(state, ticket, failure);
+            }
             if batch.is_empty() {
                 continue;
             }
@@ -367,12 +397,15 @@ impl Scheduler {
     }
 
     /// End a job through Postprocess (fenced record, event, then `Finished`).
-    fn fail(&self, ticket: Ticket, failure: Failure) {
+    fn fail(&self, state: &mut SchedulerState, ticket: Ticket, failure: Failure) {
+        if let Some(held) = state.held.get_mut(&ticket.job.job_id) {
+            held.handed_on = Some(Instant::now());
+        }
         match self.roster.postprocess() {
             Some(post) => {
                 let _ = post.cast(PostprocessMsg::Fail { ticket, failure });
             }
-            None => tracing::warn!(job_id = %ticket.job.job_id, "postprocess is not running; the job returns after ack_wait"),
+            None => tracing::warn!(job_id = %ticket.job.job_id, "postprocess is not running; the job is handed back after FINISH_PATIENCE"),
         }
     }
 
@@ -507,7 +540,7 @@ impl Actor for Scheduler {
                         let job_id = ticket.job.job_id;
                         let agent = ticket.job.agent.clone();
                         metrics::ACTIVE_JOBS.with_label_values(&[&agent]).inc();
-                        if let Some(previous) = state.held.insert(job_id, Held { message, attempt: ticket.attempt, agent: agent.clone(), lane }) {
+                        if let Some(previous) = state.held.insert(job_id, Held { message, attempt: ticket.attempt, agent: agent.clone(), lane, handed_on: None }) {
                             // Redelivered while we still hold it: keep the newest handle.
                             metrics::ACTIVE_JOBS.with_label_values(&[&agent]).dec();
                             state.credits[&previous.lane].add_permits(1);
@@ -524,10 +557,18 @@ impl Actor for Scheduler {
                 }
             }
             SchedulerMsg::DeviceIdle(device) => {
+                let mut done = Vec::new();
                 let idle = state.running.get_mut(&device).is_none_or(|batches| {
-                    batches.pop_front();
+                    done = batches.pop_front().unwrap_or_default();
                     batches.is_empty()
                 });
+                // Its jobs are with Postprocess now (or already settled).
+                let now = Instant::now();
+                for job_id in done {
+                    if let Some(held) = state.held.get_mut(&job_id) {
+                        held.handed_on.get_or_insert(now);
+                    }
+                }
                 if let Some(free) = state.slots.get_mut(&device) {
                     *free = if idle { DEVICE_SLOTS } else { (*free + 1).min(DEVICE_SLOTS) };
                 }
@@ -591,6 +632,14 @@ impl Actor for Scheduler {
                 }
             }
             SchedulerMsg::KeepAlive => {
+                let accounted: HashSet<Uuid> =
+                    state.waiting.job_ids().into_iter().chain(state.running.values().flatten().flatten().copied()).collect();
+                let handed_on = state.held.iter().map(|(id, h)| (*id, h.handed_on));
+                for job_id in overdue(handed_on, &accounted, Instant::now(), FINISH_PATIENCE) {
+                    tracing::error!(%job_id, patience_s = FINISH_PATIENCE.as_secs(), "held job never finished; handing it back");
+                    metrics::JOBS_UNACCOUNTED.inc();
+                    settle(state, job_id, Outcome::Nak(Duration::ZERO));
+                }
                 let held: Vec<jetstream::Message> = state.held.values().map(|h| h.message.clone()).collect();
                 let js = self.bus.js.clone();
                 tokio::spawn(async move {
@@ -626,7 +675,7 @@ impl Actor for Scheduler {
                 if let Some(ticket) = state.waiting.remove(job_id) {
                     tracing::info!(%job_id, "canceled while waiting for a batch; dropped");
                     let (_, failure) = terminal::ending(ErrorCode::Canceled, job_id, "canceled by its agent before it started");
-                    self.fail(ticket, failure);
+                    self.fail(state, ticket, failure);
                 }
             }
             SchedulerMsg::PullFailed(e) => return Err(e.into()),
@@ -640,6 +689,19 @@ impl Actor for Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_jobs_handed_on_long_ago_and_nowhere_else_are_overdue() {
+        let now = Instant::now();
+        let long_ago = now - Duration::from_secs(120);
+        let just_now = now - Duration::from_secs(1);
+        let id = |n: u128| Uuid::from_u128(n);
+        let accounted: HashSet<Uuid> = [id(3)].into();
+        let held = [(id(1), Some(long_ago)), (id(2), Some(just_now)), (id(3), Some(long_ago)), (id(4), None)];
+        // 2 is fresh, 3 runs again (a newer delivery), 4 was never handed on.
+        assert_eq!(overdue(held, &accounted, now, Duration::from_secs(60)), vec![id(1)]);
+        assert!(overdue(held, &accounted, now, Duration::from_secs(600)).is_empty());
+    }
 
     #[test]
     fn credits_fill_both_slots_of_every_device() {

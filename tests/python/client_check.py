@@ -54,6 +54,9 @@ async def async_flavour(url, agent, key_file, image, out, seen):
         check(result.mesh.faces == done.mesh.faces, "the same result")
         status = await client.status(job.job_id)
         check(status.state == "completed" and status.lane == "low", f"status {status}")
+        request = status.request or {}
+        check(request.get("model") == "null" and request.get("formats") == ["glb", "stl"]
+              and request.get("params", {}).get("size_mm") == 40.0, f"the admitted request: {request}")
         seen["async_lane"] = status.lane
 
         # Files over NATS, each checked against the signed SHA-256.

@@ -42,7 +42,10 @@ fn nats_err(e: impl std::fmt::Display) -> ClientError {
     ClientError::Nats(e.to_string())
 }
 
-/// One agent's connection to a deployment.
+/// One agent's connection to a deployment. Cloning is cheap (the NATS
+/// connection is shared) and gives each concurrent caller its own node-key
+/// cache, so callers need no lock around a shared client.
+#[derive(Clone)]
 pub struct AgentClient {
     client: async_nats::Client,
     js: jetstream::Context,
@@ -171,9 +174,17 @@ impl AgentClient {
             }
         };
         opened.verify(&key, subject).map_err(|e| ClientError::Unverified(e.to_string()))?;
+        // Signed for another deployment (one sharing node ids and keys).
+        if opened.claims.aud != self.audience {
+            return Err(ClientError::Unverified(format!("event audience {:?} is not {:?}", opened.claims.aud, self.audience)));
+        }
         let event: Event = crate::from_cbor(&opened.payload).map_err(ClientError::Unverified)?;
         if event.node != node {
             return Err(ClientError::Unverified(format!("event names node {:?} but was signed by {node:?}", event.node)));
+        }
+        // An events subject names its job: the event must be about that one.
+        if subject.starts_with("orfeas.events.") && subject.rsplit('.').next() != Some(event.job_id.to_string().as_str()) {
+            return Err(ClientError::Unverified(format!("event of job {} signed for {subject}", event.job_id)));
         }
         Ok(event)
     }

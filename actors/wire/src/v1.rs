@@ -857,6 +857,22 @@ pub struct JobStatus {
     /// The seq the terminal event was published with.
     #[serde(default)]
     pub terminal_seq: u64,
+    /// What the job runs with, as admitted: the request after the node
+    /// filled in what it decides at the door (formats default to `glb`,
+    /// repeats dropped). Absent for jobs admitted before this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<AdmittedRequest>,
+}
+
+/// The parameters a job was admitted with (its image is not repeated).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdmittedRequest {
+    /// The model.
+    pub model: String,
+    /// The files it makes, in order.
+    pub formats: Vec<Format>,
+    /// Its parameters as signed (absent = the documented default).
+    pub params: JobParams,
 }
 
 /// A node's answer to a [`StatusRequest`] or [`CancelRequest`] (plain CBOR

@@ -226,8 +226,20 @@ fn golden_replies_are_stable_and_signed_replies_verify() {
         cancel_requested: false,
         terminal: None,
         terminal_seq: 0,
+        request: None,
     });
     let body = compare("status_reply", &orfeas_wire::to_cbor(&reply));
+    // The admitted request, added later: absent above (the bytes of before), present here.
+    let mut with_request = reply.clone();
+    if let v1::StatusReply::Job(status) = &mut with_request {
+        status.request = Some(v1::AdmittedRequest {
+            model: "inflate".into(),
+            formats: vec![v1::Format::Glb, v1::Format::Stl],
+            params: v1::JobParams { target_faces: Some(20_000), size_mm: Some(80.0), ..Default::default() },
+        });
+    }
+    let bytes = compare("status_reply_with_request", &orfeas_wire::to_cbor(&with_request));
+    assert_eq!(orfeas_wire::from_cbor::<v1::StatusReply>(&bytes).unwrap(), with_request);
     let subject = subjects::status("alice");
     let signature = v1::seal_reply(&body, "node-a", &node_key(), "orfeas", "status", &subject, &[0x11; 16], 1_700_000_000);
     let committed = compare("status_reply_signature", &hex::decode(&signature).unwrap());

@@ -211,6 +211,8 @@ class Client:
         opened = cose.open_envelope(data, "event")
         key = await self.node_key(opened.claims.iss, opened.kid)
         opened.verify(key, subject)
+        if opened.claims.aud != self.audience:
+            raise UnverifiedError(f"event audience {opened.claims.aud!r} is not {self.audience!r}")
         assert opened.payload is not None
         event = Event.from_cbor(cose.decode_strict(opened.payload))
         if event.node != opened.claims.iss:

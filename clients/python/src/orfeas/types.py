@@ -290,6 +290,13 @@ class JobStatus:
     def finished(self) -> bool:
         return self.terminal is not None
 
+    @property
+    def request(self) -> Optional[dict]:
+        """Model, formats and parameters the job was admitted with (``None``
+        for jobs admitted by nodes from before this field)."""
+        r = self.raw.get("request")
+        return dict(r) if isinstance(r, dict) else None
+
     @classmethod
     def from_cbor(cls, value: Any) -> "JobStatus":
         d = _map(value, "job status")
