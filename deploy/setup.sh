@@ -4,6 +4,7 @@
 #   deploy/setup.sh            install what is missing, build target/release/orfeas
 #   deploy/setup.sh --demo     … then turn examples/mug.png into out/mug.glb + out/mug.stl
 #   deploy/setup.sh --test     … then run the whole test suite
+#   deploy/setup.sh --studio [ARGS]  … then serve the web Studio (`orfeas studio ARGS`)
 #
 # What it installs, outside the checkout so later runs reuse it:
 #   $ORFEAS_CACHE_DIR (default ~/.cache/orfeas)/venv-torch-<ver>: a Python
@@ -20,11 +21,16 @@ ORACLES="numpy==2.4.6 trimesh==5.2.0 manifold3d==3.5.4 lxml==6.1.3 networkx==3.6
 # MCP SDK as an independent client of `orfeas mcp` (tests/mcp.rs).
 TEST_TOOLS="moto[server]==5.2.5 pyyaml==6.0.3 mcp==2.3.0"
 GLTF_VALIDATOR=gltf-validator@2.0.0-dev.3.10   # Khronos validator (npm), test oracle for GLB
+THREE=three@0.187.0           # the Studio's 3D viewer (npm), served by the binary from the cache
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${ORFEAS_CACHE_DIR:-$HOME/.cache/orfeas}"
 venv="$cache/venv-torch-$TORCH_VERSION"
 mode="${1:-build}"
+case "$mode" in
+  build|--demo|--test|--studio) ;;
+  *) echo "usage: deploy/setup.sh [--demo | --test | --studio [orfeas studio flags]] (unknown mode: $mode)" >&2; exit 2 ;;
+esac
 
 say() { printf '\033[1morfeas setup:\033[0m %s\n' "$*" >&2; }
 
@@ -66,6 +72,31 @@ if [ "$mode" = "--test" ] && [ ! -f "$validator/package.json" ]; then
 fi
 export ORFEAS_GLTF_VALIDATOR="$validator"
 
+# The Studio's viewer: three.js from npm into the cache, served by `orfeas
+# studio` from there (no CDN at run time; the page works offline).
+three="$cache/npm/node_modules/three"
+if { [ "$mode" = "--test" ] || [ "$mode" = "--studio" ]; } && [ "$(cat "$three/package.json" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])' 2>/dev/null)" != "${THREE#three@}" ]; then
+  if command -v npm >/dev/null 2>&1; then
+    say "installing $THREE for the Studio's 3D viewer"
+    npm install --silent --no-audit --no-fund --prefix "$cache/npm" "$THREE" >/dev/null
+  else
+    say "npm not found: the Studio runs without its 3D viewer (apt-get install -y nodejs npm)"
+  fi
+fi
+export ORFEAS_STUDIO_ASSETS="$three"
+# The Studio's browser tests drive Debian's chromium headless.
+if [ "$mode" = "--test" ] && [ ! -x /usr/bin/chromium ]; then
+  as_root=""
+  [ "$(id -u)" = 0 ] || as_root="sudo -n"
+  if command -v apt-get >/dev/null 2>&1 && { [ -z "$as_root" ] || sudo -n true 2>/dev/null; }; then
+    say "installing chromium for the Studio's browser tests"
+    $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null \
+      || { $as_root apt-get update -qq && $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null; }
+  else
+    say "chromium missing: the Studio browser tests will fail (apt-get install -y --no-install-recommends chromium)"
+  fi
+fi
+
 export PATH="$venv/bin:$PATH"
 export LIBTORCH_USE_PYTORCH=1
 export ORFEAS_BUILD_NATS_SERVER="$venv/bin/nats-server"
@@ -81,6 +112,12 @@ say "ready: $target_dir/release/orfeas"
 if [ "$mode" = "--demo" ]; then
   say "generating out/mug.glb and out/mug.stl from examples/mug.png on the embedded default"
   "$target_dir/release/orfeas" generate examples/mug.png -o out/mug.glb
+fi
+
+if [ "$mode" = "--studio" ]; then
+  shift
+  say "serving the Studio (Ctrl-C stops it)"
+  exec "$target_dir/release/orfeas" studio --assets "$three" "$@"
 fi
 
 if [ "$mode" = "--test" ]; then

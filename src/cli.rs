@@ -72,6 +72,9 @@ pub enum Command {
     /// Serve the Model Context Protocol (stdio, or streamable HTTP with
     /// --http) as one registered agent, for LLM hosts.
     Mcp(crate::mcp::McpArgs),
+    /// Serve a web page for people (upload, live progress, 3D viewer, print
+    /// report, downloads) as one agent; the embedded default without --nats.
+    Studio(crate::studio::StudioArgs),
     /// The audit trail (hash-chained admission decisions and terminal states).
     Audit {
         /// What to do with the audit trail.

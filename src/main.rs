@@ -17,6 +17,7 @@ mod mcp_error;
 mod mesh_cmd;
 mod models_cmd;
 mod nats_config;
+mod studio;
 mod telemetry;
 
 use std::{collections::BTreeMap, process::ExitCode, time::Duration};
@@ -202,6 +203,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Mcp(args) => {
             mcp::run(&config, &args, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Studio(args) => {
+            studio::run(config, args, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { command } => Ok(if audit_cmd::run(&config, command).await? { ExitCode::SUCCESS } else { ExitCode::from(4) }),

@@ -1,0 +1,169 @@
+//! `orfeas studio`: a web page for people, acting as one registered agent.
+//! A person drops images, picks a model and options, watches each job's
+//! stage, percent, ETA and queue position live (Server-Sent Events), then
+//! turns the GLB around in a three.js viewer, reads the printability report
+//! in plain words and downloads every format. The agent's key stays in this
+//! process; the page only ever holds a per-session CSRF token.
+//!
+//! With no NATS given (and no `nats.url`) it runs the embedded default — a
+//! child nats-server, this process's node and a throwaway agent key — for
+//! as long as the page is served, like `orfeas generate`.
+
+mod jobs;
+mod report;
+mod routes;
+mod safety;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context, Result};
+use orfeas_actors::{node, registry::Registry};
+use orfeas_wire::{client::AgentClient, SecretKey};
+
+/// The agent name of the embedded default's throwaway key.
+const LOCAL_AGENT: &str = "studio";
+
+/// `orfeas studio`
+#[derive(clap::Args, Debug)]
+pub struct StudioArgs {
+    /// NATS URL of a deployment; without it (and without nats.url) the
+    /// embedded default is started for as long as the studio runs.
+    #[arg(long)]
+    pub nats: Option<String>,
+    /// Agent the studio acts as (with --nats; its key never leaves the server).
+    #[arg(long, requires = "key")]
+    pub agent: Option<String>,
+    /// That agent's secret key file.
+    #[arg(long, requires = "agent")]
+    pub key: Option<PathBuf>,
+    /// Address to serve the page on (loopback unless you mean to share it).
+    #[arg(long, default_value = "127.0.0.1:8780", env = "ORFEAS_STUDIO_BIND")]
+    pub studio_bind: SocketAddr,
+    /// Largest image accepted, bytes (checked before anything is queued).
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub max_upload_bytes: usize,
+    /// Model preselected on the page.
+    #[arg(long, default_value = "inflate")]
+    pub model: String,
+    /// How long the studio follows one job, seconds.
+    #[arg(long, default_value_t = 600)]
+    pub job_timeout_s: u64,
+    /// The three.js package folder (`node_modules/three`) the viewer is
+    /// served from; deploy/setup.sh --studio installs it under
+    /// `$ORFEAS_CACHE_DIR/npm`. Default: `$ORFEAS_STUDIO_ASSETS`, else that folder.
+    #[arg(long)]
+    pub assets: Option<PathBuf>,
+}
+
+/// What every handler shares.
+pub struct Studio {
+    agent: String,
+    client: tokio::sync::Mutex<AgentClient>,
+    /// For per-job followers: each gets its own client (own node-key cache)
+    /// so following one job never waits on another.
+    nats: async_nats::Client,
+    key: SecretKey,
+    audience: String,
+    token: String,
+    hosts: Vec<String>,
+    open_to_any_host: bool,
+    max_upload_bytes: usize,
+    default_model: String,
+    job_timeout: Duration,
+    assets: Option<PathBuf>,
+    session: jobs::Session,
+    /// Flips to true on shutdown: open event streams end so the server can stop.
+    closing: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Studio {
+    fn follower_client(&self) -> AgentClient {
+        AgentClient::new(self.nats.clone(), &self.agent, self.key.clone(), &self.audience)
+    }
+}
+
+/// The three.js folder: the flag, `$ORFEAS_STUDIO_ASSETS`, then setup's cache.
+fn assets_dir(flag: Option<&PathBuf>) -> Option<PathBuf> {
+    let candidates = [
+        flag.cloned(),
+        std::env::var_os("ORFEAS_STUDIO_ASSETS").map(PathBuf::from),
+        std::env::var_os("ORFEAS_CACHE_DIR").map(|c| PathBuf::from(c).join("npm/node_modules/three")),
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/orfeas/npm/node_modules/three")),
+    ];
+    let explicit = flag.is_some();
+    for candidate in candidates.into_iter().flatten() {
+        if candidate.join("build/three.module.js").is_file() {
+            return Some(candidate);
+        }
+        if explicit {
+            // A folder named on the command line must be right.
+            tracing::warn!(assets = %candidate.display(), "no build/three.module.js here: the 3D viewer is off");
+            return None;
+        }
+    }
+    None
+}
+
+/// Serve the studio until `shutdown`.
+pub async fn run(config: crate::config::Config, args: StudioArgs, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
+    let assets = assets_dir(args.assets.as_ref());
+    if assets.is_none() {
+        eprintln!("warning: three.js not found (run deploy/setup.sh --studio or pass --assets): the page works without its 3D viewer");
+    }
+    let listener = tokio::net::TcpListener::bind(args.studio_bind).await.with_context(|| format!("binding {}", args.studio_bind))?;
+    let bound = listener.local_addr()?;
+    // The embedded server is kept by a thread of its own (see `embedded`).
+    let (embedded, url) = crate::embedded::server_or_embedded(&config, args.nats.as_deref()).await?;
+    let scratch = tempfile::Builder::new().prefix("orfeas-studio-").tempdir()?;
+    let mut running = None;
+    let (agent, key, audience, nats) = if embedded.is_none() {
+        let (Some(agent), Some(key_file)) = (&args.agent, &args.key) else {
+            anyhow::bail!("with --nats (or nats.url) the studio needs --agent NAME --key FILE: the registered agent it acts as");
+        };
+        let key = crate::read_key(key_file)?;
+        let nats = orfeas_actors::bus::connect(&url, &format!("orfeas-studio-{agent}")).await?;
+        (agent.clone(), key, config.node.deployment.clone(), nats)
+    } else {
+        let mut settings = config.node_settings(&url, scratch.path().join("store"))?;
+        // A session's files live in its scratch folder, like `generate`'s.
+        settings.store_s3 = None;
+        settings.http_listen = None;
+        settings.shutdown_grace = Duration::ZERO;
+        let audience = settings.deployment.clone();
+        let node = node::start(settings).await.context("starting the embedded node")?;
+        let key = SecretKey::generate();
+        Registry::new(node.bus.agents.clone(), node.bus.nodes.clone()).add_agent_key(LOCAL_AGENT, &key.public().to_hex()).await?;
+        let nats = node.bus.client.clone();
+        running = Some(node);
+        (LOCAL_AGENT.to_string(), key, audience, nats)
+    };
+    let (close, closing) = tokio::sync::watch::channel(false);
+    let studio = Arc::new(Studio {
+        client: tokio::sync::Mutex::new(AgentClient::new(nats.clone(), &agent, key.clone(), &audience)),
+        agent,
+        nats,
+        key,
+        audience,
+        token: safety::new_token(),
+        hosts: safety::allowed_hosts(bound),
+        open_to_any_host: bound.ip().is_unspecified(),
+        max_upload_bytes: args.max_upload_bytes,
+        default_model: args.model.clone(),
+        job_timeout: Duration::from_secs(args.job_timeout_s),
+        assets,
+        session: jobs::Session::new(),
+        closing,
+    });
+    // Tests and scripts read this line for the port.
+    eprintln!("orfeas studio listening on http://{bound}/ as agent {:?}", studio.agent);
+    let served = axum::serve(listener, routes::router(studio)).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = close.send(true);
+        })
+        .await;
+    if let Some(node) = running {
+        node.stop().await;
+    }
+    drop(embedded);
+    served.context("serving the studio")
+}
