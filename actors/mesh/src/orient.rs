@@ -4,6 +4,7 @@
 //! its point, a figure on its toes). Slicers offer "lay on face"; this does the same
 //! before export so STL and 3MF arrive the right way down.
 
+use crate::topology::{cross, dot, norm, sub};
 use crate::Mesh;
 
 /// Faces within this fraction of the extent from the resting plane touch the bed.
@@ -231,18 +232,6 @@ fn apply(r: &[[f64; 3]; 3], v: [f64; 3]) -> [f64; 3] {
     std::array::from_fn(|i| dot(r[i], v))
 }
 
-fn sub(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [a[0] - b[0], a[1] - b[1], a[2] - b[2]]
-}
-fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
-    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
-}
-fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
-}
-fn norm(a: [f64; 3]) -> f64 {
-    dot(a, a).sqrt()
-}
 
 #[cfg(test)]
 mod tests {

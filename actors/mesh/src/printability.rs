@@ -5,6 +5,7 @@
 //! Everything is measured on the mesh in the print frame (Z up, resting on z = 0,
 //! millimetres), the frame the slicer sees.
 
+use crate::topology::{cross, dot, norm, sub};
 use crate::union_find::UnionFind;
 use crate::Mesh;
 
@@ -313,18 +314,6 @@ pub(crate) fn inside_hull(hull: &[[f64; 2]], q: [f64; 2]) -> bool {
     }
 }
 
-fn sub(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [a[0] - b[0], a[1] - b[1], a[2] - b[2]]
-}
-fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
-    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
-}
-fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
-}
-fn norm(a: [f64; 3]) -> f64 {
-    dot(a, a).sqrt()
-}
 
 #[cfg(test)]
 mod tests {
