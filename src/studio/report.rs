@@ -256,6 +256,8 @@ mod tests {
             build_volume_mm: [256.0; 3],
             fits_build_volume: fits,
             problems: vec![],
+            checks: None,
+            issues: vec![],
         }
     }
 
