@@ -51,7 +51,7 @@ fn nats_version_old_server_bin_is_refused_before_it_starts() {
     let out = tempfile::tempdir().unwrap();
     let result = generate().arg("-o").arg(out.path().join("mug.glb")).env("NATS_SERVER_BIN", &bin).output().unwrap();
     let stderr = String::from_utf8_lossy(&result.stderr);
-    assert_eq!(result.status.code(), Some(1), "{stderr}");
+    assert_eq!(result.status.code(), Some(3), "a setup failure exits 3: {stderr}");
     assert_refusal(&stderr);
     assert!(stderr.contains(&bin.display().to_string()), "names the binary: {stderr}");
     assert!(!mark.exists(), "the old server was started");
