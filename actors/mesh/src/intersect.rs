@@ -1,7 +1,8 @@
-//! Counting self-intersections: a uniform-grid broad phase and an orientation-predicate
+//! Counting self-intersections: a uniform-grid broad phase (`grid.rs`) and an orientation-predicate
 //! triangle–triangle test.
 
-use crate::topology::bbox;
+use crate::grid::FaceGrid;
+#[cfg(test)]
 use crate::Mesh;
 
 /// Counts pairs of faces that cross each other, or `None` when the mesh has more than
@@ -14,6 +15,7 @@ use crate::Mesh;
 /// validator with exact arithmetic and a half-edge walk would be needed for those.
 /// Predicates run in f64 on f32 input, which is exact for the products involved up to
 /// rounding of the final sums; near-touching cases may go either way.
+#[cfg(test)]
 pub(crate) fn count_self_intersections(
     mesh: &Mesh,
     max_faces: usize,
@@ -27,70 +29,18 @@ pub(crate) fn count_self_intersections(
         return Some(0);
     }
     let p: Vec<[f64; 3]> = mesh.positions.iter().map(|q| q.map(f64::from)).collect();
-    let (lo, hi) = bbox(mesh.positions.iter().copied())?;
-    let lo = lo.map(f64::from);
-    let ext: [f64; 3] = std::array::from_fn(|i| (f64::from(hi[i]) - lo[i]).max(1e-12));
+    let faces: Vec<[usize; 3]> = faces.iter().map(|f| f.map(|v| v as usize)).collect();
+    // No grid without finite positions: the count is unknown.
+    let grid = FaceGrid::build(&p, &faces)?;
+    count_on_grid(&p, &faces, &grid, max_pairs)
+}
 
-    // Cell size: about two mean edge lengths, and no more cells than ~4 per face.
-    let mut edge_sum = 0.0;
-    for f in &faces {
-        edge_sum += dist(p[f[0] as usize], p[f[1] as usize]);
-    }
-    let mean_edge = edge_sum / faces.len() as f64;
-    let volume_cap = (ext[0] * ext[1] * ext[2] / (4.0 * faces.len() as f64)).cbrt();
-    let h = (2.0 * mean_edge).max(volume_cap).max(1e-12);
-    let res: [usize; 3] = std::array::from_fn(|i| ((ext[i] / h).ceil() as usize).clamp(1, 1024));
-    let cell_of = |x: f64, axis: usize| -> usize {
-        (((x - lo[axis]) / h).floor().max(0.0) as usize).min(res[axis] - 1)
-    };
-    let boxes: Vec<([f64; 3], [f64; 3])> = faces
-        .iter()
-        .map(|f| {
-            let [a, b, c] = f.map(|v| p[v as usize]);
-            (
-                std::array::from_fn(|i| a[i].min(b[i]).min(c[i])),
-                std::array::from_fn(|i| a[i].max(b[i]).max(c[i])),
-            )
-        })
-        .collect();
-    let cells = res[0] * res[1] * res[2];
-    let cell_range = |b: &([f64; 3], [f64; 3])| -> [[usize; 2]; 3] {
-        std::array::from_fn(|i| [cell_of(b.0[i], i), cell_of(b.1[i], i)])
-    };
-    let index = |x: usize, y: usize, z: usize| (z * res[1] + y) * res[0] + x;
-
-    // Counting sort of (cell, face) entries.
-    let mut start = vec![0u32; cells + 1];
-    for b in &boxes {
-        let r = cell_range(b);
-        for z in r[2][0]..=r[2][1] {
-            for y in r[1][0]..=r[1][1] {
-                for x in r[0][0]..=r[0][1] {
-                    start[index(x, y, z) + 1] += 1;
-                }
-            }
-        }
-    }
-    for c in 0..cells {
-        start[c + 1] += start[c];
-    }
-    let mut fill = start.clone();
-    let mut entries = vec![0u32; start[cells] as usize];
-    for (fi, b) in boxes.iter().enumerate() {
-        let r = cell_range(b);
-        for z in r[2][0]..=r[2][1] {
-            for y in r[1][0]..=r[1][1] {
-                for x in r[0][0]..=r[0][1] {
-                    let c = index(x, y, z);
-                    entries[fill[c] as usize] = fi as u32;
-                    fill[c] += 1;
-                }
-            }
-        }
-    }
-    let pairs: u64 = (0..cells)
+/// [`count_self_intersections`] on a grid already built over `faces` (the print report
+/// shares one with the wall probe).
+pub(crate) fn count_on_grid(p: &[[f64; 3]], faces: &[[usize; 3]], grid: &FaceGrid, max_pairs: u64) -> Option<usize> {
+    let pairs: u64 = (0..grid.cells())
         .map(|c| {
-            let k = u64::from(start[c + 1] - start[c]);
+            let k = grid.faces_in(c).len() as u64;
             k * k.saturating_sub(1) / 2
         })
         .sum();
@@ -99,15 +49,15 @@ pub(crate) fn count_self_intersections(
     }
 
     let mut count = 0usize;
-    for z in 0..res[2] {
-        for y in 0..res[1] {
-            for x in 0..res[0] {
-                let c = index(x, y, z);
-                let list = &entries[start[c] as usize..start[c + 1] as usize];
+    for z in 0..grid.res[2] {
+        for y in 0..grid.res[1] {
+            for x in 0..grid.res[0] {
+                let c = grid.index(x, y, z);
+                let list = grid.faces_in(c);
                 for (k, &i) in list.iter().enumerate() {
-                    let (fa, ba) = (faces[i as usize], &boxes[i as usize]);
+                    let (fa, ba) = (faces[i as usize], &grid.boxes[i as usize]);
                     for &j in &list[k + 1..] {
-                        let (fb, bb) = (faces[j as usize], &boxes[j as usize]);
+                        let (fb, bb) = (faces[j as usize], &grid.boxes[j as usize]);
                         if (0..3).any(|a| ba.1[a] < bb.0[a] || bb.1[a] < ba.0[a]) {
                             continue;
                         }
@@ -116,16 +66,16 @@ pub(crate) fn count_self_intersections(
                         }
                         // Test each pair once: in the cell holding the low corner of the
                         // boxes' overlap.
-                        let owner = index(
-                            cell_of(ba.0[0].max(bb.0[0]), 0),
-                            cell_of(ba.0[1].max(bb.0[1]), 1),
-                            cell_of(ba.0[2].max(bb.0[2]), 2),
+                        let owner = grid.index(
+                            grid.cell_of(ba.0[0].max(bb.0[0]), 0),
+                            grid.cell_of(ba.0[1].max(bb.0[1]), 1),
+                            grid.cell_of(ba.0[2].max(bb.0[2]), 2),
                         );
                         if owner != c {
                             continue;
                         }
-                        let ta = fa.map(|v| p[v as usize]);
-                        let tb = fb.map(|v| p[v as usize]);
+                        let ta = fa.map(|v| p[v]);
+                        let tb = fb.map(|v| p[v]);
                         if triangles_cross(&ta, &tb) {
                             count += 1;
                         }
@@ -135,10 +85,6 @@ pub(crate) fn count_self_intersections(
         }
     }
     Some(count)
-}
-
-fn dist(a: [f64; 3], b: [f64; 3]) -> f64 {
-    ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt()
 }
 
 /// Sign of the volume of (a, b, c, d): positive when d is on the side a→b→c's

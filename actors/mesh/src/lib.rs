@@ -24,6 +24,7 @@ mod features;
 mod floaters;
 mod formats;
 mod glb;
+mod grid;
 mod intersect;
 mod mesh;
 mod normals;

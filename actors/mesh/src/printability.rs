@@ -6,6 +6,7 @@
 //! millimetres), the frame the slicer sees.
 
 use crate::topology::{cross, dot, norm, sub};
+use crate::grid::FaceGrid;
 use crate::union_find::UnionFind;
 use crate::Mesh;
 
@@ -22,13 +23,11 @@ pub const MIN_WALL_MM: f64 = 0.8;
 pub const MIN_BED_CONTACT_MM2: f64 = 20.0;
 /// An object whose longest side is under this many mm is too small to print usefully.
 pub const MIN_PRINT_SIZE_MM: f64 = 5.0;
-/// Wall-thickness probes (rays) at most; spread evenly over the faces. Each ray
-/// is tested against every face, so this sets the check's cost: at 400 it took
-/// 58 % of a null-model job's CPU and cut the control plane's ceiling to a
-/// quarter (the bench guard caught it); 96 keeps the 5th percentile meaningful.
-const WALL_SAMPLES: usize = 96;
-/// Ray–triangle tests the wall probe may spend before it samples fewer faces.
-const WALL_BUDGET: usize = 40_000_000;
+/// Wall-thickness probes (rays) at most; spread evenly over the faces. Each ray walks
+/// the face grid and tests only the faces near its path (a few dozen on a typical
+/// mesh). When each ray tested every face, 400 probes took 58 % of a null-model job's
+/// CPU (the bench guard caught it); see md/benchmarks.md for the cost now.
+const WALL_SAMPLES: usize = 400;
 
 /// How bad an issue is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,8 +69,17 @@ pub struct Checks {
     pub min_wall_mm: Option<f64>,
 }
 
-/// Measures `placed` (print frame, mm) and lists what fails.
+/// Measures `placed` (print frame, mm) and lists what fails. The print report calls
+/// [`assess_on`] with what it has already computed; this is the tests' door.
+#[cfg(test)]
 pub fn assess(placed: &Mesh, volume_mm3: f64, area_mm2: f64, longest_mm: f64) -> (Checks, Vec<Issue>) {
+    let (p, faces) = positions_and_faces(placed);
+    let grid = FaceGrid::build(&p, &faces);
+    assess_on(placed, &p, &faces, grid.as_ref(), volume_mm3, area_mm2, longest_mm)
+}
+
+/// `placed`'s positions in f64 and its faces whose indices are in range.
+pub(crate) fn positions_and_faces(placed: &Mesh) -> (Vec<[f64; 3]>, Vec<[usize; 3]>) {
     let p: Vec<[f64; 3]> = placed.positions.iter().map(|v| v.map(f64::from)).collect();
     let faces: Vec<[usize; 3]> = placed
         .indices
@@ -79,6 +87,20 @@ pub fn assess(placed: &Mesh, volume_mm3: f64, area_mm2: f64, longest_mm: f64) ->
         .map(|f| f.map(|i| i as usize))
         .filter(|f| f.iter().all(|&i| i < p.len()))
         .collect();
+    (p, faces)
+}
+
+/// [`assess`] on positions, faces and a face grid already at hand (the print report
+/// shares them with the self-intersection count).
+pub(crate) fn assess_on(
+    placed: &Mesh,
+    p: &[[f64; 3]],
+    faces: &[[usize; 3]],
+    grid: Option<&FaceGrid>,
+    volume_mm3: f64,
+    area_mm2: f64,
+    longest_mm: f64,
+) -> (Checks, Vec<Issue>) {
     let mut checks = Checks::default();
     let mut issues = Vec::new();
     if faces.is_empty() {
@@ -98,12 +120,12 @@ pub fn assess(placed: &Mesh, volume_mm3: f64, area_mm2: f64, longest_mm: f64) ->
         })
         .collect();
     let mut uf = UnionFind::new(weld.len());
-    for f in &faces {
+    for f in faces {
         uf.union(welded[f[0]], welded[f[1]]);
         uf.union(welded[f[1]], welded[f[2]]);
     }
     let mut lowest: std::collections::HashMap<u32, f64> = std::collections::HashMap::new();
-    for f in &faces {
+    for f in faces {
         for &i in f {
             let root = uf.find(welded[i]);
             let z = lowest.entry(root).or_insert(f64::INFINITY);
@@ -118,7 +140,7 @@ pub fn assess(placed: &Mesh, volume_mm3: f64, area_mm2: f64, longest_mm: f64) ->
     let mut contact_points: Vec<[f64; 2]> = Vec::new();
     let mut centre = [0.0f64; 3];
     let mut signed_volume = 0.0;
-    for f in &faces {
+    for f in faces {
         let [a, b, c] = [p[f[0]], p[f[1]], p[f[2]]];
         let n = cross(sub(b, a), sub(c, a));
         let twice_area = norm(n);
@@ -152,7 +174,7 @@ pub fn assess(placed: &Mesh, volume_mm3: f64, area_mm2: f64, longest_mm: f64) ->
         let hull = convex_hull(contact_points);
         checks.tips_over = !inside_hull(&hull, com);
     }
-    checks.min_wall_mm = min_wall(&p, &faces);
+    checks.min_wall_mm = grid.and_then(|g| min_wall(p, faces, g));
 
     let mut issue = |code, severity, message: String| issues.push(Issue { code, severity, message });
     if longest_mm < MIN_PRINT_SIZE_MM {
@@ -210,14 +232,19 @@ pub fn material(volume_mm3: f64, density_g_cm3: f64, price_per_kg: f64) -> (f64,
 
 /// The thinnest wall: from the centres of sampled faces, a ray inward (against the
 /// normal) to the nearest other face. The 5th-percentile distance, so one sliver at a
-/// crease does not decide.
-fn min_wall(p: &[[f64; 3]], faces: &[[usize; 3]]) -> Option<f64> {
-    let samples = WALL_SAMPLES.min(WALL_BUDGET / faces.len().max(1)).clamp(1, faces.len());
+/// crease does not decide. Rays walk a uniform grid of the faces (`grid.rs`) and stop at
+/// the first cell whose exit lies beyond the nearest hit, so a probe tests the faces
+/// near its path instead of all of them.
+fn min_wall(p: &[[f64; 3]], faces: &[[usize; 3]], grid: &FaceGrid) -> Option<f64> {
+    let samples = WALL_SAMPLES.clamp(1, faces.len());
     let step = faces.len() as f64 / samples as f64;
     let mut depths = Vec::with_capacity(samples);
+    // The probe that last tested each face: a face spanning several cells is tested once.
+    let mut tested = vec![usize::MAX; faces.len()];
     for s in 0..samples {
         let k = ((s as f64 + 0.5) * step) as usize;
-        let f = faces[k.min(faces.len() - 1)];
+        let k = k.min(faces.len() - 1);
+        let f = faces[k];
         let [a, b, c] = [p[f[0]], p[f[1]], p[f[2]]];
         let n = cross(sub(b, a), sub(c, a));
         let len = norm(n);
@@ -227,16 +254,23 @@ fn min_wall(p: &[[f64; 3]], faces: &[[usize; 3]]) -> Option<f64> {
         let dir = [-n[0] / len, -n[1] / len, -n[2] / len];
         let origin: [f64; 3] = std::array::from_fn(|i| (a[i] + b[i] + c[i]) / 3.0);
         let mut nearest = f64::INFINITY;
-        for (j, g) in faces.iter().enumerate() {
-            if j == k {
-                continue;
-            }
-            if let Some(t) = ray_triangle(origin, dir, p[g[0]], p[g[1]], p[g[2]]) {
-                if t > 1e-6 && t < nearest {
-                    nearest = t;
+        tested[k] = s;
+        grid.walk(origin, dir, |cell, t_exit| {
+            for &j in grid.faces_in(cell) {
+                let j = j as usize;
+                if tested[j] == s {
+                    continue;
+                }
+                tested[j] = s;
+                let g = faces[j];
+                if let Some(t) = ray_triangle(origin, dir, p[g[0]], p[g[1]], p[g[2]]) {
+                    if t > 1e-6 && t < nearest {
+                        nearest = t;
+                    }
                 }
             }
-        }
+            nearest > t_exit
+        });
         if nearest.is_finite() {
             depths.push(nearest);
         }
@@ -246,6 +280,38 @@ fn min_wall(p: &[[f64; 3]], faces: &[[usize; 3]]) -> Option<f64> {
     }
     depths.sort_by(f64::total_cmp);
     Some(depths[depths.len() / 20])
+}
+
+/// The brute-force probe the grid walk replaces: every sampled ray against every face.
+/// Kept for the test that the two agree.
+#[cfg(test)]
+fn min_wall_scan(p: &[[f64; 3]], faces: &[[usize; 3]]) -> Option<f64> {
+    let samples = WALL_SAMPLES.clamp(1, faces.len());
+    let step = faces.len() as f64 / samples as f64;
+    let mut depths = Vec::new();
+    for s in 0..samples {
+        let k = (((s as f64 + 0.5) * step) as usize).min(faces.len() - 1);
+        let [a, b, c] = faces[k].map(|v| p[v]);
+        let n = cross(sub(b, a), sub(c, a));
+        let len = norm(n);
+        if len <= 0.0 {
+            continue;
+        }
+        let dir = [-n[0] / len, -n[1] / len, -n[2] / len];
+        let origin: [f64; 3] = std::array::from_fn(|i| (a[i] + b[i] + c[i]) / 3.0);
+        let nearest = faces
+            .iter()
+            .enumerate()
+            .filter(|&(j, _)| j != k)
+            .filter_map(|(_, g)| ray_triangle(origin, dir, p[g[0]], p[g[1]], p[g[2]]))
+            .filter(|&t| t > 1e-6)
+            .fold(f64::INFINITY, f64::min);
+        if nearest.is_finite() {
+            depths.push(nearest);
+        }
+    }
+    depths.sort_by(f64::total_cmp);
+    depths.get(depths.len() / 20).copied()
 }
 
 /// Möller–Trumbore: distance along `dir` to the triangle, if it is hit.
@@ -392,5 +458,51 @@ mod tests {
         let (grams, cost) = material(10_000.0, 1.24, 25.0);
         assert!((grams - 12.4).abs() < 1e-9);
         assert!((cost - 0.31).abs() < 1e-9);
+    }
+
+    /// A shell between radii `inner` and `outer` (inner 0: a ball), meshed by the
+    /// real pipeline on an `n`³ grid over [−1, 1]³.
+    fn shell(n: usize, inner: f32, outer: f32) -> Mesh {
+        let c = |i: usize| -1.0 + 2.0 * i as f32 / (n - 1) as f32;
+        let mut data = Vec::with_capacity(n * n * n);
+        for k in 0..n {
+            for j in 0..n {
+                for i in 0..n {
+                    let r = (c(i) * c(i) + c(j) * c(j) + c(k) * c(k)).sqrt();
+                    data.push((outer - r).min(r - inner));
+                }
+            }
+        }
+        let volume = crate::Volume {
+            data: &data,
+            dims: [n; 3],
+            bounds_min: [-1.0; 3],
+            bounds_max: [1.0; 3],
+            iso: 0.0,
+            inside: crate::Inside::Above,
+        };
+        crate::process(&volume, &crate::MeshOptions::default()).unwrap().mesh
+    }
+
+    #[test]
+    fn printability_wall_probe_on_the_grid_finds_what_a_scan_of_every_face_finds() {
+        let meshes = [
+            shell(32, -1.0, 0.6),
+            shell(40, 0.5, 0.62),
+            joined(cuboid([0.0, 0.0, 0.0], [20.0, 20.0, 0.5]), cuboid([5.0, 5.0, 3.0], [6.0, 60.0, 9.0])),
+        ];
+        for (m, mesh) in meshes.iter().enumerate() {
+            let p: Vec<[f64; 3]> = mesh.positions.iter().map(|v| v.map(f64::from)).collect();
+            let faces: Vec<[usize; 3]> = mesh.indices.iter().map(|f| f.map(|i| i as usize)).collect();
+            let walked = min_wall(&p, &faces, &FaceGrid::build(&p, &faces).unwrap());
+            assert!(walked.is_some(), "mesh {m}: no probe hit");
+            assert_eq!(walked, min_wall_scan(&p, &faces), "mesh {m} ({} faces)", faces.len());
+        }
+        // The thin shell's wall (0.12 world units) is found, not the ball's diameter.
+        let thin = &meshes[1];
+        let p: Vec<[f64; 3]> = thin.positions.iter().map(|v| v.map(f64::from)).collect();
+        let faces: Vec<[usize; 3]> = thin.indices.iter().map(|f| f.map(|i| i as usize)).collect();
+        let wall = min_wall(&p, &faces, &FaceGrid::build(&p, &faces).unwrap()).unwrap();
+        assert!(wall > 0.05 && wall < 0.2, "{wall}");
     }
 }

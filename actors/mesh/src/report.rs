@@ -1,8 +1,9 @@
 //! The printability report: everything a slicer would complain about, in millimetres.
 
-use crate::intersect::count_self_intersections;
+use crate::grid::FaceGrid;
+use crate::intersect::count_on_grid;
 use crate::place::{scale_for, to_print_frame};
-use crate::printability::{assess, Checks, Issue, Severity};
+use crate::printability::{assess_on, positions_and_faces, Checks, Issue, Severity};
 use crate::{check, Mesh, MeshOptions};
 
 /// Default build volume: 256 × 256 × 256 mm (a common desktop printer).
@@ -93,11 +94,16 @@ pub fn print_report(mesh: &Mesh, options: &MeshOptions) -> PrintReport {
     let fits_build_volume = fits(bbox_mm[2], bz)
         && ((fits(bbox_mm[0], bx) && fits(bbox_mm[1], by))
             || (fits(bbox_mm[0], by) && fits(bbox_mm[1], bx)));
-    let self_intersections = count_self_intersections(
-        &placed,
-        options.self_intersection_max_faces,
-        SELF_INTERSECTION_MAX_PAIRS,
-    );
+    // One face grid for the self-intersection count and the wall probe.
+    let (p, faces) = positions_and_faces(&placed);
+    let grid = FaceGrid::build(&p, &faces);
+    let self_intersections = if faces.len() > options.self_intersection_max_faces {
+        None
+    } else if faces.len() < 2 {
+        Some(0)
+    } else {
+        grid.as_ref().and_then(|g| count_on_grid(&p, &faces, g, SELF_INTERSECTION_MAX_PAIRS))
+    };
 
     let mut issues: Vec<Issue> = Vec::new();
     let mut error = |code: &'static str, message: String| issues.push(Issue { code, severity: Severity::Error, message });
@@ -150,7 +156,7 @@ pub fn print_report(mesh: &Mesh, options: &MeshOptions) -> PrintReport {
         ));
     }
     let longest = f64::from(bbox_mm.iter().copied().fold(0.0f32, f32::max));
-    let (checks, more) = assess(&placed, topo.volume, topo.area, longest);
+    let (checks, more) = assess_on(&placed, &p, &faces, grid.as_ref(), topo.volume, topo.area, longest);
     issues.extend(more);
     let problems = issues.iter().filter(|i| i.severity == Severity::Error).map(|i| i.message.clone()).collect();
     PrintReport {
