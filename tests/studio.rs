@@ -66,7 +66,18 @@ impl StudioProcess {
 }
 
 impl Drop for StudioProcess {
+    /// SIGTERM first, so the studio removes its scratch folder and stops its node and
+    /// nats-server as in production; SIGKILL only if it has not stopped after 20 s.
     fn drop(&mut self) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -249,15 +249,18 @@ pub fn mesh_and_export(job: &VolumeJob, formats: &[Format], exporting: impl FnOn
         files.push((format, orfeas_mesh::export_files(&mesh, export_format(format), params.size_mm, texture.as_ref(), "model").map_err(mesh_failure)?));
     }
     let previews = if params.previews.unwrap_or(true) { orfeas_mesh::render_previews(&mesh, PREVIEW_SIZE) } else { Vec::new() };
-    let topology = orfeas_mesh::check(&mesh);
+    // The report measured this mesh in the print frame (a rotation, `r.scale`, a
+    // shift): its counts are the mesh's, its volume scales back by `r.scale`³. Only
+    // the box needs the model frame.
+    let (bbox_min, bbox_max) = orfeas_mesh::used_bounds(&mesh).unwrap_or_default();
     let stats = MeshStats {
-        vertices: topology.vertices as u64,
-        faces: topology.faces as u64,
+        vertices: r.vertices as u64,
+        faces: r.faces as u64,
         closed_manifold: r.closed && r.two_manifold && r.winding_consistent,
-        components: topology.components as u64,
-        volume: topology.volume,
-        bbox_min: topology.bbox_min,
-        bbox_max: topology.bbox_max,
+        components: r.components as u64,
+        volume: r.volume_mm3 / r.scale.powi(3),
+        bbox_min,
+        bbox_max,
     };
     let report = PrintReport {
         closed: r.closed,

@@ -61,5 +61,5 @@ pub use report::{print_report, PrintReport, DEFAULT_BUILD_VOLUME_MM};
 pub use smooth::{smooth, smooth_preserving_features, DEFAULT_FEATURE_ANGLE_DEG};
 pub use stl::to_stl;
 pub use texture::{project_colours, project_texture, Image, ImagePlane, Texture};
-pub use topology::{check, Topology};
+pub use topology::{check, used_bounds, Topology};
 pub use volume::{Inside, Volume};

@@ -65,6 +65,10 @@ pub struct PrintReport {
     pub checks: Checks,
     /// Every finding with a stable code: errors (also in `problems`) and warnings.
     pub issues: Vec<Issue>,
+    /// Millimetres per model unit: the scale of the print frame (1 without a size).
+    /// Lets a caller turn the report's measures back into model units instead of
+    /// running the topology check a second time.
+    pub scale: f64,
 }
 
 impl PrintReport {
@@ -181,5 +185,46 @@ pub fn print_report(mesh: &Mesh, options: &MeshOptions) -> PrintReport {
         problems,
         checks,
         issues,
+        scale,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{check, process, used_bounds, Inside, Volume};
+
+    /// The node derives a job's model-unit statistics from the report (see `scale`);
+    /// they must be what a second topology check of the mesh would say.
+    #[test]
+    fn report_measures_scale_back_to_what_a_check_of_the_mesh_says() {
+        let n = 24;
+        let c = |i: usize| -1.0 + 2.0 * i as f32 / (n - 1) as f32;
+        let mut data = Vec::new();
+        for k in 0..n {
+            for j in 0..n {
+                for i in 0..n {
+                    // An ellipsoid, so the axes of the print frame's rotation differ.
+                    data.push(0.7 - ((c(i) / 0.9).powi(2) + (c(j) / 0.6).powi(2) + (c(k) / 0.4).powi(2)).sqrt());
+                }
+            }
+        }
+        let volume = Volume { data: &data, dims: [n; 3], bounds_min: [-1.0; 3], bounds_max: [1.0; 3], iso: 0.0, inside: Inside::Above };
+        for size_mm in [None, Some(80.0)] {
+            let options = MeshOptions { size_mm, ..MeshOptions::default() };
+            let mesh = process(&volume, &options).unwrap().mesh;
+            let r = print_report(&mesh, &options);
+            let t = check(&mesh);
+            assert_eq!((r.faces, r.vertices, r.components), (t.faces, t.vertices, t.components));
+            let back = r.volume_mm3 / r.scale.powi(3);
+            assert!((back - t.volume).abs() <= 1e-6 * t.volume.abs(), "{size_mm:?}: {back} vs {}", t.volume);
+            assert_eq!(used_bounds(&mesh), Some((t.bbox_min, t.bbox_max)));
+            if size_mm.is_some() {
+                assert!((f64::from(r.bbox_mm.iter().copied().fold(0.0, f32::max)) - 80.0).abs() < 1e-3, "{:?}", r.bbox_mm);
+                assert!(r.scale > 1.0, "{}", r.scale);
+            } else {
+                assert_eq!(r.scale, 1.0);
+            }
+        }
     }
 }

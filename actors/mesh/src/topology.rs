@@ -107,6 +107,19 @@ pub fn check(mesh: &Mesh) -> Topology {
     topo
 }
 
+/// Bounding box of the positions that faces use (in range), `None` without any: the box
+/// [`check`] reports, without the rest of the check.
+pub fn used_bounds(mesh: &Mesh) -> Option<([f32; 3], [f32; 3])> {
+    let n = mesh.positions.len();
+    let mut used = vec![false; n];
+    for f in mesh.indices.iter().filter(|f| f.iter().all(|&v| (v as usize) < n)) {
+        for &v in f {
+            used[v as usize] = true;
+        }
+    }
+    bbox(mesh.positions.iter().zip(&used).filter(|(_, &u)| u).map(|(p, _)| *p))
+}
+
 /// Bounding box of the used positions, area and signed volume of the in-range faces.
 fn measure_geometry(mesh: &Mesh, used: &[bool], topo: &mut Topology) {
     let points = mesh
