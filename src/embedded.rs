@@ -132,7 +132,10 @@ impl Drop for EmbeddedNats {
 
 impl ServerProcess {
     fn start(server_bin: &Path) -> Result<Self> {
-        let dir = tempfile::Builder::new().prefix("orfeas-nats-").tempdir().context("creating a temp dir for nats")?;
+        sweep_orphans(&std::env::temp_dir());
+        let dir = tempfile::Builder::new().prefix(DIR_PREFIX).tempdir().context("creating a temp dir for nats")?;
+        // Who owns the folder, for the sweep of a later run if this one is killed.
+        std::fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())?;
         let port = free_port()?;
         let store = dir.path().join("jetstream");
         let config = CONFIG_TEMPLATE.replace("{{port}}", &port.to_string()).replace("{{store_dir}}", &store.display().to_string());
@@ -152,6 +155,7 @@ impl ServerProcess {
             });
         }
         let child = command.spawn().with_context(|| format!("starting {}", server_bin.display()))?;
+        std::fs::write(dir.path().join(SERVER_FILE), child.id().to_string())?;
         let mut server = Self { child, url: format!("nats://127.0.0.1:{port}"), dir };
         server.wait_ready(port, Duration::from_secs(15))?;
         Ok(server)
@@ -176,6 +180,42 @@ impl ServerProcess {
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default();
         text.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ")
+    }
+}
+
+/// Prefix of an embedded server's folder under the temp dir.
+const DIR_PREFIX: &str = "orfeas-nats-";
+/// The pid of the orfeas process that made the folder.
+const OWNER_FILE: &str = "owner.pid";
+/// The pid of its nats-server.
+const SERVER_FILE: &str = "server.pid";
+
+/// Removes the folders (JetStream data included) that embedded servers of killed
+/// orfeas processes left in `root`: a SIGKILL runs no destructor, and each such run
+/// would otherwise leave its store behind. A folder goes only when it names its owner
+/// and neither the owner nor its server is alive; folders of live runs and folders
+/// without an owner file are left alone.
+fn sweep_orphans(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    let alive = |dir: &Path, file: &str| -> Option<bool> {
+        let pid: u32 = std::fs::read_to_string(dir.join(file)).ok()?.trim().parse().ok()?;
+        Some(Path::new(&format!("/proc/{pid}")).exists())
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        if !entry.file_name().to_string_lossy().starts_with(DIR_PREFIX) || !dir.is_dir() {
+            continue;
+        }
+        let owner_alive = match alive(&dir, OWNER_FILE) {
+            Some(a) => a,
+            None => continue,
+        };
+        if !owner_alive && alive(&dir, SERVER_FILE) != Some(true) {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => tracing::info!(dir = %dir.display(), "removed the folder of a killed run's embedded nats-server"),
+                Err(e) => tracing::debug!(dir = %dir.display(), error = %e, "could not remove a killed run's nats folder"),
+            }
+        }
     }
 }
 
@@ -231,5 +271,36 @@ mod tests {
         }
         drop(server);
         assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the server stops when dropped");
+    }
+
+    #[test]
+    fn the_sweep_removes_only_folders_of_runs_that_are_gone() {
+        let root = tempfile::tempdir().unwrap();
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let dead = gone.id();
+        gone.wait().unwrap();
+        let folder = |name: &str, owner: Option<u32>, server: Option<u32>| {
+            let dir = root.path().join(format!("{DIR_PREFIX}{name}"));
+            std::fs::create_dir_all(dir.join("jetstream")).unwrap();
+            if let Some(pid) = owner {
+                std::fs::write(dir.join(OWNER_FILE), pid.to_string()).unwrap();
+            }
+            if let Some(pid) = server {
+                std::fs::write(dir.join(SERVER_FILE), pid.to_string()).unwrap();
+            }
+            dir
+        };
+        let killed = folder("killed", Some(dead), Some(dead));
+        let live = folder("live", Some(std::process::id()), Some(dead));
+        let server_lingers = folder("lingers", Some(dead), Some(std::process::id()));
+        let unknown = folder("unknown", None, None);
+        let other = root.path().join("someone-else");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join(OWNER_FILE), dead.to_string()).unwrap();
+        sweep_orphans(root.path());
+        assert!(!killed.exists(), "the killed run's folder stays");
+        for kept in [&live, &server_lingers, &unknown, &other] {
+            assert!(kept.exists(), "{} was removed", kept.display());
+        }
     }
 }
