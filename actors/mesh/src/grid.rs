@@ -150,9 +150,7 @@ impl FaceGrid {
             // The last cell along an axis extends to infinity in clamped lookups,
             // so leaving the grid means stepping past the last cell.
             let t_exit = t_max[axis].max(0.0);
-            let last = (0..3).any(|i| {
-                (step[i] > 0 && cell[i] + 1 == self.res[i] && i == axis) || (step[i] < 0 && cell[i] == 0 && i == axis)
-            });
+            let last = if step[axis] > 0 { cell[axis] + 1 == self.res[axis] } else { cell[axis] == 0 };
             if !visit(self.index(cell[0], cell[1], cell[2]), if last { f64::INFINITY } else { t_exit }) || last {
                 return;
             }

@@ -242,17 +242,7 @@ fn min_wall(p: &[[f64; 3]], faces: &[[usize; 3]], grid: &FaceGrid) -> Option<f64
     // The probe that last tested each face: a face spanning several cells is tested once.
     let mut tested = vec![usize::MAX; faces.len()];
     for s in 0..samples {
-        let k = ((s as f64 + 0.5) * step) as usize;
-        let k = k.min(faces.len() - 1);
-        let f = faces[k];
-        let [a, b, c] = [p[f[0]], p[f[1]], p[f[2]]];
-        let n = cross(sub(b, a), sub(c, a));
-        let len = norm(n);
-        if len <= 0.0 {
-            continue;
-        }
-        let dir = [-n[0] / len, -n[1] / len, -n[2] / len];
-        let origin: [f64; 3] = std::array::from_fn(|i| (a[i] + b[i] + c[i]) / 3.0);
+        let Some((k, origin, dir)) = probe(p, faces, s, step) else { continue };
         let mut nearest = f64::INFINITY;
         tested[k] = s;
         grid.walk(origin, dir, |cell, t_exit| {
@@ -282,6 +272,20 @@ fn min_wall(p: &[[f64; 3]], faces: &[[usize; 3]], grid: &FaceGrid) -> Option<f64
     Some(depths[depths.len() / 20])
 }
 
+/// Probe `s` of faces spread `step` apart: its face, the face's centre and the unit
+/// inward normal; `None` for a degenerate face.
+fn probe(p: &[[f64; 3]], faces: &[[usize; 3]], s: usize, step: f64) -> Option<(usize, [f64; 3], [f64; 3])> {
+    let k = (((s as f64 + 0.5) * step) as usize).min(faces.len() - 1);
+    let [a, b, c] = faces[k].map(|v| p[v]);
+    let n = cross(sub(b, a), sub(c, a));
+    let len = norm(n);
+    if len <= 0.0 {
+        return None;
+    }
+    let origin = std::array::from_fn(|i| (a[i] + b[i] + c[i]) / 3.0);
+    Some((k, origin, [-n[0] / len, -n[1] / len, -n[2] / len]))
+}
+
 /// The brute-force probe the grid walk replaces: every sampled ray against every face.
 /// Kept for the test that the two agree.
 #[cfg(test)]
@@ -290,15 +294,7 @@ fn min_wall_scan(p: &[[f64; 3]], faces: &[[usize; 3]]) -> Option<f64> {
     let step = faces.len() as f64 / samples as f64;
     let mut depths = Vec::new();
     for s in 0..samples {
-        let k = (((s as f64 + 0.5) * step) as usize).min(faces.len() - 1);
-        let [a, b, c] = faces[k].map(|v| p[v]);
-        let n = cross(sub(b, a), sub(c, a));
-        let len = norm(n);
-        if len <= 0.0 {
-            continue;
-        }
-        let dir = [-n[0] / len, -n[1] / len, -n[2] / len];
-        let origin: [f64; 3] = std::array::from_fn(|i| (a[i] + b[i] + c[i]) / 3.0);
+        let Some((k, origin, dir)) = probe(p, faces, s, step) else { continue };
         let nearest = faces
             .iter()
             .enumerate()
