@@ -529,7 +529,7 @@ impl LoadedModel {
     }
 }
 
-fn forward_error(name: &str, e: tch::TchError) -> ModelError {
+pub(crate) fn forward_error(name: &str, e: tch::TchError) -> ModelError {
     let detail = e.to_string();
     let lower = detail.to_ascii_lowercase();
     // "CUDA out of memory", "DefaultCPUAllocator: ... out of memory", cuBLAS' allocation failure.
