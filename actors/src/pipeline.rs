@@ -210,6 +210,11 @@ impl LoadedPipeline {
         Tensor::from_slice(&v).view(s.latent_shape.as_slice())
     }
 
+    /// [`initial_latent`](Self::initial_latent), on the device in compute precision.
+    pub fn start_latent(&self, job_id: Uuid) -> Result<Tensor, ModelError> {
+        self.to_device(&self.initial_latent(job_id))
+    }
+
     /// One sampler step for a batch whose items may be at different steps:
     /// `latents [B, *L]` and `cond [B, T, C]` on the device, `t` and
     /// `t_next` one per item.
