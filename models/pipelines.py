@@ -102,6 +102,7 @@ class TriplaneEncode(nn.Module):
         self.res, self.ct = r, c["tri_ch"]
         self.tokens = nn.Parameter(torch.randn(1, 3 * r * r, w) * 0.02)
         self.blocks = nn.ModuleList([Block(w, c["tri_heads"], c["vit_dim"]) for _ in range(c["tri_depth"])])
+        self.norm = nn.LayerNorm(w)  # O(1) plane features, so the point MLPs see a varying input
         self.out = nn.Linear(w, c["tri_ch"])
 
     def forward(self, images: Tensor) -> Tensor:
@@ -112,7 +113,7 @@ class TriplaneEncode(nn.Module):
         x = self.tokens.expand(b, -1, -1)
         for blk in self.blocks:
             x = blk(x, ctx)
-        x = self.out(x)  # [B, 3*R*R, Ct]
+        x = self.out(self.norm(x))  # [B, 3*R*R, Ct]
         return x.view(b, 3, self.res, self.res, self.ct).permute(0, 1, 4, 2, 3).contiguous()
 
 
@@ -127,6 +128,11 @@ class TriplaneQuery(nn.Module):
         for _ in range(c["mlp_depth"] - 2):
             layers += [nn.Linear(w, w), nn.SiLU()]
         layers.append(nn.Linear(w, out))
+        for layer in layers:
+            if isinstance(layer, nn.Linear):
+                # He init: PyTorch's default shrinks the signal ~1/sqrt(3) per layer, and a
+                # random 10-layer MLP would answer one colour everywhere.
+                nn.init.normal_(layer.weight, 0.0, math.sqrt(2.0 / layer.in_features))
         self.mlp = nn.Sequential(*layers)
         self.colour = out == 3
 

@@ -264,6 +264,7 @@ impl DeviceThread {
                         terminal::ending(ErrorCode::DeadlineExceeded, id, format!("not started by its deadline {deadline} (ms since the epoch)"))
                     }
                 };
+                tracing::info!(job_id = %id, reason = ?why, "pipeline job stopped at a step boundary");
                 self.stepping.canceled.remove(&id);
                 self.stepping.retire(job.seq);
                 self.fail(job.ticket, failure);
