@@ -225,6 +225,9 @@ pub enum ModelError {
         /// What is wrong.
         detail: String,
     },
+    /// The pipeline declaration (`pipeline.toml`) is refused.
+    #[error(transparent)]
+    Pipeline(#[from] crate::stages::PipelineError),
     /// TorchScript file could not be loaded.
     #[error("model {name} failed to load from {path}: {detail}")]
     Load {
@@ -262,6 +265,7 @@ impl ModelError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Manifest { .. } => "model_manifest",
+            Self::Pipeline(e) => e.code(),
             Self::Load { .. } => "model_load",
             Self::Contract { .. } => "model_contract",
             Self::Forward {
