@@ -14,6 +14,7 @@
     python models/generate.py --real-size [DIR]   # write the real-size pipelines (TripoSR-like,
                                              # Hunyuan3D-2.1-like; random weights, GBs; not committed)
                                              # to DIR, default ~/.cache/orfeas/models
+    python models/generate.py --bench-pipelines [DIR]   # time their stages by batch size (CPU)
 
 Needs only torch (2.13.0, the version `tch` links against), numpy and the standard library.
 The models are deterministic, contain no weights and no randomness.
@@ -1338,6 +1339,12 @@ def main() -> int:
     p.add_argument("--real-size", type=Path, nargs="?", metavar="DIR",
                    const=Path.home() / ".cache" / "orfeas" / "models",
                    help="write the real-size pipeline models to DIR (default ~/.cache/orfeas/models)")
+    p.add_argument("--bench-pipelines", type=Path, nargs="?", metavar="DIR",
+                   const=Path.home() / ".cache" / "orfeas" / "models",
+                   help="time each stage of the real-size pipelines in DIR by batch size (CPU)")
+    p.add_argument("--reps", type=int, default=3, help="with --bench-pipelines: timed calls per stage (median)")
+    p.add_argument("--only-pipeline", action="append", metavar="NAME",
+                   help="with --bench-pipelines: only this real-size pipeline (repeatable)")
     p.add_argument("--huge", action="store_true",
                    help="with --real-size: also the full 3.3 B-parameter Hunyuan3D-2.1-like model (13 GB)")
     args = p.parse_args()
@@ -1345,6 +1352,11 @@ def main() -> int:
     if args.pipelines:
         import pipelines
         write_pipelines(args.out / "testing", pipelines.TINY)
+        return 0
+    if args.bench_pipelines is not None:
+        import pipelines
+        for name in args.only_pipeline or pipelines.REAL:
+            pipelines.bench(args.bench_pipelines / name, name, [1, 2], 16384, args.reps)
         return 0
     if args.real_size is not None:
         import pipelines

@@ -453,3 +453,46 @@ def compare(committed: Path, fresh: Path, name: str, images: Tensor) -> bool:
     if ok:
         print(f"{name}: outputs identical ({', '.join(a)})")
     return ok
+
+
+def params(mods: Dict) -> int:
+    return sum(p.numel() for m in mods.values() for p in m.parameters())
+
+
+def bench(d: Path, name: str, batches: List[int], points: int, reps: int = 3) -> None:
+    """Raw forward time of each stage by batch size (CPU, fp32): encode, one step, one decode
+    (and colour) chunk of `points` points. Median of `reps` after one warm-up call."""
+    import time
+
+    c = CONFIGS[name]
+    mods = load(d)
+    print(f"{name}: {params(mods) / 1e6:.0f} M parameters, {torch.get_num_threads()} threads")
+
+    out: List[Tensor] = []
+
+    def timed(f) -> float:
+        out.clear()
+        out.append(f())  # warm-up (the profiling executor's first run)
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t0)
+        return sorted(ts)[len(ts) // 2] * 1000.0
+
+    with torch.no_grad():
+        for b in batches:
+            images = torch.rand(b, 4, c["input"], c["input"])
+            row = [f"B={b}", f"encode {timed(lambda: mods['encode'](images)):.0f} ms"]
+            cond = out[0]
+            if "step" in mods:
+                x = noise(c, list(range(b)))
+                t, tn = torch.full((b,), 0.5), torch.full((b,), 0.48)
+                row.append(f"step {timed(lambda: mods['step'](x, t, tn, cond)):.0f} ms")
+            else:
+                x = cond
+            p = torch.rand(b, points, 3) * 2 - 1
+            row.append(f"decode {points} pts {timed(lambda: mods['decode'](x, p)):.0f} ms")
+            if "colour" in mods:
+                row.append(f"colour {points} pts {timed(lambda: mods['colour'](x, p)):.0f} ms")
+            print("  " + ", ".join(row), flush=True)

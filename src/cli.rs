@@ -174,6 +174,10 @@ pub struct BenchArgs {
     /// Open loop: submissions per second (overrides --concurrency).
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Open loop with Poisson arrivals (exponential gaps of mean 1/rate,
+    /// from this seed) instead of evenly spaced ones.
+    #[arg(long, requires = "rate")]
+    pub poisson_seed: Option<u64>,
     /// Measured jobs (ignored with --duration-s).
     #[arg(long, default_value_t = 500)]
     pub jobs: u64,

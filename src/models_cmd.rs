@@ -206,6 +206,8 @@ pub fn bench_forward(args: &BenchForwardArgs) -> Result<()> {
 /// alone (BLAS may block B = 1 and B = 2 differently; a model whose items
 /// really depend on each other differs by far more).
 const BATCH_TOLERANCE: f64 = 1e-3;
+/// Sampler steps the batch-independence check runs.
+const CHECK_STEPS: usize = 3;
 
 /// One line of a check.
 #[derive(Debug, Serialize)]
@@ -285,7 +287,7 @@ pub fn check(dir: &std::path::Path, cpu: bool) -> Result<CheckReport> {
     };
     report.pass("load every stage + B=1, B=2 smoke pass", format!("on {}: load {:.3} s, smoke {:.3} s; shapes as declared", compute.id, p.times.load_seconds, p.times.warmup_seconds));
     match batch_independence(&p) {
-        Ok(diff) if diff <= BATCH_TOLERANCE => report.pass("batch items independent", format!("B=2 vs alone: max abs diff {diff:.2e} over every step and 512 decoded points")),
+        Ok(diff) if diff <= BATCH_TOLERANCE => report.pass("batch items independent", format!("B=2 vs alone: max abs diff {diff:.2e} after {} step(s), at 512 decoded points", p.steps().min(CHECK_STEPS))),
         Ok(diff) => return Ok(report.fail("batch items independent", "batch_dependent", format!("item 1 of a batch of 2 differs from running it alone by {diff:.3e} (> {BATCH_TOLERANCE:e}): a stage mixes batch items"))),
         Err(e) => return Ok(report.fail("batch items independent", e.code(), e.to_string())),
     }
@@ -306,7 +308,9 @@ fn batch_independence(p: &LoadedPipeline) -> Result<f64, ModelError> {
             Tensor::stack(&latents, 0)
         };
         let t = p.timesteps();
-        for i in 0..p.steps() {
+        // Three steps show a stage that mixes items as well as fifty, at a
+        // fraction of the time for a real-size DiT.
+        for i in 0..p.steps().min(CHECK_STEPS) {
             let n = ids.len();
             x = p.step(&x, &vec![t[i] as f32; n], &vec![t[i + 1] as f32; n], &cond)?;
         }

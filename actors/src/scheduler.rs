@@ -372,9 +372,11 @@ impl Scheduler {
             let reported = state.limits.get(&device);
             let cap = |model: &str| reported.and_then(|l| l.get(model)).or_else(|| self.model_max_batch.get(model)).copied().unwrap_or(1);
             let Some(plan) = state.waiting.plan(self.settings.max_batch, cap) else { return };
-            if plan.alone && state.slots.get(&device).is_none_or(|free| *free < DEVICE_SLOTS) {
+            if plan.alone && (state.slots.get(&device).is_none_or(|free| *free < DEVICE_SLOTS) || state.running.get(&device).is_some_and(|b| !b.is_empty())) {
                 // A retried job waits for an idle device: nothing may queue
-                // behind a job that may bring the device down.
+                // behind a job that may bring the device down (nor sample
+                // beside it: batches that joined a running set gave their
+                // slots back but are still on the device).
                 return;
             }
             let now = now_ms();
