@@ -9,6 +9,12 @@
     python models/generate.py --reference [DIR]   # write the benchmark's reference network (random
                                              # weights, ~56 M parameters, ~224 MB; not committed) to
                                              # DIR, default ~/.cache/orfeas/models/reference
+    python models/generate.py --pipelines   # (re)write the tiny pipeline test models
+                                             # (models/testing/triposr-tiny, hunyuan-tiny), then verify
+    python models/generate.py --real-size [DIR]   # write the real-size pipelines (TripoSR-like,
+                                             # Hunyuan3D-2.1-like; random weights, GBs; not committed)
+                                             # to DIR, default ~/.cache/orfeas/models
+    python models/generate.py --bench-pipelines [DIR]   # time their stages by batch size (CPU)
 
 Needs only torch (2.13.0, the version `tch` links against), numpy and the standard library.
 The models are deterministic, contain no weights and no randomness.
@@ -1183,8 +1189,40 @@ def verify_fault(m, man: dict, full: Tensor) -> None:
           f"fault 2 raises {FAULT_DEVICE_MESSAGE!r}")
 
 
-def check(committed: Path) -> int:
+def write_pipelines(out_dir: Path, names: List[str]) -> None:
+    import pipelines
+
+    for name in names:
+        d = pipelines.write(out_dir, name)
+        size = pipelines.CONFIGS[name]["input"]
+        pipelines.verify(d, name, check_batch(size)[:3])
+
+
+def check_pipelines(committed: Path) -> bool:
+    """Tiny pipeline models: regenerated stages give the committed outputs, then verify."""
+    import pipelines
+
     ok = True
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in pipelines.TINY:
+            dc = committed / "testing" / name
+            if not (dc / "pipeline.toml").exists():
+                print(f"{name}: MISSING {dc / 'pipeline.toml'}")
+                ok = False
+                continue
+            fresh = pipelines.write(Path(tmp), name)
+            images = check_batch(pipelines.CONFIGS[name]["input"])[:3]
+            ok = pipelines.compare(dc, fresh, name, images) and ok
+            try:
+                pipelines.verify(dc, name, images)
+            except AssertionError as e:
+                print(f"verification failed: {e}")
+                ok = False
+    return ok
+
+
+def check(committed: Path) -> int:
+    ok = check_pipelines(committed)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_dir = Path(tmp)
         write_models(tmp_dir)
@@ -1296,8 +1334,36 @@ def main() -> int:
     p.add_argument("--only", action="append", choices=sorted(MODELS), metavar="NAME",
                    help="(re)write only this model (repeatable; default: all). Leaves the other "
                    "committed model.pt files untouched (their bytes record generate.py's line numbers)")
+    p.add_argument("--pipelines", action="store_true",
+                   help="(re)write the tiny pipeline test models under models/testing, then verify")
+    p.add_argument("--real-size", type=Path, nargs="?", metavar="DIR",
+                   const=Path.home() / ".cache" / "orfeas" / "models",
+                   help="write the real-size pipeline models to DIR (default ~/.cache/orfeas/models)")
+    p.add_argument("--bench-pipelines", type=Path, nargs="?", metavar="DIR",
+                   const=Path.home() / ".cache" / "orfeas" / "models",
+                   help="time each stage of the real-size pipelines in DIR by batch size (CPU)")
+    p.add_argument("--reps", type=int, default=3, help="with --bench-pipelines: timed calls per stage (median)")
+    p.add_argument("--only-pipeline", action="append", metavar="NAME",
+                   help="with --bench-pipelines: only this real-size pipeline (repeatable)")
+    p.add_argument("--huge", action="store_true",
+                   help="with --real-size: also the full 3.3 B-parameter Hunyuan3D-2.1-like model (13 GB)")
     args = p.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))  # the machines have 2 cores
+    if args.pipelines:
+        import pipelines
+        write_pipelines(args.out / "testing", pipelines.TINY)
+        return 0
+    if args.bench_pipelines is not None:
+        import pipelines
+        for name in args.only_pipeline or pipelines.REAL:
+            pipelines.bench(args.bench_pipelines / name, name, [1, 2], 16384, args.reps)
+        return 0
+    if args.real_size is not None:
+        import pipelines
+        names = pipelines.REAL + (["hunyuan"] if args.huge else [])
+        for name in names:
+            pipelines.write(args.real_size, name)
+        return 0
     if args.reference is not None:
         write_reference(args.reference)
         return 0

@@ -82,7 +82,7 @@ impl Percentiles {
 /// What the system did with the measured jobs.
 #[derive(Debug, Serialize)]
 pub struct SystemReport {
-    /// `closed` or `open`.
+    /// `closed`, `open` (evenly spaced) or `poisson` (open loop, Poisson arrivals).
     pub mode: &'static str,
     /// Closed loop: jobs in flight.
     pub concurrency: Option<usize>,
@@ -404,7 +404,7 @@ async fn measure(
         Some(args.jobs)
     };
     let submitted = match args.rate {
-        Some(rate) => open_loop(&driver, rate, jobs, deadline, timeout).await,
+        Some(rate) => open_loop(&driver, rate, args.poisson_seed, jobs, deadline, timeout).await,
         None => closed_loop(&driver, args.concurrency, jobs, deadline, timeout).await,
     };
     let after = scrape_batches(metrics_urls, &args.model).await?;
@@ -474,11 +474,13 @@ async fn closed_loop(
     issued.load(Ordering::Relaxed)
 }
 
-/// Submit at `rate` per second until `jobs` or `deadline`; then wait for
-/// the answers (each at most `timeout`).
+/// Submit at `rate` per second until `jobs` or `deadline` (evenly spaced,
+/// or Poisson arrivals from `poisson` as seed); then wait for the answers
+/// (each at most `timeout`).
 async fn open_loop(
     driver: &Arc<Driver>,
     rate: f64,
+    poisson: Option<u64>,
     jobs: Option<u64>,
     deadline: Option<Instant>,
     timeout: Duration,
@@ -488,6 +490,7 @@ async fn open_loop(
     let mut waiting = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut arrivals = poisson.map(|seed| PoissonArrivals { state: seed, next_s: 0.0, rate, count: 0 });
     loop {
         tick.tick().await;
         let now = Instant::now();
@@ -495,7 +498,11 @@ async fn open_loop(
             break;
         }
         // Catch up to the schedule: the rate holds even when ticks slip.
-        let due = (now.duration_since(started).as_secs_f64() * rate) as u64 + 1;
+        let elapsed = now.duration_since(started).as_secs_f64();
+        let due = match arrivals.as_mut() {
+            Some(a) => a.due(elapsed),
+            None => (elapsed * rate) as u64 + 1,
+        };
         let due = jobs.map_or(due, |j| due.min(j));
         while sent < due {
             let driver = driver.clone();
@@ -510,6 +517,31 @@ async fn open_loop(
         let _ = task.await;
     }
     sent
+}
+
+/// Arrival times of a Poisson process: exponential gaps of mean 1 / rate.
+struct PoissonArrivals {
+    state: u64,
+    next_s: f64,
+    rate: f64,
+    count: u64,
+}
+
+impl PoissonArrivals {
+    /// Arrivals at or before `elapsed` seconds.
+    fn due(&mut self, elapsed: f64) -> u64 {
+        while self.next_s <= elapsed {
+            self.count += 1;
+            // SplitMix64 → uniform in (0, 1] → exponential gap.
+            self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            let u = ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64;
+            self.next_s += -(1.0 - u).ln() / self.rate;
+        }
+        self.count
+    }
 }
 
 fn summarize(
@@ -570,7 +602,9 @@ fn summarize(
         |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
     let (passes, items) = (delta("count"), delta("sum"));
     SystemReport {
-        mode: if args.rate.is_some() {
+        mode: if args.poisson_seed.is_some() {
+            "poisson"
+        } else if args.rate.is_some() {
             "open"
         } else {
             "closed"
@@ -781,6 +815,7 @@ pub fn print(report: &BenchReport) {
     let s = &report.system;
     let load = match (s.concurrency, s.rate) {
         (Some(c), _) => format!("closed loop, {c} in flight"),
+        (_, Some(r)) if s.mode == "poisson" => format!("open loop, Poisson arrivals at {r} jobs/s"),
         (_, Some(r)) => format!("open loop, {r} jobs/s"),
         _ => String::new(),
     };
@@ -840,6 +875,29 @@ pub fn print(report: &BenchReport) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn poisson_arrivals_come_at_the_rate_with_exponential_gaps() {
+        let mut a = super::PoissonArrivals { state: 7, next_s: 0.0, rate: 10.0, count: 0 };
+        let n = a.due(1000.0);
+        assert!((9_700..10_300).contains(&n), "{n} arrivals in 1000 s at 10/s");
+        // Exponential gaps: about e^-1 of them are longer than the mean.
+        let mut b = super::PoissonArrivals { state: 7, next_s: 0.0, rate: 10.0, count: 0 };
+        let (mut last, mut long, mut prev) = (0.0, 0, 0);
+        for k in 1..=20_000 {
+            let t = k as f64 * 0.001;
+            let c = b.due(t);
+            if c > prev {
+                if t - last > 0.1 {
+                    long += 1;
+                }
+                last = t;
+                prev = c;
+            }
+        }
+        let share = long as f64 / prev as f64;
+        assert!((0.3..0.45).contains(&share), "share of gaps above the mean: {share}");
+    }
+
     use super::*;
 
     #[test]

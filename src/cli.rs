@@ -85,7 +85,11 @@ pub enum Command {
 
 /// `orfeas models`
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ModelsArgs {
+    /// Without a subcommand: list the models a deployment serves.
+    #[command(subcommand)]
+    pub command: Option<ModelsCommand>,
     /// NATS URL.
     #[arg(long)]
     pub nats: Option<String>,
@@ -95,6 +99,30 @@ pub struct ModelsArgs {
     /// Give up after this many seconds without an answer.
     #[arg(long, default_value_t = 10)]
     pub timeout_s: u64,
+}
+
+/// `orfeas models …`
+#[derive(Subcommand, Debug)]
+pub enum ModelsCommand {
+    /// Check a model folder before a node loads it: parse the manifest and
+    /// any pipeline.toml, load every stage with libtorch, run B = 1 and
+    /// B = 2 smoke passes with the declared shapes and check that batch
+    /// items are independent. Exit 0 when it passes, 1 with a stable error
+    /// code when not.
+    Check(ModelsCheckArgs),
+}
+
+/// `orfeas models check`
+#[derive(Args, Debug)]
+pub struct ModelsCheckArgs {
+    /// Model folder (`manifest.toml` and `model.pt`, or `pipeline.toml` and its stage files).
+    pub dir: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Use the CPU even when a CUDA GPU is present.
+    #[arg(long)]
+    pub cpu: bool,
 }
 
 /// `orfeas bench-forward`
@@ -146,6 +174,10 @@ pub struct BenchArgs {
     /// Open loop: submissions per second (overrides --concurrency).
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Open loop with Poisson arrivals (exponential gaps of mean 1/rate,
+    /// from this seed) instead of evenly spaced ones.
+    #[arg(long, requires = "rate")]
+    pub poisson_seed: Option<u64>,
     /// Measured jobs (ignored with --duration-s).
     #[arg(long, default_value_t = 500)]
     pub jobs: u64,

@@ -59,6 +59,8 @@ pub struct NodeSection {
     pub key_file: String,
     /// Added to every batch (simulated device; tests and scale experiments).
     pub simulated_latency_ms: u64,
+    /// Added to every sampler step of a pipeline model (simulated device).
+    pub simulated_step_latency_ms: u64,
 }
 
 /// `[nats]`
@@ -118,6 +120,10 @@ pub struct DevicesSection {
     pub use_cuda: bool,
     /// Fraction of a device's free memory a batch may plan on (0–1].
     pub memory_safety: f64,
+    /// Pipeline models: jobs join and leave the running set at step
+    /// boundaries (true) or each batch samples to the end alone (false,
+    /// whole-request batching; for comparison).
+    pub step_batching: bool,
 }
 
 /// `[scheduler]`
@@ -168,7 +174,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             version: 1,
-            node: NodeSection { id: String::new(), deployment: "orfeas".into(), key_file: String::new(), simulated_latency_ms: 0 },
+            node: NodeSection { id: String::new(), deployment: "orfeas".into(), key_file: String::new(), simulated_latency_ms: 0, simulated_step_latency_ms: 0 },
             nats: NatsSection { url: String::new(), server_bin: String::new(), replicas: 1, nkey_seed_file: String::new() },
             store: StoreSection {
                 root: String::new(),
@@ -180,7 +186,7 @@ impl Default for Config {
                 url_expiry_s: 7 * 24 * 3600,
             },
             models: ModelsSection { dir: default_models_dir(), enabled: vec![] },
-            devices: DevicesSection { cpu_threads: 0, use_cuda: true, memory_safety: 0.8 },
+            devices: DevicesSection { cpu_threads: 0, use_cuda: true, memory_safety: 0.8, step_batching: true },
             scheduler: SchedulerSection { max_batch: 8, ack_wait_s: 60, progress_ack_s: 15, max_deliver: 5, max_queue_delay_ms: 0, lookahead_batches: 2, shutdown_grace_s: 30 },
             ingress: IngressSection { clock_skew_s: 120, max_image_side: 16384, submit_queue_max: 100_000, preauth_per_minute: default_preauth_per_minute() },
             http: HttpSection { listen: "127.0.0.1:9470".into() },
@@ -307,6 +313,8 @@ impl Config {
         settings.preauth_per_minute = self.ingress.preauth_per_minute;
         settings.max_image_side = self.ingress.max_image_side;
         settings.simulated_latency = Duration::from_millis(self.node.simulated_latency_ms);
+        settings.simulated_step_latency = Duration::from_millis(self.node.simulated_step_latency_ms);
+        settings.step_batching = self.devices.step_batching;
         settings.http_listen = if self.http.listen.is_empty() { None } else { Some(self.http.listen.parse()?) };
         settings.store_s3 = self.s3()?;
         Ok(settings)

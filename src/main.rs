@@ -172,11 +172,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             print!("{}", config.redacted());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Models(args) => {
-            let url = nats_url(&config, &args.nats)?;
-            models_cmd::list(&url, &args).await?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Models(args) => match args.command {
+            Some(cli::ModelsCommand::Check(check)) => {
+                let report = tokio::task::spawn_blocking(move || models_cmd::check(&check.dir, check.cpu).map(|r| (r, check.json))).await??;
+                let (report, json) = report;
+                models_cmd::print_check(&report, json)?;
+                Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            }
+            None => {
+                let url = nats_url(&config, &args.nats)?;
+                models_cmd::list(&url, &args).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+        },
         Command::BenchForward(args) => {
             tokio::task::spawn_blocking(move || models_cmd::bench_forward(&args)).await??;
             Ok(ExitCode::SUCCESS)

@@ -1,4 +1,5 @@
-//! `orfeas models` (list what a deployment serves) and `orfeas
+//! `orfeas models` (list what a deployment serves), `orfeas models check
+//! DIR` (validate a model folder before a node loads it) and `orfeas
 //! bench-forward` (raw forward-pass throughput of one model).
 
 use std::time::{Duration, Instant};
@@ -7,8 +8,11 @@ use anyhow::{bail, Context, Result};
 use orfeas_actors::{
     bus,
     device::{self, MemoryProbe},
-    model::{self, LoadedModel},
+    model::{self, LoadedModel, ModelError},
+    pipeline::{self, LoadedPipeline},
+    stages::Pipeline,
 };
+use serde::Serialize;
 use orfeas_wire::{
     subjects,
     v1::{ListModels, ModelList},
@@ -194,6 +198,148 @@ pub fn bench_forward(args: &BenchForwardArgs) -> Result<()> {
             rates.0 / base_min,
             rates.1 / base_median
         );
+    }
+    Ok(())
+}
+
+/// Largest difference allowed between a batch item and the same item run
+/// alone (BLAS may block B = 1 and B = 2 differently; a model whose items
+/// really depend on each other differs by far more).
+const BATCH_TOLERANCE: f64 = 1e-3;
+/// Sampler steps the batch-independence check runs.
+const CHECK_STEPS: usize = 3;
+
+/// One line of a check.
+#[derive(Debug, Serialize)]
+pub struct CheckStep {
+    /// What was checked.
+    pub what: String,
+    /// Passed.
+    pub ok: bool,
+    /// What was found (timings, shapes) or what is wrong.
+    pub detail: String,
+}
+
+/// What `orfeas models check` found.
+#[derive(Debug, Serialize)]
+pub struct CheckReport {
+    /// The folder.
+    pub dir: String,
+    /// `pipeline` or `single_call`.
+    pub kind: &'static str,
+    /// Every check passed.
+    pub ok: bool,
+    /// Stable code of the first failure (`model_manifest`, `pipeline_invalid`,
+    /// `pipeline_missing_file`, `model_load`, `model_contract`,
+    /// `forward_failed`, `out_of_memory`, `device_lost`, `batch_dependent`).
+    pub code: Option<String>,
+    /// The checks, in order; the first failure is the last.
+    pub steps: Vec<CheckStep>,
+}
+
+impl CheckReport {
+    fn pass(&mut self, what: &str, detail: String) {
+        self.steps.push(CheckStep { what: what.into(), ok: true, detail });
+    }
+
+    fn fail(mut self, what: &str, code: &str, detail: String) -> Self {
+        self.steps.push(CheckStep { what: what.into(), ok: false, detail });
+        self.ok = false;
+        self.code = Some(code.into());
+        self
+    }
+}
+
+/// Check the model folder `dir` as a node would load it, and a little more.
+pub fn check(dir: &std::path::Path, cpu: bool) -> Result<CheckReport> {
+    let dir = dir.canonicalize().with_context(|| format!("model folder {}", dir.display()))?;
+    let mut report = CheckReport { dir: dir.display().to_string(), kind: "single_call", ok: true, code: None, steps: Vec::new() };
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name().and_then(|n| n.to_str())) else {
+        return Ok(report.fail("manifest", "model_manifest", "not a model folder".into()));
+    };
+    let (manifest, path) = match model::read_manifests(parent, &[name.to_string()]) {
+        Ok(mut found) => found.remove(0),
+        Err(e) => return Ok(report.fail("manifest", e.code(), e.to_string())),
+    };
+    report.pass("manifest", format!("{} {}: input {:?}, grid {:?}, max_batch {}", manifest.name, manifest.version, manifest.input_size, manifest.grid, manifest.max_batch));
+    let device = if !cpu && tch::Cuda::is_available() { Device::Cuda(0) } else { Device::Cpu };
+    let compute = device::discover(device.is_cuda()).remove(0);
+    let probe = MemoryProbe::for_device(&compute);
+    if !pipeline::is_pipeline(&path) {
+        return Ok(match LoadedModel::load(manifest, &path, device, &probe) {
+            Ok(m) => {
+                report.pass("load + B=1, B=2 forward", format!("on {}: load {:.3} s, warm-up {:.3} s", compute.id, m.times.load_seconds, m.times.warmup_seconds));
+                report
+            }
+            Err(e) => report.fail("load + B=1, B=2 forward", e.code(), e.to_string()),
+        });
+    }
+    report.kind = "pipeline";
+    let declared = match Pipeline::read(&dir) {
+        Ok(Some(p)) => p,
+        Ok(None) => unreachable!("is_pipeline saw the file"),
+        Err(e) => return Ok(report.fail("pipeline.toml", e.code(), e.to_string())),
+    };
+    report.pass("pipeline.toml", format!("stages {}", declared.files().join(" → ")));
+    let p = match LoadedPipeline::load(manifest, &dir, device, &probe) {
+        Ok(p) => p,
+        Err(e) => return Ok(report.fail("load every stage + B=1, B=2 smoke pass", e.code(), e.to_string())),
+    };
+    report.pass("load every stage + B=1, B=2 smoke pass", format!("on {}: load {:.3} s, smoke {:.3} s; shapes as declared", compute.id, p.times.load_seconds, p.times.warmup_seconds));
+    match batch_independence(&p) {
+        Ok(diff) if diff <= BATCH_TOLERANCE => report.pass("batch items independent", format!("B=2 vs alone: max abs diff {diff:.2e} after {} step(s), at 512 decoded points", p.steps().min(CHECK_STEPS))),
+        Ok(diff) => return Ok(report.fail("batch items independent", "batch_dependent", format!("item 1 of a batch of 2 differs from running it alone by {diff:.3e} (> {BATCH_TOLERANCE:e}): a stage mixes batch items"))),
+        Err(e) => return Ok(report.fail("batch items independent", e.code(), e.to_string())),
+    }
+    Ok(report)
+}
+
+/// Two different images sampled together vs the second alone: the
+/// largest difference of the decoded field at 512 grid points.
+fn batch_independence(p: &LoadedPipeline) -> Result<f64, ModelError> {
+    let [h, w] = p.manifest.input_size;
+    let images = Tensor::stack(&[disc(h, w), disc(h, w).flip([2])], 0);
+    let run = |images: &Tensor, ids: &[u128]| -> Result<Tensor, ModelError> {
+        let cond = p.encode(images)?;
+        let mut x = if p.steps() == 0 {
+            cond.shallow_clone()
+        } else {
+            let latents = ids.iter().map(|&i| p.start_latent(uuid::Uuid::from_u128(i))).collect::<Result<Vec<_>, _>>()?;
+            Tensor::stack(&latents, 0)
+        };
+        let t = p.timesteps();
+        // Three steps show a stage that mixes items as well as fifty, at a
+        // fraction of the time for a real-size DiT.
+        for i in 0..p.steps().min(CHECK_STEPS) {
+            let n = ids.len();
+            x = p.step(&x, &vec![t[i] as f32; n], &vec![t[i + 1] as f32; n], &cond)?;
+        }
+        p.decode_points(&x, &fixed_points())
+    };
+    let together = run(&images, &[1, 2])?;
+    let alone = run(&images.narrow(0, 1, 1), &[2])?;
+    Ok((together.get(1) - alone.get(0)).abs().max().double_value(&[]))
+}
+
+/// 512 fixed points spread through [-0.9, 0.9]^3.
+fn fixed_points() -> Tensor {
+    let v: Vec<f32> = (0..512 * 3).map(|i| ((i as f32 * 0.618_034).fract() * 1.8) - 0.9).collect();
+    Tensor::from_slice(&v).view([512, 3])
+}
+
+/// Print a check report (text or JSON).
+pub fn print_check(report: &CheckReport, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    println!("checking {} ({})", report.dir, report.kind);
+    for s in &report.steps {
+        println!("  {} {:<40} {}", if s.ok { "ok  " } else { "FAIL" }, s.what, s.detail);
+    }
+    match &report.code {
+        None => println!("ok: a node can load this model"),
+        Some(code) => println!("error[{code}]: a node would refuse this model"),
     }
     Ok(())
 }

@@ -22,3 +22,60 @@ fn example_images_regenerate_byte_for_byte() {
     let out = Command::new(python()).arg(common::repo().join("examples/make_examples.py")).arg("--check").output().unwrap();
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
+
+fn check(dir: &std::path::Path) -> (bool, serde_json::Value) {
+    let out = Command::new(common::orfeas_bin()).args(["models", "check", "--json"]).arg(dir).env_remove("ORFEAS_NATS_URL").output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.success(), report["ok"] == true, "exit status follows the verdict: {report}");
+    (out.status.success(), report)
+}
+
+/// A copy of the tiny Hunyuan-like pipeline, with `edit` applied to its pipeline.toml.
+fn broken_copy(edit: impl Fn(String) -> String) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = common::repo().join("models/testing/hunyuan-tiny");
+    let dst = tmp.path().join("hunyuan-tiny");
+    std::fs::create_dir(&dst).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+    }
+    let toml = dst.join("pipeline.toml");
+    std::fs::write(&toml, edit(std::fs::read_to_string(&toml).unwrap())).unwrap();
+    tmp
+}
+
+#[test]
+fn models_check_passes_the_shipped_models_and_refuses_broken_pipelines_with_stable_codes() {
+    for (dir, kind) in [("models/testing/hunyuan-tiny", "pipeline"), ("models/testing/triposr-tiny", "pipeline"), ("models/null", "single_call")] {
+        let (ok, report) = check(&common::repo().join(dir));
+        assert!(ok, "{dir}: {report}");
+        assert_eq!(report["kind"], kind, "{report}");
+    }
+    let cases: [(&str, Box<dyn Fn(String) -> String>); 4] = [
+        ("pipeline_invalid", Box::new(|t: String| t.replace("steps = 8", "steps = 0"))),
+        ("pipeline_missing_file", Box::new(|t: String| t.replace("decode.pt", "decoder.pt"))),
+        // The step module refuses latents of another shape.
+        ("forward_failed", Box::new(|t: String| t.replace("latent_shape = [32, 8]", "latent_shape = [32, 9]"))),
+        ("model_contract", Box::new(|t: String| t.replace("output_shape = [16, 32]", "output_shape = [16, 31]"))),
+    ];
+    for (code, edit) in cases {
+        let tmp = broken_copy(edit);
+        let (ok, report) = check(&tmp.path().join("hunyuan-tiny"));
+        assert!(!ok, "{code}: {report}");
+        assert_eq!(report["code"], code, "{report}");
+    }
+    // A decode stage that mixes batch items (the batch mean leaks into each item).
+    let tmp = broken_copy(|t| t);
+    let script = format!(
+        "import torch\nclass D(torch.nn.Module):\n    def forward(self, latents, points):\n        return 0.6 - points.pow(2).sum(-1).sqrt() + 0.1 * latents.mean()\ntorch.jit.save(torch.jit.script(D()), {:?})\n",
+        tmp.path().join("hunyuan-tiny/decode.pt").display().to_string()
+    );
+    // TorchScript reads the class's source, so the script must be a file.
+    let file = tmp.path().join("mixing_decode.py");
+    std::fs::write(&file, script).unwrap();
+    let out = Command::new(python()).arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (ok, report) = check(&tmp.path().join("hunyuan-tiny"));
+    assert!(!ok && report["code"] == "batch_dependent", "{report}");
+}

@@ -144,6 +144,22 @@ impl EventSink {
         }
     }
 
+    /// `ticket` is `fraction` of the way through `stage` with `stage_left_ms`
+    /// of it ahead (sampler steps): a progress event when the percent moved
+    /// up a point (see [`crate::progress::Track::within`]).
+    pub fn progress_within(&self, ticket: &Ticket, stage: Stage, fraction: f64, stage_left_ms: u64) {
+        let report = {
+            let times = crate::progress::TIMES.lock().unwrap_or_else(|e| e.into_inner());
+            let mut track = ticket.track.lock().unwrap_or_else(|e| e.into_inner());
+            track.within(&ticket.job.model, stage, fraction, stage_left_ms, &times)
+        };
+        if let Some(report) = report {
+            let kind = EventKind::Progress { stage: report.stage, percent: report.percent, eta_ms: report.eta_ms };
+            let event = self.event(ticket.job.job_id, ticket.next_seq(), kind);
+            let _ = self.tx.try_send(Outgoing { agent: ticket.job.agent.clone(), event, trace: Some(ticket.trace), confirmed: None });
+        }
+    }
+
     /// The attempt of `ticket` ended: its last stage's time counts towards
     /// the averages, and no progress follows.
     pub fn progress_done(&self, ticket: &Ticket) {

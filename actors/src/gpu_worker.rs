@@ -19,6 +19,19 @@
 //!   runs forward passes. The thread owns the loaded models (`CModule`,
 //!   resident for the worker's life), the per-model batch ceilings that
 //!   out-of-memory errors lower, and the memory probe read before each batch.
+//! - Pipeline models (`pipeline.toml`, [`crate::pipeline`]) are served by
+//!   step-level continuous batching ([`crate::step_batcher`], driven in
+//!   `gpu_worker/stepping.rs`): a batch is encoded on arrival and its jobs
+//!   join the model's running set at the next step boundary, as far as
+//!   the memory-bounded batch limit allows; once a batch has joined the
+//!   worker says `Joined`, so the Scheduler sends more while earlier jobs
+//!   still sample. Between two steps the thread takes whatever arrived
+//!   (batches of any model, cancels, colour queries), so single-call
+//!   models keep running beside a sampling pipeline. Each batch still gets
+//!   exactly one `DeviceIdle`, in the order sent, once all its jobs left
+//!   (every job one `Volume` or `Fail`). `GpuWorkerMsg::Cancel` stops a
+//!   job at its next step boundary; a job whose start-by deadline passes
+//!   before it joins never starts. Per-step progress with ETA.
 //! - Restart policy: models are loaded and warmed (B = 1 and 2) in
 //!   `pre_start`, so a model that fails to load or breaks its contract fails
 //!   the spawn (reported at start, not at the first job); the device counts
@@ -52,7 +65,8 @@ use crate::{
     device::{ComputeDevice, MemoryProbe},
     events::EventSink,
     metrics,
-    model::{LoadedModel, Manifest, ModelError},
+    model::{LoadTimes, LoadedModel, Manifest, ModelError},
+    pipeline::LoadedPipeline,
     postprocess::{PostprocessMsg, VolumeJob},
     preprocess,
     roster::Roster,
@@ -91,6 +105,9 @@ pub enum GpuWorkerMsg {
     /// The device thread is gone (found by a preprocessing task, or said
     /// by the thread itself after a device-fatal error).
     DeviceGone,
+    /// Its agent canceled this job: a pipeline model stops it at its next
+    /// step boundary (a single-call model has no boundary; nothing happens).
+    Cancel(uuid::Uuid),
 }
 
 /// The worker of one device (configuration only; see [`GpuWorkerState`]).
@@ -111,9 +128,13 @@ pub struct GpuWorker {
     pub inputs: Option<crate::inputs::Inputs>,
 }
 
+mod stepping;
+
 /// Mutable state: the device thread's inbox and the current manifests.
 pub struct GpuWorkerState {
-    work: mpsc::Sender<DeviceWork>,
+    /// The only long-lived sender: when the state goes, the thread's inbox
+    /// closes (the thread keeps just a `Weak` for colour queries).
+    work: Arc<mpsc::Sender<DeviceWork>>,
     manifests: Arc<RwLock<HashMap<String, Manifest>>>,
     thread: thread::JoinHandle<()>,
     /// Fires once the batch sent last has reached the device thread.
@@ -127,6 +148,9 @@ enum DeviceWork {
         Vec<(Manifest, PathBuf)>,
         oneshot::Sender<Result<Vec<ModelLoadReport>, String>>,
     ),
+    Cancel(uuid::Uuid),
+    /// A pipeline's colour stage at mesh vertices (asked by Postprocess).
+    Colour(stepping::ColourRequest),
 }
 
 /// A batch whose images are decoded and laid out as the model's input.
@@ -152,6 +176,7 @@ impl Actor for GpuWorker {
     ) -> Result<Self::State, ActorProcessingErr> {
         self.warmth.set(&self.device.id, false);
         let (work, inbox) = mpsc::channel::<DeviceWork>();
+        let work = Arc::new(work);
         let (loaded_tx, loaded_rx) = oneshot::channel();
         let manifests = Arc::new(RwLock::new(HashMap::new()));
         if self.settings.cpu_threads > 0 {
@@ -167,9 +192,13 @@ impl Actor for GpuWorker {
             max_batch: self.settings.max_batch.max(1),
             memory_safety: self.settings.memory_safety,
             simulated_latency: self.settings.simulated_latency,
+            simulated_step_latency: self.settings.simulated_step_latency,
+            step_batching: self.settings.step_batching,
             models: HashMap::new(),
             ceilings: HashMap::new(),
             cached_bytes: 0,
+            work: Arc::downgrade(&work),
+            stepping: stepping::Stepping::default(),
         };
         let models = self.models.clone();
         let worker = myself.clone();
@@ -187,41 +216,57 @@ impl Actor for GpuWorker {
                     }
                 }
                 device.report_limits();
-                while let Ok(work) = inbox.recv() {
-                    match work {
-                        DeviceWork::Forward(batch) => {
-                            if let Err(DeviceLost(detail)) = device.run(batch) {
-                                // The context is unusable: end the thread, so the
-                                // worker fails and is restarted with a fresh one; its
-                                // unanswered jobs go back to JetStream (the Scheduler
-                                // hands them back), where a retried job runs alone.
-                                tracing::error!(device = %device.device.id, error = %detail, "device lost; restarting its worker");
-                                device.warmth.set(&device.device.id, false);
-                                let _ = worker.cast(GpuWorkerMsg::DeviceGone);
-                                return;
-                            }
-                            device.report_limits();
-                            if let Some(scheduler) = device.roster.scheduler() {
-                                let _ = scheduler
-                                    .cast(SchedulerMsg::DeviceIdle(device.device.id.clone()));
-                            }
+                loop {
+                    // While a pipeline samples, take what arrived without
+                    // waiting, then run one step; otherwise wait for work.
+                    let work = if device.stepping.is_busy() {
+                        match inbox.try_recv() {
+                            Ok(work) => Some(work),
+                            Err(mpsc::TryRecvError::Empty) => None,
+                            Err(mpsc::TryRecvError::Disconnected) => return,
                         }
-                        DeviceWork::Reload(models, reply) => {
-                            device.warmth.set(&device.device.id, false);
-                            let result = device.load_all(models).map(|(loaded, reports)| {
-                                device.swap(loaded);
-                                reports
-                            });
-                            device.warmth.set(&device.device.id, true);
-                            metrics::MODEL_RELOADS
-                                .with_label_values(&[if result.is_ok() { "ok" } else { "failed" }])
-                                .inc();
-                            let _ = reply.send(result.map_err(|e| e.to_string()));
-                            device.report_limits();
+                    } else {
+                        match inbox.recv() {
+                            Ok(work) => Some(work),
+                            Err(_) => return,
                         }
+                    };
+                    let outcome = match work {
+                        None => device.step_all(),
+                        Some(DeviceWork::Forward(batch)) => device.run(batch),
+                        Some(DeviceWork::Cancel(job_id)) => {
+                            device.stepping.cancel(job_id);
+                            Ok(())
+                        }
+                        Some(DeviceWork::Colour(request)) => {
+                            device.colour(request);
+                            Ok(())
+                        }
+                        Some(DeviceWork::Reload(models, reply)) => {
+                            // Jobs sampling on the old models finish on them first.
+                            let mut drained = Ok(());
+                            while drained.is_ok() && device.stepping.is_busy() {
+                                drained = device.step_all();
+                            }
+                            if drained.is_ok() {
+                                device.reload(models, reply);
+                            }
+                            drained
+                        }
+                    };
+                    if let Err(DeviceLost(detail)) = outcome {
+                        // The context is unusable: end the thread, so the
+                        // worker fails and is restarted with a fresh one; its
+                        // unanswered jobs go back to JetStream (the Scheduler
+                        // hands them back), where a retried job runs alone.
+                        tracing::error!(device = %device.device.id, error = %detail, "device lost; restarting its worker");
+                        device.warmth.set(&device.device.id, false);
+                        let _ = worker.cast(GpuWorkerMsg::DeviceGone);
+                        return;
                     }
                 }
             })?;
+
         loaded_rx
             .await
             .map_err(|_| "device thread ended while loading models")??;
@@ -263,7 +308,7 @@ impl Actor for GpuWorker {
                     .unwrap_or_else(|e| e.into_inner())
                     .get(&model)
                     .cloned();
-                let work = state.work.clone();
+                let work = Arc::clone(&state.work);
                 let (roster, events, max_side) = (
                     self.roster.clone(),
                     self.events.clone(),
@@ -323,6 +368,10 @@ impl Actor for GpuWorker {
             }
             GpuWorkerMsg::DeviceGone => {
                 return Err(format!("device thread of {} is gone", self.device.id).into())
+            }
+            GpuWorkerMsg::Cancel(job_id) => {
+                // A closed inbox shows up at the next Run.
+                let _ = state.work.send(DeviceWork::Cancel(job_id));
             }
         }
         Ok(())
@@ -485,10 +534,46 @@ struct DeviceThread {
     max_batch: usize,
     memory_safety: f64,
     simulated_latency: Duration,
-    models: HashMap<String, LoadedModel>,
+    simulated_step_latency: Duration,
+    step_batching: bool,
+    models: HashMap<String, Resident>,
     ceilings: HashMap<String, Ceiling>,
     /// Memory the allocator holds from earlier batches (largest batch so far × its per-item cost).
     cached_bytes: u64,
+    /// The worker's inbox sender, for colour queries that Postprocess
+    /// sends back here (weak: the thread must not keep its own inbox open).
+    work: std::sync::Weak<mpsc::Sender<DeviceWork>>,
+    /// Pipeline models' running sets and the batches' Joined / DeviceIdle bookkeeping.
+    stepping: stepping::Stepping,
+}
+
+/// A model resident on the device: one TorchScript call, or a pipeline.
+enum Resident {
+    Single(LoadedModel),
+    Pipeline(LoadedPipeline),
+}
+
+impl Resident {
+    fn manifest(&self) -> &Manifest {
+        match self {
+            Self::Single(m) => &m.manifest,
+            Self::Pipeline(p) => &p.manifest,
+        }
+    }
+
+    fn per_item_bytes(&self) -> u64 {
+        match self {
+            Self::Single(m) => m.per_item_bytes,
+            Self::Pipeline(p) => p.per_item_bytes,
+        }
+    }
+
+    fn times(&self) -> &LoadTimes {
+        match self {
+            Self::Single(m) => &m.times,
+            Self::Pipeline(p) => &p.times,
+        }
+    }
 }
 
 impl DeviceThread {
@@ -496,13 +581,18 @@ impl DeviceThread {
     fn load_all(
         &self,
         models: Vec<(Manifest, PathBuf)>,
-    ) -> Result<(HashMap<String, LoadedModel>, Vec<ModelLoadReport>), ModelError> {
+    ) -> Result<(HashMap<String, Resident>, Vec<ModelLoadReport>), ModelError> {
         let mut loaded = HashMap::new();
         let mut reports = Vec::new();
         for (manifest, path) in models {
-            let model = LoadedModel::load(manifest, &path, self.device.device, &self.memory)?;
-            let (name, id) = (model.manifest.name.clone(), self.device.id.clone());
-            let times = model.times.clone();
+            let model = if crate::pipeline::is_pipeline(&path) {
+                let dir = path.parent().unwrap_or(&path).to_path_buf();
+                Resident::Pipeline(LoadedPipeline::load(manifest, &dir, self.device.device, &self.memory)?)
+            } else {
+                Resident::Single(LoadedModel::load(manifest, &path, self.device.device, &self.memory)?)
+            };
+            let (name, id) = (model.manifest().name.clone(), self.device.id.clone());
+            let times = model.times().clone();
             metrics::MODEL_LOAD_SECONDS
                 .with_label_values(&[&name, &id])
                 .set(times.load_seconds);
@@ -511,20 +601,20 @@ impl DeviceThread {
                 .set(times.warmup_seconds);
             tracing::info!(
                 model = %name,
-                version = %model.manifest.version,
+                version = %model.manifest().version,
                 device = %id,
                 load_seconds = times.load_seconds,
                 warmup_seconds = times.warmup_seconds,
-                per_item_bytes = model.per_item_bytes,
+                per_item_bytes = model.per_item_bytes(),
                 "model loaded and warm"
             );
             reports.push(ModelLoadReport {
                 model: name.clone(),
-                version: model.manifest.version.clone(),
+                version: model.manifest().version.clone(),
                 device: id,
                 load_seconds: times.load_seconds,
                 warmup_seconds: times.warmup_seconds,
-                per_item_bytes: model.per_item_bytes,
+                per_item_bytes: model.per_item_bytes(),
             });
             loaded.insert(name, model);
         }
@@ -533,38 +623,54 @@ impl DeviceThread {
 
     /// Make `loaded` the resident models. Ceilings survive a reload (they
     /// describe the device) unless the model's largest batch changed.
-    fn swap(&mut self, loaded: HashMap<String, LoadedModel>) {
+    fn swap(&mut self, loaded: HashMap<String, Resident>) {
         self.ceilings.retain(|name, c| {
             loaded
                 .get(name)
-                .is_some_and(|m| m.manifest.max_batch == c.max())
+                .is_some_and(|m| m.manifest().max_batch == c.max())
         });
         for (name, model) in &loaded {
             self.ceilings
                 .entry(name.clone())
-                .or_insert_with(|| Ceiling::new(model.manifest.max_batch));
+                .or_insert_with(|| Ceiling::new(model.manifest().max_batch));
         }
         *self.manifests.write().unwrap_or_else(|e| e.into_inner()) = loaded
             .iter()
-            .map(|(n, m)| (n.clone(), m.manifest.clone()))
+            .map(|(n, m)| (n.clone(), m.manifest().clone()))
             .collect();
         self.models = loaded;
     }
 
     /// The batch size `model` may have now.
-    fn batch_limit(&self, model: &LoadedModel, free_bytes: Option<u64>) -> usize {
+    fn batch_limit(&self, model: &Resident, free_bytes: Option<u64>) -> usize {
+        let manifest = model.manifest();
         let ceiling = self
             .ceilings
-            .get(&model.manifest.name)
+            .get(&manifest.name)
             .map(Ceiling::value)
-            .unwrap_or(model.manifest.max_batch);
+            .unwrap_or(manifest.max_batch);
         let memory = MemoryBudget {
             free_bytes,
             cached_bytes: self.cached_bytes,
-            per_item_bytes: model.per_item_bytes,
+            per_item_bytes: model.per_item_bytes(),
             safety: self.memory_safety,
         };
-        batching::batch_size(self.max_batch, model.manifest.max_batch, ceiling, &memory)
+        batching::batch_size(self.max_batch, manifest.max_batch, ceiling, &memory)
+    }
+
+    /// Load `models` and swap them in, answering `reply`.
+    fn reload(&mut self, models: Vec<(Manifest, PathBuf)>, reply: oneshot::Sender<Result<Vec<ModelLoadReport>, String>>) {
+        self.warmth.set(&self.device.id, false);
+        let result = self.load_all(models).map(|(loaded, reports)| {
+            self.swap(loaded);
+            reports
+        });
+        self.warmth.set(&self.device.id, true);
+        metrics::MODEL_RELOADS
+            .with_label_values(&[if result.is_ok() { "ok" } else { "failed" }])
+            .inc();
+        let _ = reply.send(result.map_err(|e| e.to_string()));
+        self.report_limits();
     }
 
     /// Tell the Scheduler how large each model's next batch may be here.
@@ -573,7 +679,7 @@ impl DeviceThread {
         let limits: HashMap<String, usize> = self
             .models
             .values()
-            .map(|m| (m.manifest.name.clone(), self.batch_limit(m, free)))
+            .map(|m| (m.manifest().name.clone(), self.batch_limit(m, free)))
             .collect();
         for (name, c) in &self.ceilings {
             metrics::BATCH_CEILING
@@ -598,10 +704,23 @@ impl DeviceThread {
     /// error ends it at once (the Scheduler sends a retried job alone, see
     /// [`crate::lanes::retried`], so such a job takes no batch mates down).
     fn run(&mut self, batch: PreparedBatch) -> Result<(), DeviceLost> {
+        let seq = self.stepping.open_batch();
+        let result = match self.models.get(&batch.model) {
+            Some(Resident::Pipeline(_)) if !batch.items.is_empty() => self.run_pipeline(batch, seq),
+            _ => self.run_single(batch),
+        };
+        // Every batch ends in one DeviceIdle, in order (and Joined first
+        // when jobs of an earlier one still sample).
+        self.flush(None);
+        result
+    }
+
+    /// Run a batch of a single-call model.
+    fn run_single(&mut self, batch: PreparedBatch) -> Result<(), DeviceLost> {
         if batch.items.is_empty() {
             return Ok(());
         }
-        let Some(model) = self.models.get(&batch.model) else {
+        let Some(Resident::Single(model)) = self.models.get(&batch.model) else {
             for (ticket, _) in batch.items {
                 self.fail(
                     ticket,
@@ -638,7 +757,7 @@ impl DeviceThread {
             thread::sleep(self.simulated_latency);
         }
         // Re-read free memory now: the batch may be larger than what fits.
-        let limit = self.batch_limit(model, self.memory.free_bytes());
+        let limit = self.batch_limit(&self.models[&batch.model], self.memory.free_bytes());
         let [h, w] = batch.input_size;
         let n = batch.items.len();
         // SAFETY: `batch.input` holds exactly n × 4 × H × W initialised f32s and
@@ -694,7 +813,7 @@ impl DeviceThread {
         input: Tensor,
         params: Option<Tensor>,
     ) -> Result<(), DeviceLost> {
-        let Some(model) = self.models.get(name) else {
+        let Some(Resident::Single(model)) = self.models.get(name) else {
             return Ok(());
         };
         let n = items.len();
@@ -727,6 +846,7 @@ impl DeviceThread {
                         data,
                         manifest: manifest.clone(),
                         image,
+                        colour: None,
                     };
                     match self.roster.postprocess() {
                         Some(post) => {
@@ -892,10 +1012,16 @@ mod tests {
         others: Vec<ractor::ActorCell>,
         /// Ends when the worker stops (or fails).
         ended: tokio::task::JoinHandle<()>,
+        /// Events the worker published.
+        published: tokio::sync::mpsc::Receiver<(String, orfeas_wire::v1::Event)>,
     }
 
     impl Rig {
         async fn start(node: &str, models: Vec<(Manifest, PathBuf)>, max_batch: usize) -> Self {
+            Self::start_with(node, models, max_batch, |_| {}).await
+        }
+
+        async fn start_with(node: &str, models: Vec<(Manifest, PathBuf)>, max_batch: usize, tweak: impl FnOnce(&mut NodeSettings)) -> Self {
             let roster = Roster::new(node);
             let (tx, post) = tmpsc::unbounded_channel();
             let (collector, _) = Actor::spawn(Some(roster.name("postprocess")), Collector(tx), ())
@@ -905,7 +1031,7 @@ mod tests {
             let (sched, _) = Actor::spawn(Some(roster.name("scheduler")), Collector(tx), ())
                 .await
                 .unwrap();
-            let (events, _published) = EventSink::detached(node);
+            let (events, published) = EventSink::detached(node);
             let mut settings = NodeSettings::local(
                 node,
                 "nats://unused",
@@ -913,6 +1039,7 @@ mod tests {
                 std::env::temp_dir(),
             );
             settings.max_batch = max_batch;
+            tweak(&mut settings);
             let warmth = Warmth::new(["cpu".to_string()]);
             let worker = GpuWorker {
                 device: crate::device::discover(false).remove(0),
@@ -933,6 +1060,7 @@ mod tests {
                 warmth,
                 others: vec![collector.get_cell(), sched.get_cell()],
                 ended,
+                published,
             }
         }
 
@@ -1273,6 +1401,117 @@ mod tests {
             PostprocessMsg::Volume(job) => assert_eq!(job.manifest.version, "1.0.1"),
             PostprocessMsg::Fail { failure, .. } => panic!("{failure:?}"),
         }
+        rig.stop();
+    }
+
+    /// Postprocess messages until `count` jobs are answered, and every
+    /// scheduler message meanwhile (Joined / DeviceIdle in order).
+    async fn answers(rig: &mut Rig, count: usize) -> (HashMap<u128, Result<VolumeJob, ErrorCode>>, Vec<&'static str>) {
+        let mut out = HashMap::new();
+        while out.len() < count {
+            match rig.next_post().await {
+                PostprocessMsg::Volume(job) => {
+                    out.insert(job.ticket.job.job_id.as_u128(), Ok(*job));
+                }
+                PostprocessMsg::Fail { ticket, failure } => {
+                    out.insert(ticket.job.job_id.as_u128(), Err(failure.code));
+                }
+            }
+        }
+        (out, scheduler_says(rig))
+    }
+
+    fn scheduler_says(rig: &mut Rig) -> Vec<&'static str> {
+        let mut said = Vec::new();
+        while let Ok(m) = rig.scheduler.try_recv() {
+            match m {
+                SchedulerMsg::Joined(_) => said.push("joined"),
+                SchedulerMsg::DeviceIdle(_) => said.push("idle"),
+                _ => {}
+            }
+        }
+        said
+    }
+
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    #[tokio::test]
+    async fn pipeline_jobs_join_the_running_set_and_each_batch_gets_one_joined_and_one_idle() {
+        // 10 ms per step: batches sent one after the other join a running set.
+        let mut rig = Rig::start_with("gpu-worker-steps", testing("hunyuan-tiny"), 8, |s| s.simulated_step_latency = Duration::from_millis(10)).await;
+        let disc = std::fs::read(crate::model::tests::models_dir().join("../examples/mug.png")).unwrap();
+        rig.worker.cast(GpuWorkerMsg::Run(vec![ticket(1, "hunyuan-tiny", mug(), BTreeMap::new()), ticket(2, "hunyuan-tiny", disc.clone(), BTreeMap::new())])).unwrap();
+        rig.worker.cast(GpuWorkerMsg::Run(vec![ticket(3, "hunyuan-tiny", mug(), BTreeMap::new())])).unwrap();
+        rig.worker.cast(GpuWorkerMsg::Run(vec![ticket(4, "hunyuan-tiny", mug(), BTreeMap::new())])).unwrap();
+        let (together, mut said) = answers(&mut rig, 4).await;
+        // The last DeviceIdle may still be on its way.
+        while said.iter().filter(|s| **s == "idle").count() < 3 {
+            match tokio::time::timeout(Duration::from_secs(60), rig.scheduler.recv()).await.expect("in time").unwrap() {
+                SchedulerMsg::Joined(_) => said.push("joined"),
+                SchedulerMsg::DeviceIdle(_) => said.push("idle"),
+                _ => {}
+            }
+        }
+        assert_eq!(said.iter().filter(|s| **s == "joined").count(), 3, "{said:?}");
+        assert_eq!(said.iter().filter(|s| **s == "idle").count(), 3, "{said:?}");
+        for k in 1..=said.len() {
+            let idle = said[..k].iter().filter(|s| **s == "idle").count();
+            let joined = said[..k].iter().filter(|s| **s == "joined").count();
+            assert!(joined >= idle, "a batch reported idle before it joined: {said:?}");
+        }
+        // Each job's volume equals the same job run alone (same id, same noise).
+        for n in [1u128, 3] {
+            rig.worker.cast(GpuWorkerMsg::Run(vec![ticket(n, "hunyuan-tiny", mug(), BTreeMap::new())])).unwrap();
+            let (alone, _) = answers(&mut rig, 1).await;
+            let (a, b) = (&alone[&n].as_ref().unwrap().data, &together[&n].as_ref().unwrap().data);
+            let d = max_abs_diff(a, b);
+            assert!(d < 1e-4, "job {n}: batched differs from alone by {d}");
+        }
+        let v = together[&1].as_ref().unwrap();
+        assert!(v.data.iter().any(|&x| x > 0.0) && v.colour.is_none(), "a solid; no colour stage in this model");
+        assert_ne!(v.data, together[&2].as_ref().unwrap().data, "different images, different volumes");
+        rig.stop();
+    }
+
+    #[tokio::test]
+    async fn a_canceled_pipeline_job_stops_at_a_step_boundary_and_its_batch_mate_finishes() {
+        let mut rig = Rig::start_with("gpu-worker-step-cancel", testing("hunyuan-tiny"), 8, |s| s.simulated_step_latency = Duration::from_millis(40)).await;
+        rig.worker.cast(GpuWorkerMsg::Run(vec![ticket(1, "hunyuan-tiny", mug(), BTreeMap::new()), ticket(2, "hunyuan-tiny", mug(), BTreeMap::new())])).unwrap();
+        // Wait for job 1's first per-step progress (percent past the inference stage's start).
+        let mut steps_seen = 0;
+        loop {
+            let (_, event) = tokio::time::timeout(Duration::from_secs(60), rig.published.recv()).await.expect("progress in time").unwrap();
+            if let orfeas_wire::v1::EventKind::Progress { stage: Stage::Inference, percent, eta_ms } = event.kind {
+                if event.job_id.as_u128() == 1 && percent > 30 {
+                    assert!(eta_ms.is_some_and(|ms| ms > 0), "an ETA while sampling");
+                    steps_seen += 1;
+                    break;
+                }
+            }
+        }
+        assert_eq!(steps_seen, 1);
+        rig.worker.cast(GpuWorkerMsg::Cancel(uuid::Uuid::from_u128(1))).unwrap();
+        let (out, _) = answers(&mut rig, 2).await;
+        assert_eq!(out[&1].as_ref().err(), Some(&ErrorCode::Canceled), "stopped at a boundary, not run to the end");
+        assert!(out[&2].is_ok(), "its batch mate got its volume");
+        rig.stop();
+    }
+
+    #[tokio::test]
+    async fn a_feed_forward_pipeline_answers_colours_at_vertices_from_its_colour_stage() {
+        let mut rig = Rig::start("gpu-worker-colour", testing("triposr-tiny"), 8).await;
+        rig.worker.cast(GpuWorkerMsg::Run(vec![ticket(1, "triposr-tiny", mug(), BTreeMap::new())])).unwrap();
+        let (out, said) = answers(&mut rig, 1).await;
+        assert!(!said.contains(&"joined"), "a feed-forward batch is a plain batch: {said:?}");
+        let job = out.into_values().next().unwrap().unwrap();
+        let query = job.colour.clone().expect("a colour query");
+        // Postprocess calls it on the blocking pool; the device thread answers.
+        let rgb = tokio::task::spawn_blocking(move || query(vec![[0.0, 0.0, 0.0], [0.3, -0.2, 0.1], [0.9, 0.9, 0.9]])).await.unwrap().unwrap();
+        assert_eq!(rgb.len(), 3);
+        assert!(rgb.iter().flatten().all(|c| (0.0..=1.0).contains(c)) && rgb[0] != rgb[1], "{rgb:?}");
         rig.stop();
     }
 }

@@ -225,6 +225,9 @@ pub enum ModelError {
         /// What is wrong.
         detail: String,
     },
+    /// The pipeline declaration (`pipeline.toml`) is refused.
+    #[error(transparent)]
+    Pipeline(#[from] crate::stages::PipelineError),
     /// TorchScript file could not be loaded.
     #[error("model {name} failed to load from {path}: {detail}")]
     Load {
@@ -262,6 +265,7 @@ impl ModelError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Manifest { .. } => "model_manifest",
+            Self::Pipeline(e) => e.code(),
             Self::Load { .. } => "model_load",
             Self::Contract { .. } => "model_contract",
             Self::Forward {
@@ -529,7 +533,7 @@ impl LoadedModel {
     }
 }
 
-fn forward_error(name: &str, e: tch::TchError) -> ModelError {
+pub(crate) fn forward_error(name: &str, e: tch::TchError) -> ModelError {
     let detail = e.to_string();
     let lower = detail.to_ascii_lowercase();
     // "CUDA out of memory", "DefaultCPUAllocator: ... out of memory", cuBLAS' allocation failure.

@@ -55,7 +55,14 @@ pub struct VolumeJob {
     /// The prepared input image (spanning the model's x/y bounds), for vertex colours
     /// and the texture.
     pub image: RgbaImage,
+    /// The model's own colours (a pipeline's `colour` stage), asked for at
+    /// the final mesh's vertices; `None`: colours come from the image.
+    pub colour: Option<ColourQuery>,
 }
+
+/// Linear RGB in [0, 1] at world points, from the device that ran the job
+/// (blocks until the device thread answers; called on the blocking pool).
+pub type ColourQuery = Arc<dyn Fn(Vec<[f32; 3]>) -> Result<Vec<[f32; 3]>, String> + Send + Sync>;
 
 /// Messages to Postprocess.
 pub enum PostprocessMsg {
@@ -233,7 +240,20 @@ pub fn mesh_and_export(job: &VolumeJob, formats: &[Format], exporting: impl FnOn
     let image = Image::new(width, height, job.image.as_raw().clone()).map_err(mesh_failure)?;
     let plane = ImagePlane { min: [m.bounds_min[0], m.bounds_min[1]], max: [m.bounds_max[0], m.bounds_max[1]] };
     if params.colour.unwrap_or(true) {
-        mesh.colors = Some(orfeas_mesh::project_colours(&mesh, &image, &plane));
+        let from_model = job.colour.as_ref().and_then(|query| match query(mesh.positions.clone()) {
+            Ok(rgb) if rgb.len() == mesh.positions.len() => Some(rgb),
+            Ok(rgb) => {
+                tracing::warn!(job_id = %job.ticket.job.job_id, got = rgb.len(), want = mesh.positions.len(), "colour stage answered the wrong number of vertices; colours from the image");
+                None
+            }
+            Err(e) => {
+                // The device may be gone or reloaded meanwhile; the mesh is
+                // still good, and the image's colours are the old behaviour.
+                tracing::warn!(job_id = %job.ticket.job.job_id, error = %e, "colour stage failed; colours from the image");
+                None
+            }
+        });
+        mesh.colors = Some(from_model.unwrap_or_else(|| orfeas_mesh::project_colours(&mesh, &image, &plane)));
     }
     let texture = params.texture.then(|| orfeas_mesh::project_texture(&mesh, &image, &plane));
     // Turned after colouring: colours and UVs were projected from the image as
@@ -434,7 +454,7 @@ mod tests {
             lane: Default::default(),
             batch_id: None,
         };
-        let volume_job = VolumeJob { ticket: Ticket::new(job, 1, 1), data, manifest: Arc::new(manifest), image: prepared.rgba };
+        let volume_job = VolumeJob { ticket: Ticket::new(job, 1, 1), data, manifest: Arc::new(manifest), image: prepared.rgba, colour: None };
         let mut called = false;
         let made = mesh_and_export(&volume_job, &Format::ALL, || called = true).unwrap();
         assert!(called, "exporting stage reported");

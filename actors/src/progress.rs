@@ -8,7 +8,9 @@
 //!   stage entered after skipping earlier ones reports the skipped ones
 //!   first, in order, so no stage can be left out of a job's events and
 //!   none is said twice. That bounds progress to six events per attempt,
-//!   a few per second at most for any job.
+//!   a few per second at most for any job — plus, while a pipeline model
+//!   samples, one per percent point its steps move it ([`Track::within`]:
+//!   at most the inference stage's share, ~30 by default).
 //! - Percent: the share of the model's average total time spent before
 //!   the stage (fixed shares until the model has finished a job here).
 //! - ETA: the averages of the stages still ahead, in ms.
@@ -149,6 +151,31 @@ impl Track {
             .collect()
     }
 
+    /// Part `fraction` (0–1) of the way through `stage`, with `stage_left_ms`
+    /// of it still ahead (a pipeline model's remaining sampler steps): a
+    /// report when the percent moved up by at least one point since the
+    /// last one, else nothing. Percent runs from the stage's start to the
+    /// next stage's; the ETA adds the averages of the stages after it.
+    /// Only while the job is in `stage`, so nothing is said out of order.
+    pub fn within(&mut self, model: &str, stage: Stage, fraction: f64, stage_left_ms: u64, times: &StageTimes) -> Option<Report> {
+        let at = position(stage);
+        if !matches!(self.at, Some((current, _)) if current == at) {
+            return None;
+        }
+        let (start, _) = times.estimate(model, stage);
+        let (end, after_ms) = match STAGES.get(at + 1) {
+            Some(next) => times.estimate(model, *next),
+            None => (100, Some(0)),
+        };
+        let f = if fraction.is_finite() { fraction.clamp(0.0, 1.0) } else { 0.0 };
+        let percent = ((start as f64 + f * (end as f64 - start as f64)).floor() as u8).min(99);
+        if percent <= self.percent {
+            return None;
+        }
+        self.percent = percent;
+        Some(Report { stage, percent, eta_ms: Some(stage_left_ms + after_ms.unwrap_or(0)) })
+    }
+
     /// The attempt ended at `now`: the last stage's time counts too.
     pub fn done(&mut self, model: &str, now: Instant, times: &mut StageTimes) {
         if let Some((current, since)) = self.at.take() {
@@ -162,6 +189,23 @@ impl Track {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn progress_within_a_stage_only_moves_forward_and_only_in_that_stage() {
+        let mut times = StageTimes::default();
+        let mut track = Track::default();
+        let t0 = Instant::now();
+        assert_eq!(track.within("m", Stage::Inference, 0.5, 100, &times), None, "not in inference yet");
+        track.enter("m", Stage::Inference, t0, &mut times);
+        // Default shares: inference starts at 30 %, meshing at 60 %.
+        let half = track.within("m", Stage::Inference, 0.5, 400, &times).unwrap();
+        assert_eq!((half.stage, half.percent, half.eta_ms), (Stage::Inference, 45, Some(400)));
+        assert_eq!(track.within("m", Stage::Inference, 0.51, 390, &times), None, "under one point: nothing");
+        assert_eq!(track.within("m", Stage::Inference, 0.2, 390, &times), None, "never backwards");
+        assert_eq!(track.within("m", Stage::Inference, 1.0, 0, &times).unwrap().percent, 60);
+        track.enter("m", Stage::Meshing, t0, &mut times);
+        assert_eq!(track.within("m", Stage::Inference, 1.0, 0, &times), None, "past the stage");
+    }
 
     #[test]
     fn stages_are_reported_once_each_in_order_even_when_skipped() {

@@ -5,7 +5,10 @@
 //!   [`crate::fair_pull`]: each lane by its own credit (the node holds per
 //!   lane at most what its devices can start soon), the agents with queued
 //!   jobs in turn;
-//!   `BatchLimits` and `DeviceIdle` from GpuWorkers; `Finished` from
+//!   `BatchLimits`, `Joined` and `DeviceIdle` from GpuWorkers (`Joined`:
+//!   a pipeline model's batch joined the device's running set, so its slot
+//!   is free while its jobs still sample; `DeviceIdle`: a batch's jobs left
+//!   the device; both in the order the batches were sent); `Finished` from
 //!   Postprocess; `WorkerLost` from the supervisor; `Drain` on shutdown.
 //! - Publishes: `GpuWorkerMsg::Run` batches chosen by [`crate::lanes`]
 //!   (lanes by weight 8 : 4 : 1, agents in turn inside a lane, one model,
@@ -24,7 +27,8 @@
 //!   that answered the agent's cancel) for a job held here and not yet on
 //!   a device ends it at once as `canceled` (through Postprocess, fenced)
 //!   and terms its message; a job already on a device runs and its result
-//!   is discarded. A lost notice changes nothing but that.
+//!   is discarded — or, for a pipeline model, stops at its next sampler
+//!   step (`GpuWorkerMsg::Cancel`). A lost notice changes nothing but that.
 //! - Claiming also ends jobs that must not run: a `canceled` record is
 //!   acked without a word (its canceller announced it); a record with
 //!   `cancel_requested` ends as `canceled`; a job past its `deadline_ms`
@@ -96,8 +100,15 @@ pub enum SchedulerMsg {
     /// A delivered job after its claim: a ticket to run, nothing (already
     /// handled), or how to settle the message at once.
     Claimed(jetstream::Message, Result<Option<Ticket>, Outcome>),
-    /// A device finished its batch.
+    /// A device finished its batch: the oldest batch sent to it has left
+    /// the device (every job went on to Postprocess).
     DeviceIdle(String),
+    /// The oldest batch sent to a device that had not yet joined has joined
+    /// its running set (pipeline models: jobs sample there for many steps
+    /// and join it at step boundaries): its slot is free for another batch,
+    /// but its jobs are still on the device until that batch's
+    /// `DeviceIdle`. Batches join in the order they were sent.
+    Joined(String),
     /// How large a batch of each model a device can take now (from its
     /// free memory and out-of-memory history); sent before `DeviceIdle`.
     BatchLimits {
@@ -326,6 +337,9 @@ pub struct SchedulerState {
     slots: BTreeMap<String, usize>,
     /// Batches sent to each device, oldest first.
     running: HashMap<String, VecDeque<Vec<Uuid>>>,
+    /// How many of the oldest batches in `running` have joined their
+    /// device's running set (`Joined`): their slots are already free.
+    joined: HashMap<String, usize>,
     limits: HashMap<String, HashMap<String, usize>>,
     /// When a `Wake` is due, ms since the epoch.
     wake_at: Option<u64>,
@@ -358,9 +372,11 @@ impl Scheduler {
             let reported = state.limits.get(&device);
             let cap = |model: &str| reported.and_then(|l| l.get(model)).or_else(|| self.model_max_batch.get(model)).copied().unwrap_or(1);
             let Some(plan) = state.waiting.plan(self.settings.max_batch, cap) else { return };
-            if plan.alone && state.slots.get(&device).is_none_or(|free| *free < DEVICE_SLOTS) {
+            if plan.alone && (state.slots.get(&device).is_none_or(|free| *free < DEVICE_SLOTS) || state.running.get(&device).is_some_and(|b| !b.is_empty())) {
                 // A retried job waits for an idle device: nothing may queue
-                // behind a job that may bring the device down.
+                // behind a job that may bring the device down (nor sample
+                // beside it: batches that joined a running set gave their
+                // slots back but are still on the device).
                 return;
             }
             let now = now_ms();
@@ -411,6 +427,7 @@ impl Scheduler {
 
     /// Nak every job a lost device was running or about to run.
     fn hand_back(&self, state: &mut SchedulerState, device: &str) {
+        state.joined.remove(device);
         for batch in state.running.remove(device).unwrap_or_default() {
             for job_id in batch {
                 settle(state, job_id, Outcome::Nak(Duration::ZERO));
@@ -499,6 +516,7 @@ impl Actor for Scheduler {
             waiting: Waiting::new(),
             slots: self.devices.iter().map(|d| (d.clone(), DEVICE_SLOTS)).collect(),
             running: HashMap::new(),
+            joined: HashMap::new(),
             limits: HashMap::new(),
             wake_at: None,
             draining: false,
@@ -569,8 +587,25 @@ impl Actor for Scheduler {
                         held.handed_on.get_or_insert(now);
                     }
                 }
+                // A batch that had joined gave its slot back then.
+                let had_joined = state.joined.get_mut(&device).is_some_and(|n| {
+                    let joined = *n > 0;
+                    *n = n.saturating_sub(1);
+                    joined
+                });
                 if let Some(free) = state.slots.get_mut(&device) {
-                    *free = if idle { DEVICE_SLOTS } else { (*free + 1).min(DEVICE_SLOTS) };
+                    *free = if idle { DEVICE_SLOTS } else if had_joined { *free } else { (*free + 1).min(DEVICE_SLOTS) };
+                }
+                self.dispatch(&myself, state);
+            }
+            SchedulerMsg::Joined(device) => {
+                let sent = state.running.get(&device).map_or(0, VecDeque::len);
+                let joined = state.joined.entry(device.clone()).or_default();
+                if *joined < sent {
+                    *joined += 1;
+                    if let Some(free) = state.slots.get_mut(&device) {
+                        *free = (*free + 1).min(DEVICE_SLOTS);
+                    }
                 }
                 self.dispatch(&myself, state);
             }
@@ -676,6 +711,12 @@ impl Actor for Scheduler {
                     tracing::info!(%job_id, "canceled while waiting for a batch; dropped");
                     let (_, failure) = terminal::ending(ErrorCode::Canceled, job_id, "canceled by its agent before it started");
                     self.fail(state, ticket, failure);
+                } else if let Some(device) = state.running.iter().find(|(_, batches)| batches.iter().any(|b| b.contains(&job_id))).map(|(d, _)| d.clone()) {
+                    // On a device: a pipeline model stops it at its next step
+                    // boundary; a single-call model runs it and the result is discarded.
+                    if let Some(worker) = self.roster.worker(&device) {
+                        let _ = worker.cast(GpuWorkerMsg::Cancel(job_id));
+                    }
                 }
             }
             SchedulerMsg::PullFailed(e) => return Err(e.into()),

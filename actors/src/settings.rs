@@ -57,6 +57,10 @@ pub struct NodeSettings {
     /// Extra time added to every batch on a device (simulated slow device for
     /// scale and fault tests; zero in production).
     pub simulated_latency: Duration,
+    /// Extra time added to every sampler step of a pipeline model.
+    pub simulated_step_latency: Duration,
+    /// Step-level batching for pipeline models (false: whole-request).
+    pub step_batching: bool,
     /// How long a batch that is not full may wait for more compatible jobs
     /// (from its oldest job's admission); zero dispatches at once.
     pub max_queue_delay: Duration,
@@ -95,6 +99,8 @@ impl NodeSettings {
             max_image_side: 4096,
             http_listen: None,
             simulated_latency: Duration::ZERO,
+            simulated_step_latency: Duration::ZERO,
+            step_batching: true,
             max_queue_delay: Duration::ZERO,
             lookahead_batches: 2,
             shutdown_grace: Duration::from_secs(30),

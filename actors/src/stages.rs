@@ -38,6 +38,11 @@ pub struct StageFile {
     /// Peak activation memory per batch item, MiB.
     #[serde(default)]
     pub mem_per_item_mb: u64,
+    /// Declared output shape per item, without the batch dimension: the
+    /// conditioning `[T, C]` of a model with a step stage, else the latents
+    /// decode takes. Checked at load; optional.
+    #[serde(default)]
+    pub output_shape: Option<Vec<i64>>,
 }
 
 /// The `step` stage: a sampler step applied `steps` times.
@@ -141,6 +146,9 @@ impl Pipeline {
             if s.latent_shape.is_empty() || s.latent_shape.iter().any(|&d| d < 1) {
                 return Err(invalid(format!("step.latent_shape {:?} must be positive", s.latent_shape)));
             }
+        }
+        if p.encode.output_shape.as_ref().is_some_and(|s| s.is_empty() || s.iter().any(|&d| d < 1)) {
+            return Err(invalid(format!("encode.output_shape {:?} must be positive", p.encode.output_shape)));
         }
         for d in std::iter::once(&p.decode).chain(p.colour.as_ref()) {
             if d.chunk_points == 0 {

@@ -409,3 +409,34 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .map(|v| v.trim().parse().expect("a number"))
         .unwrap_or(0.0)
 }
+
+/// The COLOR_0 vertex colours of a GLB (float RGB or RGBA), if it has any,
+/// read with the glTF spec only.
+pub fn glb_colours(glb: &[u8]) -> Option<Vec<[f32; 3]>> {
+    let json_len = u32::from_le_bytes(glb[12..16].try_into().unwrap()) as usize;
+    let root: gltf_json::Root = gltf_json::Root::from_slice(&glb[20..20 + json_len]).expect("GLB JSON parses as glTF");
+    let bin_start = 20 + json_len;
+    let bin = &glb[bin_start + 8..];
+    let primitive = &root.meshes[0].primitives[0];
+    let index = primitive
+        .attributes
+        .iter()
+        .find(|(k, _)| matches!(k, gltf_json::validation::Checked::Valid(gltf_json::mesh::Semantic::Colors(0))))
+        .map(|(_, v)| v.value())?;
+    let accessor = &root.accessors[index];
+    let components = match accessor.type_ {
+        gltf_json::validation::Checked::Valid(gltf_json::accessor::Type::Vec4) => 4,
+        _ => 3,
+    };
+    let view = &root.buffer_views[accessor.buffer_view.expect("accessor has a view").value()];
+    let start = view.byte_offset.map(|o| o.0 as usize).unwrap_or(0) + accessor.byte_offset.map(|o| o.0 as usize).unwrap_or(0);
+    let stride = view.byte_stride.map(|s| s.0 as usize).unwrap_or(components * 4);
+    Some(
+        (0..accessor.count.0 as usize)
+            .map(|i| {
+                let f = |j: usize| f32::from_le_bytes(bin[start + i * stride + j * 4..start + i * stride + j * 4 + 4].try_into().unwrap());
+                [f(0), f(1), f(2)]
+            })
+            .collect(),
+    )
+}
