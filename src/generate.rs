@@ -90,8 +90,39 @@ struct Prepared {
     job: std::result::Result<SubmitJob, String>,
 }
 
+/// Apply `--matting` / `--matting-model` over `[matting]`; usage errors for
+/// combinations that cannot work, checked before anything starts.
+fn with_matting(mut config: Config, args: &GenerateArgs, client: bool) -> Result<Config> {
+    if args.matting.is_none() && args.matting_model.is_none() {
+        return Ok(config);
+    }
+    if client {
+        // A deployment's nodes matte with what their operator configured.
+        return Err(usage("--matting and --matting-model choose the embedded node's matting; with --nats (or nats.url) the deployment's nodes use their own"));
+    }
+    match (args.matting.as_deref(), &args.matting_model) {
+        (Some("flood"), Some(dir)) => return Err(usage(format!("--matting flood takes no --matting-model ({})", dir.display()))),
+        (Some("flood"), None) => {
+            config.matting.method = "flood".into();
+            config.matting.model.clear();
+        }
+        (_, Some(dir)) => {
+            if !dir.join("manifest.toml").is_file() {
+                return Err(usage(format!("--matting-model {}: no manifest.toml there (a matting model is a folder with manifest.toml and model.pt)", dir.display())));
+            }
+            config.matting.method = "learned".into();
+            config.matting.model = dir.display().to_string();
+        }
+        (_, None) => config.matting.method = "learned".into(),
+    }
+    config.matting_method().map_err(|e| usage(format!("--matting: {e:#}")))?;
+    Ok(config)
+}
+
 /// Run `generate`; returns the number of images that failed.
 pub async fn run(config: Config, args: GenerateArgs) -> Result<usize> {
+    let url = args.nats.clone().unwrap_or_else(|| config.nats.url.clone());
+    let config = with_matting(config, &args, !url.is_empty())?;
     let formats = paths::formats(args.format.as_deref(), args.output.as_deref()).map_err(usage)?;
     let mut params = args.shape.params();
     if params.size_mm.is_none() {
@@ -123,7 +154,6 @@ pub async fn run(config: Config, args: GenerateArgs) -> Result<usize> {
         })
         .collect();
 
-    let url = args.nats.clone().unwrap_or_else(|| config.nats.url.clone());
     let started = Instant::now();
     let outcomes = if url.is_empty() {
         run_embedded(&config, &args, prepared).await?
@@ -175,7 +205,8 @@ async fn run_embedded(config: &Config, args: &GenerateArgs, prepared: Vec<Prepar
     // Its jobs live and die with it: on Ctrl-C nothing waits for them.
     settings.shutdown_grace = Duration::ZERO;
     let deployment = settings.deployment.clone();
-    let node = node::start(settings).await.context("starting the node")?;
+    // The code names the cause for scripts (`matting_contract`, `model_load`, …).
+    let node = node::start(settings).await.map_err(|e| anyhow::anyhow!("starting the node ({}): {e}", e.code()))?;
     let key = SecretKey::generate();
     let registered = Registry::new(node.bus.agents.clone(), node.bus.nodes.clone()).add_agent_key(LOCAL_AGENT, &key.public().to_hex()).await;
     let outcome = match registered {

@@ -3,7 +3,8 @@
 //! previews and `NAME.report.json` beside the model, `--json`, output paths checked
 //! first, one bad image among good ones, exit codes, the default print size, the print
 //! report on generated images (a figure with a pale face, a checkerboard, a heart on its
-//! tip, an 8000-px photo) and the progress lines.
+//! tip, an 8000-px photo), the learned matting stage (`--matting-model`) and the
+//! progress lines.
 
 mod common;
 
@@ -251,6 +252,68 @@ fn generate_lays_a_heart_flat_and_takes_an_8000_px_photo() {
     let result = generate().arg(&big).args(["--format", "glb", "--no-previews", "-o"]).arg(out.path()).output().unwrap();
     assert_eq!(result.status.code(), Some(0), "{}", text(&result.stderr));
     assert!(out.path().join("big.glb").is_file());
+}
+
+/// A dark bar across a white image: the flood fill keeps it whole, 4.5 times as wide as tall.
+fn bar(path: &Path, side: u32) {
+    png(path, side, side, |x, y| if (0.05..0.95).contains(&x) && (0.4..0.6).contains(&y) { [30, 40, 120] } else { [250, 250, 250] });
+}
+
+#[test]
+fn generate_runs_a_learned_matting_model_instead_of_the_flood_fill() {
+    let out = tempfile::tempdir().unwrap();
+    let image = out.path().join("bar.png");
+    bar(&image, 300);
+    let run = |extra: &[&str], name: &str| {
+        let result = generate().arg(&image).args(["--format", "stl", "--no-previews", "--json", "-o"]).arg(out.path().join(name)).args(extra).output().unwrap();
+        assert_eq!(result.status.code(), Some(0), "{extra:?}: {}", text(&result.stderr));
+        json_of(&result)["images"][0]["report"].clone()
+    };
+    // bbox_mm in the print frame: [width (image x), depth, height (image up)].
+    let aspect = |report: &serde_json::Value| {
+        let b: Vec<f64> = report["bbox_mm"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        b[0] / b[2]
+    };
+    let flood = run(&[], "flood.stl");
+    assert!(aspect(&flood) > 3.5, "the flood fill keeps the bar: width/height {:.2}", aspect(&flood));
+    // The test model keeps the central disc whatever the image shows: round, and cut
+    // through the bar's white surroundings, which no flood fill would call object.
+    let disc_dir = repo().join("models/matting/testing/disc");
+    let disc = run(&["--matting-model", disc_dir.to_str().unwrap()], "disc.stl");
+    assert!((aspect(&disc) - 1.0).abs() < 0.1, "the learned stage ran: width/height {:.2}", aspect(&disc));
+    assert!(common::trimesh_check(&out.path().join("disc.stl")).watertight);
+    // The committed random-weight variant loads and runs end to end (its cut-out means nothing).
+    let tiny = repo().join("models/matting/tiny-modnet");
+    let random = run(&["--matting", "learned", "--matting-model", tiny.to_str().unwrap()], "random.stl");
+    assert!(random["volume_mm3"].as_f64().unwrap() > 0.0, "{random}");
+}
+
+#[test]
+fn generate_refuses_a_matting_model_that_breaks_the_contract_and_bad_matting_flags() {
+    let out = tempfile::tempdir().unwrap();
+    let star = repo().join("examples/star.png");
+    let logits = repo().join("models/matting/testing/logits");
+    let result = generate().arg(&star).args(["--format", "stl", "--no-previews", "--matting-model"]).arg(&logits).arg("-o").arg(out.path()).output().unwrap();
+    let stderr = text(&result.stderr);
+    // Refused at the node's start (setup, exit 3) with its stable code; no job ran.
+    assert_eq!(result.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("(matting_contract)") && stderr.contains("matting model logits") && stderr.contains("[-4"), "{stderr}");
+    assert!(!out.path().join("star.stl").exists());
+    let half = repo().join("models/matting/testing/half-size");
+    let result = generate().arg(&star).arg("--matting-model").arg(&half).arg("-o").arg(out.path()).output().unwrap();
+    assert_eq!(result.status.code(), Some(3));
+    assert!(text(&result.stderr).contains("(matting_contract)") && text(&result.stderr).contains("output shape [1, 1, 32, 32]"), "{}", text(&result.stderr));
+    // Flags that cannot work are usage errors, before anything starts.
+    for (args, needle) in [
+        (vec!["--matting", "learned"], "needs matting.model"),
+        (vec!["--matting", "flood", "--matting-model", logits.to_str().unwrap()], "takes no --matting-model"),
+        (vec!["--matting-model", "/nonexistent/matting"], "no manifest.toml there"),
+        (vec!["--matting", "learned", "--nats", "nats://127.0.0.1:1"], "deployment's nodes use their own"),
+    ] {
+        let result = generate().arg(&star).args(&args).output().unwrap();
+        assert_eq!(result.status.code(), Some(2), "{args:?}: {}", text(&result.stderr));
+        assert!(text(&result.stderr).contains(needle), "{args:?}: {}", text(&result.stderr));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
