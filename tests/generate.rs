@@ -173,7 +173,9 @@ fn generate_goes_on_past_a_bad_image_with_parallel_progress() {
     assert_eq!(failed["code"], "invalid_image");
     assert!(failed["error"].as_str().unwrap().contains("not a PNG, JPEG or WebP"), "{failed}");
 
-    // Without a terminal every bar is a line per event. Both jobs are followed at once:
+    // Without a terminal no bar is drawn: no escape codes, plain lines.
+    assert!(!stderr.contains('\x1b'), "escape codes without a terminal:\n{stderr:?}");
+    // Every bar is a line per event. Both jobs are followed at once:
     // the second image's first event arrives before the first one completes.
     let lines: Vec<&str> = stderr.lines().collect();
     let first = |prefix: &str, needle: &str| lines.iter().position(|l| l.starts_with(prefix) && l.contains(needle));
@@ -252,6 +254,131 @@ fn generate_lays_a_heart_flat_and_takes_an_8000_px_photo() {
     let result = generate().arg(&big).args(["--format", "glb", "--no-previews", "-o"]).arg(out.path()).output().unwrap();
     assert_eq!(result.status.code(), Some(0), "{}", text(&result.stderr));
     assert!(out.path().join("big.glb").is_file());
+}
+
+/// The bars of one redraw: `(image name, percent)` for every `NAME [bar] NNN%` in a run
+/// of text between escape codes (indicatif pads each bar line to the terminal's width
+/// and lets it wrap, so one redraw of all bars is one run).
+fn bar_frames(raw: &str) -> Vec<Vec<(String, u32)>> {
+    raw.split('\x1b')
+        .map(|run| {
+            let mut bars = Vec::new();
+            let mut rest = run;
+            while let Some(open) = rest.find(" [") {
+                let name = rest[..open].rsplit(' ').next().unwrap_or("").to_string();
+                let after = &rest[open + 2..];
+                let Some(close) = after.find("] ") else { break };
+                let percent: String = after[close + 2..].trim_start().chars().take_while(|c| c.is_ascii_digit()).collect();
+                if name.ends_with(".png") && after[..close].chars().all(|c| "=> ".contains(c)) {
+                    if let Ok(p) = percent.parse() {
+                        bars.push((name, p));
+                    }
+                }
+                rest = &after[close + 1..];
+            }
+            bars
+        })
+        .filter(|bars| !bars.is_empty())
+        .collect()
+}
+
+/// What a terminal `cols` wide shows after `raw`: printable text with autowrap, `\r`,
+/// `\n`, cursor up/down (`ESC[nA`, `ESC[nB`) and line erase (`ESC[2K`) — all indicatif
+/// uses.
+fn screen(raw: &str, cols: usize) -> Vec<String> {
+    let (mut rows, mut r, mut c, mut wrap) = (vec![Vec::<char>::new()], 0usize, 0usize, false);
+    let mut chars = raw.chars().peekable();
+    while let Some(ch) = chars.next() {
+        match ch {
+            '\r' => (c, wrap) = (0, false),
+            '\n' => (r, wrap) = (r + 1, false),
+            '\x1b' if chars.peek() == Some(&'[') => {
+                chars.next();
+                let mut n = String::new();
+                while let Some(d) = chars.next_if(|d| d.is_ascii_digit()) {
+                    n.push(d);
+                }
+                let count: usize = n.parse().unwrap_or(1);
+                match chars.next() {
+                    Some('A') => r = r.saturating_sub(count),
+                    Some('B') => r += count,
+                    Some('K') => rows[r].truncate(if n == "2" { 0 } else { c }),
+                    _ => {}
+                }
+                wrap = false;
+            }
+            ch if ch.is_control() => {}
+            ch => {
+                if wrap {
+                    (r, c, wrap) = (r + 1, 0, false);
+                }
+                while rows.len() <= r {
+                    rows.push(Vec::new());
+                }
+                let row = &mut rows[r];
+                row.resize(row.len().max(c), ' ');
+                if c < row.len() {
+                    row[c] = ch;
+                } else {
+                    row.push(ch);
+                }
+                if c + 1 >= cols {
+                    wrap = true;
+                } else {
+                    c += 1;
+                }
+            }
+        }
+        while rows.len() <= r {
+            rows.push(Vec::new());
+        }
+    }
+    rows.into_iter().map(|row| row.into_iter().collect::<String>().trim_end().to_string()).collect()
+}
+
+#[test]
+fn generate_draws_one_bar_per_image_on_a_terminal() {
+    let python = std::env::var("ORFEAS_PYTHON").expect("ORFEAS_PYTHON is not set: run the tests through `deploy/setup.sh --test`");
+    let out = tempfile::tempdir().unwrap();
+    let raw_file = out.path().join("terminal.raw");
+    let cols = 100;
+    let images = ["mug.png", "star.png", "apple-512.png"];
+    let mut command = Command::new(python);
+    command.arg(repo().join("tests/oracles/pty_run.py")).args(["--cols", &cols.to_string(), "--timeout", "300", "--out"]).arg(&raw_file).arg("--");
+    command.arg(orfeas_bin()).args(["generate", "--format", "stl", "--no-previews", "-o"]).arg(out.path());
+    command.args(images.iter().map(|i| repo().join("examples").join(i)));
+    // The same environment generate() gives, minus its null stdin: the pty is stdin.
+    command.env_remove("ORFEAS_NATS_URL").env_remove("ORFEAS_AGENT").env_remove("ORFEAS_AGENT_KEY").env("ORFEAS_DEVICES_CPU_THREADS", "1");
+    let status = command.status().unwrap();
+    let raw = String::from_utf8_lossy(&std::fs::read(&raw_file).unwrap()).into_owned();
+    let shown = screen(&raw, cols).join("\n");
+    assert_eq!(status.code(), Some(0), "{shown}");
+    assert!(raw.contains("\x1b["), "bars are drawn with escape codes on a terminal:\n{shown}");
+
+    let frames = bar_frames(&raw);
+    for image in images {
+        let seen: Vec<u32> = frames.iter().flatten().filter(|(n, _)| n == image).map(|&(_, p)| p).collect();
+        assert!(!seen.is_empty(), "no bar for {image}:\n{shown}");
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{image}'s percent went back: {seen:?}");
+        let mut distinct = seen.clone();
+        distinct.dedup();
+        assert!(seen[0] == 0 && *seen.last().unwrap() == 100 && distinct.len() >= 4, "{image} advances 0 → 100: {distinct:?}");
+    }
+    // One redraw shows every bar, and in some redraw two images are under way together.
+    assert!(frames.iter().any(|f| images.iter().all(|i| f.iter().any(|(n, _)| n == i))), "no redraw holds all {} bars", images.len());
+    assert!(frames.iter().any(|f| f.iter().filter(|(_, p)| (1..100).contains(p)).count() >= 2), "no two images advanced in parallel: {frames:?}");
+
+    // The final screen: each image's summary above the bars, every bar finished (none
+    // erased by another's redraw), the run's line last; no line wrapped.
+    let lines: Vec<&str> = shown.lines().filter(|l| !l.is_empty()).collect();
+    let n = images.len();
+    assert!(lines.len() > n, "{shown}");
+    let (bars, last) = (&lines[lines.len() - 1 - n..lines.len() - 1], lines[lines.len() - 1]);
+    for image in images {
+        assert!(bars.iter().any(|l| l.trim_start().starts_with(&format!("{image} [")) && l.contains("] 100% done")), "{image}'s finished bar is not on screen:\n{shown}");
+        assert!(lines.iter().any(|l| l.starts_with(&format!("{image} → "))), "{image}'s summary:\n{shown}");
+    }
+    assert!(last.contains(&format!("generate: {n} of {n} images completed, 0 failed")), "{shown}");
 }
 
 /// A dark bar across a white image: the flood fill keeps it whole, 4.5 times as wide as tall.
