@@ -3,8 +3,9 @@
 //! previews and `NAME.report.json` beside the model, `--json`, output paths checked
 //! first, one bad image among good ones, exit codes, the default print size, the print
 //! report on generated images (a figure with a pale face, a checkerboard, a heart on its
-//! tip, an 8000-px photo), the learned matting stage (`--matting-model`) and the
-//! progress lines.
+//! tip, an 8000-px photo), the learned matting stage (`--matting-model`), the
+//! progress lines and bars (under a real pty), and the report against admesh and
+//! PrusaSlicer.
 
 mod common;
 
@@ -440,6 +441,71 @@ fn generate_refuses_a_matting_model_that_breaks_the_contract_and_bad_matting_fla
         let result = generate().arg(&star).args(&args).output().unwrap();
         assert_eq!(result.status.code(), Some(2), "{args:?}: {}", text(&result.stderr));
         assert!(text(&result.stderr).contains(needle), "{args:?}: {}", text(&result.stderr));
+    }
+}
+
+/// `NAME = value` / `Label : value` numbers of a tool's report, by their label.
+fn reported(text: &str, label: &str) -> f64 {
+    let at = text.find(label).unwrap_or_else(|| panic!("{label:?} not in:\n{text}"));
+    let rest = text[at + label.len()..].trim_start_matches(|c: char| c == ' ' || c == ':' || c == '=');
+    rest.split_whitespace().next().and_then(|v| v.trim_end_matches(',').parse().ok()).unwrap_or_else(|| panic!("{label:?} has no number in:\n{text}"))
+}
+
+/// Runs `tool args`, or `None` (with a message) when the tool is not installed.
+fn run_tool(tool: &str, args: &[&std::ffi::OsStr]) -> Option<Output> {
+    match Command::new(tool).args(args).output() {
+        Ok(out) => Some(out),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("SKIPPED: {tool} is not installed (deploy/setup.sh --test installs admesh and prusa-slicer)");
+            None
+        }
+        Err(e) => panic!("{tool}: {e}"),
+    }
+}
+
+#[test]
+fn generate_report_agrees_with_admesh_and_prusa_slicer() {
+    let out = tempfile::tempdir().unwrap();
+    let checker = out.path().join("checker.png");
+    png(&checker, 600, 600, |x, y| {
+        let inside = (0.05..0.95).contains(&x) && (0.05..0.95).contains(&y);
+        let (i, j) = (((x - 0.05) / 0.1125) as i32, ((y - 0.05) / 0.1125) as i32);
+        if inside && (i + j) % 2 == 0 { [20, 20, 20] } else { [250, 250, 250] }
+    });
+    let result = generate().arg(&checker).arg(repo().join("examples/star.png")).args(["--format", "stl", "--no-previews", "--json", "-o"]).arg(out.path()).output().unwrap();
+    assert_eq!(result.status.code(), Some(0), "{}", text(&result.stderr));
+    let doc = json_of(&result);
+    for image in doc["images"].as_array().unwrap() {
+        let report = &image["report"];
+        let stl = std::path::PathBuf::from(image["files"][0].as_str().unwrap());
+        let name = stl.file_stem().unwrap().to_string_lossy().into_owned();
+        let bbox: Vec<f64> = report["bbox_mm"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let volume = report["volume_mm3"].as_f64().unwrap();
+        let shells = report["components"].as_f64().unwrap();
+        let floating = report["checks"]["floating_parts"].as_u64().unwrap();
+        let Some(admesh) = run_tool("admesh", &[stl.as_os_str()]) else { return };
+        let a = text(&admesh.stdout);
+        assert!(admesh.status.success(), "{a}");
+        // Same volume, shells and box; every facet connected (closed, 2-manifold to admesh).
+        assert!((reported(&a, "Volume") - volume).abs() < 1e-3 * volume, "{name}: admesh volume vs {volume}:\n{a}");
+        assert_eq!(reported(&a, "Number of parts"), shells, "{name}:\n{a}");
+        assert_eq!(reported(&a, "Total disconnected facets"), 0.0, "{name}:\n{a}");
+        for (axis, size) in ["X", "Y", "Z"].iter().zip(&bbox) {
+            let extent = reported(&a, &format!("Max {axis} =")) - reported(&a, &format!("Min {axis} ="));
+            assert!((extent - size).abs() < 0.01, "{name}: {axis} {extent} vs {size}");
+        }
+        let Some(info) = run_tool("prusa-slicer", &["--loglevel".as_ref(), "1".as_ref(), "--info".as_ref(), stl.as_os_str()]) else { return };
+        let p = text(&info.stdout);
+        assert!(p.contains("manifold = yes"), "{name}:\n{p}");
+        assert_eq!(reported(&p, "number_of_parts"), shells, "{name}:\n{p}");
+        assert!((reported(&p, "volume") - volume).abs() < 1e-3 * volume, "{name}:\n{p}");
+        assert!((reported(&p, "size_z") - bbox[2]).abs() < 0.01 && (reported(&p, "min_z")).abs() < 1e-4, "{name} rests on the bed:\n{p}");
+        // Parts in mid-air are layers with nothing under them: the slicer says so exactly
+        // when the report counts floating parts.
+        let gcode = out.path().join(format!("{name}.gcode"));
+        let sliced = run_tool("prusa-slicer", &["--loglevel".as_ref(), "2".as_ref(), "--export-gcode".as_ref(), "--output".as_ref(), gcode.as_os_str(), stl.as_os_str()]).unwrap();
+        let said = format!("{}{}", text(&sliced.stdout), text(&sliced.stderr));
+        assert_eq!(said.contains("Empty layer"), floating > 0, "{name}: {floating} floating parts; PrusaSlicer said:\n{said}");
     }
 }
 
