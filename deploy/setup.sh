@@ -96,6 +96,19 @@ if [ "$mode" = "--test" ] && [ ! -x /usr/bin/chromium ]; then
     say "chromium missing: the Studio browser tests will fail (apt-get install -y --no-install-recommends chromium)"
   fi
 fi
+# The print report is checked against an independent mesh tool and slicer
+# (tests/generate.rs, md/mesh.md "Against a slicer"): Debian's admesh and prusa-slicer.
+if [ "$mode" = "--test" ] && { ! command -v admesh >/dev/null 2>&1 || ! command -v prusa-slicer >/dev/null 2>&1; }; then
+  as_root=""
+  [ "$(id -u)" = 0 ] || as_root="sudo -n"
+  if command -v apt-get >/dev/null 2>&1 && { [ -z "$as_root" ] || sudo -n true 2>/dev/null; }; then
+    say "installing admesh and prusa-slicer for the print report's oracle test"
+    $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends admesh prusa-slicer >/dev/null \
+      || { $as_root apt-get update -qq && $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends admesh prusa-slicer >/dev/null; }
+  else
+    say "admesh or prusa-slicer missing: the slicer oracle test skips (apt-get install -y --no-install-recommends admesh prusa-slicer)"
+  fi
+fi
 
 export PATH="$venv/bin:$PATH"
 export LIBTORCH_USE_PYTORCH=1

@@ -581,6 +581,109 @@ def write_reference(out_dir: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Matting models (models/matting/): image -> alpha, for the learned matting stage
+# --------------------------------------------------------------------------------------------
+#
+# Contract (models/README.md, "Matting models"):
+#     forward(images: float32 [B, 3, H, W], RGB in [0, 1], row 0 = top) -> float32 [B, 1, H, W]
+#     alpha in [0, 1] (1 = object), H x W = the manifest's input_size; any normalisation the
+#     network wants happens inside forward.
+
+
+def check_matting_input(images: Tensor):
+    if images.dim() != 4 or images.size(1) != 3:
+        raise RuntimeError("expected images of shape [B, 3, H, W] (RGB in [0, 1])")
+
+
+class TinyModnet(torch.nn.Module):
+    """A MODNet-shaped matting network (Ke et al. 2022, MIT licence), small and with seeded
+    random weights: a low-resolution semantic branch (strided encoder to 1/32, squeeze-and-
+    excitation, upsampled to 1/8), a high-resolution detail branch (image and encoder
+    features at 1/4 and 1/2) and a fusion branch to full resolution, ending in a sigmoid.
+    Its output is meaningless; it exists so the learned stage, its contract check and its
+    device/precision path run end to end with the same tensor shapes a real export has."""
+
+    def __init__(self):
+        super().__init__()
+
+        def conv(cin: int, cout: int, stride: int = 1) -> torch.nn.Module:
+            return torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 3, stride, 1), torch.nn.ReLU())
+
+        self.enc2 = conv(3, 8, 2)
+        self.enc4 = conv(8, 16, 2)
+        self.enc8 = conv(16, 24, 2)
+        self.enc16 = conv(24, 32, 2)
+        self.enc32 = conv(32, 32, 2)
+        self.se = torch.nn.Sequential(torch.nn.Linear(32, 8), torch.nn.ReLU(), torch.nn.Linear(8, 32), torch.nn.Sigmoid())
+        self.lr8 = conv(32, 16)
+        self.hr4 = conv(3 + 16, 16)
+        self.hr4_lr = conv(16 + 16, 16)
+        self.hr2 = conv(16 + 8, 16)
+        self.fuse2 = conv(16 + 16, 16)
+        self.fuse = conv(16 + 3, 8)
+        self.head = torch.nn.Conv2d(8, 1, 1)
+        # With random weights every alpha lands near 0.42 (+-0.01, logit -0.29): this gain
+        # and shift spread the logits around 0 so the test variant cuts out some (meaningless)
+        # part of each image and a `generate` with it completes. Trained weights need neither.
+        with torch.no_grad():
+            self.head.weight.mul_(60.0)
+            self.head.bias.add_(0.30).mul_(60.0)
+
+    def forward(self, images: Tensor) -> Tensor:
+        check_matting_input(images)
+        h, w = images.size(2), images.size(3)
+        x = (images - 0.5) / 0.5  # MODNet's normalisation, inside the model
+        e2 = self.enc2(x)
+        e4 = self.enc4(e2)
+        e32 = self.enc32(self.enc16(self.enc8(e4)))
+        e32 = e32 * self.se(e32.mean(dim=(2, 3))).unsqueeze(2).unsqueeze(3)
+        lr8 = self.lr8(F.interpolate(e32, size=[h // 8, w // 8], mode="bilinear", align_corners=False))
+        img4 = F.interpolate(x, size=[h // 4, w // 4], mode="bilinear", align_corners=False)
+        hr4 = self.hr4(torch.cat([img4, e4], 1))
+        hr4 = self.hr4_lr(torch.cat([hr4, F.interpolate(lr8, size=[h // 4, w // 4], mode="bilinear", align_corners=False)], 1))
+        hr2 = self.hr2(torch.cat([F.interpolate(hr4, size=[h // 2, w // 2], mode="bilinear", align_corners=False), e2], 1))
+        f2 = self.fuse2(torch.cat([F.interpolate(lr8, size=[h // 2, w // 2], mode="bilinear", align_corners=False), hr2], 1))
+        f = self.fuse(torch.cat([F.interpolate(f2, size=[h, w], mode="bilinear", align_corners=False), x], 1))
+        return torch.sigmoid(self.head(f)).contiguous()
+
+
+class DiscMatte(torch.nn.Module):
+    """TEST matting model: alpha = 1 inside the central disc of radius `radius` (a fraction
+    of the smaller side), 0 outside, whatever the image shows — an output a flood fill never
+    gives, so a test can see the learned stage was called."""
+
+    def __init__(self, radius: float = 0.3):
+        super().__init__()
+        self.radius = radius
+
+    def forward(self, images: Tensor) -> Tensor:
+        check_matting_input(images)
+        b, h, w = images.size(0), images.size(2), images.size(3)
+        ys = (torch.arange(h, dtype=torch.float32, device=images.device) + 0.5 - h / 2.0) / min(h, w)
+        xs = (torch.arange(w, dtype=torch.float32, device=images.device) + 0.5 - w / 2.0) / min(h, w)
+        r = torch.sqrt(ys.view(h, 1) ** 2 + xs.view(1, w) ** 2)
+        alpha = (r < self.radius).to(images.dtype)
+        return alpha.view(1, 1, h, w).expand(b, 1, h, w).contiguous()
+
+
+class HalfSizeMatte(torch.nn.Module):
+    """TEST matting model that breaks the contract: alpha at half the input size."""
+
+    def forward(self, images: Tensor) -> Tensor:
+        check_matting_input(images)
+        return F.avg_pool2d(images.mean(1, keepdim=True), 2)
+
+
+class LogitMatte(torch.nn.Module):
+    """TEST matting model that breaks the contract: raw logits (outside [0, 1]), the usual
+    mistake of exporting a network without its final sigmoid."""
+
+    def forward(self, images: Tensor) -> Tensor:
+        check_matting_input(images)
+        return images.mean(1, keepdim=True) * 8.0 - 4.0
+
+
+# --------------------------------------------------------------------------------------------
 # Manifests
 # --------------------------------------------------------------------------------------------
 
@@ -1221,11 +1324,185 @@ def check_pipelines(committed: Path) -> bool:
     return ok
 
 
+# --------------------------------------------------------------------------------------------
+# Matting models: specs, generation, verification
+# --------------------------------------------------------------------------------------------
+
+MATTING_FIELD_COMMENTS = {
+    "kind": "a matting model (models/matting/), not a 3-D model",
+    "input_size": "[H, W]: the image is resized (stretched) to this; alpha comes back at this size",
+    "precision": "fp32 | fp16 | bf16 (on CUDA)",
+}
+
+MATTING = {
+    "tiny-modnet": {
+        "dir": "matting/tiny-modnet",
+        "factory": TinyModnet,
+        "manifest": {
+            "kind": "matting",
+            "name": "tiny-modnet",
+            "version": "1.0.0",
+            "description": "TEST VARIANT with random weights (torch.manual_seed(0)): MODNet's "
+            "architecture in small (43 k parameters), meaningless alpha. Replace model.pt with a "
+            "real export (models/README.md) to matte photos.",
+            "input_size": [256, 256],
+            "precision": "fp32",
+        },
+    },
+    "disc": {
+        "dir": "matting/testing/disc",
+        "factory": lambda: DiscMatte(0.3),
+        "manifest": {
+            "kind": "matting",
+            "name": "disc",
+            "version": "1.0.0",
+            "description": "TEST matting model: alpha = the central disc of radius 0.3 of the "
+            "smaller side, whatever the image shows.",
+            "input_size": [128, 128],
+            "precision": "fp32",
+        },
+    },
+    "half-size": {
+        "dir": "matting/testing/half-size",
+        "factory": HalfSizeMatte,
+        "broken": "its alpha is half the input size",
+        "manifest": {
+            "kind": "matting",
+            "name": "half-size",
+            "version": "1.0.0",
+            "description": "TEST matting model that breaks the contract: alpha at half the input size.",
+            "input_size": [64, 64],
+            "precision": "fp32",
+        },
+    },
+    "logits": {
+        "dir": "matting/testing/logits",
+        "factory": LogitMatte,
+        "broken": "its values leave [0, 1]",
+        "manifest": {
+            "kind": "matting",
+            "name": "logits",
+            "version": "1.0.0",
+            "description": "TEST matting model that breaks the contract: raw logits in [-4, 4], no sigmoid.",
+            "input_size": [64, 64],
+            "precision": "fp32",
+        },
+    },
+}
+
+
+def matting_manifest_text(name: str) -> str:
+    lines = ["# Generated by models/generate.py; do not edit by hand."]
+    for key, value in MATTING[name]["manifest"].items():
+        line = f"{key} = {toml_value(value)}"
+        comment = MATTING_FIELD_COMMENTS.get(key)
+        if comment:
+            line = f"{line:<34} # {comment}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def write_matting(out_dir: Path, names: Optional[List[str]] = None) -> None:
+    for name, spec in MATTING.items():
+        if names is not None and name not in names:
+            continue
+        d = out_dir / spec["dir"]
+        d.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)  # the random-weight variant is the same on every run
+        module = torch.jit.script(spec["factory"]().eval())
+        torch.jit.save(module, str(d / "model.pt"))
+        (d / "manifest.toml").write_text(matting_manifest_text(name))
+        print(f"wrote {d / 'model.pt'} ({(d / 'model.pt').stat().st_size} bytes) and manifest.toml")
+
+
+def load_matting(out_dir: Path, name: str):
+    d = out_dir / MATTING[name]["dir"]
+    m = torch.jit.load(str(d / "model.pt"), map_location="cpu")
+    m.eval()
+    return m, tomllib.loads((d / "manifest.toml").read_text())
+
+
+def matting_batch(size: int) -> Tensor:
+    """RGB test images: check_batch's shapes composited over white (the plain backgrounds
+    the learned stage sees), plus one of random noise."""
+    rgba = check_batch(size)
+    rgb = rgba[:, :3] * rgba[:, 3:] + (1.0 - rgba[:, 3:])
+    g = torch.Generator().manual_seed(1)
+    noise = torch.rand(1, 3, size, size, generator=g)
+    return torch.cat([rgb, noise]).contiguous()
+
+
+def verify_matting(out_dir: Path, names: Optional[List[str]] = None) -> None:
+    """Load each matting model back; the good ones keep the contract (shape, range, items
+    independent), the broken test models break it the way they claim to."""
+    for name, spec in MATTING.items():
+        if names is not None and name not in names:
+            continue
+        m, man = load_matting(out_dir, name)
+        assert man["kind"] == "matting" and man["name"] == name, man
+        h, w = man["input_size"]
+        batch = matting_batch(h)
+        with torch.no_grad():
+            full = m(batch)
+        shape_ok = tuple(full.shape) == (batch.shape[0], 1, h, w)
+        range_ok = bool(torch.isfinite(full).all() and full.min() >= 0.0 and full.max() <= 1.0)
+        if "broken" in spec:
+            assert not (shape_ok and range_ok), f"{name}: meant to break the contract, keeps it"
+            print(f"{name}: breaks the contract as meant ({spec['broken']})")
+            continue
+        assert shape_ok and range_ok, f"{name}: shape {tuple(full.shape)}, range [{full.min()}, {full.max()}]"
+        for k in range(batch.shape[0]):
+            with torch.no_grad():
+                # Convolutions may pick other kernels for another batch size: equal to
+                # rounding, not bit for bit (the node runs matting one image at a time).
+                alone = m(batch[k : k + 1])[0]
+                assert torch.allclose(alone, full[k], atol=1e-5), f"{name}: item {k} depends on the batch"
+        if name == "disc":
+            yy, xx = _coords(h)
+            want = (((yy - 0.5) ** 2 + (xx - 0.5) ** 2).sqrt() < 0.3).float()
+            assert all(torch.equal(full[k, 0], want) for k in range(batch.shape[0])), "disc: not the central disc"
+        if name == "tiny-modnet":
+            # Random weights, but a usable cut-out: neither nothing nor everything is object,
+            # so `generate` completes with it (the node thresholds alpha at 0.5).
+            fg = (full[:4] > 0.5).float().mean(dim=(1, 2, 3))  # disc, mug, ellipse, star
+            assert bool(((fg > 0.02) & (fg < 0.98)).all()), f"tiny-modnet: foreground fractions {fg.tolist()}"
+            n_params = sum(p.numel() for p in m.parameters())
+            print(f"tiny-modnet: {n_params} parameters, foreground fractions {[round(v, 2) for v in fg.tolist()]}")
+        print(f"{name}: loads, [{batch.shape[0]}, 1, {h}, {w}] in [0, 1], items independent")
+
+
+def check_matting(committed: Path, tmp_dir: Path) -> bool:
+    """Committed matting models against freshly generated ones: same manifests, same outputs."""
+    ok = True
+    write_matting(tmp_dir)
+    for name, spec in MATTING.items():
+        dc, dt = committed / spec["dir"], tmp_dir / spec["dir"]
+        if not (dc / "model.pt").exists() or not (dc / "manifest.toml").exists():
+            print(f"{name}: MISSING {dc}/model.pt or manifest.toml")
+            ok = False
+            continue
+        if (dc / "manifest.toml").read_text() != (dt / "manifest.toml").read_text():
+            print(f"{name}: committed manifest.toml differs from the generated one")
+            ok = False
+        a, man = load_matting(committed, name)
+        b, _ = load_matting(tmp_dir, name)
+        batch = matting_batch(man["input_size"][0])
+        with torch.no_grad():
+            ya, yb = a(batch), b(batch)
+        if not torch.equal(ya, yb):
+            print(f"{name}: committed matting model output differs")
+            ok = False
+        else:
+            print(f"{name}: matting outputs identical")
+    return ok
+
+
 def check(committed: Path) -> int:
     ok = check_pipelines(committed)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_dir = Path(tmp)
         write_models(tmp_dir)
+        ok = check_matting(committed, tmp_dir) and ok
         for name in MODELS:
             dc, dt = model_dir(committed, name), model_dir(tmp_dir, name)
             missing = [f for f in ("model.pt", "manifest.toml") if not (dc / f).exists()]
@@ -1260,6 +1537,7 @@ def check(committed: Path) -> int:
     if ok:
         try:
             verify(committed)
+            verify_matting(committed)
         except AssertionError as e:
             print(f"verification failed: {e}")
             ok = False
@@ -1331,7 +1609,7 @@ def main() -> int:
     p.add_argument("--reference", type=Path, nargs="?", metavar="DIR",
                    const=Path.home() / ".cache" / "orfeas" / "models" / "reference",
                    help="write the benchmark reference network to DIR (default ~/.cache/orfeas/models/reference)")
-    p.add_argument("--only", action="append", choices=sorted(MODELS), metavar="NAME",
+    p.add_argument("--only", action="append", choices=sorted(MODELS) + sorted(MATTING), metavar="NAME",
                    help="(re)write only this model (repeatable; default: all). Leaves the other "
                    "committed model.pt files untouched (their bytes record generate.py's line numbers)")
     p.add_argument("--pipelines", action="store_true",
@@ -1376,7 +1654,9 @@ def main() -> int:
         measure_mem(args.out)
         return 0
     write_models(args.out, args.only)
+    write_matting(args.out, args.only)
     verify(args.out, args.only)
+    verify_matting(args.out, args.only)
     return 0
 
 

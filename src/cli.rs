@@ -412,6 +412,15 @@ pub struct GenerateArgs {
     /// Material price per kilogram for the cost estimate.
     #[arg(long, default_value_t = 25.0)]
     pub price_per_kg: f64,
+    /// How the embedded node cuts objects out of images without alpha: `flood` (the plain
+    /// background, filled from the border) or `learned` (a matting model) [default:
+    /// matting.method, flood].
+    #[arg(long, value_parser = ["flood", "learned"])]
+    pub matting: Option<String>,
+    /// Folder of the matting model (`manifest.toml` + `model.pt`, models/README.md);
+    /// implies `--matting learned` [default: matting.model].
+    #[arg(long)]
+    pub matting_model: Option<PathBuf>,
     /// How the mesh is made.
     #[command(flatten)]
     pub shape: ShapeArgs,

@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use orfeas_actors::{store::S3Config, NodeSettings};
+use orfeas_actors::{learned_matte::MattingMethod, store::S3Config, NodeSettings};
 use orfeas_wire::SecretKey;
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +29,8 @@ pub struct Config {
     pub store: StoreSection,
     /// Models.
     pub models: ModelsSection,
+    /// How objects are cut out of images without alpha.
+    pub matting: MattingSection,
     /// Devices.
     pub devices: DevicesSection,
     /// Scheduling and delivery.
@@ -110,6 +112,16 @@ pub struct ModelsSection {
     pub enabled: Vec<String>,
 }
 
+/// `[matting]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MattingSection {
+    /// `flood` (fill the plain background from the border; no model) or `learned`.
+    pub method: String,
+    /// Folder of the matting model (`manifest.toml` + `model.pt`) for `learned`.
+    pub model: String,
+}
+
 /// `[devices]`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -186,6 +198,7 @@ impl Default for Config {
                 url_expiry_s: 7 * 24 * 3600,
             },
             models: ModelsSection { dir: default_models_dir(), enabled: vec![] },
+            matting: MattingSection { method: "flood".into(), model: String::new() },
             devices: DevicesSection { cpu_threads: 0, use_cuda: true, memory_safety: 0.8, step_batching: true },
             scheduler: SchedulerSection { max_batch: 8, ack_wait_s: 60, progress_ack_s: 15, max_deliver: 5, max_queue_delay_ms: 0, lookahead_batches: 2, shutdown_grace_s: 30 },
             ingress: IngressSection { clock_skew_s: 120, max_image_side: 16384, submit_queue_max: 100_000, preauth_per_minute: default_preauth_per_minute() },
@@ -258,8 +271,20 @@ impl Config {
         if self.scheduler.max_deliver < 1 {
             bail!("scheduler.max_deliver must be at least 1");
         }
+        self.matting_method()?;
         self.s3()?;
         Ok(())
+    }
+
+    /// The matting stage `[matting]` asks for.
+    pub fn matting_method(&self) -> Result<MattingMethod> {
+        match (self.matting.method.as_str(), self.matting.model.is_empty()) {
+            ("flood", true) => Ok(MattingMethod::Flood),
+            ("flood", false) => bail!("matting.model {:?} is set but matting.method is flood: set matting.method = \"learned\" to use it", self.matting.model),
+            ("learned", false) => Ok(MattingMethod::Learned(PathBuf::from(&self.matting.model))),
+            ("learned", true) => bail!("matting.method = learned needs matting.model, the folder of a matting model (manifest.toml + model.pt; see models/README.md)"),
+            (other, _) => bail!("matting.method {other:?} must be flood or learned"),
+        }
     }
 
     /// The nkey seed of `nats.nkey_seed_file`, if set.
@@ -297,6 +322,7 @@ impl Config {
         settings.replicas = self.nats.replicas;
         settings.node_key = node_key;
         settings.models = self.models.enabled.clone();
+        settings.matting = self.matting_method()?;
         settings.cpu_threads = self.devices.cpu_threads;
         settings.use_cuda = self.devices.use_cuda;
         settings.max_batch = self.scheduler.max_batch;
@@ -477,5 +503,20 @@ mod tests {
         let text = config.redacted();
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(back, config);
+    }
+
+    #[test]
+    fn matting_is_flood_by_default_and_learned_needs_a_model() {
+        let config = Config::load(None, &env(&[]), &[]).unwrap();
+        assert_eq!(config.matting_method().unwrap(), MattingMethod::Flood);
+        let e = env(&[("ORFEAS_MATTING_METHOD", "learned"), ("ORFEAS_MATTING_MODEL", "/m/tiny")]);
+        let learned = Config::load(None, &e, &[]).unwrap();
+        assert_eq!(learned.node_settings("nats://x", "/tmp".into()).unwrap().matting, MattingMethod::Learned("/m/tiny".into()));
+        let without = Config::load(None, &env(&[("ORFEAS_MATTING_METHOD", "learned")]), &[]).unwrap_err();
+        assert!(format!("{without:#}").contains("needs matting.model"), "{without:#}");
+        let unused = Config::load(None, &env(&[("ORFEAS_MATTING_MODEL", "/m/tiny")]), &[]).unwrap_err();
+        assert!(format!("{unused:#}").contains("matting.method is flood"), "{unused:#}");
+        let unknown = Config::load(None, &env(&[("ORFEAS_MATTING_METHOD", "magic")]), &[]).unwrap_err();
+        assert!(format!("{unknown:#}").contains("\"magic\" must be flood or learned"), "{unknown:#}");
     }
 }

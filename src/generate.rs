@@ -90,8 +90,39 @@ struct Prepared {
     job: std::result::Result<SubmitJob, String>,
 }
 
+/// Apply `--matting` / `--matting-model` over `[matting]`; usage errors for
+/// combinations that cannot work, checked before anything starts.
+fn with_matting(mut config: Config, args: &GenerateArgs, client: bool) -> Result<Config> {
+    if args.matting.is_none() && args.matting_model.is_none() {
+        return Ok(config);
+    }
+    if client {
+        // A deployment's nodes matte with what their operator configured.
+        return Err(usage("--matting and --matting-model choose the embedded node's matting; with --nats (or nats.url) the deployment's nodes use their own"));
+    }
+    match (args.matting.as_deref(), &args.matting_model) {
+        (Some("flood"), Some(dir)) => return Err(usage(format!("--matting flood takes no --matting-model ({})", dir.display()))),
+        (Some("flood"), None) => {
+            config.matting.method = "flood".into();
+            config.matting.model.clear();
+        }
+        (_, Some(dir)) => {
+            if !dir.join("manifest.toml").is_file() {
+                return Err(usage(format!("--matting-model {}: no manifest.toml there (a matting model is a folder with manifest.toml and model.pt)", dir.display())));
+            }
+            config.matting.method = "learned".into();
+            config.matting.model = dir.display().to_string();
+        }
+        (_, None) => config.matting.method = "learned".into(),
+    }
+    config.matting_method().map_err(|e| usage(format!("--matting: {e:#}")))?;
+    Ok(config)
+}
+
 /// Run `generate`; returns the number of images that failed.
 pub async fn run(config: Config, args: GenerateArgs) -> Result<usize> {
+    let url = args.nats.clone().unwrap_or_else(|| config.nats.url.clone());
+    let config = with_matting(config, &args, !url.is_empty())?;
     let formats = paths::formats(args.format.as_deref(), args.output.as_deref()).map_err(usage)?;
     let mut params = args.shape.params();
     if params.size_mm.is_none() {
@@ -123,7 +154,6 @@ pub async fn run(config: Config, args: GenerateArgs) -> Result<usize> {
         })
         .collect();
 
-    let url = args.nats.clone().unwrap_or_else(|| config.nats.url.clone());
     let started = Instant::now();
     let outcomes = if url.is_empty() {
         run_embedded(&config, &args, prepared).await?
@@ -175,7 +205,8 @@ async fn run_embedded(config: &Config, args: &GenerateArgs, prepared: Vec<Prepar
     // Its jobs live and die with it: on Ctrl-C nothing waits for them.
     settings.shutdown_grace = Duration::ZERO;
     let deployment = settings.deployment.clone();
-    let node = node::start(settings).await.context("starting the node")?;
+    // The code names the cause for scripts (`matting_contract`, `model_load`, …).
+    let node = node::start(settings).await.map_err(|e| anyhow::anyhow!("starting the node ({}): {e}", e.code()))?;
     let key = SecretKey::generate();
     let registered = Registry::new(node.bus.agents.clone(), node.bus.nodes.clone()).add_agent_key(LOCAL_AGENT, &key.public().to_hex()).await;
     let outcome = match registered {
@@ -202,15 +233,40 @@ async fn follow_all(
 ) -> Vec<ImageOutcome> {
     // Bars go to stderr, so stdout stays the JSON document with --json.
     let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos:>3}% {msg}").expect("template").progress_chars("=> ");
-    let tasks = prepared.into_iter().map(|p| {
-        let bar = bars.add(ProgressBar::new(100));
-        bar.set_style(style.clone());
-        bar.set_prefix(p.plan.image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+    let names: Vec<String> = prepared.iter().map(|p| p.plan.image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()).collect();
+    let style = bar_style(&names);
+    // Every bar lives until all images are done: a finished bar that is dropped becomes
+    // a "zombie" line the next redraw of the others may erase (seen under a pty at 60
+    // columns: the first image's finished bar vanished), so the final screen would
+    // depend on which image finished first.
+    let handles: Vec<ProgressBar> = names
+        .iter()
+        .map(|name| {
+            let bar = bars.add(ProgressBar::new(100));
+            bar.set_style(style.clone());
+            bar.set_prefix(name.clone());
+            bar
+        })
+        .collect();
+    let tasks = prepared.into_iter().zip(&handles).map(|(p, bar)| {
         let client = AgentClient::new(nats.clone(), agent, key.clone(), deployment);
         one(client, p, bar, &bars, args)
     });
-    futures::future::join_all(tasks).await
+    let outcomes = futures::future::join_all(tasks).await;
+    drop(handles);
+    outcomes
+}
+
+/// Longest image name shown in full before a bar; longer ones push their bar right.
+const BAR_NAME_WIDTH: usize = 24;
+
+/// One line per image that never wraps: the names right-aligned to the longest (at most
+/// [`BAR_NAME_WIDTH`]), a 20-cell bar, the percent, and the message cut to the
+/// terminal's width (`wide_msg`). A line wider than the terminal wraps and every redraw
+/// then leaves its second half behind.
+fn bar_style(names: &[String]) -> ProgressStyle {
+    let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0).min(BAR_NAME_WIDTH);
+    ProgressStyle::with_template(&format!("{{prefix:>{width}}} [{{bar:20}}] {{pos:>3}}% {{wide_msg}}")).expect("template").progress_chars("=> ")
 }
 
 /// Print `line` above the bars, or as a plain line without a terminal.
@@ -222,14 +278,14 @@ fn say(bars: &MultiProgress, bar: &ProgressBar, line: &str) {
     }
 }
 
-async fn one(mut client: AgentClient, p: Prepared, bar: ProgressBar, bars: &MultiProgress, args: &GenerateArgs) -> ImageOutcome {
+async fn one(mut client: AgentClient, p: Prepared, bar: &ProgressBar, bars: &MultiProgress, args: &GenerateArgs) -> ImageOutcome {
     let name = p.plan.image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let image = p.plan.image.clone();
     let job = match p.job {
         Ok(job) => job,
         Err(e) => {
             bar.abandon_with_message("failed");
-            say(bars, &bar, &format!("{name}: failed (invalid_image): {e}"));
+            say(bars, bar, &format!("{name}: failed (invalid_image): {e}"));
             return ImageOutcome::failed(image, None, "invalid_image", e);
         }
     };
@@ -238,7 +294,7 @@ async fn one(mut client: AgentClient, p: Prepared, bar: ProgressBar, bars: &Mult
         Ok(events) => events,
         Err(e) => {
             bar.abandon_with_message("not submitted");
-            say(bars, &bar, &format!("{name}: failed (submit): {e}"));
+            say(bars, bar, &format!("{name}: failed (submit): {e}"));
             return ImageOutcome::failed(image, Some(job_id), "submit_failed", e.to_string());
         }
     };
@@ -281,7 +337,7 @@ async fn one(mut client: AgentClient, p: Prepared, bar: ProgressBar, bars: &Mult
         }
     };
     for line in summary::lines(&outcome) {
-        say(bars, &bar, &line);
+        say(bars, bar, &line);
     }
     outcome
 }

@@ -126,6 +126,8 @@ pub struct GpuWorker {
     pub warmth: Warmth,
     /// Where images submitted by reference are fetched from (`None` in unit tests).
     pub inputs: Option<crate::inputs::Inputs>,
+    /// How preprocessing separates objects from backgrounds (`learned_matte.rs`).
+    pub matting: crate::learned_matte::Matting,
 }
 
 mod stepping;
@@ -316,6 +318,7 @@ impl Actor for GpuWorker {
                 );
                 let device = self.device.id.clone();
                 let inputs = self.inputs.clone();
+                let matting = self.matting.clone();
                 // Batches are prepared side by side but reach the device in
                 // the order they came: the Scheduler pairs each `DeviceIdle`
                 // with its oldest batch on this device, so a batch that
@@ -332,7 +335,7 @@ impl Actor for GpuWorker {
                     })
                     .await;
                     let prepared = tokio::task::spawn_blocking(move || {
-                        prepare_batch(batch, manifest, &model, max_side, &roster, &events, &device)
+                        prepare_batch(batch, manifest, &model, max_side, &matting, &roster, &events, &device)
                     })
                     .await;
                     if let Some(turn) = turn {
@@ -386,6 +389,7 @@ fn prepare_batch(
     manifest: Option<Manifest>,
     model: &str,
     max_side: u32,
+    matting: &crate::learned_matte::Matting,
     roster: &Roster,
     events: &EventSink,
     device: &str,
@@ -437,6 +441,7 @@ fn prepare_batch(
             max_side,
             manifest.input_size,
             manifest.preprocess,
+            matting,
             out,
         )
         .map_err(|e| Failure::new(e.code(), e.to_string()))
@@ -1049,6 +1054,7 @@ mod tests {
                 events,
                 warmth: warmth.clone(),
                 inputs: None,
+                matting: Default::default(),
             };
             let (worker, ended) = Actor::spawn(Some(roster.worker_name("cpu")), worker, ())
                 .await

@@ -31,6 +31,7 @@ pub mod ingress;
 pub mod inputs;
 pub mod jobs;
 pub mod lanes;
+pub mod learned_matte;
 pub mod matte;
 pub mod metrics;
 pub mod model;

@@ -99,7 +99,14 @@ pub fn matte(img: &RgbaImage) -> Vec<bool> {
     }
 
     // 3. The largest part and those not much smaller; specks go.
-    let parts = components(&mask, w, h, true);
+    keep_main_parts(&mask, w, h)
+}
+
+/// The largest part of `mask` (8-connected, row-major `w` × `h`) and the parts at least
+/// [`KEEP_FRACTION`] of its size; specks go. Shared with the learned matting stage,
+/// whose alpha has specks of its own.
+pub fn keep_main_parts(mask: &[bool], w: usize, h: usize) -> Vec<bool> {
+    let parts = components(mask, w, h, true);
     let largest = parts.iter().map(Vec::len).max().unwrap_or(0);
     let mut kept = vec![false; w * h];
     for part in parts.into_iter().filter(|p| p.len() as f64 >= KEEP_FRACTION * largest as f64) {

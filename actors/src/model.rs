@@ -392,9 +392,64 @@ pub struct LoadedModel {
     pub per_item_bytes: u64,
     /// How long loading and warming took.
     pub times: LoadTimes,
+    resident: Resident,
+}
+
+/// A TorchScript module resident on one device in eval mode, computing in the kind its
+/// precision gives there: what 3-D models and the learned matting stage
+/// (`learned_matte.rs`) share, so both stage inputs, pin memory and pick precision alike.
+pub(crate) struct Resident {
     module: CModule,
     device: Device,
     kind: Kind,
+}
+
+impl Resident {
+    /// Load `path` onto `device` in eval mode, converted to `precision` there ([`compute_kind`]).
+    pub(crate) fn load(path: &Path, device: Device, precision: Precision) -> Result<Self, tch::TchError> {
+        let mut module = CModule::load_on_device(path, device)?;
+        module.set_eval();
+        let kind = compute_kind(device, precision);
+        if kind != Kind::Float {
+            module.to(device, kind, false);
+        }
+        Ok(Self { module, device, kind })
+    }
+
+    /// The device it lives on.
+    pub(crate) fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Run `input` (a CPU tensor, computed in the module's kind) and `params` (kept
+    /// fp32) and return the output as a contiguous fp32 CPU tensor. No gradients; on
+    /// CUDA the inputs are staged in pinned memory and copied asynchronously.
+    pub(crate) fn forward(&self, input: &Tensor, params: Option<&Tensor>) -> Result<Tensor, tch::TchError> {
+        tch::no_grad(|| {
+            let to_device = |t: &Tensor, kind: Kind| -> Result<Tensor, tch::TchError> {
+                if !self.device.is_cuda() {
+                    return Ok(if t.kind() == kind { t.shallow_clone() } else { t.to_kind(kind) });
+                }
+                let staged = if pins_host_memory(self.device) && !t.is_pinned(self.device) {
+                    t.f_pin_memory(self.device)
+                } else {
+                    Ok(t.shallow_clone())
+                };
+                // Non-blocking from pinned memory: the copy overlaps with
+                // whatever the stream is still doing; `staged` outlives it.
+                staged.and_then(|s| s.f_to_device_(self.device, kind, true, false))
+            };
+            let input = to_device(input, self.kind)?;
+            let out = match params {
+                Some(p) => {
+                    let p = to_device(p, Kind::Float)?;
+                    self.module.forward_ts(&[input, p])
+                }
+                None => self.module.forward_ts(&[input]),
+            }?;
+            out.f_to_kind(Kind::Float).and_then(|o| o.f_to_device(Device::Cpu)).and_then(|o| o.f_contiguous())
+        })
+    }
 }
 
 impl LoadedModel {
@@ -413,13 +468,8 @@ impl LoadedModel {
             path: path.to_path_buf(),
             detail,
         };
-        let mut module =
-            CModule::load_on_device(path, device).map_err(|e| load_error(e.to_string()))?;
-        module.set_eval();
-        let kind = compute_kind(device, manifest.precision);
-        if kind != Kind::Float {
-            module.to(device, kind, false);
-        }
+        let resident = Resident::load(path, device, manifest.precision)
+            .map_err(|e| load_error(e.to_string()))?;
         let params = manifest.param_specs().map_err(load_error)?;
         let load_seconds = started.elapsed().as_secs_f64();
         let per_item_bytes = manifest.mem_per_item_bytes();
@@ -428,9 +478,7 @@ impl LoadedModel {
             params,
             per_item_bytes,
             times: LoadTimes::default(),
-            module,
-            device,
-            kind,
+            resident,
         };
         let started = Instant::now();
         model.probe(1)?;
@@ -487,7 +535,7 @@ impl LoadedModel {
 
     /// The device it lives on.
     pub fn device(&self) -> Device {
-        self.device
+        self.resident.device()
     }
 
     /// Run a [B, 4, H, W] float batch (on the CPU; `params` [B, P] for
@@ -495,44 +543,13 @@ impl LoadedModel {
     /// the CPU. No gradients; on CUDA the batch is staged in pinned memory,
     /// copied asynchronously and computed in the manifest's precision.
     pub fn forward(&self, batch: &Tensor, params: Option<&Tensor>) -> Result<Tensor, ModelError> {
-        let name = &self.manifest.name;
-        tch::no_grad(|| {
-            let to_device = |t: &Tensor, kind: Kind| -> Result<Tensor, ModelError> {
-                if !self.device.is_cuda() {
-                    return Ok(if t.kind() == kind {
-                        t.shallow_clone()
-                    } else {
-                        t.to_kind(kind)
-                    });
-                }
-                let staged = if pins_host_memory(self.device) && !t.is_pinned(self.device) {
-                    t.f_pin_memory(self.device)
-                } else {
-                    Ok(t.shallow_clone())
-                };
-                // Non-blocking from pinned memory: the copy overlaps with
-                // whatever the stream is still doing; `staged` outlives it.
-                staged
-                    .and_then(|s| s.f_to_device_(self.device, kind, true, false))
-                    .map_err(|e| forward_error(name, e))
-            };
-            let input = to_device(batch, self.kind)?;
-            let out = match params {
-                Some(p) => {
-                    let p = to_device(p, Kind::Float)?;
-                    self.module.forward_ts(&[input, p])
-                }
-                None => self.module.forward_ts(&[input]),
-            }
-            .map_err(|e| forward_error(name, e))?;
-            out.f_to_kind(Kind::Float)
-                .and_then(|o| o.f_to_device(Device::Cpu))
-                .and_then(|o| o.f_contiguous())
-                .map_err(|e| forward_error(name, e))
-        })
+        self.resident
+            .forward(batch, params)
+            .map_err(|e| forward_error(&self.manifest.name, e))
     }
 }
 
+/// A forward error of model `name`, classified (out of memory, device lost).
 pub(crate) fn forward_error(name: &str, e: tch::TchError) -> ModelError {
     let detail = e.to_string();
     let lower = detail.to_ascii_lowercase();

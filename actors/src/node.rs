@@ -47,6 +47,24 @@ pub enum NodeError {
     /// An actor failed to start.
     #[error("actor tree failed to start: {0}")]
     Spawn(String),
+    /// The configured matting model is missing or breaks its contract.
+    #[error(transparent)]
+    Matting(#[from] crate::learned_matte::MattingError),
+}
+
+impl NodeError {
+    /// Stable code of the failure, for messages and logs (`model_contract`,
+    /// `matting_contract`, …; `nats`, `store`, `http`, `spawn` for the rest).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Model(e) => e.code(),
+            Self::Matting(e) => e.code(),
+            Self::Bus(_) => "nats",
+            Self::Store(_) => "store",
+            Self::Http(..) => "http",
+            Self::Spawn(_) => "spawn",
+        }
+    }
 }
 
 /// A started node.
@@ -73,6 +91,11 @@ pub struct RunningNode {
 pub async fn start(settings: NodeSettings) -> Result<RunningNode, NodeError> {
     let models = model::read_manifests(&settings.models_dir, &settings.models)?;
     let devices = device::discover(settings.use_cuda);
+    // Before anything connects: a broken matting model stops the start at once.
+    let mattes = crate::learned_matte::Matting::for_devices(&settings.matting, &devices.iter().map(|d| d.device).collect::<Vec<_>>())?;
+    if let Some(crate::learned_matte::Matting::Learned(m)) = mattes.first() {
+        tracing::info!(matting = %m.manifest.name, version = %m.manifest.version, "learned matting model loaded");
+    }
     tracing::info!(node = %settings.node_id, devices = ?devices.iter().map(|d| &d.id).collect::<Vec<_>>(), models = ?models.iter().map(|(m, _)| &m.name).collect::<Vec<_>>(), "starting node");
     let client = bus::connect_as(&settings.nats_url, &format!("orfeas-node-{}", settings.node_id), settings.nats_nkey_seed.as_deref()).await?;
     let bus = Bus::ensure(client.clone(), &settings).await?;
@@ -139,6 +162,7 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, NodeError> {
         events,
         store,
         devices,
+        mattes,
         catalog: catalog.clone(),
         warmth: warmth.clone(),
         roster: roster.clone(),

@@ -1,6 +1,7 @@
 //! Image in → model input: decode under strict limits (`image_input.rs`), then per the
-//! model's manifest either find the object (alpha when present, otherwise a
-//! plain background estimated from the border), crop and recentre it with a
+//! model's manifest either find the object (alpha when present, otherwise the node's
+//! matting stage: a flood fill of the plain background from the border, or a learned
+//! matting model, `learned_matte.rs`), crop and recentre it with a
 //! margin (`object`), or keep the whole frame letterboxed into a square
 //! (`full_frame`); resize to the model's input and write it straight into
 //! the item's slot of the batch buffer.
@@ -8,6 +9,7 @@
 use image::{imageops, RgbaImage};
 
 use crate::image_input::{self, ImageError};
+use crate::learned_matte::{Matting, MattingError};
 
 use crate::model::PreprocessMode;
 
@@ -30,6 +32,9 @@ pub enum PreprocessError {
     /// No object could be separated from the background.
     #[error("no foreground object found in the image")]
     NoObject,
+    /// The learned matting pass failed.
+    #[error(transparent)]
+    Matting(#[from] MattingError),
 }
 
 impl PreprocessError {
@@ -38,6 +43,7 @@ impl PreprocessError {
         match self {
             Self::Image(e) => e.code(),
             Self::NoObject => orfeas_wire::ErrorCode::InvalidImage,
+            Self::Matting(e) => e.wire_code(),
         }
     }
 }
@@ -79,6 +85,7 @@ pub fn prepare(
         max_side,
         size,
         PreprocessMode::Object,
+        &Matting::Flood,
         &mut chw,
     )?;
     Ok(Prepared { size, chw, rgba })
@@ -86,7 +93,8 @@ pub fn prepare(
 
 /// Decode and prepare an image for a model with input `size` [H, W],
 /// writing RGBA in [0,1], channel-major [4, H, W], into `out` (the item's
-/// slot of a batch buffer, `4 × H × W` floats). Returns the prepared image
+/// slot of a batch buffer, `4 × H × W` floats); `matting` separates the
+/// object of an image without alpha in object mode. Returns the prepared image
 /// as RGBA8 with colours bled into the background, for the mesh colours.
 pub fn prepare_into(
     bytes: &[u8],
@@ -94,6 +102,7 @@ pub fn prepare_into(
     max_side: u32,
     size: [usize; 2],
     mode: PreprocessMode,
+    matting: &Matting,
     out: &mut [f32],
 ) -> Result<RgbaImage, PreprocessError> {
     assert_eq!(
@@ -109,7 +118,7 @@ pub fn prepare_into(
     let mut rgba = decoded.to_rgba8();
     let square = match mode {
         PreprocessMode::Object => {
-            separate_foreground(&mut rgba);
+            separate_foreground(&mut rgba, matting)?;
             crop_square(&rgba)?
         }
         PreprocessMode::FullFrame => {
@@ -152,18 +161,20 @@ fn letterbox(img: &RgbaImage) -> RgbaImage {
     out
 }
 
-/// Make alpha the foreground mask: keep a real alpha channel; otherwise matte the
-/// plain background away (`matte.rs`: flood fill from the border, holes filled,
-/// specks dropped).
-fn separate_foreground(img: &mut RgbaImage) {
+/// Make alpha the foreground mask: keep a real alpha channel (the person who
+/// cut the object out knows best); otherwise matte the background away with the
+/// node's stage (`matte.rs`: flood fill from the border, holes filled, specks
+/// dropped; or a learned matting model).
+fn separate_foreground(img: &mut RgbaImage, matting: &Matting) -> Result<(), PreprocessError> {
     let has_alpha = img.pixels().any(|p| p[3] < 250);
     if has_alpha {
-        return;
+        return Ok(());
     }
-    let mask = crate::matte::matte(img);
-    for (p, keep) in img.pixels_mut().zip(mask) {
-        p[3] = if keep { 255 } else { 0 };
+    let alpha = matting.alpha(img)?;
+    for (p, a) in img.pixels_mut().zip(alpha) {
+        p[3] = a;
     }
+    Ok(())
 }
 
 /// Crop to the object's bounding box, centred in a square with a margin;
@@ -344,6 +355,7 @@ mod tests {
             4096,
             [32, 32],
             PreprocessMode::FullFrame,
+            &Matting::Flood,
             &mut chw,
         )
         .unwrap();
@@ -367,6 +379,7 @@ mod tests {
                 4096,
                 [8, 8],
                 PreprocessMode::FullFrame,
+                &Matting::Flood,
                 &mut vec![0.0; 256]
             ),
             Err(PreprocessError::NoObject)

@@ -25,6 +25,9 @@ pub struct NodeSettings {
     pub models_dir: PathBuf,
     /// Models to load; empty = every model in `models_dir`.
     pub models: Vec<String>,
+    /// How objects are cut out of images without alpha: flood fill, or a learned
+    /// matting model (`learned_matte.rs`).
+    pub matting: crate::learned_matte::MattingMethod,
     /// Local folder of the object store (when `store_s3` is `None`).
     pub store_root: PathBuf,
     /// The S3-compatible bucket results go to instead, on a cluster.
@@ -84,6 +87,7 @@ impl NodeSettings {
             node_key: SecretKey::generate(),
             models_dir,
             models: Vec::new(),
+            matting: Default::default(),
             store_root,
             store_s3: None,
             cpu_threads: 0,

@@ -53,6 +53,9 @@ pub struct NodeContext {
     pub store: ResultStore,
     /// Devices, one worker each.
     pub devices: Vec<ComputeDevice>,
+    /// The matting stage of each device, in the order of `devices` (loaded at start, so a
+    /// restarted worker reuses it).
+    pub mattes: Vec<crate::learned_matte::Matting>,
     /// The served models (a restarted worker loads what it lists now).
     pub catalog: Catalog,
     /// Which devices have their models warm.
@@ -142,6 +145,7 @@ impl NodeSupervisor {
                     events: ctx.events.clone(),
                     warmth: ctx.warmth.clone(),
                     inputs: Some(crate::inputs::Inputs { js: ctx.bus.js.clone(), store: ctx.store.clone() }),
+                    matting: ctx.mattes[*i].clone(),
                 };
                 Actor::spawn_linked(Some(name), actor, (), me).await?.0.get_cell()
             }

@@ -522,7 +522,8 @@ pub struct PrintChecks {
     /// Parts whose lowest point is above the bed (they print in mid-air).
     #[serde(default)]
     pub floating_parts: u64,
-    /// Area lying on the bed, mm².
+    /// First-layer area: the object's cross-section 0.1 mm above the bed, where a
+    /// slicer cuts a 0.2 mm first layer, mm² (≥ 0).
     #[serde(default)]
     pub bed_contact_mm2: f64,
     /// The centre of mass lies outside the bed contact: the part falls over.
