@@ -715,8 +715,13 @@ impl DeviceThread {
             _ => self.run_single(batch),
         };
         // Every batch ends in one DeviceIdle, in order (and Joined first
-        // when jobs of an earlier one still sample).
-        self.flush(None);
+        // when jobs of an earlier one still sample) — but not a batch the
+        // device was lost in: a DeviceIdle would tell the Scheduler its jobs
+        // went on to Postprocess, so it would not hand them back when the
+        // worker is lost, and they would never be answered.
+        if result.is_ok() {
+            self.flush(None);
+        }
         result
     }
 
