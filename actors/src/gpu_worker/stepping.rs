@@ -235,7 +235,7 @@ impl DeviceThread {
         let Some(model) = self.models.get(name) else {
             // Cannot happen (a reload lets running sets finish first); answer the jobs anyway.
             for r in batcher.boundary(usize::MAX, |_| Some(Stop::Canceled)) {
-                let (Retired::Stopped(job, _) | Retired::Failed(job, _) | Retired::Done(job, _)) = r;
+                let (Retired::Stopped(job, ..) | Retired::Failed(job, _) | Retired::Done(job, _)) = r;
                 self.stepping.retire(job.seq);
                 self.fail(job.ticket, Failure::new(ErrorCode::Unavailable, format!("model {name:?} is no longer loaded")));
             }
@@ -254,17 +254,22 @@ impl DeviceThread {
                 None
             }
         });
+        let steps = batcher.steps();
         for r in stopped {
-            if let Retired::Stopped(job, why) = r {
+            if let Retired::Stopped(job, why, done) = r {
                 let id = job.ticket.job.job_id;
-                let (_, failure) = match why {
-                    Stop::Canceled => terminal::ending(ErrorCode::Canceled, id, "canceled by its agent while sampling (stopped at a step boundary)"),
-                    Stop::Expired => {
-                        let deadline = job.ticket.job.params.deadline_ms.unwrap_or_default();
-                        terminal::ending(ErrorCode::DeadlineExceeded, id, format!("not started by its deadline {deadline} (ms since the epoch)"))
-                    }
+                let deadline = job.ticket.job.params.deadline_ms.unwrap_or_default();
+                let (_, failure) = match (why, done) {
+                    (Stop::Canceled, _) => terminal::ending(ErrorCode::Canceled, id, "canceled by its agent while sampling (stopped at a step boundary)"),
+                    // The same code and wording as the Scheduler's check before a job starts.
+                    (Stop::Expired, 0) => terminal::ending(ErrorCode::DeadlineExceeded, id, format!("not started by its deadline {deadline} (ms since the epoch)")),
+                    (Stop::Expired, done) => terminal::ending(
+                        ErrorCode::DeadlineExceeded,
+                        id,
+                        format!("deadline {deadline} (ms since the epoch) passed while sampling: stopped at a step boundary after {done} of {steps} steps"),
+                    ),
                 };
-                tracing::info!(job_id = %id, reason = ?why, "pipeline job stopped at a step boundary");
+                tracing::info!(job_id = %id, reason = ?why, done, steps, "pipeline job stopped at a step boundary");
                 self.stepping.canceled.remove(&id);
                 self.stepping.retire(job.seq);
                 self.fail(job.ticket, failure);
@@ -316,7 +321,7 @@ impl DeviceThread {
                     self.stepping.retire(job.seq);
                     self.fail(job.ticket, failure_of(&e, &self.device.id));
                 }
-                Retired::Stopped(job, _) => {
+                Retired::Stopped(job, ..) => {
                     self.stepping.retire(job.seq);
                     self.fail(job.ticket, Failure::new(ErrorCode::Canceled, "stopped"));
                 }
