@@ -58,7 +58,7 @@ struct Pending {
     joined: bool,
 }
 
-/// A colour query from Postprocess: one job's final latent (CPU, f32) and
+/// A colour query from Postprocess: one job's decoder input (its prepared features or final latent; CPU, f32) and
 /// the mesh's vertices.
 pub(crate) struct ColourRequest {
     model: String,
@@ -345,12 +345,13 @@ impl DeviceThread {
     fn decode_chunk(&mut self, name: &str, chunk: Vec<(StepJob, Tensor)>) -> Result<(), DeviceLost> {
         let Some(Resident::Pipeline(p)) = self.models.get(name) else { return Ok(()) };
         let latents = Tensor::stack(&chunk.iter().map(|(_, l)| l.shallow_clone()).collect::<Vec<_>>(), 0);
-        match p.decode_volumes(&latents) {
-            Ok(volumes) => {
+        // Prepared once for all of the grid's chunks (and for colour later).
+        match p.prepare(&latents).and_then(|features| Ok((p.decode_prepared(&features)?, features))) {
+            Ok((volumes, features)) => {
                 let manifest = Arc::new(p.manifest.clone());
                 let colour = p.has_colour();
-                for ((job, latent), data) in chunk.into_iter().zip(volumes) {
-                    let colour = if colour { self.colour_query(name, &latent) } else { None };
+                for (i, ((job, _), data)) in chunk.into_iter().zip(volumes).enumerate() {
+                    let colour = if colour { self.colour_query(name, &features.get(i as i64)) } else { None };
                     self.stepping.retire(job.seq);
                     let volume = VolumeJob { ticket: job.ticket, data, manifest: manifest.clone(), image: job.image, colour };
                     match self.roster.postprocess() {
@@ -379,7 +380,8 @@ impl DeviceThread {
     }
 
     /// A closure Postprocess calls with the final mesh's vertices; the
-    /// question comes back to this thread (between steps) as `DeviceWork::Colour`.
+    /// question comes back to this thread (between steps) as
+    /// `DeviceWork::Colour`. `latent`: the job's decoder input (prepared).
     fn colour_query(&self, name: &str, latent: &Tensor) -> Option<crate::postprocess::ColourQuery> {
         let work = self.work.upgrade()?;
         let work: mpsc::Sender<DeviceWork> = (*work).clone();
