@@ -1635,7 +1635,8 @@ def main() -> int:
                    "stage existed, timed as 'before' and compared with the prepared path")
     p.add_argument("--points", type=int, default=16384, help="with --bench-decode-cache: points per chunk")
     p.add_argument("--huge", action="store_true",
-                   help="with --real-size: also the full 3.3 B-parameter Hunyuan3D-2.1-like model (13 GB)")
+                   help="with --real-size: also the full-size Hunyuan3D-2.1-like model (2.1 B parameters "
+                   "with dense blocks, fp16, 4.2 GB)")
     args = p.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))  # the machines have 2 cores
     if args.pipelines:

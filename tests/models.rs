@@ -84,3 +84,23 @@ fn models_check_passes_the_shipped_models_and_refuses_broken_pipelines_with_stab
     let (ok, report) = check(&tmp.path().join("hunyuan-tiny"));
     assert!(!ok && report["code"] == "batch_dependent", "{report}");
 }
+
+#[test]
+fn models_check_runs_an_fp16_export_in_fp32_on_the_cpu() {
+    // Released weights ship in fp16: the stages converted to half, declared `fp16`, must load
+    // and run on a CPU node (computed in fp32 there, as on any CPU).
+    let tmp = broken_copy(|t| t);
+    let dir = tmp.path().join("hunyuan-tiny");
+    let manifest = dir.join("manifest.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    assert!(text.contains("precision = \"fp32\""), "{text}");
+    std::fs::write(&manifest, text.replace("precision = \"fp32\"", "precision = \"fp16\"")).unwrap();
+    let script = format!(
+        "import pathlib, torch\nfor f in pathlib.Path({:?}).glob('*.pt'):\n    m = torch.jit.load(str(f)).half()\n    assert next(m.parameters()).dtype == torch.float16\n    torch.jit.save(m, str(f))\n",
+        dir.display().to_string()
+    );
+    let out = Command::new(python()).arg("-c").arg(script).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (ok, report) = check(&dir);
+    assert!(ok, "an fp16 export is refused on the CPU: {report}");
+}

@@ -80,9 +80,8 @@ impl LoadedPipeline {
                 detail: e.to_string(),
             })?;
             m.set_eval();
-            if kind != Kind::Float {
-                m.to(device, kind, false);
-            }
+            // Always (see LoadedModel): an fp16 export runs in fp32 on the CPU.
+            m.to(device, kind, false);
             Ok(m)
         };
         let encode = load(&pipeline.encode.file)?;
