@@ -15,6 +15,8 @@
                                              # Hunyuan3D-2.1-like; random weights, GBs; not committed)
                                              # to DIR, default ~/.cache/orfeas/models
     python models/generate.py --bench-pipelines [DIR]   # time their stages by batch size (CPU)
+    python models/generate.py --bench-decode-cache [DIR] [--uncached OLD/decode.pt]   # one job's decode of
+                                             # the Hunyuan-like model before / after its prepare stage
 
 Needs only torch (2.13.0, the version `tch` links against), numpy and the standard library.
 The models are deterministic, contain no weights and no randomness.
@@ -1622,9 +1624,19 @@ def main() -> int:
                    help="time each stage of the real-size pipelines in DIR by batch size (CPU)")
     p.add_argument("--reps", type=int, default=3, help="with --bench-pipelines: timed calls per stage (median)")
     p.add_argument("--only-pipeline", action="append", metavar="NAME",
-                   help="with --bench-pipelines: only this real-size pipeline (repeatable)")
+                   help="with --bench-pipelines, --bench-decode-cache, --real-size: only this real-size "
+                   "pipeline (repeatable)")
+    p.add_argument("--bench-decode-cache", type=Path, nargs="?", metavar="DIR",
+                   const=Path.home() / ".cache" / "orfeas" / "models",
+                   help="time one job's decode of the real-size Hunyuan-like pipeline in DIR with the "
+                   "latent stack recomputed per chunk (before) and prepared once (after)")
+    p.add_argument("--uncached", type=Path, metavar="FILE",
+                   help="with --bench-decode-cache: a single-stage decode.pt exported before the prepare "
+                   "stage existed, timed as 'before' and compared with the prepared path")
+    p.add_argument("--points", type=int, default=16384, help="with --bench-decode-cache: points per chunk")
     p.add_argument("--huge", action="store_true",
-                   help="with --real-size: also the full 3.3 B-parameter Hunyuan3D-2.1-like model (13 GB)")
+                   help="with --real-size: also the full-size Hunyuan3D-2.1-like model (2.1 B parameters "
+                   "with dense blocks, fp16, 4.2 GB)")
     args = p.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))  # the machines have 2 cores
     if args.pipelines:
@@ -1636,9 +1648,14 @@ def main() -> int:
         for name in args.only_pipeline or pipelines.REAL:
             pipelines.bench(args.bench_pipelines / name, name, [1, 2], 16384, args.reps)
         return 0
+    if args.bench_decode_cache is not None:
+        import pipelines
+        for name in args.only_pipeline or ["hunyuan-base"]:
+            pipelines.bench_decode_cache(args.bench_decode_cache / name, name, args.points, args.reps, args.uncached)
+        return 0
     if args.real_size is not None:
         import pipelines
-        names = pipelines.REAL + (["hunyuan"] if args.huge else [])
+        names = args.only_pipeline or pipelines.REAL + (["hunyuan"] if args.huge else [])
         for name in names:
             pipelines.write(args.real_size, name)
         return 0

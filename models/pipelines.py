@@ -9,14 +9,18 @@ Two architectures, each at a *tiny* size (committed under models/testing/, for t
 - `hunyuan`: Hunyuan3D-2.1-shape-like. encode = ViT (DINOv2-like) -> cond tokens [B, T, C];
   step = one Euler step of flow matching with a DiT (self-attention over the latent set,
   cross-attention to the cond tokens, adaLN from the timestep) predicting the velocity;
-  decode = latent-set VAE decoder (self-attention over latents, then cross-attention from
-  Fourier-embedded query points) -> occupancy per point.
+  prepare = the latent-set VAE decoder's self-attention stack over the latents, once per job;
+  decode = its query head (Fourier-embedded query points cross-attend to the prepared latent
+  set) -> occupancy per point, once per chunk of points. The two together are exactly the
+  single-stage decoder (`LatentSetDecode`, kept as the reference the split is checked against).
 
 Stage contract (models/README.md, md/models.md):
     encode(images f32[B,4,H,W]) -> cond f32[B,T,C]            (feed-forward: latents f32[B,*L])
     step(latents f32[B,*L], t f32[B], t_next f32[B], cond f32[B,T,C]) -> latents f32[B,*L]
-    decode(latents f32[B,*L], points f32[B,P,3]) -> occupancy f32[B,P]
-    colour(latents f32[B,*L], points f32[B,P,3]) -> linear rgb f32[B,P,3] in [0, 1]
+    prepare(latents f32[B,*L]) -> features f32[B,*F]           (optional; once per job)
+    decode(features f32[B,*F], points f32[B,P,3]) -> occupancy f32[B,P]
+    colour(features f32[B,*F], points f32[B,P,3]) -> linear rgb f32[B,P,3] in [0, 1]
+    (features = prepare's output, or the latents themselves without a prepare stage)
 
 Random weights give random fields; so that every output still meshes into one closed solid,
 decode adds the network's output (bounded, tanh) to a sphere prior: occ = 0.6 - |p| + a*tanh(net).
@@ -172,7 +176,9 @@ class CondEncode(nn.Module):
 
 def timestep_embedding(t: Tensor, dim: int) -> Tensor:
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    # In t's dtype: a float32 constant would promote an fp16 export's activations to float32
+    # and the next (fp16) Linear would refuse them.
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=t.dtype, device=t.device) / half)
     args = (t * 1000.0).unsqueeze(-1) * freqs
     return torch.cat([torch.cos(args), torch.sin(args)], -1)
 
@@ -218,30 +224,45 @@ class FlowStep(nn.Module):
         return latents + (t_next - t).view(b, 1, 1) * v
 
 
-class LatentSetDecode(nn.Module):
-    """(latents [B,N,Cl], points [B,P,3]) -> occupancy [B,P]: self-attention over the latent
-    set, then Fourier-embedded query points cross-attend to it."""
+class LatentSetPrepare(nn.Module):
+    """latents [B,N,Cl] -> features [B,N,W]: the decoder's self-attention stack over the latent
+    set. It does not depend on the query points, so it runs once per job, not once per chunk."""
 
     def __init__(self, c: Dict):
         super().__init__()
         w = c["vae_dim"]
         self.n, self.cl = c["latents"], c["latent_ch"]
-        self.freqs = c["fourier"]
         self.post_kl = nn.Linear(c["latent_ch"], w)
         self.blocks = nn.ModuleList([Block(w, c["vae_heads"]) for _ in range(c["vae_depth"])])
+
+    def forward(self, latents: Tensor) -> Tensor:
+        if latents.dim() != 3 or latents.shape[1] != self.n or latents.shape[2] != self.cl:
+            raise RuntimeError(f"expected latents [B, {self.n}, {self.cl}], got {list(latents.shape)}")
+        x = self.post_kl(latents)
+        for blk in self.blocks:
+            x = blk(x, x)
+        return x
+
+
+class LatentSetQuery(nn.Module):
+    """(features [B,N,W], points [B,P,3]) -> occupancy [B,P]: Fourier-embedded query points
+    cross-attend to the prepared latent set."""
+
+    def __init__(self, c: Dict):
+        super().__init__()
+        w = c["vae_dim"]
+        self.n, self.w = c["latents"], w
+        self.freqs = c["fourier"]
         self.query = nn.Linear(3 * (2 * c["fourier"] + 1), w)
         self.cross = Block(w, c["vae_heads"], w)
         self.head = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, 1))
 
-    def forward(self, latents: Tensor, points: Tensor) -> Tensor:
-        if latents.dim() != 3 or latents.shape[1] != self.n or latents.shape[2] != self.cl:
-            raise RuntimeError(f"expected latents [B, {self.n}, {self.cl}], got {list(latents.shape)}")
-        if points.dim() != 3 or points.shape[2] != 3 or points.shape[0] != latents.shape[0]:
-            raise RuntimeError(f"expected points [B, P, 3] with B = {latents.shape[0]}, got {list(points.shape)}")
-        x = self.post_kl(latents)
-        for blk in self.blocks:
-            x = blk(x, x)
-        f = (2.0 ** torch.arange(self.freqs, dtype=torch.float32, device=points.device)) * math.pi
+    def forward(self, features: Tensor, points: Tensor) -> Tensor:
+        if features.dim() != 3 or features.shape[1] != self.n or features.shape[2] != self.w:
+            raise RuntimeError(f"expected prepared features [B, {self.n}, {self.w}], got {list(features.shape)}")
+        if points.dim() != 3 or points.shape[2] != 3 or points.shape[0] != features.shape[0]:
+            raise RuntimeError(f"expected points [B, P, 3] with B = {features.shape[0]}, got {list(points.shape)}")
+        f = (2.0 ** torch.arange(self.freqs, dtype=points.dtype, device=points.device)) * math.pi  # see timestep_embedding
         a = (points.unsqueeze(-1) * f).flatten(2)
         q = self.query(torch.cat([points, torch.sin(a), torch.cos(a)], -1))
         # Self-attention among query points would couple chunks: the query block only cross-attends
@@ -249,13 +270,28 @@ class LatentSetDecode(nn.Module):
         b, p, w = q.shape
         y = self.cross.mlp(self.cross.n3(q))  # a per-point MLP first
         cq = self.cross.q(self.cross.n2(q + y))
-        ck, cv = self.cross.kv(x).chunk(2, dim=-1)
+        ck, cv = self.cross.kv(features).chunk(2, dim=-1)
         h = self.cross.heads
         att = F.scaled_dot_product_attention(
             cq.view(b, p, h, w // h).transpose(1, 2), ck.view(b, -1, h, w // h).transpose(1, 2),
             cv.view(b, -1, h, w // h).transpose(1, 2))
         out = self.head(q + self.cross.cproj(att.transpose(1, 2).reshape(b, p, w)))[:, :, 0]
         return 0.6 - points.pow(2).sum(-1).sqrt() + 0.12 * torch.tanh(out)
+
+
+class LatentSetDecode(nn.Module):
+    """(latents [B,N,Cl], points [B,P,3]) -> occupancy [B,P]: the single-stage latent-set VAE
+    decoder (self-attention over the latent set, then the point query), as exported before the
+    `prepare` stage existed. Its parameters are created in the same order as before, so the
+    seeded weights are the same; `prepare` and `decode` are exported from its two halves."""
+
+    def __init__(self, c: Dict):
+        super().__init__()
+        self.prepare = LatentSetPrepare(c)
+        self.decode = LatentSetQuery(c)
+
+    def forward(self, latents: Tensor, points: Tensor) -> Tensor:
+        return self.decode(self.prepare(latents), points)
 
 
 # ----------------------------------------------------------------------------- configs
@@ -284,15 +320,19 @@ CONFIGS = {
     # Hunyuan3D-2.1 shape (tencent/Hunyuan3D-2.1, hunyuan3d-dit-v2-1 + ShapeVAE configs): DINOv2-L/14
     # at 518 px (1369 tokens, 1024 wide, 24 layers), DiT 2048 wide, 21 blocks, 16 heads over 4096
     # latents x 64 channels, VAE decoder 1024 wide, 16 layers, 8 Fourier frequencies, 50 steps with
-    # shift 3 (flow matching). That is ~3.3 B parameters (13 GB in fp32): too large for this
-    # project's CPU machines, so `--real-size` writes it only with `--huge`; by default it writes
-    # "hunyuan-base": the same architecture at the published widths of the image encoder and the
-    # VAE, with a 1024-wide, 8-block DiT over 4096 x 64 latents (~0.5 B parameters).
+    # shift 3 (flow matching). Built here with dense blocks that is 2.1 B parameters (DiT 1.5 B;
+    # the released DiT's mixture-of-experts feed-forwards in some of its blocks, not modelled
+    # here, bring the published model to 3.3 B), written in fp16 (4.2 GB; 8.5 GB in fp32 once a
+    # CPU node loads it). Slow on this project's CPU machines (md/benchmarks.md), so
+    # `--real-size` writes it only with `--huge`; by default it writes "hunyuan-base": the same
+    # architecture at the published widths of the image encoder and the VAE, with a 1024-wide,
+    # 8-block DiT over 4096 x 64 latents (761 M parameters, fp32).
     "hunyuan": {
         "kind": "hunyuan", "seed": 21, "input": 518, "patch": 14, "vit_dim": 1024, "vit_depth": 24, "vit_heads": 16,
         "latents": 4096, "latent_ch": 64, "dit_dim": 2048, "dit_depth": 21, "dit_heads": 16,
         "vae_dim": 1024, "vae_depth": 16, "vae_heads": 16, "fourier": 8,
         "steps": 50, "shift": 3.0, "grid": 256, "chunk_points": 65536, "max_batch": 8,
+        "precision": "fp16",  # as the released weights ship; 2.1 B parameters = 4.2 GB
     },
     "hunyuan-base": {
         "kind": "hunyuan", "seed": 21, "input": 518, "patch": 14, "vit_dim": 1024, "vit_depth": 24, "vit_heads": 16,
@@ -313,8 +353,19 @@ def stages(name: str) -> Dict[str, nn.Module]:
     if c["kind"] == "triposr":
         out = {"encode": TriplaneEncode(c), "decode": TriplaneQuery(c, 1), "colour": TriplaneQuery(c, 3)}
     else:
-        out = {"encode": CondEncode(c), "step": FlowStep(c), "decode": LatentSetDecode(c)}
+        encode, step = CondEncode(c), FlowStep(c)  # weights drawn in this order, then the decoder's
+        vae = LatentSetDecode(c)
+        out = {"encode": encode, "step": step, "prepare": vae.prepare, "decode": vae.decode}
     return {k: m.eval() for k, m in out.items()}
+
+
+def reference_decode(name: str) -> nn.Module:
+    """The single-stage decoder of Hunyuan-like pipeline `name` with its seeded weights: what
+    `prepare` + `decode` must equal (the uncached path, one call per chunk)."""
+    c = CONFIGS[name]
+    torch.manual_seed(c["seed"])
+    CondEncode(c), FlowStep(c)  # draw their weights first, as stages() does
+    return LatentSetDecode(c).eval()
 
 
 def latent_shape(c: Dict) -> List[int]:
@@ -333,6 +384,7 @@ def pipeline_toml(name: str) -> str:
         lines.append(f'encode = {{ file = "encode.pt", output_shape = [{vit_tokens}, {c["vit_dim"]}] }}')
         lines.append(f'step = {{ file = "step.pt", steps = {c["steps"]}, schedule = "flow_shifted", '
                      f'shift = {c["shift"]}, latent_shape = {latent_shape(c)} }}')
+        lines.append(f'prepare = {{ file = "prepare.pt", output_shape = [{c["latents"]}, {c["vae_dim"]}] }}')
     lines.append(f'decode = {{ file = "decode.pt", chunk_points = {c["chunk_points"]} }}')
     if c["kind"] == "triposr":
         lines.append(f'colour = {{ file = "colour.pt", chunk_points = {c["chunk_points"]} }}')
@@ -359,7 +411,7 @@ def manifest_text(name: str) -> str:
         "bounds_min = [-1.0, -1.0, -1.0]",
         "bounds_max = [1.0, 1.0, 1.0]",
         "mem_per_item_mb = 4                 # per running job: latents + cond + one decode chunk (fp32)",
-        'precision = "fp32"',
+        f'precision = "{c.get("precision", "fp32")}"',
         f"max_batch = {c['max_batch']}",
     ]) + "\n"
 
@@ -367,7 +419,10 @@ def manifest_text(name: str) -> str:
 def write(out_dir: Path, name: str) -> Path:
     d = out_dir / name
     d.mkdir(parents=True, exist_ok=True)
+    half = CONFIGS[name].get("precision") == "fp16"
     for stage, module in stages(name).items():
+        if half:
+            module = module.half()  # in place, so the fp32 copy does not stay in memory too
         torch.jit.save(torch.jit.script(module), str(d / f"{stage}.pt"))
     (d / "pipeline.toml").write_text(pipeline_toml(name))
     (d / "manifest.toml").write_text(manifest_text(name))
@@ -403,8 +458,11 @@ def run(mods: Dict, c: Dict, images: Tensor, seeds: List[int], points: Tensor) -
                 x = mods["step"](x, torch.full((b,), ts[i]), torch.full((b,), ts[i + 1]), cond)
         else:
             x = cond
+        out = {"latents": x}
+        if "prepare" in mods:
+            x = mods["prepare"](x)
         p = points.expand(images.shape[0], -1, -1).contiguous()
-        out = {"field": mods["decode"](x, p)}
+        out["field"] = mods["decode"](x, p)
         if "colour" in mods:
             out["rgb"] = mods["colour"](x, p)
     return out
@@ -432,7 +490,17 @@ def verify(d: Path, name: str, images: Tensor) -> None:
     if "rgb" in full:
         assert full["rgb"].shape == (images.shape[0], pts.shape[1], 3)
         assert ((full["rgb"] >= 0) & (full["rgb"] <= 1)).all()
-    print(f"{name}: loads, B={images.shape[0]} items equal alone (< 1e-5), surface inside the grid")
+    cached = ""
+    if "prepare" in mods:
+        # prepare once + decode per chunk == the single-stage decoder called on every chunk.
+        ref = reference_decode(name)
+        with torch.no_grad():
+            for s, e in ((0, pts.shape[1] // 2), (pts.shape[1] // 2, pts.shape[1])):
+                chunk = pts[:, s:e].expand(images.shape[0], -1, -1).contiguous()
+                diff = (ref(full["latents"], chunk) - full["field"][:, s:e]).abs().max().item()
+                assert diff < 1e-5, f"{name}: prepared decode differs from the single-stage decoder by {diff}"
+        cached = ", prepare + decode equal the single-stage decoder (< 1e-5)"
+    print(f"{name}: loads, B={images.shape[0]} items equal alone (< 1e-5), surface inside the grid{cached}")
 
 
 def compare(committed: Path, fresh: Path, name: str, images: Tensor) -> bool:
@@ -466,7 +534,11 @@ def bench(d: Path, name: str, batches: List[int], points: int, reps: int = 3) ->
 
     c = CONFIGS[name]
     mods = load(d)
-    print(f"{name}: {params(mods) / 1e6:.0f} M parameters, {torch.get_num_threads()} threads")
+    if c.get("precision") == "fp16":
+        # What a CPU node does with an fp16 export: compute in fp32 (half matmuls are slow or
+        # missing on CPUs).
+        mods = {k: m.float() for k, m in mods.items()}
+    print(f"{name}: {params(mods) / 1e6:.0f} M parameters, {torch.get_num_threads()} threads", flush=True)
 
     out: List[Tensor] = []
 
@@ -492,7 +564,53 @@ def bench(d: Path, name: str, batches: List[int], points: int, reps: int = 3) ->
             else:
                 x = cond
             p = torch.rand(b, points, 3) * 2 - 1
+            if "prepare" in mods:
+                row.append(f"prepare {timed(lambda: mods['prepare'](x)):.0f} ms")
+                x = out[0]
             row.append(f"decode {points} pts {timed(lambda: mods['decode'](x, p)):.0f} ms")
             if "colour" in mods:
                 row.append(f"colour {points} pts {timed(lambda: mods['colour'](x, p)):.0f} ms")
             print("  " + ", ".join(row), flush=True)
+
+
+def bench_decode_cache(d: Path, name: str, points: int, reps: int = 1, uncached: Path = None) -> None:
+    """Decode of one job before and after the `prepare` stage, in one run (CPU, fp32): before,
+    every chunk of `points` recomputes the latent stack (the single-stage decoder: the old export
+    at `uncached` if given, else prepare + decode in one call per chunk, which is the same
+    computation); after, prepare runs once and each chunk only runs the query head. Prints per
+    chunk times and the projection to the manifest's whole grid, and checks both give the same
+    field (< 1e-4 at real size: two float32 reductions of different shape)."""
+    import time
+
+    c = CONFIGS[name]
+    mods = load(d)
+    single = torch.jit.load(str(uncached), map_location="cpu").eval() if uncached else None
+    label = f"the old single-stage export {uncached.name}" if uncached else "prepare + decode per chunk"
+    print(f"{name}: decode cache, {points} points per chunk, B=1, {torch.get_num_threads()} threads, before = {label}")
+
+    def timed(f):
+        f()  # warm-up
+        ts, y = [], None
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            y = f()
+            ts.append(time.perf_counter() - t0)
+        return sorted(ts)[len(ts) // 2], y
+
+    with torch.no_grad():
+        x = noise(c, [1])
+        p = torch.rand(1, points, 3) * 2 - 1
+        before = (lambda: single(x, p)) if single is not None else (lambda: mods["decode"](mods["prepare"](x), p))
+        t_before, y_before = timed(before)
+        t_prep, feats = timed(lambda: mods["prepare"](x))
+        t_query, y_after = timed(lambda: mods["decode"](feats, p))
+    diff = (y_before - y_after).abs().max().item()
+    assert diff < 1e-4, f"{name}: cached decode differs from the uncached one by {diff}"
+    g = c["grid"] ** 3
+    n = -(-g // points)
+    grid_before = n * t_before
+    grid_after = t_prep + n * t_query
+    print(f"  before: {t_before:.1f} s per chunk; after: prepare {t_prep:.1f} s once + {t_query:.2f} s per chunk; "
+          f"max abs diff {diff:.2e}")
+    print(f"  {c['grid']}^3 grid = {n} chunks: before {grid_before / 60:.1f} min, after {grid_after / 60:.1f} min "
+          f"({grid_before / grid_after:.1f}x); per chunk {t_before / t_query:.1f}x", flush=True)

@@ -52,12 +52,16 @@ fn models_check_passes_the_shipped_models_and_refuses_broken_pipelines_with_stab
         assert!(ok, "{dir}: {report}");
         assert_eq!(report["kind"], kind, "{report}");
     }
-    let cases: [(&str, Box<dyn Fn(String) -> String>); 4] = [
+    let cases: [(&str, Box<dyn Fn(String) -> String>); 6] = [
         ("pipeline_invalid", Box::new(|t: String| t.replace("steps = 8", "steps = 0"))),
         ("pipeline_missing_file", Box::new(|t: String| t.replace("decode.pt", "decoder.pt"))),
         // The step module refuses latents of another shape.
         ("forward_failed", Box::new(|t: String| t.replace("latent_shape = [32, 8]", "latent_shape = [32, 9]"))),
         ("model_contract", Box::new(|t: String| t.replace("output_shape = [16, 32]", "output_shape = [16, 31]"))),
+        // The prepare stage gives other features than it declares.
+        ("model_contract", Box::new(|t: String| t.replace("output_shape = [32, 32]", "output_shape = [32, 33]"))),
+        // Without its prepare stage, decode gets latents it was not exported for.
+        ("forward_failed", Box::new(|t: String| t.lines().filter(|l| !l.starts_with("prepare")).map(|l| format!("{l}\n")).collect())),
     ];
     for (code, edit) in cases {
         let tmp = broken_copy(edit);
@@ -65,10 +69,11 @@ fn models_check_passes_the_shipped_models_and_refuses_broken_pipelines_with_stab
         assert!(!ok, "{code}: {report}");
         assert_eq!(report["code"], code, "{report}");
     }
-    // A decode stage that mixes batch items (the batch mean leaks into each item).
+    // A decode stage that mixes batch items (how far an item is from the batch mean leaks into
+    // each item: zero alone, not in a batch of two different images).
     let tmp = broken_copy(|t| t);
     let script = format!(
-        "import torch\nclass D(torch.nn.Module):\n    def forward(self, latents, points):\n        return 0.6 - points.pow(2).sum(-1).sqrt() + 0.1 * latents.mean()\ntorch.jit.save(torch.jit.script(D()), {:?})\n",
+        "import torch\nclass D(torch.nn.Module):\n    def forward(self, features, points):\n        return 0.6 - points.pow(2).sum(-1).sqrt() + 0.1 * (features - features.mean(0)).abs().mean()\ntorch.jit.save(torch.jit.script(D()), {:?})\n",
         tmp.path().join("hunyuan-tiny/decode.pt").display().to_string()
     );
     // TorchScript reads the class's source, so the script must be a file.
@@ -78,4 +83,24 @@ fn models_check_passes_the_shipped_models_and_refuses_broken_pipelines_with_stab
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (ok, report) = check(&tmp.path().join("hunyuan-tiny"));
     assert!(!ok && report["code"] == "batch_dependent", "{report}");
+}
+
+#[test]
+fn models_check_runs_an_fp16_export_in_fp32_on_the_cpu() {
+    // Released weights ship in fp16: the stages converted to half, declared `fp16`, must load
+    // and run on a CPU node (computed in fp32 there, as on any CPU).
+    let tmp = broken_copy(|t| t);
+    let dir = tmp.path().join("hunyuan-tiny");
+    let manifest = dir.join("manifest.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    assert!(text.contains("precision = \"fp32\""), "{text}");
+    std::fs::write(&manifest, text.replace("precision = \"fp32\"", "precision = \"fp16\"")).unwrap();
+    let script = format!(
+        "import pathlib, torch\nfor f in pathlib.Path({:?}).glob('*.pt'):\n    m = torch.jit.load(str(f)).half()\n    assert next(m.parameters()).dtype == torch.float16\n    torch.jit.save(m, str(f))\n",
+        dir.display().to_string()
+    );
+    let out = Command::new(python()).arg("-c").arg(script).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (ok, report) = check(&dir);
+    assert!(ok, "an fp16 export is refused on the CPU: {report}");
 }

@@ -1,7 +1,8 @@
 //! Pipeline models through a real `orfeas serve` and a real nats-server:
 //! the tiny Hunyuan3D-2.1-like model (encode → 8 flow-matching steps →
 //! latent-set decode) samples jobs by step-level batching with per-step
-//! progress and stops a canceled job at a step boundary; the tiny
+//! progress and stops a canceled job, or one whose deadline passes while
+//! it samples, at a step boundary; the tiny
 //! TripoSR-like model (feed-forward, with a colour stage) colours the GLB
 //! from the model rather than from the image.
 
@@ -9,9 +10,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{agent, assert_closed, glb_colours, glb_triangles, NatsServer, NodeOptions, NodeProcess};
+use common::{agent, assert_closed, cluster::stored_events, eventually, glb_colours, glb_triangles, ledger::Ledger, NatsServer, NodeOptions, NodeProcess};
 use orfeas_wire::{
-    v1::{EventKind, Format, ImageInput, Stage, SubmitJob},
+    v1::{EventKind, Format, ImageInput, JobParams, Stage, SubmitJob},
     ErrorCode,
 };
 
@@ -131,4 +132,95 @@ async fn pipelines_sample_by_step_report_steps_cancel_at_a_boundary_and_colour_f
     assert!(reddish < colours.len() / 10, "{reddish} of {} vertices are image red: colours came from the image", colours.len());
     let spread = colours.iter().map(|c| c[1]).fold(f32::MIN, f32::max) - colours.iter().map(|c| c[1]).fold(f32::MAX, f32::min);
     assert!(spread > 0.01, "the model's colours vary over the surface");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_a_deadline_passing_mid_sampling_stops_the_job_at_a_step_boundary_and_its_batch_mates_finish() {
+    // 8 steps of 750 ms: 6 s of sampling, so a deadline 3.5 s after submit
+    // passes in the middle (starting takes well under a second here).
+    const STEP_MS: u64 = 750;
+    let nats = NatsServer::start();
+    let store = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(
+        &nats,
+        NodeOptions {
+            node_id: "p-deadline",
+            store: store.path(),
+            env: vec![
+                ("ORFEAS_MODELS_DIR", common::repo().join("models/testing").display().to_string()),
+                ("ORFEAS_MODELS_ENABLED", "hunyuan-tiny".into()),
+                ("ORFEAS_NODE_SIMULATED_STEP_LATENCY_MS", STEP_MS.to_string()),
+            ],
+        },
+    )
+    .await;
+    let (mut bob, _) = agent(&nats.url, "bob").await;
+
+    // 1. A job with no deadline is sampling: the running set the others join.
+    let first = job("hunyuan-tiny", common::example("mug.png"));
+    let mut first_events = bob.submit(&first).await.unwrap();
+    loop {
+        let event = bob.next_event(&mut first_events, WAIT).await.expect("verified event");
+        match event.kind {
+            EventKind::Progress { stage: Stage::Inference, percent, .. } if percent > 30 => break,
+            EventKind::Completed { .. } | EventKind::Failed(_) => panic!("ended before the others joined: {event:?}"),
+            _ => {}
+        }
+    }
+
+    // 2. Two more join it: one that must be done 3.5 s from now, one without a deadline.
+    let mut late = job("hunyuan-tiny", common::example("mug.png"));
+    late.params = JobParams { deadline_ms: Some(orfeas_actors::now_ms() + 3_500), ..Default::default() };
+    let mate = job("hunyuan-tiny", common::example("mug.png"));
+    let submitted = Instant::now();
+    let mut late_events = bob.submit(&late).await.unwrap();
+    let mut mate_events = bob.submit(&mate).await.unwrap();
+    let mut steps_done = 0;
+    let (failure, failed_seq) = loop {
+        let event = bob.next_event(&mut late_events, WAIT).await.expect("verified event");
+        match event.kind {
+            EventKind::Progress { stage: Stage::Inference, percent, .. } if percent > 30 => steps_done += 1,
+            EventKind::Failed(f) => break (f, event.seq),
+            EventKind::Completed { .. } => panic!("a job past its deadline completed:\n{}", node.log_text()),
+            _ => {}
+        }
+    };
+    let took = submitted.elapsed();
+    assert_eq!(failure.code, ErrorCode::DeadlineExceeded, "the same stable code as before a job starts: {failure:?}");
+    assert!(steps_done >= 1 && failure.error.contains("while sampling") && failure.error.contains("step boundary"), "it was sampling when it stopped ({steps_done} steps seen): {failure:?}\n{}", node.log_text());
+    assert!(took < Duration::from_millis(3_500 + 2 * STEP_MS + 2_000), "stopped within a step of its deadline, not after its 8 steps: {took:?}");
+
+    // 3. Its batch mates are unaffected: both complete with closed meshes.
+    for (j, events) in [(&first, &mut first_events), (&mate, &mut mate_events)] {
+        let results = loop {
+            let event = bob.next_event(events, WAIT).await.expect("verified event");
+            match event.kind {
+                EventKind::Completed { results, mesh, .. } => {
+                    assert!(mesh.closed_manifold, "{mesh:?}");
+                    break results;
+                }
+                EventKind::Failed(f) | EventKind::Rejected(f) => panic!("{}: {f:?}\n{}", j.job_id, node.log_text()),
+                _ => {}
+            }
+        };
+        let glb = std::fs::read(results[0].url.strip_prefix("file://").unwrap()).unwrap();
+        let (positions, triangles) = glb_triangles(&glb);
+        assert_closed(&positions, &triangles);
+    }
+
+    // 4. The record is final with that one answer, and the event history
+    //    holds exactly one terminal event per job.
+    let (client, id) = (&bob, late.job_id);
+    let status = eventually("the record of the expired job is final", WAIT, || async move {
+        client.status(&id, WAIT).await.ok().filter(|s| s.state == "failed")
+    })
+    .await;
+    assert_eq!(status.terminal, Some(EventKind::Failed(failure.clone())), "{status:?}");
+    assert_eq!(status.terminal_seq, failed_seq);
+    let js = async_nats::jetstream::new(orfeas_actors::bus::connect(&nats.url, "orfeas-test").await.unwrap());
+    let attempted = [first.job_id, late.job_id, mate.job_id].into_iter().collect();
+    let events = stored_events(&js, "bob").await.expect("the events stream");
+    let ledger = Ledger::of(&attempted, &events.into_iter().map(|(id, l)| (id, l.into_iter().map(|(e, _)| e).collect())).collect());
+    ledger.assert_clean();
+    assert_eq!((ledger.accepted, ledger.terminal, ledger.completed), (3, 3, 2), "{ledger:?}");
 }

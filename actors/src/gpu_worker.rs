@@ -30,8 +30,9 @@
 //!   models keep running beside a sampling pipeline. Each batch still gets
 //!   exactly one `DeviceIdle`, in the order sent, once all its jobs left
 //!   (every job one `Volume` or `Fail`). `GpuWorkerMsg::Cancel` stops a
-//!   job at its next step boundary; a job whose start-by deadline passes
-//!   before it joins never starts. Per-step progress with ETA.
+//!   job at its next step boundary, and so does a passed `deadline_ms`
+//!   (`deadline_exceeded`; a job that had not joined never starts). Per-step
+//!   progress with ETA.
 //! - Restart policy: models are loaded and warmed (B = 1 and 2) in
 //!   `pre_start`, so a model that fails to load or breaks its contract fails
 //!   the spawn (reported at start, not at the first job); the device counts
@@ -1508,6 +1509,19 @@ mod tests {
         let (out, _) = answers(&mut rig, 2).await;
         assert_eq!(out[&1].as_ref().err(), Some(&ErrorCode::Canceled), "stopped at a boundary, not run to the end");
         assert!(out[&2].is_ok(), "its batch mate got its volume");
+        rig.stop();
+    }
+
+    #[tokio::test]
+    async fn a_pipeline_job_past_its_deadline_while_sampling_stops_at_a_step_boundary() {
+        // 8 steps of 60 ms; job 2 must be done 200 ms after it is sent.
+        let mut rig = Rig::start_with("gpu-worker-step-deadline", testing("hunyuan-tiny"), 8, |s| s.simulated_step_latency = Duration::from_millis(60)).await;
+        let mut late = ticket(2, "hunyuan-tiny", mug(), BTreeMap::new());
+        Arc::make_mut(&mut late.job).params.deadline_ms = Some(crate::now_ms() + 200);
+        rig.worker.cast(GpuWorkerMsg::Run(vec![ticket(1, "hunyuan-tiny", mug(), BTreeMap::new()), late])).unwrap();
+        let (out, _) = answers(&mut rig, 2).await;
+        assert_eq!(out[&2].as_ref().err(), Some(&ErrorCode::DeadlineExceeded), "stopped at a boundary, not run to the end");
+        assert!(out[&1].is_ok(), "its batch mate got its volume");
         rig.stop();
     }
 

@@ -410,9 +410,10 @@ impl Resident {
         let mut module = CModule::load_on_device(path, device)?;
         module.set_eval();
         let kind = compute_kind(device, precision);
-        if kind != Kind::Float {
-            module.to(device, kind, false);
-        }
+        // Always: an fp16 export (how released weights ship) computes in fp32
+        // on the CPU, and its inputs arrive in fp32 there. A no-op when the
+        // weights already are `kind`.
+        module.to(device, kind, false);
         Ok(Self { module, device, kind })
     }
 

@@ -6,9 +6,12 @@
 //! every stage, and then driven stage by stage: `encode` once per job,
 //! `step` once per sampler step (by [`crate::step_batcher`], which puts
 //! jobs at different steps into one call — every stage takes per-item
-//! timesteps), `decode` over the manifest's grid in chunks of
-//! `chunk_points` (so decode memory does not grow with the grid), and
-//! `colour` at mesh vertices. The decoded volume is laid out exactly as a
+//! timesteps), `prepare` (if declared) once per job on its final latent,
+//! `decode` over the manifest's grid in chunks of `chunk_points` (so decode
+//! memory does not grow with the grid) on prepare's output — the per-job
+//! cache that keeps a latent-set decoder's self-attention stack from being
+//! recomputed for every chunk — and `colour` at mesh vertices on the same
+//! input. The decoded volume is laid out exactly as a
 //! single-call model's output, so meshing does not know the difference.
 //!
 //! Initial noise comes from the job id (SplitMix64 + Box–Muller on the
@@ -45,6 +48,7 @@ pub struct LoadedPipeline {
     pub times: LoadTimes,
     encode: CModule,
     step: Option<CModule>,
+    prepare: Option<CModule>,
     decode: CModule,
     colour: Option<CModule>,
     timesteps: Vec<f64>,
@@ -76,13 +80,13 @@ impl LoadedPipeline {
                 detail: e.to_string(),
             })?;
             m.set_eval();
-            if kind != Kind::Float {
-                m.to(device, kind, false);
-            }
+            // Always (see LoadedModel): an fp16 export runs in fp32 on the CPU.
+            m.to(device, kind, false);
             Ok(m)
         };
         let encode = load(&pipeline.encode.file)?;
         let step = pipeline.step.as_ref().map(|s| load(&s.file)).transpose()?;
+        let prepare = pipeline.prepare.as_ref().map(|s| load(&s.file)).transpose()?;
         let decode = load(&pipeline.decode.file)?;
         let colour = pipeline.colour.as_ref().map(|c| load(&c.file)).transpose()?;
         let timesteps = pipeline.step.as_ref().map(|s| s.timesteps()).unwrap_or_default();
@@ -95,6 +99,7 @@ impl LoadedPipeline {
             times: LoadTimes::default(),
             encode,
             step,
+            prepare,
             decode,
             colour,
             timesteps,
@@ -149,6 +154,13 @@ impl LoadedPipeline {
             }
             None => cond,
         };
+        let latents = self.prepare(&latents)?;
+        if let Some(want) = self.pipeline.prepare.as_ref().and_then(|s| s.output_shape.as_ref()) {
+            let got = latents.size();
+            if got.first() != Some(&n) || got[1..] != want[..] {
+                return Err(self.contract(format!("prepare returned {got:?}, pipeline.toml declares [{n}, {want:?}]")));
+            }
+        }
         let p = 64.min(self.grid_len()) as i64;
         let points = self.grid_chunk(0, p as usize);
         let field = self.query(&self.decode, "decode", &latents, &points, n)?;
@@ -250,15 +262,43 @@ impl LoadedPipeline {
             })
     }
 
-    /// `decode(latents [B, *L], points)` at the same world `points [P, 3]`
+    /// Whether the model has a prepare stage.
+    pub fn has_prepare(&self) -> bool {
+        self.prepare.is_some()
+    }
+
+    /// `prepare(latents [B, *L] on the device)`: what decode and colour
+    /// take, on the device in compute precision — computed once per job and
+    /// reused for every chunk. Without a prepare stage, the latents.
+    pub fn prepare(&self, latents: &Tensor) -> Result<Tensor, ModelError> {
+        let Some(prepare) = &self.prepare else { return Ok(latents.shallow_clone()) };
+        tch::no_grad(|| prepare.forward_ts(&[latents.shallow_clone()])).map_err(|e| {
+            let mut err = forward_error(&self.manifest.name, e);
+            if let ModelError::Forward { detail, .. } = &mut err {
+                *detail = format!("prepare: {detail}");
+            }
+            err
+        })
+    }
+
+    /// Prepare `latents [B, *L]` and decode at the same world `points [P, 3]`
     /// for every item: `[B, P]` on the CPU.
     pub fn decode_points(&self, latents: &Tensor, points: &Tensor) -> Result<Tensor, ModelError> {
-        self.query(&self.decode, "decode", latents, points, latents.size()[0])
+        let features = self.prepare(latents)?;
+        self.query(&self.decode, "decode", &features, points, latents.size()[0])
     }
 
     /// Decode `latents [B, *L]` over the whole grid in chunks: one volume
-    /// `[D, H, W]` per item, C order, outermost layer outside.
+    /// `[D, H, W]` per item, C order, outermost layer outside. Prepares
+    /// them once ([`decode_prepared`](Self::decode_prepared) for a caller
+    /// that keeps the features, e.g. for colour).
     pub fn decode_volumes(&self, latents: &Tensor) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.decode_prepared(&self.prepare(latents)?)
+    }
+
+    /// Decode prepared `features [B, *F]` (the output of
+    /// [`prepare`](Self::prepare)) over the whole grid in chunks.
+    pub fn decode_prepared(&self, latents: &Tensor) -> Result<Vec<Vec<f32>>, ModelError> {
         let n = latents.size()[0];
         let total = self.grid_len();
         let mut out: Vec<Vec<f32>> = (0..n).map(|_| vec![0f32; total]).collect();
@@ -278,8 +318,9 @@ impl LoadedPipeline {
         Ok(out)
     }
 
-    /// Linear RGB in [0, 1] of one job's `latent [*L]` at world `points`,
-    /// queried in chunks; `None` when the model has no colour stage.
+    /// Linear RGB in [0, 1] at world `points` of one job's decoder input
+    /// `latent` (its prepared features `[*F]`, or its latent `[*L]` without
+    /// a prepare stage), queried in chunks; `None` without a colour stage.
     pub fn colour_at(&self, latent: &Tensor, points: &[[f32; 3]]) -> Result<Option<Vec<[f32; 3]>>, ModelError> {
         let Some(colour) = &self.colour else { return Ok(None) };
         let latent = self.to_device(&latent.unsqueeze(0))?;
@@ -420,10 +461,36 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_prepare_stage_runs_once_per_job_and_any_chunking_gives_the_same_volume() {
+        let p = load("hunyuan-tiny");
+        assert!(p.has_prepare());
+        let [h, w] = p.manifest.input_size;
+        let cond = p.encode(&Tensor::cat(&[disc(h, w, 9.0), disc(h, w, 13.0)], 0)).unwrap();
+        let x = Tensor::stack(&[p.initial_latent(Uuid::from_u128(1)), p.initial_latent(Uuid::from_u128(2))], 0);
+        let t = p.timesteps();
+        let latents = p.step(&x, &[t[0] as f32; 2], &[t[1] as f32; 2], &cond).unwrap();
+        let features = p.prepare(&latents).unwrap();
+        assert_eq!(features.size(), [2, 32, 32], "the declared prepared shape");
+        let whole = p.decode_prepared(&features).unwrap();
+        assert_eq!(whole, p.decode_volumes(&latents).unwrap());
+        // The same prepared features queried in other chunk sizes: the cache does not depend on the chunking.
+        let mut small = load("hunyuan-tiny");
+        small.pipeline.decode.chunk_points = 1000;
+        let chunked = small.decode_prepared(&features).unwrap();
+        let diff = whole[1].iter().zip(&chunked[1]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(diff < 1e-5, "{diff}");
+        // decode_points prepares on its own.
+        let pts = Tensor::from_slice(&[0.1f32, -0.2, 0.3, 0.5, 0.5, -0.5]).view([2, 3]);
+        let a = p.decode_points(&latents, &pts).unwrap();
+        let b = p.query(&p.decode, "decode", &features, &pts, 2).unwrap();
+        assert!((a - b).abs().max().double_value(&[]) == 0.0);
+    }
+
+    #[test]
     fn a_broken_declaration_is_refused_with_a_stable_code() {
         let (manifest, path) = testing("hunyuan-tiny");
         let dir = tempfile::tempdir().unwrap();
-        for f in ["encode.pt", "step.pt", "decode.pt"] {
+        for f in ["encode.pt", "step.pt", "prepare.pt", "decode.pt"] {
             std::fs::copy(path.parent().unwrap().join(f), dir.path().join(f)).unwrap();
         }
         let text = std::fs::read_to_string(path.parent().unwrap().join("pipeline.toml")).unwrap();
@@ -434,6 +501,15 @@ pub(crate) mod tests {
         std::fs::write(dir.path().join("pipeline.toml"), text.replace("output_shape = [16, 32]", "output_shape = [16, 31]")).unwrap();
         let e = LoadedPipeline::load(manifest.clone(), dir.path(), Device::Cpu, &MemoryProbe::cpu()).err().unwrap();
         assert_eq!(e.code(), "model_contract", "{e}");
+        // A prepare stage that does not give what it declares.
+        std::fs::write(dir.path().join("pipeline.toml"), text.replace("output_shape = [32, 32]", "output_shape = [32, 33]")).unwrap();
+        let e = LoadedPipeline::load(manifest.clone(), dir.path(), Device::Cpu, &MemoryProbe::cpu()).err().unwrap();
+        assert!(e.code() == "model_contract" && e.to_string().contains("prepare"), "{e}");
+        // Without the prepare stage, decode gets latents it was not made for: refused at load, not at the first job.
+        let no_prepare: String = text.lines().filter(|l| !l.starts_with("prepare")).map(|l| format!("{l}\n")).collect();
+        std::fs::write(dir.path().join("pipeline.toml"), no_prepare).unwrap();
+        let e = LoadedPipeline::load(manifest.clone(), dir.path(), Device::Cpu, &MemoryProbe::cpu()).err().unwrap();
+        assert_eq!(e.code(), "forward_failed", "{e}");
         std::fs::remove_file(dir.path().join("decode.pt")).unwrap();
         let e = LoadedPipeline::load(manifest, dir.path(), Device::Cpu, &MemoryProbe::cpu()).err().unwrap();
         assert_eq!(e.code(), "pipeline_missing_file", "{e}");

@@ -327,19 +327,126 @@ const ANNOUNCE_PATIENCE: Duration = Duration::from_secs(3);
 /// Batches a device takes at once: the one it runs and the next.
 pub const DEVICE_SLOTS: usize = 2;
 
+/// Batch slots and the batches on each device: what sending a batch,
+/// `Joined`, `DeviceIdle` and a lost worker do to them. Pure bookkeeping,
+/// so the Scheduler's handling of those messages is tested without NATS.
+///
+/// Both messages come in the order the batches were sent, so `joined[d] =
+/// n` means the oldest `n` batches on `d` have joined its running set: their
+/// slots are free again, but their jobs are still on the device until their
+/// `DeviceIdle`, which then frees nothing more.
+#[derive(Debug, Default)]
+struct DeviceBatches {
+    /// Free batch slots per device.
+    slots: BTreeMap<String, usize>,
+    /// Batches sent to each device, oldest first.
+    running: HashMap<String, VecDeque<Vec<Uuid>>>,
+    /// How many of the oldest batches in `running` have joined.
+    joined: HashMap<String, usize>,
+}
+
+impl DeviceBatches {
+    /// Every device with both slots free.
+    fn new(devices: &[String]) -> Self {
+        Self { slots: devices.iter().map(|d| (d.clone(), DEVICE_SLOTS)).collect(), ..Self::default() }
+    }
+
+    /// The device with the most free slots (idle devices first), if any has one.
+    fn freest(&self) -> Option<String> {
+        self.slots.iter().filter(|(_, free)| **free > 0).max_by_key(|(_, free)| **free).map(|(d, _)| d.clone())
+    }
+
+    /// Whether a retried job may go to `device` alone: nothing there, not
+    /// even batches that joined a running set (they gave their slots back
+    /// but their jobs still sample beside whatever comes next).
+    fn idle(&self, device: &str) -> bool {
+        self.slots.get(device).is_some_and(|free| *free >= DEVICE_SLOTS) && self.running.get(device).is_none_or(VecDeque::is_empty)
+    }
+
+    /// `jobs` went to `device` as one batch; `alone` (a retried job) takes
+    /// both slots, which come back when the device is idle.
+    fn sent(&mut self, device: &str, jobs: Vec<Uuid>, alone: bool) {
+        self.running.entry(device.to_string()).or_default().push_back(jobs);
+        let free = self.slots.entry(device.to_string()).or_default();
+        *free = if alone { 0 } else { free.saturating_sub(1) };
+    }
+
+    /// `Joined`: the oldest batch on `device` that had not joined has; its
+    /// slot is free. One with no such batch (a stale message from before
+    /// the worker was lost) changes nothing.
+    fn joined(&mut self, device: &str) {
+        let sent = self.running.get(device).map_or(0, VecDeque::len);
+        let joined = self.joined.entry(device.to_string()).or_default();
+        if *joined < sent {
+            *joined += 1;
+            if let Some(free) = self.slots.get_mut(device) {
+                *free = (*free + 1).min(DEVICE_SLOTS);
+            }
+        }
+    }
+
+    /// `DeviceIdle`: the oldest batch on `device` left it; its jobs. Its
+    /// slot comes back unless it came back when the batch joined; an empty
+    /// device gets both.
+    fn left(&mut self, device: &str) -> Vec<Uuid> {
+        let mut done = Vec::new();
+        let empty = self.running.get_mut(device).is_none_or(|batches| {
+            done = batches.pop_front().unwrap_or_default();
+            batches.is_empty()
+        });
+        let had_joined = self.joined.get_mut(device).is_some_and(|n| {
+            let joined = *n > 0;
+            *n = n.saturating_sub(1);
+            joined
+        });
+        if let Some(free) = self.slots.get_mut(device) {
+            *free = if empty { DEVICE_SLOTS } else if had_joined { *free } else { (*free + 1).min(DEVICE_SLOTS) };
+        }
+        done
+    }
+
+    /// A device's worker is gone (or unreachable): the jobs of every batch
+    /// on it, joined or not; no slots until it is ready again.
+    fn lost(&mut self, device: &str) -> Vec<Uuid> {
+        self.joined.remove(device);
+        self.slots.insert(device.to_string(), 0);
+        self.running.remove(device).unwrap_or_default().into_iter().flatten().collect()
+    }
+
+    /// Set `device`'s free slots (0: take nothing; [`DEVICE_SLOTS`]: ready).
+    fn set_free(&mut self, device: &str, free: usize) {
+        self.slots.insert(device.to_string(), free);
+    }
+
+    /// Devices with batches on them.
+    fn devices(&self) -> Vec<String> {
+        self.running.keys().cloned().collect()
+    }
+
+    /// The device `job_id` was sent to, while its batch is there.
+    fn device_of(&self, job_id: Uuid) -> Option<String> {
+        self.running.iter().find(|(_, batches)| batches.iter().any(|b| b.contains(&job_id))).map(|(d, _)| d.clone())
+    }
+
+    /// Every job on a device.
+    fn job_ids(&self) -> impl Iterator<Item = Uuid> + '_ {
+        self.running.values().flatten().flatten().copied()
+    }
+
+    /// How many devices have batches on them.
+    fn busy(&self) -> usize {
+        self.running.values().filter(|b| !b.is_empty()).count()
+    }
+}
+
 /// Scheduler state.
 pub struct SchedulerState {
     credits: HashMap<Lane, Arc<Semaphore>>,
     pullers: Vec<JoinHandle<()>>,
     held: HashMap<Uuid, Held>,
     waiting: Waiting,
-    /// Free batch slots per device.
-    slots: BTreeMap<String, usize>,
-    /// Batches sent to each device, oldest first.
-    running: HashMap<String, VecDeque<Vec<Uuid>>>,
-    /// How many of the oldest batches in `running` have joined their
-    /// device's running set (`Joined`): their slots are already free.
-    joined: HashMap<String, usize>,
+    /// Batch slots and the batches on each device.
+    devices: DeviceBatches,
     limits: HashMap<String, HashMap<String, usize>>,
     /// When a `Wake` is due, ms since the epoch.
     wake_at: Option<u64>,
@@ -364,19 +471,17 @@ impl Scheduler {
         }
         while !state.waiting.is_empty() {
             // The device with the most free slots: idle devices first.
-            let Some(device) = state.slots.iter().filter(|(_, free)| **free > 0).max_by_key(|(_, free)| **free).map(|(d, _)| d.clone()) else { return };
+            let Some(device) = state.devices.freest() else { return };
             let Some(worker) = self.roster.worker(&device) else {
-                state.slots.insert(device, 0);
+                state.devices.set_free(&device, 0);
                 continue;
             };
             let reported = state.limits.get(&device);
             let cap = |model: &str| reported.and_then(|l| l.get(model)).or_else(|| self.model_max_batch.get(model)).copied().unwrap_or(1);
             let Some(plan) = state.waiting.plan(self.settings.max_batch, cap) else { return };
-            if plan.alone && (state.slots.get(&device).is_none_or(|free| *free < DEVICE_SLOTS) || state.running.get(&device).is_some_and(|b| !b.is_empty())) {
+            if plan.alone && !state.devices.idle(&device) {
                 // A retried job waits for an idle device: nothing may queue
-                // behind a job that may bring the device down (nor sample
-                // beside it: batches that joined a running set gave their
-                // slots back but are still on the device).
+                // behind a job that may bring the device down (nor sample beside it).
                 return;
             }
             let now = now_ms();
@@ -401,13 +506,10 @@ impl Scheduler {
             if batch.is_empty() {
                 continue;
             }
-            state.running.entry(device.clone()).or_default().push_back(batch.iter().map(|t| t.job.job_id).collect());
-            // A retried job alone takes both slots; they come back when the device is idle.
-            *state.slots.entry(device.clone()).or_default() = if plan.alone { 0 } else { state.slots[&device] - 1 };
+            state.devices.sent(&device, batch.iter().map(|t| t.job.job_id).collect(), plan.alone);
             if worker.cast(GpuWorkerMsg::Run(batch)).is_err() {
                 tracing::warn!(device, "worker unreachable; its batches return to the queue");
                 self.hand_back(state, &device);
-                state.slots.insert(device, 0);
             }
         }
     }
@@ -425,13 +527,11 @@ impl Scheduler {
         }
     }
 
-    /// Nak every job a lost device was running or about to run.
+    /// Nak every job a lost device was running or about to run; it takes
+    /// nothing until its worker is ready again.
     fn hand_back(&self, state: &mut SchedulerState, device: &str) {
-        state.joined.remove(device);
-        for batch in state.running.remove(device).unwrap_or_default() {
-            for job_id in batch {
-                settle(state, job_id, Outcome::Nak(Duration::ZERO));
-            }
+        for job_id in state.devices.lost(device) {
+            settle(state, job_id, Outcome::Nak(Duration::ZERO));
         }
     }
 
@@ -514,9 +614,7 @@ impl Actor for Scheduler {
             pullers,
             held: HashMap::new(),
             waiting: Waiting::new(),
-            slots: self.devices.iter().map(|d| (d.clone(), DEVICE_SLOTS)).collect(),
-            running: HashMap::new(),
-            joined: HashMap::new(),
+            devices: DeviceBatches::new(&self.devices),
             limits: HashMap::new(),
             wake_at: None,
             draining: false,
@@ -575,38 +673,17 @@ impl Actor for Scheduler {
                 }
             }
             SchedulerMsg::DeviceIdle(device) => {
-                let mut done = Vec::new();
-                let idle = state.running.get_mut(&device).is_none_or(|batches| {
-                    done = batches.pop_front().unwrap_or_default();
-                    batches.is_empty()
-                });
                 // Its jobs are with Postprocess now (or already settled).
                 let now = Instant::now();
-                for job_id in done {
+                for job_id in state.devices.left(&device) {
                     if let Some(held) = state.held.get_mut(&job_id) {
                         held.handed_on.get_or_insert(now);
                     }
                 }
-                // A batch that had joined gave its slot back then.
-                let had_joined = state.joined.get_mut(&device).is_some_and(|n| {
-                    let joined = *n > 0;
-                    *n = n.saturating_sub(1);
-                    joined
-                });
-                if let Some(free) = state.slots.get_mut(&device) {
-                    *free = if idle { DEVICE_SLOTS } else if had_joined { *free } else { (*free + 1).min(DEVICE_SLOTS) };
-                }
                 self.dispatch(&myself, state);
             }
             SchedulerMsg::Joined(device) => {
-                let sent = state.running.get(&device).map_or(0, VecDeque::len);
-                let joined = state.joined.entry(device.clone()).or_default();
-                if *joined < sent {
-                    *joined += 1;
-                    if let Some(free) = state.slots.get_mut(&device) {
-                        *free = (*free + 1).min(DEVICE_SLOTS);
-                    }
-                }
+                state.devices.joined(&device);
                 self.dispatch(&myself, state);
             }
             SchedulerMsg::BatchLimits { device, limits } => {
@@ -625,12 +702,11 @@ impl Actor for Scheduler {
             }
             SchedulerMsg::WorkerLost(device) => {
                 self.hand_back(state, &device);
-                state.slots.insert(device, 0);
                 self.answer_drain(state);
             }
             SchedulerMsg::WorkerReady(device) => {
                 if !state.draining {
-                    state.slots.insert(device, DEVICE_SLOTS);
+                    state.devices.set_free(&device, DEVICE_SLOTS);
                 }
                 self.dispatch(&myself, state);
             }
@@ -655,8 +731,7 @@ impl Actor for Scheduler {
             SchedulerMsg::DrainDeadline => {
                 if state.drained.is_some() {
                     tracing::warn!(jobs = state.held.len(), "grace period over; handing unfinished jobs back");
-                    let devices: Vec<String> = state.running.keys().cloned().collect();
-                    for device in devices {
+                    for device in state.devices.devices() {
                         self.hand_back(state, &device);
                     }
                     let rest: Vec<Uuid> = state.held.keys().copied().collect();
@@ -668,7 +743,7 @@ impl Actor for Scheduler {
             }
             SchedulerMsg::KeepAlive => {
                 let accounted: HashSet<Uuid> =
-                    state.waiting.job_ids().into_iter().chain(state.running.values().flatten().flatten().copied()).collect();
+                    state.waiting.job_ids().into_iter().chain(state.devices.job_ids()).collect();
                 let handed_on = state.held.iter().map(|(id, h)| (*id, h.handed_on));
                 for job_id in overdue(handed_on, &accounted, Instant::now(), FINISH_PATIENCE) {
                     tracing::error!(%job_id, patience_s = FINISH_PATIENCE.as_secs(), "held job never finished; handing it back");
@@ -711,7 +786,7 @@ impl Actor for Scheduler {
                     tracing::info!(%job_id, "canceled while waiting for a batch; dropped");
                     let (_, failure) = terminal::ending(ErrorCode::Canceled, job_id, "canceled by its agent before it started");
                     self.fail(state, ticket, failure);
-                } else if let Some(device) = state.running.iter().find(|(_, batches)| batches.iter().any(|b| b.contains(&job_id))).map(|(d, _)| d.clone()) {
+                } else if let Some(device) = state.devices.device_of(job_id) {
                     // On a device: a pipeline model stops it at its next step
                     // boundary; a single-call model runs it and the result is discarded.
                     if let Some(worker) = self.roster.worker(&device) {
@@ -721,7 +796,7 @@ impl Actor for Scheduler {
             }
             SchedulerMsg::PullFailed(e) => return Err(e.into()),
         }
-        let busy = state.running.values().filter(|b| !b.is_empty()).count();
+        let busy = state.devices.busy();
         self.load.set(state.held.len(), busy);
         Ok(())
     }
@@ -742,6 +817,86 @@ mod tests {
         // 2 is fresh, 3 runs again (a newer delivery), 4 was never handed on.
         assert_eq!(overdue(held, &accounted, now, Duration::from_secs(60)), vec![id(1)]);
         assert!(overdue(held, &accounted, now, Duration::from_secs(600)).is_empty());
+    }
+
+    fn jobs(ns: &[u128]) -> Vec<Uuid> {
+        ns.iter().map(|n| Uuid::from_u128(*n)).collect()
+    }
+
+    fn free(d: &DeviceBatches) -> usize {
+        d.slots["gpu0"]
+    }
+
+    #[test]
+    fn joined_frees_a_slot_while_its_jobs_stay_on_the_device_until_device_idle() {
+        let mut d = DeviceBatches::new(&["gpu0".to_string()]);
+        d.sent("gpu0", jobs(&[1, 2]), false);
+        d.sent("gpu0", jobs(&[3]), false);
+        assert_eq!((free(&d), d.freest()), (0, None), "both slots taken");
+        // Batch 1 joined the running set: a third batch may be sent while it samples.
+        d.joined("gpu0");
+        assert_eq!((free(&d), d.freest().as_deref()), (1, Some("gpu0")));
+        assert_eq!(d.device_of(Uuid::from_u128(1)).as_deref(), Some("gpu0"), "its jobs are still on the device");
+        d.sent("gpu0", jobs(&[4]), false);
+        assert_eq!(free(&d), 0);
+        // Batch 1 leaves: its slot came back when it joined, so none now.
+        assert_eq!(d.left("gpu0"), jobs(&[1, 2]));
+        assert_eq!(free(&d), 0);
+        assert_eq!(d.device_of(Uuid::from_u128(1)), None);
+        // Batch 3 joins and leaves: one slot, once.
+        d.joined("gpu0");
+        assert_eq!(free(&d), 1);
+        assert_eq!(d.left("gpu0"), jobs(&[3]));
+        assert_eq!(free(&d), 1);
+        // Batch 4 never joined (a single-call model's batch): leaving frees its slot, and the device is empty.
+        assert_eq!(d.left("gpu0"), jobs(&[4]));
+        assert_eq!((free(&d), d.busy()), (DEVICE_SLOTS, 0));
+    }
+
+    #[test]
+    fn joined_never_frees_more_slots_than_batches_sent() {
+        let mut d = DeviceBatches::new(&["gpu0".to_string()]);
+        // Nothing sent: a stray Joined changes nothing.
+        d.joined("gpu0");
+        assert_eq!((free(&d), d.joined.get("gpu0").copied()), (DEVICE_SLOTS, Some(0)));
+        d.sent("gpu0", jobs(&[1]), false);
+        d.joined("gpu0");
+        d.joined("gpu0");
+        assert_eq!((free(&d), d.joined["gpu0"]), (DEVICE_SLOTS, 1), "one batch, one join");
+        // The next batch's Joined counts for it, not for the one before.
+        d.sent("gpu0", jobs(&[2]), false);
+        d.sent("gpu0", jobs(&[3]), false);
+        assert_eq!(free(&d), 0);
+        d.joined("gpu0");
+        assert_eq!((free(&d), d.joined["gpu0"]), (1, 2));
+        assert_eq!(d.left("gpu0"), jobs(&[1]));
+        assert_eq!(d.left("gpu0"), jobs(&[2]));
+        assert_eq!(free(&d), 1, "batches 1 and 2 gave their slots back when they joined");
+        assert_eq!(d.left("gpu0"), jobs(&[3]));
+        assert_eq!(free(&d), DEVICE_SLOTS);
+    }
+
+    #[test]
+    fn a_retried_job_waits_for_batches_that_joined_and_a_lost_device_returns_them_too() {
+        let mut d = DeviceBatches::new(&["gpu0".to_string(), "gpu1".to_string()]);
+        d.sent("gpu0", jobs(&[1]), false);
+        d.joined("gpu0");
+        // Both slots are free again, but job 1 still samples there.
+        assert_eq!(free(&d), DEVICE_SLOTS);
+        assert!(!d.idle("gpu0") && d.idle("gpu1"));
+        d.sent("gpu1", jobs(&[9]), true);
+        assert_eq!((d.slots["gpu1"], d.freest().as_deref()), (0, Some("gpu0")), "alone takes both slots");
+        d.sent("gpu0", jobs(&[2, 3]), false);
+        // The worker is lost: every job on it goes back, joined or not, and a late Joined does nothing.
+        let mut back = d.lost("gpu0");
+        back.sort();
+        assert_eq!(back, jobs(&[1, 2, 3]));
+        d.joined("gpu0");
+        assert_eq!((free(&d), d.device_of(Uuid::from_u128(1))), (0, None));
+        d.set_free("gpu0", DEVICE_SLOTS);
+        assert!(d.idle("gpu0"), "ready again with nothing from before");
+        assert_eq!(d.left("gpu1"), jobs(&[9]));
+        assert_eq!((d.slots["gpu1"], d.busy()), (DEVICE_SLOTS, 0));
     }
 
     #[test]

@@ -5,9 +5,13 @@
 //!
 //! Stages, in order: `encode` (images → conditioning tokens), `step` (called N
 //! times along a `schedule`; the unit the step batcher interleaves jobs on),
-//! `decode` (latents + query points → field values, queried in chunks so peak
-//! memory is bounded by `chunk_points`, not by the grid), and optionally
-//! `colour` (latents + mesh vertices → RGB per vertex).
+//! optionally `prepare` (latents → decoder features, once per job: the part
+//! of a decoder that does not depend on the query points, such as a
+//! latent-set VAE's self-attention stack, so it is not recomputed for every
+//! chunk), `decode` (features — or, without `prepare`, latents — + query
+//! points → field values, queried in chunks so peak memory is bounded by
+//! `chunk_points`, not by the grid), and optionally `colour` (the same input
+//! as decode + mesh vertices → RGB per vertex).
 //!
 //! This module only reads and validates the declaration; it never loads
 //! TorchScript, so `orfeas models check` and a node share one validator.
@@ -38,9 +42,10 @@ pub struct StageFile {
     /// Peak activation memory per batch item, MiB.
     #[serde(default)]
     pub mem_per_item_mb: u64,
-    /// Declared output shape per item, without the batch dimension: the
-    /// conditioning `[T, C]` of a model with a step stage, else the latents
-    /// decode takes. Checked at load; optional.
+    /// Declared output shape per item, without the batch dimension: for
+    /// `encode`, the conditioning `[T, C]` of a model with a step stage, else
+    /// the latents; for `prepare`, the features decode takes. Checked at
+    /// load; optional.
     #[serde(default)]
     pub output_shape: Option<Vec<i64>>,
 }
@@ -91,9 +96,13 @@ pub struct Pipeline {
     /// Absent for feed-forward models (TripoSR-like): encode feeds decode.
     #[serde(default)]
     pub step: Option<StepStage>,
-    /// Latents + points → field values.
+    /// Latents → decoder features, once per job (optional: without it,
+    /// decode and colour take the latents).
+    #[serde(default)]
+    pub prepare: Option<StageFile>,
+    /// Features (or latents) + points → field values.
     pub decode: DecodeStage,
-    /// Latents + vertices → RGB.
+    /// Features (or latents) + vertices → RGB.
     #[serde(default)]
     pub colour: Option<DecodeStage>,
 }
@@ -147,8 +156,10 @@ impl Pipeline {
                 return Err(invalid(format!("step.latent_shape {:?} must be positive", s.latent_shape)));
             }
         }
-        if p.encode.output_shape.as_ref().is_some_and(|s| s.is_empty() || s.iter().any(|&d| d < 1)) {
-            return Err(invalid(format!("encode.output_shape {:?} must be positive", p.encode.output_shape)));
+        for (stage, s) in std::iter::once(("encode", &p.encode)).chain(p.prepare.as_ref().map(|s| ("prepare", s))) {
+            if s.output_shape.as_ref().is_some_and(|s| s.is_empty() || s.iter().any(|&d| d < 1)) {
+                return Err(invalid(format!("{stage}.output_shape {:?} must be positive", s.output_shape)));
+            }
         }
         for d in std::iter::once(&p.decode).chain(p.colour.as_ref()) {
             if d.chunk_points == 0 {
@@ -181,6 +192,7 @@ impl Pipeline {
     pub fn files(&self) -> Vec<&str> {
         let mut v = vec![self.encode.file.as_str()];
         v.extend(self.step.as_ref().map(|s| s.file.as_str()));
+        v.extend(self.prepare.as_ref().map(|s| s.file.as_str()));
         v.push(&self.decode.file);
         v.extend(self.colour.as_ref().map(|c| c.file.as_str()));
         v
@@ -236,6 +248,19 @@ mod tests {
         assert_eq!(p.files(), ["encode.pt", "step.pt", "decode.pt", "colour.pt"]);
         assert_eq!(p.step.as_ref().unwrap().steps, 4);
         assert_eq!(p.encode.mem_per_item_mb, 8);
+    }
+
+    #[test]
+    fn an_optional_prepare_stage_sits_between_step_and_decode() {
+        let d = dir_with(&["encode.pt", "step.pt", "prepare.pt", "decode.pt", "colour.pt"]);
+        let text = HUNYUAN.replace("decode = {", "prepare = { file = \"prepare.pt\", output_shape = [16, 32] }\n        decode = {");
+        let p = Pipeline::parse(&text, d.path()).unwrap();
+        assert_eq!(p.files(), ["encode.pt", "step.pt", "prepare.pt", "decode.pt", "colour.pt"]);
+        assert_eq!(p.prepare.unwrap().output_shape, Some(vec![16, 32]));
+        let bad = HUNYUAN.replace("decode = {", "prepare = { file = \"prepare.pt\", output_shape = [0] }\n        decode = {");
+        assert_eq!(Pipeline::parse(&bad, d.path()).unwrap_err().code(), "pipeline_invalid");
+        let missing = dir_with(&["encode.pt", "step.pt", "decode.pt", "colour.pt"]);
+        assert_eq!(Pipeline::parse(&text, missing.path()).unwrap_err().code(), "pipeline_missing_file");
     }
 
     #[test]

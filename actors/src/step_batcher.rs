@@ -11,8 +11,9 @@
 //! admit waiting ones up to the memory-bounded limit) and then
 //! [`StepBatcher::step`] with a closure that runs the model. Jobs end in
 //! exactly one [`Retired`] each. Cancel and deadlines act at boundaries:
-//! a canceled job leaves the running set before the next step, and a job
-//! still waiting when its start-by deadline passes never starts.
+//! a canceled job, or one whose deadline has passed, leaves before the
+//! next step — never started if it was still waiting, with the steps it
+//! did if it was sampling.
 //!
 //! A failing step is bisected like a failing batch in the GpuWorker: the
 //! running set is split in halves until the job that fails alone is found;
@@ -41,7 +42,7 @@ pub struct Entry<J> {
 pub enum Stop {
     /// Its agent canceled it.
     Canceled,
-    /// Its start-by deadline passed while it waited (never started).
+    /// Its deadline passed, while it waited or while it sampled.
     Expired,
 }
 
@@ -49,8 +50,9 @@ pub enum Stop {
 pub enum Retired<J> {
     /// All steps done: the final latent `[*L]`, to decode.
     Done(J, Tensor),
-    /// Stopped at a boundary.
-    Stopped(J, Stop),
+    /// Stopped at a boundary after this many of its steps (0: it never
+    /// joined the running set).
+    Stopped(J, Stop, usize),
     /// Its step failed alone.
     Failed(J, ModelError),
 }
@@ -103,24 +105,23 @@ impl<J> StepBatcher<J> {
         self.running.is_empty() && self.waiting.is_empty()
     }
 
-    /// A step boundary: jobs `stop` says must stop leave (running ones only
-    /// for [`Stop::Canceled`]; a running job has started, so a start-by
-    /// deadline no longer applies), then waiting jobs join in arrival order
-    /// while the running set is below `limit` (at least one job runs).
+    /// A step boundary: jobs `stop` says must stop leave (running and
+    /// waiting ones alike), then waiting jobs join in arrival order while
+    /// the running set is below `limit` (at least one job runs).
     pub fn boundary(&mut self, limit: usize, stop: impl Fn(&J) -> Option<Stop>) -> Vec<Retired<J>> {
         let mut out = Vec::new();
         let mut kept = Vec::with_capacity(self.running.len());
         for e in self.running.drain(..) {
             match stop(&e.job) {
-                Some(Stop::Canceled) => out.push(Retired::Stopped(e.job, Stop::Canceled)),
-                _ => kept.push(e),
+                Some(why) => out.push(Retired::Stopped(e.job, why, e.done)),
+                None => kept.push(e),
             }
         }
         self.running = kept;
         let mut waiting = VecDeque::with_capacity(self.waiting.len());
         for e in self.waiting.drain(..) {
             match stop(&e.job) {
-                Some(why) => out.push(Retired::Stopped(e.job, why)),
+                Some(why) => out.push(Retired::Stopped(e.job, why, 0)),
                 None => waiting.push_back(e),
             }
         }
@@ -299,7 +300,10 @@ mod tests {
         while !b.is_empty() {
             for r in b.boundary(4, stop) {
                 match r {
-                    Retired::Stopped(n, why) => ended.push((n, format!("{why:?}"), calls)),
+                    Retired::Stopped(n, why, done) => {
+                        assert_eq!(done, calls, "it did every step before the boundary");
+                        ended.push((n, format!("{why:?}"), calls))
+                    }
                     _ => unreachable!(),
                 }
             }
@@ -329,12 +333,40 @@ mod tests {
         for n in 1..=4 {
             push(&mut b, &p, n, 10.0);
         }
-        assert!(b.boundary(2, |n| (*n == 4).then_some(Stop::Expired)).iter().all(|r| matches!(r, Retired::Stopped(4, Stop::Expired))));
+        assert!(b.boundary(2, |n| (*n == 4).then_some(Stop::Expired)).iter().all(|r| matches!(r, Retired::Stopped(4, Stop::Expired, 0))));
         assert_eq!(b.running().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 2]);
         assert_eq!(b.waiting().copied().collect::<Vec<_>>(), [3]);
-        // An expired start-by deadline does not stop a job that is running.
-        assert!(b.boundary(2, |_| Some(Stop::Expired)).iter().all(|r| matches!(r, Retired::Stopped(3, _))));
-        assert_eq!(b.running().count(), 2);
+    }
+
+    #[test]
+    fn a_deadline_passing_mid_sampling_stops_that_job_at_the_next_boundary() {
+        let p = load("hunyuan-tiny");
+        let mut b = StepBatcher::new(p.timesteps());
+        for n in 1..=3 {
+            push(&mut b, &p, n, 10.0 + n as f32);
+        }
+        b.boundary(2, |_| None);
+        for _ in 0..2 {
+            b.step(|x, t, tn, c| p.step(x, t, tn, c)).unwrap();
+        }
+        // Job 2 (running, 2 steps done) and job 3 (still waiting) are past their deadline.
+        let stopped: Vec<(u32, Stop, usize)> = b
+            .boundary(2, |n| (*n >= 2).then_some(Stop::Expired))
+            .into_iter()
+            .map(|r| match r {
+                Retired::Stopped(n, why, done) => (n, why, done),
+                _ => panic!("only stops at a boundary"),
+            })
+            .collect();
+        assert_eq!(stopped, [(2, Stop::Expired, 2), (3, Stop::Expired, 0)]);
+        assert_eq!(b.running().collect::<Vec<_>>(), [(&1, 2)], "job 1 goes on where it was");
+        // Job 1 still ends exactly as it would have alone.
+        let done = drain(&mut b, &p, 2, |_, _| {});
+        assert_eq!(done.len(), 1);
+        let mut alone = StepBatcher::new(p.timesteps());
+        push(&mut alone, &p, 1, 11.0);
+        let (_, single, _) = drain(&mut alone, &p, 2, |_, _| {}).remove(0);
+        assert!(max_diff(&done[0].1, &single) < 1e-4);
     }
 
     #[test]

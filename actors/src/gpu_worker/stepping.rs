@@ -58,7 +58,7 @@ struct Pending {
     joined: bool,
 }
 
-/// A colour query from Postprocess: one job's final latent (CPU, f32) and
+/// A colour query from Postprocess: one job's decoder input (its prepared features or final latent; CPU, f32) and
 /// the mesh's vertices.
 pub(crate) struct ColourRequest {
     model: String,
@@ -235,7 +235,7 @@ impl DeviceThread {
         let Some(model) = self.models.get(name) else {
             // Cannot happen (a reload lets running sets finish first); answer the jobs anyway.
             for r in batcher.boundary(usize::MAX, |_| Some(Stop::Canceled)) {
-                let (Retired::Stopped(job, _) | Retired::Failed(job, _) | Retired::Done(job, _)) = r;
+                let (Retired::Stopped(job, ..) | Retired::Failed(job, _) | Retired::Done(job, _)) = r;
                 self.stepping.retire(job.seq);
                 self.fail(job.ticket, Failure::new(ErrorCode::Unavailable, format!("model {name:?} is no longer loaded")));
             }
@@ -254,17 +254,22 @@ impl DeviceThread {
                 None
             }
         });
+        let steps = batcher.steps();
         for r in stopped {
-            if let Retired::Stopped(job, why) = r {
+            if let Retired::Stopped(job, why, done) = r {
                 let id = job.ticket.job.job_id;
-                let (_, failure) = match why {
-                    Stop::Canceled => terminal::ending(ErrorCode::Canceled, id, "canceled by its agent while sampling (stopped at a step boundary)"),
-                    Stop::Expired => {
-                        let deadline = job.ticket.job.params.deadline_ms.unwrap_or_default();
-                        terminal::ending(ErrorCode::DeadlineExceeded, id, format!("not started by its deadline {deadline} (ms since the epoch)"))
-                    }
+                let deadline = job.ticket.job.params.deadline_ms.unwrap_or_default();
+                let (_, failure) = match (why, done) {
+                    (Stop::Canceled, _) => terminal::ending(ErrorCode::Canceled, id, "canceled by its agent while sampling (stopped at a step boundary)"),
+                    // The same code and wording as the Scheduler's check before a job starts.
+                    (Stop::Expired, 0) => terminal::ending(ErrorCode::DeadlineExceeded, id, format!("not started by its deadline {deadline} (ms since the epoch)")),
+                    (Stop::Expired, done) => terminal::ending(
+                        ErrorCode::DeadlineExceeded,
+                        id,
+                        format!("deadline {deadline} (ms since the epoch) passed while sampling: stopped at a step boundary after {done} of {steps} steps"),
+                    ),
                 };
-                tracing::info!(job_id = %id, reason = ?why, "pipeline job stopped at a step boundary");
+                tracing::info!(job_id = %id, reason = ?why, done, steps, "pipeline job stopped at a step boundary");
                 self.stepping.canceled.remove(&id);
                 self.stepping.retire(job.seq);
                 self.fail(job.ticket, failure);
@@ -316,7 +321,7 @@ impl DeviceThread {
                     self.stepping.retire(job.seq);
                     self.fail(job.ticket, failure_of(&e, &self.device.id));
                 }
-                Retired::Stopped(job, _) => {
+                Retired::Stopped(job, ..) => {
                     self.stepping.retire(job.seq);
                     self.fail(job.ticket, Failure::new(ErrorCode::Canceled, "stopped"));
                 }
@@ -340,12 +345,13 @@ impl DeviceThread {
     fn decode_chunk(&mut self, name: &str, chunk: Vec<(StepJob, Tensor)>) -> Result<(), DeviceLost> {
         let Some(Resident::Pipeline(p)) = self.models.get(name) else { return Ok(()) };
         let latents = Tensor::stack(&chunk.iter().map(|(_, l)| l.shallow_clone()).collect::<Vec<_>>(), 0);
-        match p.decode_volumes(&latents) {
-            Ok(volumes) => {
+        // Prepared once for all of the grid's chunks (and for colour later).
+        match p.prepare(&latents).and_then(|features| Ok((p.decode_prepared(&features)?, features))) {
+            Ok((volumes, features)) => {
                 let manifest = Arc::new(p.manifest.clone());
                 let colour = p.has_colour();
-                for ((job, latent), data) in chunk.into_iter().zip(volumes) {
-                    let colour = if colour { self.colour_query(name, &latent) } else { None };
+                for (i, ((job, _), data)) in chunk.into_iter().zip(volumes).enumerate() {
+                    let colour = if colour { self.colour_query(name, &features.get(i as i64)) } else { None };
                     self.stepping.retire(job.seq);
                     let volume = VolumeJob { ticket: job.ticket, data, manifest: manifest.clone(), image: job.image, colour };
                     match self.roster.postprocess() {
@@ -374,7 +380,8 @@ impl DeviceThread {
     }
 
     /// A closure Postprocess calls with the final mesh's vertices; the
-    /// question comes back to this thread (between steps) as `DeviceWork::Colour`.
+    /// question comes back to this thread (between steps) as
+    /// `DeviceWork::Colour`. `latent`: the job's decoder input (prepared).
     fn colour_query(&self, name: &str, latent: &Tensor) -> Option<crate::postprocess::ColourQuery> {
         let work = self.work.upgrade()?;
         let work: mpsc::Sender<DeviceWork> = (*work).clone();

@@ -112,7 +112,10 @@ pub struct JobParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<Lane>,
     /// Fail with `deadline_exceeded` instead of running if the job has not
-    /// started by this time, milliseconds since the epoch. Sent only when set.
+    /// started by this time, milliseconds since the epoch. A pipeline model's
+    /// job still sampling at this time also fails so, at its next sampler
+    /// step boundary (a single-call forward pass is not interrupted). Sent
+    /// only when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
 }
