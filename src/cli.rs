@@ -375,8 +375,8 @@ pub struct MeshArgs {
 /// `orfeas generate`
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// Input images (PNG, JPEG, WebP).
-    #[arg(required = true)]
+    /// Input images (PNG, JPEG, WebP); none with --studio.
+    #[arg(required_unless_present = "studio")]
     pub images: Vec<PathBuf>,
     /// Output file (one image; its extension picks the format: `out.3mf` → `out.3mf`)
     /// or folder (`<image stem>.<ext>` per format). Previews and `NAME.report.json`
@@ -421,6 +421,13 @@ pub struct GenerateArgs {
     /// implies `--matting learned` [default: matting.model].
     #[arg(long)]
     pub matting_model: Option<PathBuf>,
+    /// Then serve the studio web page (md/studio.md) on the same setup, with these
+    /// images' jobs in its history, until Ctrl-C / SIGTERM.
+    #[arg(long)]
+    pub studio: bool,
+    /// Address of the studio page (with --studio).
+    #[arg(long, default_value = "127.0.0.1:8780", env = "ORFEAS_STUDIO_BIND", requires = "studio")]
+    pub studio_bind: std::net::SocketAddr,
     /// How the mesh is made.
     #[command(flatten)]
     pub shape: ShapeArgs,

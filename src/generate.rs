@@ -154,12 +154,32 @@ pub async fn run(config: Config, args: GenerateArgs) -> Result<usize> {
         })
         .collect();
 
-    let started = Instant::now();
-    let outcomes = if url.is_empty() {
-        run_embedded(&config, &args, prepared).await?
-    } else {
-        run_client(&config, &args, &url, prepared).await?
+    // The page's port is taken before any work, so a busy port fails at once.
+    let studio = match args.studio {
+        true => {
+            let page = studio_args(&args);
+            let listener = crate::studio::bind(&page).await.map_err(|e| usage(format!("--studio: {e:#}")))?;
+            Some((listener, page))
+        }
+        false => None,
     };
+    let started = Instant::now();
+    // With --studio the summary is printed before the page is served, not when it stops.
+    let serves_studio = studio.map(|(listener, page)| Studio { listener, page, started });
+    let printed_by_studio = serves_studio.is_some();
+    let outcomes = if url.is_empty() {
+        run_embedded(&config, &args, prepared, serves_studio).await?
+    } else {
+        run_client(&config, &args, &url, prepared, serves_studio).await?
+    };
+    if !printed_by_studio {
+        summarize(&args, &outcomes, started)?;
+    }
+    Ok(outcomes.iter().filter(|o| o.status != "completed").count())
+}
+
+/// The `--json` document and the closing line of a run.
+fn summarize(args: &GenerateArgs, outcomes: &[ImageOutcome], started: Instant) -> Result<()> {
     let failed = outcomes.iter().filter(|o| o.status != "completed").count();
     if args.json {
         let doc = serde_json::json!({ "images": outcomes, "completed": outcomes.len() - failed, "failed": failed });
@@ -171,12 +191,12 @@ pub async fn run(config: Config, args: GenerateArgs) -> Result<usize> {
         outcomes.len(),
         started.elapsed().as_secs_f64()
     );
-    Ok(failed)
+    Ok(())
 }
 
 /// Submit to an existing deployment as a named agent: nothing is started there and no
 /// key is registered (the operator registered this agent's key).
-async fn run_client(config: &Config, args: &GenerateArgs, url: &str, prepared: Vec<Prepared>) -> Result<Vec<ImageOutcome>> {
+async fn run_client(config: &Config, args: &GenerateArgs, url: &str, prepared: Vec<Prepared>, studio: Option<Studio>) -> Result<Vec<ImageOutcome>> {
     let (Some(agent), Some(key)) = (&args.agent, &args.key) else {
         return Err(usage(format!(
             "NATS {url} is a deployment: submit as its registered agent with --agent NAME --key FILE (or ORFEAS_AGENT, ORFEAS_AGENT_KEY)"
@@ -189,12 +209,19 @@ async fn run_client(config: &Config, args: &GenerateArgs, url: &str, prepared: V
         outcomes = follow_all(&client, agent, &key, &deployment, args, prepared) => Ok(outcomes),
         _ = tokio::signal::ctrl_c() => Err(anyhow::Error::new(Interrupted)),
     };
+    let outcome = match (outcome, studio) {
+        (Ok(outcomes), Some(page)) => {
+            let backend = crate::studio::Backend { agent: agent.clone(), key, audience: deployment, nats: client.clone() };
+            serve_studio(page, backend, args, &outcomes).await.map(|()| outcomes)
+        }
+        (outcome, _) => outcome,
+    };
     let _ = client.flush().await;
     outcome
 }
 
 /// The embedded default: a child nats-server, a node, a throwaway key, all gone after.
-async fn run_embedded(config: &Config, args: &GenerateArgs, prepared: Vec<Prepared>) -> Result<Vec<ImageOutcome>> {
+async fn run_embedded(config: &Config, args: &GenerateArgs, prepared: Vec<Prepared>, studio: Option<Studio>) -> Result<Vec<ImageOutcome>> {
     let (embedded, url) = crate::embedded::server_or_embedded(config, None).await?;
     let scratch = tempfile::Builder::new().prefix("orfeas-generate-").tempdir()?;
     let mut settings = config.node_settings(&url, scratch.path().join("store"))?;
@@ -216,9 +243,52 @@ async fn run_embedded(config: &Config, args: &GenerateArgs, prepared: Vec<Prepar
             _ = tokio::signal::ctrl_c() => Err(anyhow::Error::new(Interrupted)),
         },
     };
+    let outcome = match (outcome, studio) {
+        (Ok(outcomes), Some(page)) => {
+            let backend = crate::studio::Backend { agent: LOCAL_AGENT.into(), key, audience: deployment, nats: node.bus.client.clone() };
+            serve_studio(page, backend, args, &outcomes).await.map(|()| outcomes)
+        }
+        (outcome, _) => outcome,
+    };
     node.stop().await;
     drop(embedded);
     outcome
+}
+
+/// The studio page `--studio` serves once the images are done.
+struct Studio {
+    listener: tokio::net::TcpListener,
+    page: crate::studio::StudioArgs,
+    /// When the run began, for its closing line.
+    started: Instant,
+}
+
+/// The studio's settings for `generate --studio`: its defaults, this run's model preselected.
+fn studio_args(args: &GenerateArgs) -> crate::studio::StudioArgs {
+    crate::studio::StudioArgs {
+        nats: None,
+        agent: None,
+        key: None,
+        studio_bind: args.studio_bind,
+        max_upload_bytes: crate::studio::DEFAULT_MAX_UPLOAD_BYTES,
+        model: args.model.clone(),
+        job_timeout_s: args.timeout_s,
+        assets: None,
+    }
+}
+
+/// Serve the studio page with this run's jobs in its history until Ctrl-C / SIGTERM.
+async fn serve_studio(Studio { listener, page, started }: Studio, backend: crate::studio::Backend, args: &GenerateArgs, outcomes: &[ImageOutcome]) -> Result<()> {
+    summarize(args, outcomes, started)?;
+    let adopted = outcomes
+        .iter()
+        .filter_map(|o| {
+            let name = o.image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            o.job_id.map(|id| crate::studio::Adopted { id, name })
+        })
+        .collect();
+    let assets = crate::studio::viewer_assets(&page);
+    crate::studio::serve(listener, backend, &page, assets, adopted, crate::shutdown_signal()).await
 }
 
 /// Submit every image, then follow them all at once: one bar per image, each

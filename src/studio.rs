@@ -20,6 +20,11 @@ use anyhow::{Context, Result};
 use orfeas_actors::{node, registry::Registry};
 use orfeas_wire::{client::AgentClient, SecretKey};
 
+/// Largest upload unless `--max-upload-bytes` says otherwise.
+pub const DEFAULT_MAX_UPLOAD_BYTES: usize = 16 * 1024 * 1024;
+
+pub use jobs::Adopted;
+
 /// The agent name of the embedded default's throwaway key.
 const LOCAL_AGENT: &str = "studio";
 
@@ -40,7 +45,7 @@ pub struct StudioArgs {
     #[arg(long, default_value = "127.0.0.1:8780", env = "ORFEAS_STUDIO_BIND")]
     pub studio_bind: SocketAddr,
     /// Largest image accepted, bytes (checked before anything is queued).
-    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    #[arg(long, default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
     pub max_upload_bytes: usize,
     /// Model preselected on the page.
     #[arg(long, default_value = "inflate")]
@@ -58,7 +63,9 @@ pub struct StudioArgs {
 /// What every handler shares.
 pub struct Studio {
     agent: String,
-    client: tokio::sync::Mutex<AgentClient>,
+    /// Uploads, submits, cancels and downloads (all take `&self`, so one
+    /// slow download never holds up another request).
+    client: AgentClient,
     /// For per-job followers: each gets its own client (own node-key cache)
     /// so following one job never waits on another.
     nats: async_nats::Client,
@@ -106,12 +113,8 @@ fn assets_dir(flag: Option<&PathBuf>) -> Option<PathBuf> {
 
 /// Serve the studio until `shutdown`.
 pub async fn run(config: crate::config::Config, args: StudioArgs, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
-    let assets = assets_dir(args.assets.as_ref());
-    if assets.is_none() {
-        eprintln!("warning: three.js not found (run deploy/setup.sh --studio or pass --assets): the page works without its 3D viewer");
-    }
-    let listener = tokio::net::TcpListener::bind(args.studio_bind).await.with_context(|| format!("binding {}", args.studio_bind))?;
-    let bound = listener.local_addr()?;
+    let assets = viewer_assets(&args);
+    let listener = bind(&args).await?;
     // The embedded server is kept by a thread of its own (see `embedded`).
     let (embedded, url) = crate::embedded::server_or_embedded(&config, args.nats.as_deref()).await?;
     let scratch = tempfile::Builder::new().prefix("orfeas-studio-").tempdir()?;
@@ -137,9 +140,57 @@ pub async fn run(config: crate::config::Config, args: StudioArgs, shutdown: impl
         running = Some(node);
         (LOCAL_AGENT.to_string(), key, audience, nats)
     };
+    let served = serve(listener, Backend { agent, key, audience, nats }, &args, assets, Vec::new(), shutdown).await;
+    if let Some(node) = running {
+        node.stop().await;
+    }
+    drop(embedded);
+    served
+}
+
+/// The three.js folder for the page, with a warning when there is none.
+pub fn viewer_assets(args: &StudioArgs) -> Option<PathBuf> {
+    let assets = assets_dir(args.assets.as_ref());
+    if assets.is_none() {
+        eprintln!("warning: three.js not found (run deploy/setup.sh --studio or pass --assets): the page works without its 3D viewer");
+    }
+    assets
+}
+
+/// The page's listener (bound before anything else starts, so a taken port
+/// fails the command at once).
+pub async fn bind(args: &StudioArgs) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(args.studio_bind).await.with_context(|| format!("binding {}", args.studio_bind))
+}
+
+/// Who the studio acts as, and over which connection.
+pub struct Backend {
+    /// The registered agent.
+    pub agent: String,
+    /// Its secret key (stays in this process).
+    pub key: SecretKey,
+    /// The deployment its events are signed for.
+    pub audience: String,
+    /// The NATS connection.
+    pub nats: async_nats::Client,
+}
+
+/// Serve the page on `listener` as `backend` until `shutdown`. `adopted`:
+/// jobs this agent already ran (`generate --studio`), shown in the
+/// session's history from their records.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    backend: Backend,
+    args: &StudioArgs,
+    assets: Option<PathBuf>,
+    adopted: Vec<jobs::Adopted>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let bound = listener.local_addr()?;
+    let Backend { agent, key, audience, nats } = backend;
     let (close, closing) = tokio::sync::watch::channel(false);
     let studio = Arc::new(Studio {
-        client: tokio::sync::Mutex::new(AgentClient::new(nats.clone(), &agent, key.clone(), &audience)),
+        client: AgentClient::new(nats.clone(), &agent, key.clone(), &audience),
         agent,
         nats,
         key,
@@ -154,16 +205,16 @@ pub async fn run(config: crate::config::Config, args: StudioArgs, shutdown: impl
         session: jobs::Session::new(),
         closing,
     });
-    // Tests and scripts read this line for the port.
+    let records = studio.follower_client();
+    for job in adopted {
+        jobs::adopt(&studio.session, &records, job).await;
+    }
+    // Tests and scripts read this line for the port (the adopted jobs are in by then).
     eprintln!("orfeas studio listening on http://{bound}/ as agent {:?}", studio.agent);
     let served = axum::serve(listener, routes::router(studio)).with_graceful_shutdown(async move {
             shutdown.await;
             let _ = close.send(true);
         })
         .await;
-    if let Some(node) = running {
-        node.stop().await;
-    }
-    drop(embedded);
     served.context("serving the studio")
 }

@@ -39,6 +39,11 @@ impl StudioProcess {
         for (k, v) in env {
             command.env(k, v);
         }
+        Self::spawn(command, log)
+    }
+
+    /// Run `command` (which logs to `log`) until its studio page listens.
+    fn spawn(mut command: Command, log: PathBuf) -> Self {
         let mut child = command.spawn().expect("start orfeas studio");
         let started = Instant::now();
         loop {
@@ -276,6 +281,9 @@ async fn studio_page_shows_bad_uploads_and_takes_a_dropped_image() {
     assert_eq!(r["jobs_after_bad_uploads"], 0, "a bad upload was queued: {r}");
     assert_eq!(r["dropped_job"]["name"], "dropped.png", "{r}");
     assert!(r["dropped_triangles"].as_u64().unwrap() > 100, "the dropped job's mesh is not in the viewer: {r}");
+    assert_eq!(r["detail_after_two"], "first.png", "a drop of two shows its first file's job: {r}");
+    assert_eq!(r["detail_after_third"], "third.png", "the next drop takes the panel: {r}");
+    assert_eq!(r["detail_after_pick"], "first.png", "a picked card keeps the panel: {r}");
     assert_eq!(r["tokenless_post"]["status"], 403, "{r}");
     assert_eq!(r["tokenless_post"]["body"]["error"]["code"], "cross_site", "{r}");
     // The server's own limit, for a client that skips the page's check.
@@ -294,6 +302,13 @@ async fn studio_page_cancels_a_running_job() {
     let r = drive(&studio, "cancel", "null");
     assert!(["queued", "running"].contains(&r["before_cancel"].as_str().unwrap()), "{r}");
     assert_eq!(r["viewer_note"], "The 3D model appears here when the job is done.", "{r}");
+    // The card's words: a queue place counted when the job was accepted, or its stage and percent.
+    let (stage, eta) = (r["running_card"]["stage"].as_str().unwrap(), r["running_card"]["eta"].as_str().unwrap());
+    let queued = stage.starts_with("queued, next up") || (stage.starts_with("queued, ") && stage.contains(" ahead when accepted"));
+    let running = stage.ends_with('%') && stage.contains(" · ");
+    assert!(queued || running || stage == "submitted", "card stage text {stage:?}: {r}");
+    let eta_ok = eta.is_empty() || eta == "almost done" || (eta.starts_with('~') && eta.ends_with(" s left"));
+    assert!(eta_ok, "card ETA text {eta:?}: {r}");
     assert_eq!(r["after_cancel"]["state"], "canceled", "{r}");
     assert_eq!(r["after_cancel"]["button"], false, "a finished job offers no cancel: {r}");
     let job_id: uuid::Uuid = r["job_id"].as_str().unwrap().parse().unwrap();
@@ -349,4 +364,69 @@ async fn studio_embedded_default_runs_a_job_and_stops_on_sigterm() {
     let out = Command::new("bash").arg(common::repo().join("deploy/setup.sh")).arg("--bogus").output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--studio"), "the usage names the modes");
+}
+
+/// `orfeas generate IMAGE --studio`: the run's job shows in the page's history,
+/// completed, and its download is the file the run wrote; SIGTERM stops it cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_with_studio_serves_the_runs_jobs_until_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut command = Command::new(common::orfeas_bin());
+    command
+        .arg("generate")
+        .arg(common::repo().join("examples/mug.png"))
+        .args(["--model", "null", "--format", "glb", "--no-previews", "--json", "--studio", "--studio-bind", "127.0.0.1:0", "-o"])
+        .arg(&out)
+        .env("ORFEAS_MODELS_ENABLED", "null")
+        .env_remove("ORFEAS_NATS_URL")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.path().join("stdout.json")).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("studio.log")).unwrap());
+    let mut studio = StudioProcess::spawn(command, dir.path().join("studio.log"));
+    // The run's summary comes before the page, not when it stops.
+    let log = studio.log_text();
+    let summary = log.find("generate: 1 of 1 images completed").unwrap_or_else(|| panic!("no summary before the page: {log}"));
+    assert!(summary < log.find("listening on http://").unwrap(), "{log}");
+    let printed: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("stdout.json")).unwrap()).unwrap();
+    let job_id = printed["images"][0]["job_id"].as_str().unwrap().to_string();
+
+    let (status, _, body) = http(studio.port, "GET", "/api/jobs", &[], b"");
+    assert_eq!(status, 200);
+    let jobs: Value = serde_json::from_slice(&body).unwrap();
+    let listed = jobs["jobs"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{jobs:#}");
+    let job = &listed[0];
+    assert_eq!(job["id"], job_id.as_str());
+    assert_eq!(job["name"], "mug.png");
+    assert_eq!(job["state"], "completed", "{job:#}");
+    assert_eq!(job["model"], "null");
+    assert!(job["report"]["checks"].is_object(), "the print report is in the history: {job:#}");
+    let glb = job["files"].as_array().unwrap().iter().find(|f| f["format"] == "glb").expect("a glb download").clone();
+    let (status, _, bytes) = http(studio.port, "GET", glb["url"].as_str().unwrap(), &[], b"");
+    assert_eq!(status, 200);
+    assert_eq!(bytes, std::fs::read(out.join("mug.glb")).unwrap(), "the page serves the file the run wrote");
+
+    // The page's node is the run's node: a new upload runs on it.
+    let token = csrf_token(studio.port);
+    let (status, _, body) = http(studio.port, "POST", "/api/jobs?name=star.png&model=null&formats=stl", &[("X-Orfeas-Csrf", &token)], &common::example("star.png"));
+    assert_eq!(status, 202, "{}", String::from_utf8_lossy(&body));
+    let port = studio.port;
+    common::eventually("the upload done", WAIT, || async move {
+        let (_, _, body) = http(port, "GET", "/api/jobs", &[], b"");
+        let jobs: Value = serde_json::from_slice(&body).ok()?;
+        jobs["jobs"].as_array()?.iter().any(|j| j["name"] == "star.png" && j["state"] == "completed").then_some(())
+    })
+    .await;
+
+    unsafe { libc::kill(studio.child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = studio.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "generate --studio did not stop on SIGTERM: {}", studio.log_text());
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    assert!(status.success(), "{status}: {}", studio.log_text());
 }

@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use orfeas_wire::{
     client::{AgentClient, JobEvents},
-    v1::{Event, EventKind, Format, MeshStats, PrintReport},
+    v1::{Event, EventKind, Format, JobParams, MeshStats, PrintReport},
 };
 use serde::Serialize;
 use tokio::sync::{broadcast, Mutex};
@@ -98,6 +98,37 @@ pub struct JobView {
 }
 
 impl JobView {
+    /// A job just submitted: nothing seen of it yet.
+    pub fn new(id: Uuid, name: String, model: &str, formats: &[Format], params: &JobParams, size_defaulted: bool) -> Self {
+        let now = orfeas_actors::now_ms();
+        Self {
+            id,
+            name,
+            model: model.to_string(),
+            formats: formats.iter().map(|f| f.extension().to_string()).collect(),
+            size_mm: params.size_mm,
+            size_defaulted,
+            faces: params.target_faces,
+            texture: params.texture,
+            created_ms: now,
+            state: "submitted".into(),
+            stage: None,
+            percent: 0,
+            eta_ms: None,
+            eta_from_ms: now,
+            queue_position: None,
+            stages_seen: vec![],
+            cancel_requested: false,
+            error: None,
+            files: vec![],
+            previews: vec![],
+            mesh: None,
+            report: None,
+            measured: None,
+            words: vec![],
+        }
+    }
+
     /// Whether nothing will change any more.
     pub fn finished(&self) -> bool {
         matches!(self.state.as_str(), "completed" | "failed" | "canceled")
@@ -279,4 +310,42 @@ async fn finish(session: &Session, client: &AgentClient, id: Uuid, event: &Event
             v.measured = measured;
         })
         .await;
+}
+
+/// A job this agent ran before the page was served (`generate --studio`).
+pub struct Adopted {
+    /// The job.
+    pub id: Uuid,
+    /// The image's file name, for display and download names.
+    pub name: String,
+}
+
+/// Put an earlier job into the session from its signed record: what it was
+/// asked (the request as admitted) and, once it ended, its answer (the
+/// report in words and the measured GLB, as for a job followed live). A
+/// job whose record cannot be read is left out, with a warning.
+pub async fn adopt(session: &Session, client: &AgentClient, job: Adopted) {
+    let status = match client.status(&job.id, Duration::from_secs(10)).await {
+        Ok(status) => status,
+        Err(e) => {
+            tracing::warn!(job_id = %job.id, error = %e, "not shown in the studio: its record cannot be read");
+            return;
+        }
+    };
+    let Some(request) = &status.request else {
+        tracing::warn!(job_id = %job.id, "not shown in the studio: its record has no request");
+        return;
+    };
+    let mut view = JobView::new(job.id, job.name, &request.model, &request.formats, &request.params, false);
+    view.created_ms = status.updated_at_ms;
+    session.insert(view).await;
+    match status.terminal {
+        Some(kind) => {
+            let event = Event { job_id: job.id, seq: status.terminal_seq, node: status.node.clone(), at_ms: status.updated_at_ms, kind };
+            finish(session, client, job.id, &event).await;
+        }
+        None => {
+            session.update(&job.id, |v| v.state = status.state.clone()).await;
+        }
+    }
 }

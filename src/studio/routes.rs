@@ -171,36 +171,17 @@ async fn upload(State(studio): State<Shared>, headers: HeaderMap, uri: Uri, body
         formats: options.formats.clone(),
         params: options.params.clone(),
     };
-    let client = studio.client.lock().await;
-    crate::agent::upload_if(&client, &mut job, false).await.map_err(|e| StudioError::Node { code: "unavailable".into(), status: 503, message: format!("{e:#}") })?;
-    let view = JobView {
-        id: job.job_id,
+    let client = &studio.client;
+    crate::agent::upload_if(client, &mut job, false).await.map_err(|e| StudioError::Node { code: "unavailable".into(), status: 503, message: format!("{e:#}") })?;
+    let view = JobView::new(
+        job.job_id,
         name,
-        model: job.model.clone(),
-        formats: job.formats.iter().map(|f| f.extension().to_string()).collect(),
-        size_mm: job.params.size_mm,
-        size_defaulted: options.size_defaulted,
-        faces: job.params.target_faces,
-        texture: job.params.texture,
-        created_ms: orfeas_actors::now_ms(),
-        state: "submitted".into(),
-        stage: None,
-        percent: 0,
-        eta_ms: None,
-        eta_from_ms: orfeas_actors::now_ms(),
-        queue_position: None,
-        stages_seen: vec![],
-        cancel_requested: false,
-        error: None,
-        files: vec![],
-        previews: vec![],
-        mesh: None,
-        report: None,
-        measured: None,
-        words: vec![],
-    };
+        &job.model,
+        &job.formats,
+        &job.params,
+        options.size_defaulted,
+    );
     let events = client.submit(&job).await?;
-    drop(client);
     studio.session.insert(view.clone()).await;
     tokio::spawn(jobs::follow(studio.session.clone(), studio.follower_client(), events, job.job_id, studio.job_timeout));
     Ok(json_response(StatusCode::ACCEPTED, &json!({"job": view})))
@@ -217,7 +198,7 @@ async fn session_job(studio: &Studio, id: &str) -> Result<JobView, StudioError> 
 
 async fn cancel(State(studio): State<Shared>, Path(id): Path<String>) -> Result<Response, StudioError> {
     let view = session_job(&studio, &id).await?;
-    let status = studio.client.lock().await.cancel(&view.id, REQUEST_TIMEOUT).await?;
+    let status = studio.client.cancel(&view.id, REQUEST_TIMEOUT).await?;
     let canceled = status.state == "canceled";
     studio
         .session
@@ -242,7 +223,7 @@ async fn download(State(studio): State<Shared>, Path((id, name)): Path<(String, 
         .iter()
         .find(|f| f.url.rsplit('/').next() == Some(name.as_str()))
         .ok_or_else(|| StudioError::NotFound(format!("job {} has no file {name:?}", view.id)))?;
-    let bytes = studio.client.lock().await.fetch_file(&view.id, &file.location, Some(&file.sha256), REQUEST_TIMEOUT).await?;
+    let bytes = studio.client.fetch_file(&view.id, &file.location, Some(&file.sha256), REQUEST_TIMEOUT).await?;
     let content_type = match file.format.as_str() {
         "glb" => "model/gltf-binary",
         "stl" => "model/stl",
@@ -272,7 +253,7 @@ fn attachment_name(name: &str) -> String {
 async fn preview(State(studio): State<Shared>, Path((id, view_name)): Path<(String, String)>) -> Result<Response, StudioError> {
     let view = session_job(&studio, &id).await?;
     let preview = view.previews.iter().find(|p| p.view == view_name).ok_or_else(|| StudioError::NotFound(format!("job {} has no {view_name:?} preview", view.id)))?;
-    let bytes = studio.client.lock().await.fetch_file(&view.id, &preview.location, None, REQUEST_TIMEOUT).await?;
+    let bytes = studio.client.fetch_file(&view.id, &preview.location, None, REQUEST_TIMEOUT).await?;
     Ok(([(header::CONTENT_TYPE, "image/png"), (header::CACHE_CONTROL, "private, max-age=3600")], bytes).into_response())
 }
 

@@ -284,10 +284,9 @@ def scenario_happy(b, args, out):
     out["history_after_reload"] = b.wait("the history", "[...document.querySelectorAll('.job')].map(c => c.dataset.jobId)", args.timeout)
 
 
-DROP_JS = """((name, type, b64) => {
-  const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+DROP_JS = """((files) => {
   const dt = new DataTransfer();
-  dt.items.add(new File([bytes], name, {type}));
+  for (const [name, type, b64] of files) dt.items.add(new File([Uint8Array.from(atob(b64), c => c.charCodeAt(0))], name, {type}));
   const drop = document.getElementById('drop');
   drop.dispatchEvent(new DragEvent('dragenter', {bubbles: true, cancelable: true, dataTransfer: dt}));
   drop.dispatchEvent(new DragEvent('drop', {bubbles: true, cancelable: true, dataTransfer: dt}));
@@ -296,7 +295,16 @@ DROP_JS = """((name, type, b64) => {
 
 
 def drop(b, name, kind, data):
-    b.js(f"{DROP_JS}({json.dumps(name)}, {json.dumps(kind)}, {json.dumps(base64.b64encode(data).decode())})")
+    drop_many(b, [(name, kind, data)])
+
+
+def drop_many(b, files):
+    """Drop several files at once, as a person dragging a selection."""
+    spec = [[name, kind, base64.b64encode(data).decode()] for name, kind, data in files]
+    b.js(f"{DROP_JS}({json.dumps(spec)})")
+
+
+DETAIL_JS = "(() => { const d = document.getElementById('detail'); return !d.hidden && document.getElementById('detail-title').textContent; })()"
 
 
 def errors(b):
@@ -323,6 +331,17 @@ def scenario_errors(b, args, out):
     out["errors"] = errors(b)
     if args.shots:
         b.screenshot(os.path.join(args.shots, "studio-errors.png"))
+    # The panel follows the newest drop: its first file's job, then the next drop's.
+    mug = open(args.image, "rb").read()
+    drop_many(b, [("first.png", "image/png", mug), ("second.png", "image/png", mug)])
+    out["detail_after_two"] = b.wait("the first file's job in the panel", f"(() => {{ const t = {DETAIL_JS}; return t && t !== 'dropped.png' && t; }})()", args.timeout)
+    b.wait("both jobs listed", "document.querySelectorAll('.job').length === 3", args.timeout)
+    drop(b, "third.png", "image/png", mug)
+    out["detail_after_third"] = b.wait("the next drop's job in the panel", f"(() => {{ const t = {DETAIL_JS}; return t === 'third.png' && t; }})()", args.timeout)
+    # A card the person picks stays in the panel while jobs finish.
+    b.js("[...document.querySelectorAll('.job')].find(c => c.querySelector('.name').textContent === 'first.png').click(); true")
+    b.wait("all done", "[...document.querySelectorAll('.job')].every(c => c.dataset.state === 'completed')", args.timeout)
+    out["detail_after_pick"] = b.js(DETAIL_JS)
     # A POST from script without the page's token is refused.
     out["tokenless_post"] = b.js("fetch('/api/jobs?name=x.png', {method: 'POST', body: 'x'}).then(async r => ({status: r.status, body: await r.json()}))")
 
@@ -333,6 +352,8 @@ def scenario_cancel(b, args, out):
     b.set_files("#files", [os.path.abspath(args.image)])
     out["before_cancel"] = b.wait("a running job", "(() => { const c = document.querySelector('.job'); return c && ['queued', 'running'].includes(c.dataset.state) && c.querySelector('button.cancel') ? c.dataset.state : null; })()", args.timeout)
     out["job_id"] = b.js("document.querySelector('.job').dataset.jobId")
+    # What the card says while the job waits or runs: its stage and the ETA (page's clock).
+    out["running_card"] = b.js("(() => { const c = document.querySelector('.job'); return {stage: c.querySelector('.stage').textContent, eta: c.querySelector('.eta').textContent}; })()")
     out["viewer_note"] = b.wait("the viewer's note", "(() => { const n = document.getElementById('viewer-note'); return !n.hidden && n.textContent; })()", args.timeout)
     if args.shots:
         b.screenshot(os.path.join(args.shots, "studio-running.png"))

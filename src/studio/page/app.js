@@ -9,6 +9,12 @@ let config = { max_upload_bytes: Infinity, models: [], default_model: 'inflate',
 let selected = null;
 let viewer = null;
 let viewerShown = null;
+// Picks by the person (clicks on a card) and drops (uploads): the newest
+// drop's first job is shown unless the person picked a job since it began.
+let picks = 0;
+let drops = 0;
+// When this page saw each job's current ETA (its own clock: the node's may differ).
+const etaSeen = new Map();
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -82,23 +88,47 @@ async function upload(file) {
     return;
   }
   upsert(body.job);
-  if (!selected) select(body.job.id);
+  return body.job;
 }
 
-function uploadAll(files) {
-  for (const file of files) upload(file);
+// Uploads run side by side; the panel switches to the first file's job of
+// this drop (or the next that was accepted) once it is accepted.
+async function uploadAll(files) {
+  const drop = ++drops;
+  const picked = picks;
+  const pending = [...files].map(upload);
+  for (const job of pending) {
+    const made = await job;
+    if (!made) continue;
+    if (drop === drops && picked === picks) select(made.id);
+    return;
+  }
 }
 
 function eta(job) {
   if (job.eta_ms == null || job.state === 'completed') return '';
-  const left = Math.max(0, job.eta_ms - (Date.now() - job.eta_from_ms));
+  const seen = etaSeen.get(job.id);
+  const from = seen && seen.key === `${job.eta_from_ms}:${job.eta_ms}` ? seen.at : Date.now();
+  const left = Math.max(0, job.eta_ms - (Date.now() - from));
   return left < 1000 ? 'almost done' : `~${Math.ceil(left / 1000)} s left`;
+}
+
+// The ETA counts down from when this page first saw it, not from the node's
+// clock, which may run ahead of or behind the browser's.
+function noteEta(job) {
+  const key = `${job.eta_from_ms}:${job.eta_ms}`;
+  if (etaSeen.get(job.id)?.key !== key) etaSeen.set(job.id, { key, at: Date.now() });
+}
+
+function waited(job) {
+  const s = Math.floor((Date.now() - job.created_ms) / 1000);
+  return s < 1 ? '' : ` · waiting ${s} s`;
 }
 
 function stageText(job) {
   switch (job.state) {
     case 'submitted': return 'submitted';
-    case 'queued': return job.queue_position ? `queued, ${job.queue_position} ahead` : 'queued, next up';
+    case 'queued': return (job.queue_position ? `queued, ${job.queue_position} ahead when accepted` : 'queued, next up') + waited(job);
     case 'running': return job.cancel_requested ? 'canceling…' : `${job.stage ?? 'running'} · ${job.percent}%`;
     case 'completed': return job.mesh ? `${job.mesh.faces.toLocaleString()} faces` : 'done';
     default: return job.state;
@@ -117,7 +147,7 @@ function card(job) {
     job.error ? el('div', { class: 'error', 'data-code': job.error.code }, `${job.error.message} (${job.error.code})`) : null);
   // Set through the CSSOM, which the CSP allows (a style attribute in markup it would not).
   node.querySelector('.bar > span').style.width = `${job.percent}%`;
-  node.addEventListener('click', () => select(job.id));
+  node.addEventListener('click', () => { picks++; select(job.id); });
   return node;
 }
 
@@ -133,6 +163,7 @@ function upsert(job) {
   // A stale answer (the POST's) must not undo what the feed already said.
   if (before && before.stages_seen.length > job.stages_seen.length) return;
   jobs.set(job.id, job);
+  noteEta(job);
   renderList();
   if (selected === job.id) renderDetail(job);
 }
@@ -197,11 +228,12 @@ async function renderDetail(job) {
     viewerShown = glb.url;
     note('');
     try {
-      await v.show(glb.url);
+      // A load that another job's overtook must not replace it when it ends.
+      await v.show(glb.url, () => viewerShown === glb.url);
       v.setWireframe($('wireframe').checked);
       v.setColour($('show-colour').checked);
     } catch (e) {
-      note(`The model could not be shown: ${e.message}`);
+      if (viewerShown === glb.url) note(`The model could not be shown: ${e.message}`);
     }
   } else if (!glb) {
     viewerShown = null;
@@ -215,7 +247,11 @@ function connect() {
   source.addEventListener('open', () => { $('connection').dataset.state = 'open'; $('connection').textContent = 'live'; document.body.dataset.sse = 'open'; });
   source.addEventListener('error', () => { $('connection').dataset.state = 'closed'; $('connection').textContent = 'reconnecting…'; });
   source.addEventListener('snapshot', (e) => {
-    for (const job of JSON.parse(e.data).jobs) jobs.set(job.id, job);
+    const all = JSON.parse(e.data).jobs;
+    for (const job of all) { jobs.set(job.id, job); noteEta(job); }
+    // A fresh page shows the newest job (e.g. after a reload, or the jobs
+    // `generate --studio` made before the page was opened).
+    if (!selected && all.length) selected = all.reduce((a, b) => (b.created_ms > a.created_ms ? b : a)).id;
     renderList();
     if (selected) renderDetail(jobs.get(selected));
   });

@@ -49,8 +49,11 @@ export class Viewer {
     this.render();
   }
 
-  async show(url) {
+  // `current`: asked once the file is loaded; false when the page has moved
+  // on to another model meanwhile, and then this one is not shown.
+  async show(url, current = () => true) {
     const gltf = await new GLTFLoader().loadAsync(url);
+    if (!current()) return;
     this.clear();
     this.model = gltf.scene;
     let triangles = 0;
