@@ -270,6 +270,8 @@ fn studio_args(args: &GenerateArgs) -> crate::studio::StudioArgs {
         agent: None,
         key: None,
         studio_bind: args.studio_bind,
+        // Shared beyond loopback, the page asks for this key (made up when unset).
+        access_key: std::env::var("ORFEAS_STUDIO_ACCESS_KEY").ok().filter(|k| !k.is_empty()),
         max_upload_bytes: crate::studio::DEFAULT_MAX_UPLOAD_BYTES,
         model: args.model.clone(),
         job_timeout_s: args.timeout_s,

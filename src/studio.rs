@@ -44,6 +44,11 @@ pub struct StudioArgs {
     /// Address to serve the page on (loopback unless you mean to share it).
     #[arg(long, default_value = "127.0.0.1:8780", env = "ORFEAS_STUDIO_BIND")]
     pub studio_bind: SocketAddr,
+    /// Key a browser needs to use the page (the printed link carries it; then a
+    /// cookie). Required beyond loopback: generated when not given. On loopback
+    /// the page is open to this machine's users without one, unless given.
+    #[arg(long, env = "ORFEAS_STUDIO_ACCESS_KEY", hide_env_values = true)]
+    pub access_key: Option<String>,
     /// Largest image accepted, bytes (checked before anything is queued).
     #[arg(long, default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
     pub max_upload_bytes: usize,
@@ -74,6 +79,8 @@ pub struct Studio {
     token: String,
     hosts: Vec<String>,
     open_to_any_host: bool,
+    /// Every request needs it (cookie, bearer or link) when set.
+    access_key: Option<String>,
     max_upload_bytes: usize,
     default_model: String,
     job_timeout: Duration,
@@ -163,6 +170,17 @@ pub async fn bind(args: &StudioArgs) -> Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(args.studio_bind).await.with_context(|| format!("binding {}", args.studio_bind))
 }
 
+/// The access key a page on `bound` requires: the one given (checked), one
+/// made up for a page shared beyond loopback, none for loopback alone.
+fn access_key(given: Option<&str>, bound: SocketAddr) -> Result<Option<String>> {
+    match given {
+        Some(key) if !safety::valid_access_key(key) => anyhow::bail!("--access-key must be 16 or more letters, digits or - _ . ~ (it travels in a link and a cookie)"),
+        Some(key) => Ok(Some(key.to_string())),
+        None if bound.ip().is_loopback() => Ok(None),
+        None => Ok(Some(safety::new_token())),
+    }
+}
+
 /// Who the studio acts as, and over which connection.
 pub struct Backend {
     /// The registered agent.
@@ -187,6 +205,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let bound = listener.local_addr()?;
+    let access_key = access_key(args.access_key.as_deref(), bound)?;
     let Backend { agent, key, audience, nats } = backend;
     let (close, closing) = tokio::sync::watch::channel(false);
     let studio = Arc::new(Studio {
@@ -198,6 +217,7 @@ pub async fn serve(
         token: safety::new_token(),
         hosts: safety::allowed_hosts(bound),
         open_to_any_host: bound.ip().is_unspecified(),
+        access_key: access_key.clone(),
         max_upload_bytes: args.max_upload_bytes,
         default_model: args.model.clone(),
         job_timeout: Duration::from_secs(args.job_timeout_s),
@@ -210,7 +230,11 @@ pub async fn serve(
         jobs::adopt(&studio.session, &records, job).await;
     }
     // Tests and scripts read this line for the port (the adopted jobs are in by then).
-    eprintln!("orfeas studio listening on http://{bound}/ as agent {:?}", studio.agent);
+    let link = access_key.as_deref().map(|k| format!("?key={k}")).unwrap_or_default();
+    eprintln!("orfeas studio listening on http://{bound}/{link} as agent {:?}", studio.agent);
+    if bound.ip().is_unspecified() {
+        eprintln!("  shared on every interface: open it as http://THIS-MACHINE:{}/{link}", bound.port());
+    }
     let served = axum::serve(listener, routes::router(studio)).with_graceful_shutdown(async move {
             shutdown.await;
             let _ = close.send(true);

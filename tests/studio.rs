@@ -35,7 +35,11 @@ impl StudioProcess {
     fn start(args: &[&str], env: &[(&str, &str)], log_dir: &Path) -> Self {
         let log = log_dir.join("studio.log");
         let mut command = Command::new(common::orfeas_bin());
-        command.arg("studio").args(["--studio-bind", "127.0.0.1:0"]).args(args).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+        command.arg("studio");
+        if !args.contains(&"--studio-bind") {
+            command.args(["--studio-bind", "127.0.0.1:0"]);
+        }
+        command.args(args).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
         for (k, v) in env {
             command.env(k, v);
         }
@@ -120,12 +124,17 @@ fn csrf_token(port: u16) -> String {
 }
 
 fn drive(studio: &StudioProcess, scenario: &str, model: &str) -> Value {
+    drive_at(studio, &studio.url(), scenario, model)
+}
+
+/// [`drive`] with the page opened at `url` (a link with `?key=`).
+fn drive_at(studio: &StudioProcess, url: &str, scenario: &str, model: &str) -> Value {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(Path::new(&chromium).is_file(), "{chromium} missing: deploy/setup.sh --test installs Debian's chromium");
     let mut command = Command::new(std::env::var("ORFEAS_PYTHON").unwrap_or_else(|_| "python3".into()));
     command
         .arg(common::repo().join("tests/browser/drive.py"))
-        .args(["--url", &studio.url(), "--scenario", scenario, "--model", model, "--timeout", "200", "--chromium", &chromium])
+        .args(["--url", url, "--scenario", scenario, "--model", model, "--timeout", "200", "--chromium", &chromium])
         .args(["--faces", &HAPPY_FACES.to_string()])
         .arg("--image")
         .arg(common::repo().join("examples/mug.png"));
@@ -429,4 +438,52 @@ async fn generate_with_studio_serves_the_runs_jobs_until_sigterm() {
         std::thread::sleep(Duration::from_millis(25));
     };
     assert!(status.success(), "{status}: {}", studio.log_text());
+}
+
+/// Shared beyond loopback (`--studio-bind 0.0.0.0:0`) the page answers to any
+/// name, so it takes requests only with its access key: the printed link sets
+/// a cookie and drops the key from the address; a bearer header works for
+/// scripts; anything else, a rebinding page included, gets 401 `unauthorized`.
+/// A real browser opened on the link uses the page as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn studio_shared_on_the_network_needs_its_access_key() {
+    let s = setup(vec![]).await;
+    let studio = studio_for(&s, &["--studio-bind", "0.0.0.0:0", "--model", "null"]);
+    let log = studio.log_text();
+    let key = log.split("?key=").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap_or_else(|| panic!("no access key in the link: {log}")).to_string();
+    assert!(key.len() >= 32, "{key}");
+    let port = studio.port;
+    for (path, headers) in [
+        ("/", vec![]),
+        ("/api/jobs", vec![]),
+        ("/api/config", vec![("Host", "rebound.example:80".to_string())]),
+        ("/?key=not-the-key-0123456789", vec![]),
+        ("/api/config", vec![("Cookie", "orfeas_studio_key=not-the-key-0123456789".to_string())]),
+    ] {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, head, body) = http(port, "GET", path, &headers, b"");
+        assert_eq!(status, 401, "{path} {headers:?}");
+        assert!(head.contains("content-security-policy"), "{head}");
+        assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["error"]["code"], "unauthorized");
+    }
+    let (status, head, _) = http(port, "GET", &format!("/?key={key}"), &[], b"");
+    assert_eq!(status, 303);
+    assert!(head.contains("\r\nlocation: /\r\n"), "the key leaves the address: {head}");
+    let cookie = head.lines().find_map(|l| l.strip_prefix("set-cookie: ")).expect("a cookie").to_string();
+    assert!(cookie.contains("httponly") && cookie.contains("samesite=strict"), "{cookie}");
+    let cookie = format!("orfeas_studio_key={key}");
+    let (status, _, _) = http(port, "GET", "/api/config", &[("Cookie", &cookie)], b"");
+    assert_eq!(status, 200);
+    let bearer = format!("Bearer {key}");
+    let (status, _, _) = http(port, "GET", "/api/jobs", &[("Authorization", &bearer)], b"");
+    assert_eq!(status, 200);
+    // The key does not stand in for the page's CSRF token.
+    let (status, _, _) = http(port, "POST", "/api/jobs?name=a.png&model=null", &[("Cookie", &cookie)], &common::example("mug.png"));
+    assert_eq!(status, 403);
+
+    let r = drive_at(&studio, &format!("http://127.0.0.1:{port}/?key={key}"), "shared", "null");
+    assert_eq!(r["address"], format!("http://127.0.0.1:{port}/"), "{r}");
+    assert_eq!(r["final"], "completed", "{r}");
+    assert!(r["downloads"].as_array().unwrap().iter().all(|d| d["status"] == 200 && d["sha256"] == d["listed_sha256"]), "{r}");
+    drop(s.node);
 }

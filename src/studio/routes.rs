@@ -62,19 +62,35 @@ pub fn router(studio: Shared) -> Router {
 /// Host check on everything, token and origin checks on POSTs, and the
 /// security headers on every answer (errors included).
 async fn guard(State(studio): State<Shared>, request: Request, next: Next) -> Response {
-    let checked = safety::check_host(request.headers(), &studio.hosts, studio.open_to_any_host).and_then(|()| {
-        if request.method() == Method::GET || request.method() == Method::HEAD {
-            Ok(())
-        } else {
-            safety::check_post(request.headers(), &studio.token)
-        }
-    });
+    let reading = request.method() == Method::GET || request.method() == Method::HEAD;
+    let checked = safety::check_host(request.headers(), &studio.hosts, studio.open_to_any_host)
+        .and_then(|()| match &studio.access_key {
+            Some(key) => safety::check_access(request.headers(), request.uri().query(), key).map(Some),
+            None => Ok(None),
+        })
+        .and_then(|access| if reading { Ok(access) } else { safety::check_post(request.headers(), &studio.token).map(|()| access) });
     let mut response = match checked {
-        Ok(()) => next.run(request).await,
+        // The link's key becomes a cookie, and the address loses it.
+        Ok(Some(safety::Access::FromLink)) if reading => {
+            let key = studio.access_key.as_deref().unwrap_or_default();
+            let mut redirect = (StatusCode::SEE_OTHER, [(header::LOCATION, without_key(request.uri()))]).into_response();
+            redirect.headers_mut().insert(header::SET_COOKIE, safety::access_cookie(key));
+            redirect
+        }
+        Ok(_) => next.run(request).await,
         Err(e) => e.into_response(),
     };
     safety::harden(response.headers_mut());
     response
+}
+
+/// The request's path and query without its `key=` parameter.
+fn without_key(uri: &Uri) -> String {
+    let rest: Vec<&str> = uri.query().unwrap_or("").split('&').filter(|p| !p.is_empty() && !p.starts_with("key=")).collect();
+    match rest.is_empty() {
+        true => uri.path().to_string(),
+        false => format!("{}?{}", uri.path(), rest.join("&")),
+    }
 }
 
 fn text(content_type: &'static str, body: &'static str) -> Response {

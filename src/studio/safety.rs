@@ -23,6 +23,9 @@ pub enum StudioError {
     /// The Host header names something other than this server.
     #[error("host {0:?} is not this studio")]
     BadHost(String),
+    /// A page shared on the network, asked without its access key.
+    #[error("{0}")]
+    Unauthorized(String),
     /// A POST from another origin, or without the page's token.
     #[error("{0}")]
     CrossSite(String),
@@ -63,6 +66,7 @@ impl StudioError {
     pub fn code(&self) -> &str {
         match self {
             Self::BadHost(_) => "bad_host",
+            Self::Unauthorized(_) => "unauthorized",
             Self::CrossSite(_) => "cross_site",
             Self::TooLarge { .. } => "too_large",
             Self::Empty => "empty_upload",
@@ -76,6 +80,7 @@ impl StudioError {
     fn status(&self) -> StatusCode {
         match self {
             Self::BadHost(_) => StatusCode::MISDIRECTED_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::CrossSite(_) => StatusCode::FORBIDDEN,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Empty | Self::Invalid(_) => StatusCode::BAD_REQUEST,
@@ -167,6 +172,48 @@ pub fn check_post(headers: &HeaderMap, token: &str) -> Result<(), StudioError> {
         return Err(StudioError::CrossSite("missing or wrong csrf token: reload the page".into()));
     }
     Ok(())
+}
+
+/// The cookie that carries the access key once the link was opened.
+pub const ACCESS_COOKIE: &str = "orfeas_studio_key";
+
+/// How a request to a studio with an access key gets in.
+#[derive(Debug, PartialEq)]
+pub enum Access {
+    /// By the cookie or an `Authorization: Bearer` header.
+    Granted,
+    /// By `?key=` in the address: answer with the cookie and a redirect to
+    /// the same path without the key (so it leaves the address bar).
+    FromLink,
+}
+
+/// A studio shared beyond loopback takes requests only with its access key:
+/// the `orfeas_studio_key` cookie, `Authorization: Bearer KEY`, or `?key=KEY`
+/// (the link the studio prints). Host checks cannot protect a page that
+/// answers to any name; an unguessable key that only the link carries can,
+/// and a rebinding page under another name never holds the cookie.
+pub fn check_access(headers: &HeaderMap, query: Option<&str>, key: &str) -> Result<Access, StudioError> {
+    let cookies = headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';'));
+    let from_cookie = cookies.filter_map(|c| c.trim().split_once('=')).any(|(name, value)| name == ACCESS_COOKIE && constant_time_eq(value.as_bytes(), key.as_bytes()));
+    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if from_cookie || bearer.is_some_and(|b| constant_time_eq(b.trim().as_bytes(), key.as_bytes())) {
+        return Ok(Access::Granted);
+    }
+    let linked = query.into_iter().flat_map(|q| q.split('&')).filter_map(|pair| pair.split_once('=')).any(|(name, value)| name == "key" && constant_time_eq(value.as_bytes(), key.as_bytes()));
+    if linked {
+        return Ok(Access::FromLink);
+    }
+    Err(StudioError::Unauthorized("this studio is shared on the network: open the link with ?key=… that `orfeas studio` printed, or send Authorization: Bearer KEY".into()))
+}
+
+/// The cookie header that admits this browser from now on.
+pub fn access_cookie(key: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("{ACCESS_COOKIE}={key}; Path=/; HttpOnly; SameSite=Strict")).expect("the key is URL-safe text")
+}
+
+/// Whether an access key is valid in a link and a cookie as it is.
+pub fn valid_access_key(key: &str) -> bool {
+    key.len() >= 16 && key.chars().all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -362,5 +409,22 @@ mod tests {
         check_host(&h, &allowed, false).unwrap();
         h.insert(header::HOST, HeaderValue::from_static("rebound.example:8780"));
         assert_eq!(check_host(&h, &allowed, false).unwrap_err().code(), "bad_host");
+    }
+    #[test]
+    fn access_key_by_cookie_bearer_or_link_only() {
+        let key = "k3y-0123456789abcdef";
+        let mut headers = HeaderMap::new();
+        assert_eq!(check_access(&headers, None, key).unwrap_err().code(), "unauthorized");
+        assert_eq!(check_access(&headers, Some("key=wrong-0123456789abc"), key).unwrap_err().code(), "unauthorized");
+        assert_eq!(check_access(&headers, Some("name=a&key=k3y-0123456789abcdef"), key).unwrap(), Access::FromLink);
+        headers.insert(header::COOKIE, HeaderValue::from_static("a=b; orfeas_studio_key=k3y-0123456789abcdeX"));
+        assert!(check_access(&headers, None, key).is_err(), "a wrong cookie");
+        headers.insert(header::COOKIE, HeaderValue::from_static("a=b; orfeas_studio_key=k3y-0123456789abcdef"));
+        assert_eq!(check_access(&headers, None, key).unwrap(), Access::Granted);
+        let mut bearer = HeaderMap::new();
+        bearer.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k3y-0123456789abcdef"));
+        assert_eq!(check_access(&bearer, None, key).unwrap(), Access::Granted);
+        assert!(valid_access_key(key) && !valid_access_key("short") && !valid_access_key("has space 0123456789"));
+        assert!(valid_access_key(&new_token()));
     }
 }

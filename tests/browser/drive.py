@@ -2,7 +2,7 @@
 """Drive the orfeas studio page in headless Chromium over the DevTools
 protocol (stdlib only: a minimal WebSocket client, a minimal PNG decoder).
 
-    drive.py --url http://127.0.0.1:PORT/ --scenario happy|errors|cancel
+    drive.py --url http://127.0.0.1:PORT/ --scenario happy|errors|cancel|shared
              [--image PATH] [--model NAME] [--shots DIR] [--timeout S]
 
 Prints one JSON object with what it saw; the Rust test (tests/studio.rs)
@@ -361,10 +361,21 @@ def scenario_cancel(b, args, out):
     out["after_cancel"] = b.wait("the canceled job", "(() => { const c = document.querySelector('.job'); return c.dataset.state === 'canceled' ? {state: c.dataset.state, error: c.querySelector('.error') && c.querySelector('.error').dataset.code, button: !!c.querySelector('button.cancel')} : null; })()", args.timeout)
 
 
+def scenario_shared(b, args, out):
+    """The page opened on a shared studio's link: the key becomes a cookie and the page works."""
+    open_page(b, args.url, args.timeout)
+    out["address"] = b.js("location.href")
+    b.js(f"document.getElementById('model').value = {json.dumps(args.model)}; true")
+    b.set_files("#files", [os.path.abspath(args.image)])
+    out["final"] = b.wait("the job done", "(() => { const c = document.querySelector('.job'); return c && ['completed', 'failed', 'canceled'].includes(c.dataset.state) && c.dataset.state; })()", args.timeout)
+    b.wait("downloads", "document.querySelectorAll('#downloads a').length > 0", args.timeout)
+    out["downloads"] = b.js(DOWNLOADS_JS)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
-    parser.add_argument("--scenario", required=True, choices=["happy", "errors", "cancel"])
+    parser.add_argument("--scenario", required=True, choices=["happy", "errors", "cancel", "shared"])
     parser.add_argument("--image")
     parser.add_argument("--model", default="null")
     parser.add_argument("--faces", type=int, default=8000, help="the face budget of the happy scenario")
@@ -375,7 +386,7 @@ def main():
     b = Browser(args.chromium)
     out = {"scenario": args.scenario}
     try:
-        {"happy": scenario_happy, "errors": scenario_errors, "cancel": scenario_cancel}[args.scenario](b, args, out)
+        {"happy": scenario_happy, "errors": scenario_errors, "cancel": scenario_cancel, "shared": scenario_shared}[args.scenario](b, args, out)
         out["ok"] = True
     except Exception as e:
         out["ok"] = False
