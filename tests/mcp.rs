@@ -274,6 +274,64 @@ async fn mcp_over_stdio_generates_retries_cancels_and_refuses_bad_arguments() {
     client.cancel().await.unwrap();
 }
 
+/// The echo is the job's record as the node admitted it: what a call left
+/// out is listed in `defaulted`, with what the node does then. The same
+/// idempotency key again with other arguments follows the first job (its
+/// arguments echoed, `arguments_differed`, this call's in `asked`) instead
+/// of a `conflict`, and only that one job runs. A submission the node
+/// refuses answers with the node's code, waited or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_echoes_defaults_from_the_record_and_follows_a_key_retried_with_other_arguments() {
+    let s = setup().await;
+    let key = s.key_dir.path().join("alice.key");
+    let client = Recorder::default().serve(TokioChildProcess::new(mcp_command(&s.nats.url, &key, &[])).unwrap()).await.unwrap();
+    let image = common::repo().join("examples/mug.png");
+
+    let first = call(&client, "generate_3d", json!({"image_path": image, "model": "null", "idempotency_key": "defaults-1"})).await;
+    assert_ne!(first.is_error, Some(true), "{first:?}");
+    let job_id: Uuid = body(&first)["job_id"].as_str().unwrap().parse().unwrap();
+    let applied = &body(&first)["applied"];
+    assert_eq!((applied["from"].as_str(), applied["arguments_differed"].as_bool()), (Some("record"), Some(false)), "{applied}");
+    let defaulted: Vec<&str> = applied["defaulted"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
+    for name in ["faces", "size_mm", "priority"] {
+        assert!(defaulted.contains(&name), "{name} is listed as defaulted: {applied}");
+    }
+    assert!(!defaulted.contains(&"previews"), "the server always sends previews: {applied}");
+    assert_eq!((&applied["faces"], &applied["size_mm"]), (&Value::Null, &Value::Null), "{applied}");
+    assert!(applied["defaults"]["faces"].as_str().unwrap().contains("no decimation"), "{applied}");
+    assert!(applied["defaults"]["size_mm"].as_str().unwrap().contains("1 model unit = 1 mm"), "{applied}");
+    assert_eq!((&applied["formats"], &applied["smooth"], &applied["colour"]), (&json!(["glb"]), &json!(true), &json!(true)), "{applied}");
+    assert_eq!(applied["build_volume_mm"], json!([256.0, 256.0, 256.0]), "{applied}");
+
+    // The same key, other arguments: waited, then not waited.
+    let other = json!({"image_path": image, "model": "null", "idempotency_key": "defaults-1", "faces": 500, "size_mm": 40.0, "formats": ["stl"]});
+    let again = call(&client, "generate_3d", other.clone()).await;
+    assert_ne!(again.is_error, Some(true), "not a conflict: {again:?}");
+    assert_eq!(body(&again)["job_id"], job_id.to_string());
+    let applied = &body(&again)["applied"];
+    assert_eq!(applied["arguments_differed"], true, "{applied}");
+    assert_eq!((&applied["formats"], &applied["faces"], &applied["size_mm"]), (&json!(["glb"]), &Value::Null, &Value::Null), "the first job's arguments: {applied}");
+    assert_eq!((&applied["asked"]["formats"], &applied["asked"]["faces"], &applied["asked"]["size_mm"]), (&json!(["stl"]), &json!(500), &json!(40.0)), "{applied}");
+    assert!(applied["note"].as_str().unwrap().contains("new key"), "{applied}");
+    let formats: Vec<&str> = body(&again)["files"].as_array().unwrap().iter().map(|f| f["format"].as_str().unwrap()).collect();
+    assert_eq!(formats, ["glb"], "the first job's files");
+    let mut no_wait = other;
+    no_wait["wait"] = json!(false);
+    let now = call(&client, "generate_3d", no_wait).await;
+    assert_eq!((body(&now)["state"].as_str(), body(&now)["applied"]["arguments_differed"].as_bool()), (Some("completed"), Some(true)), "{now:?}");
+    let record = s.jobs.get("alice", &job_id).await.unwrap().unwrap().0;
+    assert_eq!((record.state, record.attempt), (JobState::Completed, 1), "one job, run once");
+    assert_eq!(terminal_events(&s, job_id).await.len(), 1, "one answer");
+
+    // Refused by the node (no such model): its code, not a missing record.
+    for wait in [true, false] {
+        let refused = call(&client, "generate_3d", json!({"image_path": image, "model": "no-such-model", "wait": wait})).await;
+        assert_eq!(refused.is_error, Some(true), "{refused:?}");
+        assert_eq!(body(&refused)["error"]["code"], "unknown_model", "wait {wait}: {refused:?}");
+    }
+    client.cancel().await.unwrap();
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
