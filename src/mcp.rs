@@ -32,6 +32,7 @@ use uuid::Uuid;
 use crate::{
     mcp_args::{self, GenerateArgs, ImageSource, JobArg, ResultArg, UploadArgs},
     mcp_error::{Code, ToolError},
+    mcp_path::PathPolicy,
 };
 
 /// Namespace of job ids derived from idempotency keys (UUIDv5 of
@@ -55,6 +56,8 @@ pub struct OrfeasMcp {
     nats: async_nats::Client,
     /// How long a waiting `generate_3d` (and a task's watcher) follows the job.
     wait_timeout: Duration,
+    /// Which `image_path`s may be read (none over HTTP without `--image-dir`).
+    paths: PathPolicy,
 }
 
 /// The job id an idempotency key names for `agent`.
@@ -64,8 +67,8 @@ pub fn job_id_for(agent: &str, key: &str) -> Uuid {
 
 impl OrfeasMcp {
     /// A server speaking as `agent` through `client`.
-    pub fn new(agent: &str, client: AgentClient, nats: async_nats::Client, wait_timeout: Duration) -> Self {
-        Self { agent: agent.to_string(), client, nats, wait_timeout }
+    pub fn new(agent: &str, client: AgentClient, nats: async_nats::Client, wait_timeout: Duration, paths: PathPolicy) -> Self {
+        Self { agent: agent.to_string(), client, nats, wait_timeout, paths }
     }
 
     fn js(&self) -> async_nats::jetstream::Context {
@@ -74,7 +77,7 @@ impl OrfeasMcp {
 
     async fn generate(&self, args: GenerateArgs, context: &RequestContext<RoleServer>, as_task: bool) -> Result<CallToolResponse, ToolError> {
         // Every argument is checked before anything is uploaded or signed.
-        let source = args.image(&self.agent)?;
+        let source = args.image(&self.agent, &self.paths)?;
         let formats = args.formats()?;
         let priority = args.priority()?;
         let job_id = match &args.idempotency_key {
@@ -718,6 +721,11 @@ pub struct McpArgs {
     /// names (repeat for several; guards against DNS rebinding).
     #[arg(long = "allowed-host")]
     pub allowed_hosts: Vec<String>,
+    /// The only directory `image_path` may lead into (after symlinks and
+    /// `..`; relative paths are relative to it). Without it an HTTP server
+    /// reads no local files, a stdio one any its user can.
+    #[arg(long)]
+    pub image_dir: Option<std::path::PathBuf>,
 }
 
 /// The bearer token of `--http-token-file`: one line, at least 32
@@ -746,7 +754,8 @@ pub async fn run(config: &crate::config::Config, args: &McpArgs, shutdown: impl 
     let url = crate::nats_url(config, &args.agent.nats)?;
     let nats = orfeas_actors::bus::connect(&url, &format!("orfeas-mcp-{}", args.agent.agent)).await?;
     let client = args.agent.client(config).await?;
-    let server = OrfeasMcp::new(&args.agent.agent, client, nats, Duration::from_secs(args.wait_timeout_s));
+    let paths = PathPolicy::new(args.http.is_some(), args.image_dir.as_deref())?;
+    let server = OrfeasMcp::new(&args.agent.agent, client, nats, Duration::from_secs(args.wait_timeout_s), paths);
     match &args.http {
         None => {
             let running = server.serve(rmcp::transport::stdio()).await.context("starting the MCP server on stdio")?;

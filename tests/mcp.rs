@@ -87,6 +87,13 @@ fn mcp_command(url: &str, key: &Path, extra: &[&str]) -> tokio::process::Command
     command
 }
 
+/// An HTTP server on `bind` that may read images under `examples/` only
+/// (over HTTP `image_path` needs `--image-dir`).
+fn http_command(url: &str, key: &Path, bind: &str) -> tokio::process::Command {
+    let examples = common::repo().join("examples");
+    mcp_command(url, key, &["--http", bind, "--image-dir", examples.to_str().unwrap()])
+}
+
 fn queued_record(job_id: Uuid) -> JobRecord {
     JobRecord {
         agent: "alice".into(),
@@ -370,7 +377,7 @@ async fn mcp_over_http_runs_tasks_that_survive_a_server_restart() {
     let key = s.key_dir.path().join("alice.key");
     let port = free_port();
     let bind = format!("127.0.0.1:{port}");
-    let mut server = mcp_command(&s.nats.url, &key, &["--http", &bind]).kill_on_drop(true).spawn().unwrap();
+    let mut server = http_command(&s.nats.url, &key, &bind).kill_on_drop(true).spawn().unwrap();
     let client = http_client(port).await;
 
     let image = common::repo().join("examples/mug.png");
@@ -386,7 +393,7 @@ async fn mcp_over_http_runs_tasks_that_survive_a_server_restart() {
     assert_eq!(client.get_task(GetTaskParams::new(task_id.clone())).await.unwrap().task.status(), TaskStatus::Working);
     drop(client);
     server.kill().await.unwrap();
-    let mut server = mcp_command(&s.nats.url, &key, &["--http", &bind]).kill_on_drop(true).spawn().unwrap();
+    let mut server = http_command(&s.nats.url, &key, &bind).kill_on_drop(true).spawn().unwrap();
     let client = http_client(port).await;
     assert_eq!(client.get_task(GetTaskParams::new(task_id.clone())).await.unwrap().task.status(), TaskStatus::Working, "the job outlived the server");
     let TaskPayload::Completed { result } = task_until_done(&client, &task_id).await else { panic!("completed") };
@@ -453,6 +460,73 @@ async fn mcp_over_http_with_a_token_refuses_requests_without_it() {
     assert!(connect(Some(&token.replace('5', "6"))).await.is_err(), "a wrong token");
     client.cancel().await.unwrap();
     server.kill().await.unwrap();
+}
+
+/// `image_path` reads a file on the server's machine for whoever reaches
+/// the server: over HTTP only with `--image-dir` and only where the path
+/// really leads inside it; on any transport only a regular file (no
+/// directory, FIFO or device; a symlink only to a regular file) within the
+/// size cap. Each refusal is a tool error with its own stable code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_reads_image_paths_only_where_and_what_the_server_allows() {
+    let s = setup().await;
+    let key = s.key_dir.path().join("alice.key");
+    let refused = |result: &CallToolResult, code: &str, status: u64| {
+        assert_eq!(result.is_error, Some(true), "{result:?}");
+        let error = &body(result)["error"];
+        assert_eq!((error["code"].as_str(), error["status"].as_u64(), error["retryable"].as_bool()), (Some(code), Some(status), Some(false)), "{error}");
+    };
+    let mug = common::repo().join("examples/mug.png");
+    let root = tempfile::tempdir().unwrap();
+    let images = root.path().join("images");
+    std::fs::create_dir_all(images.join("sub")).unwrap();
+    std::fs::copy(&mug, images.join("in.png")).unwrap();
+    std::fs::copy(&mug, root.path().join("outside.png")).unwrap();
+    std::os::unix::fs::symlink(images.join("in.png"), images.join("link.png")).unwrap();
+    std::os::unix::fs::symlink(root.path().join("outside.png"), images.join("escape.png")).unwrap();
+
+    // HTTP without --image-dir: no path at all, however harmless.
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let mut server = mcp_command(&s.nats.url, &key, &["--http", &bind]).kill_on_drop(true).spawn().unwrap();
+    let client = http_client(port).await;
+    refused(&call(&client, "generate_3d", json!({"image_path": mug, "model": "null", "wait": false})).await, "path_not_allowed", 403);
+    client.cancel().await.unwrap();
+    server.kill().await.unwrap();
+
+    // HTTP with --image-dir: inside it (relative, or by a symlink that stays inside) yes; out of it no.
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let mut server = mcp_command(&s.nats.url, &key, &["--http", &bind, "--image-dir", images.to_str().unwrap()]).kill_on_drop(true).spawn().unwrap();
+    let client = http_client(port).await;
+    for path in [json!("in.png"), json!("link.png"), json!(images.join("sub/../in.png"))] {
+        let ok = call(&client, "generate_3d", json!({"image_path": path, "model": "null", "wait": false})).await;
+        assert_ne!(ok.is_error, Some(true), "{path}: {ok:?}");
+        let job_id: Uuid = body(&ok)["job_id"].as_str().unwrap().parse().unwrap();
+        assert_eq!(body(&ok)["applied"]["image"]["source"], "image_path");
+        common::eventually("the job from an allowed path completes", WAIT, || async { (s.jobs.get("alice", &job_id).await.ok()??.0.state == JobState::Completed).then_some(()) }).await;
+    }
+    for path in [json!(mug), json!("../outside.png"), json!("escape.png")] {
+        refused(&call(&client, "generate_3d", json!({"image_path": path, "model": "null", "wait": false})).await, "path_not_allowed", 403);
+    }
+    refused(&call(&client, "generate_3d", json!({"image_path": "sub", "model": "null", "wait": false})).await, "not_a_file", 400);
+    client.cancel().await.unwrap();
+    server.kill().await.unwrap();
+
+    // Stdio reads what its user can, but only regular files within the cap:
+    // a FIFO is refused at once instead of blocking the call.
+    let fifo = root.path().join("fifo.png");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let big = root.path().join("big.png");
+    std::fs::File::create(&big).unwrap().set_len(orfeas_wire::v1::MAX_REF_IMAGE_BYTES + 1).unwrap();
+    let client = Recorder::default().serve(TokioChildProcess::new(mcp_command(&s.nats.url, &key, &[])).unwrap()).await.unwrap();
+    for (path, code, status) in [(json!(fifo), "not_a_file", 400), (json!("/dev/zero"), "not_a_file", 400), (json!(images.join("sub")), "not_a_file", 400), (json!(big), "too_large", 413)] {
+        let result = tokio::time::timeout(WAIT, call(&client, "generate_3d", json!({"image_path": path, "model": "null"}))).await.expect("answered");
+        refused(&result, code, status);
+    }
+    let ok = call(&client, "generate_3d", json!({"image_path": images.join("link.png"), "model": "null"})).await;
+    assert_ne!(ok.is_error, Some(true), "a symlink to a regular file: {ok:?}");
+    client.cancel().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -536,7 +610,7 @@ async fn mcp_python_sdk_drives_both_transports() {
     let key = s.key_dir.path().join("alice.key");
     let port = free_port();
     let bind = format!("127.0.0.1:{port}");
-    let mut server = mcp_command(&s.nats.url, &key, &["--http", &bind]).kill_on_drop(true).spawn().unwrap();
+    let mut server = http_command(&s.nats.url, &key, &bind).kill_on_drop(true).spawn().unwrap();
     // The HTTP server is up once the Rust client can talk to it.
     http_client(port).await.cancel().await.unwrap();
     let (queued_stdio, queued_http) = (Uuid::now_v7(), Uuid::now_v7());
@@ -664,7 +738,7 @@ async fn mcp_cancels_a_running_job_by_tool_and_by_task_over_both_transports() {
     let stdio = Recorder::with_tasks().serve(TokioChildProcess::new(mcp_command(&s.nats.url, &key, &[])).unwrap()).await.unwrap();
     let port = free_port();
     let bind = format!("127.0.0.1:{port}");
-    let mut server = mcp_command(&s.nats.url, &key, &["--http", &bind]).kill_on_drop(true).spawn().unwrap();
+    let mut server = http_command(&s.nats.url, &key, &bind).kill_on_drop(true).spawn().unwrap();
     let http = http_client(port).await;
     for (transport, client) in [("stdio", &stdio), ("http", &http)] {
         for by in [CancelBy::Tool, CancelBy::Task] {
@@ -682,7 +756,7 @@ async fn mcp_python_sdk_cancels_a_running_job_over_http() {
     let key = s.key_dir.path().join("alice.key");
     let port = free_port();
     let bind = format!("127.0.0.1:{port}");
-    let mut server = mcp_command(&s.nats.url, &key, &["--http", &bind]).kill_on_drop(true).spawn().unwrap();
+    let mut server = http_command(&s.nats.url, &key, &bind).kill_on_drop(true).spawn().unwrap();
     http_client(port).await.cancel().await.unwrap();
     let python = std::env::var("ORFEAS_PYTHON").expect("ORFEAS_PYTHON is not set: run the tests through `deploy/setup.sh --test`");
     let out = tokio::process::Command::new(python)
@@ -710,7 +784,7 @@ async fn mcp_task_completes_once_after_its_node_is_killed_mid_job() {
     let key = s.key_dir.path().join("alice.key");
     let port = free_port();
     let bind = format!("127.0.0.1:{port}");
-    let mut server = mcp_command(&s.nats.url, &key, &["--http", &bind]).kill_on_drop(true).spawn().unwrap();
+    let mut server = http_command(&s.nats.url, &key, &bind).kill_on_drop(true).spawn().unwrap();
     let client = http_client(port).await;
     let image = common::repo().join("examples/mug.png");
     let mut params = args(json!({"image_path": image, "model": "null", "idempotency_key": "node-restart-1"}));
