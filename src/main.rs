@@ -14,6 +14,7 @@ mod jobs_cmd;
 mod mcp;
 mod mcp_args;
 mod mcp_error;
+mod mcp_path;
 mod mesh_cmd;
 mod models_cmd;
 mod nats_config;

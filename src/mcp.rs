@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use base64::Engine;
 use orfeas_wire::{
     client::{AgentClient, ClientError, JobEvents},
-    v1::{Event, EventKind, ImageInput, JobParams, JobStatus, RefStore, SubmitJob},
+    v1::{AdmittedRequest, Event, EventKind, Format, ImageInput, JobParams, JobStatus, RefStore, SubmitJob},
 };
 use rmcp::{
     model::{
@@ -32,6 +32,7 @@ use uuid::Uuid;
 use crate::{
     mcp_args::{self, GenerateArgs, ImageSource, JobArg, ResultArg, UploadArgs},
     mcp_error::{Code, ToolError},
+    mcp_path::PathPolicy,
 };
 
 /// Namespace of job ids derived from idempotency keys (UUIDv5 of
@@ -55,6 +56,8 @@ pub struct OrfeasMcp {
     nats: async_nats::Client,
     /// How long a waiting `generate_3d` (and a task's watcher) follows the job.
     wait_timeout: Duration,
+    /// Which `image_path`s may be read (none over HTTP without `--image-dir`).
+    paths: PathPolicy,
 }
 
 /// The job id an idempotency key names for `agent`.
@@ -64,8 +67,8 @@ pub fn job_id_for(agent: &str, key: &str) -> Uuid {
 
 impl OrfeasMcp {
     /// A server speaking as `agent` through `client`.
-    pub fn new(agent: &str, client: AgentClient, nats: async_nats::Client, wait_timeout: Duration) -> Self {
-        Self { agent: agent.to_string(), client, nats, wait_timeout }
+    pub fn new(agent: &str, client: AgentClient, nats: async_nats::Client, wait_timeout: Duration, paths: PathPolicy) -> Self {
+        Self { agent: agent.to_string(), client, nats, wait_timeout, paths }
     }
 
     fn js(&self) -> async_nats::jetstream::Context {
@@ -74,7 +77,7 @@ impl OrfeasMcp {
 
     async fn generate(&self, args: GenerateArgs, context: &RequestContext<RoleServer>, as_task: bool) -> Result<CallToolResponse, ToolError> {
         // Every argument is checked before anything is uploaded or signed.
-        let source = args.image(&self.agent)?;
+        let source = args.image(&self.agent, &self.paths)?;
         let formats = args.formats()?;
         let priority = args.priority()?;
         let job_id = match &args.idempotency_key {
@@ -93,39 +96,43 @@ impl OrfeasMcp {
         };
         let wait = args.wait.unwrap_or(true);
         let params = JobParams { target_faces: args.faces, size_mm: args.size_mm, previews: Some(args.previews.unwrap_or(true)), priority, ..Default::default() };
-        let job = SubmitJob { job_id, model: args.model().to_string(), image, formats: formats.clone(), params };
-        let mut applied = json!({
-            "job_id": job_id,
-            "model": job.model,
-            "image": {"source": source_name, "media_type": job.image.media_type(), "bytes": job.image.bytes(), "uploaded": uploaded},
-            "formats": formats.iter().map(|f| f.extension()).collect::<Vec<_>>(),
-            "faces": args.faces,
-            "size_mm": args.size_mm,
-            "previews": job.params.previews,
-            "priority_asked": priority.map(|l| l.as_str()),
-            // The lane the job really waits in, from its durable record
-            // (filled in below): an agent's policy may put it lower.
-            "priority": Value::Null,
-            "idempotency_key": args.idempotency_key,
-            "wait": wait,
-        });
-        let mut events = client.submit(&job).await.map_err(|e| ToolError::from(e).with_job(job_id))?;
-        if as_task {
-            let now = now_iso();
-            let task = Task::new(job_id.to_string(), TaskStatus::Working, now.clone(), now).with_status_message(format!("job {job_id} submitted")).with_poll_interval_ms(1000);
-            let mut created = CreateTaskResult::new(task);
-            created.meta = Some(rmcp::model::MetaObject(match json!({ "orfeas/applied": applied.clone() }) {
-                Value::Object(map) => map,
-                _ => JsonObject::new(),
-            }));
-            // Status updates go to this client while it is connected; the
-            // task itself is the job, so `tasks/get` answers without them.
-            tokio::spawn(self.clone().watch_task(client, events, job_id, applied, context.peer.clone()));
-            return Ok(CallToolResponse::Task(created));
-        }
-        if !wait {
-            let status = self.recorded(job_id).await?;
-            applied["priority"] = json!(status.lane.as_str());
+        let job = SubmitJob { job_id, model: args.model().to_string(), image, formats, params };
+        // A retry whose arguments differ from those of the job its key
+        // already names: that job runs as it was first asked, and the node
+        // would refuse this submission as a `conflict`. Follow the job
+        // instead, and say in the echo that the arguments differed.
+        let asked = AdmittedRequest { model: job.model.clone(), formats: dedup_formats(&job.formats), params: job.params.clone() };
+        let existing = match &args.idempotency_key {
+            Some(_) => client.status(&job_id, REQUEST_TIMEOUT).await.ok().and_then(|s| s.request),
+            None => None,
+        };
+        let differed = existing.is_some_and(|r| r != asked);
+        let mut events = if differed { client.job_events(&job_id).await } else { client.submit(&job).await }.map_err(|e| ToolError::from(e).with_job(job_id))?;
+        let call = Call {
+            image: json!({"source": source_name, "media_type": job.image.media_type(), "bytes": job.image.bytes(), "uploaded": uploaded}),
+            idempotency_key: args.idempotency_key.clone(),
+            wait,
+            differed: differed.then_some(asked),
+        };
+        if as_task || !wait {
+            // The echo is the record as admitted, so these answers wait for
+            // the node's first word on the submission (a refusal is this
+            // call's error); a waited call reads the record at the end.
+            let status = if differed { self.status(job_id).await? } else { self.admitted(&mut client.clone(), &mut events, job_id).await? };
+            let applied = call.applied(job_id, &status);
+            if as_task {
+                let now = now_iso();
+                let task = Task::new(job_id.to_string(), TaskStatus::Working, now.clone(), now).with_status_message(format!("job {job_id} submitted")).with_poll_interval_ms(1000);
+                let mut created = CreateTaskResult::new(task);
+                created.meta = Some(rmcp::model::MetaObject(match json!({ "orfeas/applied": applied.clone() }) {
+                    Value::Object(map) => map,
+                    _ => JsonObject::new(),
+                }));
+                // Status updates go to this client while it is connected; the
+                // task itself is the job, so `tasks/get` answers without them.
+                tokio::spawn(self.clone().watch_task(client, events, job_id, applied, context.peer.clone()));
+                return Ok(CallToolResponse::Task(created));
+            }
             let mut body = status_json(&status);
             body["applied"] = applied;
             body["progress"] = self.latest(job_id).await.map(|e| progress_json(&e)).unwrap_or(Value::Null);
@@ -135,10 +142,38 @@ impl OrfeasMcp {
         // answers (events were subscribed before the submission, so a job
         // ending after this check is still heard).
         if let Ok(JobStatus { terminal: Some(_), .. }) = client.status(&job_id, REQUEST_TIMEOUT).await {
-            return self.finish(job_id, applied).await;
+            return self.finish(job_id, &call).await;
         }
-        self.follow_with_progress(client, &mut events, job_id, context).await?;
-        self.finish(job_id, applied).await
+        let last = self.follow_with_progress(client, &mut events, job_id, context).await?;
+        // A submission the node refused has no record to answer from.
+        if let EventKind::Rejected(f) = &last.kind {
+            if !matches!(self.status(job_id).await, Ok(JobStatus { terminal: Some(_), .. })) {
+                return Err(ToolError::node(f.clone()).with_job(job_id));
+            }
+        }
+        self.finish(job_id, &call).await
+    }
+
+    /// The record of a job just submitted: the node's first event on it
+    /// (`accepted`, written after the record; a refusal becomes the call's
+    /// error), then the record.
+    async fn admitted(&self, client: &mut AgentClient, events: &mut JobEvents, job_id: Uuid) -> Result<JobStatus, ToolError> {
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let event = client.next_event(events, left).await.map_err(|e| match e {
+                ClientError::Timeout(_) => ToolError::new(Code::Unavailable, format!("no node answered the submission of job {job_id} within {REQUEST_TIMEOUT:?} (call again with the same idempotency_key)")),
+                e => ToolError::from(e),
+            });
+            let event = event.map_err(|e| e.with_job(job_id))?;
+            if event.job_id != job_id {
+                continue;
+            }
+            if let EventKind::Rejected(f) = &event.kind {
+                return Err(ToolError::node(f.clone()).with_job(job_id));
+            }
+            return self.recorded(job_id).await;
+        }
     }
 
     /// Follow a waited call's job to its end, sending
@@ -181,11 +216,10 @@ impl OrfeasMcp {
     }
 
     /// The answer to a waited `generate_3d` once its job ended.
-    async fn finish(&self, job_id: Uuid, mut applied: Value) -> Result<CallToolResponse, ToolError> {
+    async fn finish(&self, job_id: Uuid, call: &Call) -> Result<CallToolResponse, ToolError> {
         let (mut result, status) = self.result(job_id, true).await?;
-        applied["priority"] = json!(status.lane.as_str());
         if let Some(Value::Object(s)) = result.structured_content.as_mut() {
-            s.insert("applied".into(), applied.clone());
+            s.insert("applied".into(), call.applied(job_id, &status));
         }
         refresh_text(&mut result);
         Ok(CallToolResponse::Complete(result))
@@ -412,21 +446,99 @@ impl OrfeasMcp {
     }
 }
 
-/// The echo of a job's parameters rebuilt from its record, for a task
-/// read after this server restarted (or made by another one): what the job
-/// runs with, defaults included; what only the call knew (where the image
-/// came from, the idempotency key) is not in it.
+/// What only a `generate_3d` call knew, for its echo: where the image came
+/// from, the idempotency key, `wait`, and (when the key already named a job
+/// asked otherwise) what this call asked for instead.
+struct Call {
+    image: Value,
+    idempotency_key: Option<String>,
+    wait: bool,
+    differed: Option<AdmittedRequest>,
+}
+
+impl Call {
+    /// `applied`: the job's record as admitted (defaults filled in), plus
+    /// what only this call knew.
+    fn applied(&self, job_id: Uuid, status: &JobStatus) -> Value {
+        let mut applied = applied_from_record(job_id, status);
+        applied["image"] = self.image.clone();
+        applied["idempotency_key"] = json!(self.idempotency_key);
+        applied["wait"] = json!(self.wait);
+        applied["arguments_differed"] = json!(self.differed.is_some());
+        if let Some(asked) = &self.differed {
+            applied["asked"] = request_json(asked);
+            applied["note"] = json!(format!(
+                "idempotency_key {:?} already names job {job_id}, which runs with the arguments it was first given (above), not these (in `asked`); use a new key for a new job",
+                self.idempotency_key.as_deref().unwrap_or_default()
+            ));
+        }
+        applied
+    }
+}
+
+/// The echo of a job's parameters from its record, which keeps the request
+/// as the node admitted it: what the job runs with, the node's defaults
+/// filled in (`defaulted` names the parameters the call left out, and
+/// `defaults` says what an absent `faces` or `size_mm` means). Where the
+/// image came from and the idempotency key only the call knew; a server
+/// that did not make the call (a restart, another server) leaves them out.
 fn applied_from_record(job_id: Uuid, status: &JobStatus) -> Value {
     let mut applied = json!({"job_id": job_id, "priority": status.lane.as_str(), "from": "record"});
     if let Some(request) = &status.request {
-        applied["model"] = json!(request.model);
-        applied["formats"] = json!(request.formats.iter().map(|f| f.extension()).collect::<Vec<_>>());
-        applied["faces"] = json!(request.params.target_faces);
-        applied["size_mm"] = json!(request.params.size_mm);
-        applied["previews"] = json!(request.params.previews.unwrap_or(true));
-        applied["priority_asked"] = json!(request.params.priority.map(|l| l.as_str()));
+        for (k, v) in request_json(request).as_object().into_iter().flatten() {
+            applied[k] = v.clone();
+        }
     }
     applied
+}
+
+/// A request's parameters with the documented defaults of `JobParams`
+/// (actors/wire/src/v1.rs) in place of the absent ones.
+fn request_json(request: &AdmittedRequest) -> Value {
+    let p = &request.params;
+    let mut defaulted = Vec::new();
+    let mut defaults = serde_json::Map::new();
+    if p.target_faces.is_none() {
+        defaulted.push("faces");
+        defaults.insert("faces".into(), json!("no decimation: the model's own triangles"));
+    }
+    if p.size_mm.is_none() {
+        defaulted.push("size_mm");
+        defaults.insert("size_mm".into(), json!("not scaled: 1 model unit = 1 mm"));
+    }
+    for (name, given) in [("smooth", p.smooth.is_some()), ("colour", p.colour.is_some()), ("previews", p.previews.is_some()), ("build_volume_mm", p.build_volume_mm.is_some()), ("priority", p.priority.is_some())] {
+        if !given {
+            defaulted.push(name);
+        }
+    }
+    json!({
+        "model": request.model,
+        "formats": request.formats.iter().map(|f| f.extension()).collect::<Vec<_>>(),
+        "faces": p.target_faces,
+        "size_mm": p.size_mm,
+        "smooth": p.smooth.unwrap_or(true),
+        "colour": p.colour.unwrap_or(true),
+        "previews": p.previews.unwrap_or(true),
+        "texture": p.texture,
+        "lay_flat": p.lay_flat,
+        "build_volume_mm": p.build_volume_mm.unwrap_or([256.0, 256.0, 256.0]),
+        "model_params": p.model_params,
+        "priority_asked": p.priority.map(|l| l.as_str()),
+        "deadline_ms": p.deadline_ms,
+        "defaulted": defaulted,
+        "defaults": defaults,
+    })
+}
+
+/// Formats as the node admits them: repeats dropped, in order.
+fn dedup_formats(formats: &[Format]) -> Vec<Format> {
+    let mut out: Vec<Format> = Vec::new();
+    for f in formats {
+        if !out.contains(f) {
+            out.push(*f);
+        }
+    }
+    out
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(args: Value) -> Result<T, ToolError> {
@@ -609,6 +721,11 @@ pub struct McpArgs {
     /// names (repeat for several; guards against DNS rebinding).
     #[arg(long = "allowed-host")]
     pub allowed_hosts: Vec<String>,
+    /// The only directory `image_path` may lead into (after symlinks and
+    /// `..`; relative paths are relative to it). Without it an HTTP server
+    /// reads no local files, a stdio one any its user can.
+    #[arg(long)]
+    pub image_dir: Option<std::path::PathBuf>,
 }
 
 /// The bearer token of `--http-token-file`: one line, at least 32
@@ -637,7 +754,8 @@ pub async fn run(config: &crate::config::Config, args: &McpArgs, shutdown: impl 
     let url = crate::nats_url(config, &args.agent.nats)?;
     let nats = orfeas_actors::bus::connect(&url, &format!("orfeas-mcp-{}", args.agent.agent)).await?;
     let client = args.agent.client(config).await?;
-    let server = OrfeasMcp::new(&args.agent.agent, client, nats, Duration::from_secs(args.wait_timeout_s));
+    let paths = PathPolicy::new(args.http.is_some(), args.image_dir.as_deref())?;
+    let server = OrfeasMcp::new(&args.agent.agent, client, nats, Duration::from_secs(args.wait_timeout_s), paths);
     match &args.http {
         None => {
             let running = server.serve(rmcp::transport::stdio()).await.context("starting the MCP server on stdio")?;

@@ -10,6 +10,8 @@ use rmcp::model::{JsonObject, Tool};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::{mcp_error::ToolError, mcp_path::PathPolicy};
+
 /// The model used when a call names none.
 pub const DEFAULT_MODEL: &str = "inflate";
 
@@ -50,13 +52,14 @@ pub enum ImageSource {
 impl GenerateArgs {
     /// The image, from exactly one of `image_path`, `image_base64` and
     /// `image_ref` (a reference must be one of `agent`'s own uploads).
-    pub fn image(&self, agent: &str) -> Result<ImageSource, ArgError> {
+    /// A path is read as `paths` allows (src/mcp_path.rs).
+    pub fn image(&self, agent: &str, paths: &PathPolicy) -> Result<ImageSource, ToolError> {
         let (data, name) = match (&self.image_path, &self.image_base64, &self.image_ref) {
-            (Some(path), None, None) => (std::fs::read(path).map_err(|e| ArgError(format!("image_path {path:?} cannot be read: {e}")))?, path.clone()),
+            (Some(path), None, None) => (paths.read(path)?, path.clone()),
             (None, Some(b64), None) => (decode_base64(b64)?, "image_base64".to_string()),
-            (None, None, Some(key)) => return image_ref(agent, key).map(ImageSource::Ref),
-            (None, None, None) => return Err(ArgError("an image is required: image_path, image_base64 or image_ref".into())),
-            _ => return Err(ArgError("give one of image_path, image_base64 and image_ref, not several".into())),
+            (None, None, Some(key)) => return Ok(image_ref(agent, key).map(ImageSource::Ref)?),
+            (None, None, None) => return Err(ArgError("an image is required: image_path, image_base64 or image_ref".into()).into()),
+            _ => return Err(ArgError("give one of image_path, image_base64 and image_ref, not several".into()).into()),
         };
         let media_type = crate::agent::media_type(&data, Path::new(&name)).map_err(|e| ArgError(e.to_string()))?;
         Ok(ImageSource::Bytes { data, media_type: media_type.to_string() })
@@ -184,7 +187,7 @@ pub fn tools() -> Vec<Tool> {
             schema(json!({
                 "type": "object",
                 "properties": {
-                    "image_path": {"type": "string", "description": "PNG, JPEG or WebP file readable by the server."},
+                    "image_path": {"type": "string", "description": "PNG, JPEG or WebP file on the server's machine (a regular file, up to 32 MiB; over HTTP only inside the server's --image-dir, relative to it)."},
                     "image_base64": {"type": "string", "description": "The image bytes, base64 (no data: URL). Large images are uploaded to the deployment's store and sent by reference."},
                     "image_ref": {"type": "string", "description": "An image uploaded earlier with upload_image (its image_ref, <agent>/<name>)."},
                     "model": {"type": "string", "description": "Model name (list_models); default inflate."},

@@ -16,6 +16,13 @@ pub enum Code {
     InvalidArgument,
     /// An `image_ref` that is not in the uploads store.
     InputMissing,
+    /// An `image_path` this server may not read: over HTTP without
+    /// `--image-dir`, or resolving outside it.
+    PathNotAllowed,
+    /// An `image_path` that is not a regular file (directory, FIFO, device, …).
+    NotAFile,
+    /// An `image_path` file over the image size cap.
+    TooLarge,
     /// The job has not finished yet (its result was asked for too early).
     NotReady,
     /// A waited call ran out of `--wait-timeout-s`.
@@ -34,6 +41,9 @@ impl Code {
         match self {
             Self::InvalidArgument => "invalid_argument",
             Self::InputMissing => "input_missing",
+            Self::PathNotAllowed => "path_not_allowed",
+            Self::NotAFile => "not_a_file",
+            Self::TooLarge => "too_large",
             Self::NotReady => "not_ready",
             Self::Timeout => "timeout",
             Self::Unavailable => "unavailable",
@@ -47,6 +57,9 @@ impl Code {
         match self {
             Self::InvalidArgument => 400,
             Self::InputMissing => 404,
+            Self::PathNotAllowed => 403,
+            Self::NotAFile => 400,
+            Self::TooLarge => 413,
             Self::NotReady => 409,
             Self::Timeout => 504,
             Self::Unavailable => 503,
@@ -56,9 +69,10 @@ impl Code {
     }
 
     /// Whether the same call may succeed later. A bad argument or a missing
-    /// upload stays so until the caller changes something.
+    /// upload (or a path the server may not read, or a file too large)
+    /// stays so until the caller changes something.
     pub fn retryable(self) -> bool {
-        !matches!(self, Self::InvalidArgument | Self::InputMissing)
+        !matches!(self, Self::InvalidArgument | Self::InputMissing | Self::PathNotAllowed | Self::NotAFile | Self::TooLarge)
     }
 }
 
@@ -135,13 +149,16 @@ mod tests {
 
     #[test]
     fn codes_are_stable_and_only_caller_mistakes_are_final() {
-        let all = [Code::InvalidArgument, Code::InputMissing, Code::NotReady, Code::Timeout, Code::Unavailable, Code::Unverified, Code::Internal];
+        let all = [Code::InvalidArgument, Code::InputMissing, Code::PathNotAllowed, Code::NotAFile, Code::TooLarge, Code::NotReady, Code::Timeout, Code::Unavailable, Code::Unverified, Code::Internal];
         let names: Vec<_> = all.iter().map(|c| (c.as_str(), c.status(), c.retryable())).collect();
         assert_eq!(
             names,
             [
                 ("invalid_argument", 400, false),
                 ("input_missing", 404, false),
+                ("path_not_allowed", 403, false),
+                ("not_a_file", 400, false),
+                ("too_large", 413, false),
                 ("not_ready", 409, true),
                 ("timeout", 504, true),
                 ("unavailable", 503, true),

@@ -81,3 +81,44 @@ async fn python_client_submits_follows_fetches_and_cancels_against_a_real_node()
     }
     assert!(seen["fetched"].as_array().unwrap().iter().any(|n| n.as_str().unwrap().ends_with(".stl")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_cancels_a_job_the_node_is_running_async_and_sync() {
+    let nats = NatsServer::start();
+    let store = tempfile::tempdir().unwrap();
+    // Each forward pass takes 4 s: the job is on the device when canceled.
+    let env = vec![("ORFEAS_MODELS_ENABLED", "null".into()), ("ORFEAS_NODE_SIMULATED_LATENCY_MS", "4000".into())];
+    let _node = NodeProcess::start(&nats, NodeOptions { node_id: "n1", store: store.path(), env }).await;
+    let (_alice, key) = agent(&nats.url, "alice").await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("alice.key");
+    std::fs::write(&key_file, key.to_text()).unwrap();
+    let python = std::env::var("ORFEAS_PYTHON").expect("ORFEAS_PYTHON is not set: run the tests through `deploy/setup.sh --test`");
+    let out = Command::new(python)
+        .arg(common::repo().join("tests/python/cancel_check.py"))
+        .args(["client", &nats.url, "alice"])
+        .arg(&key_file)
+        .arg(common::repo().join("examples/mug.png"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "python cancel check failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let seen: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+
+    let client = orfeas_actors::bus::connect(&nats.url, "orfeas-test").await.unwrap();
+    let jobs = JobStore::new(Bus::attach(client.clone()).await.unwrap().jobs.clone());
+    let js = async_nats::jetstream::new(client);
+    common::eventually("the queue drains", std::time::Duration::from_secs(120), || async {
+        let mut stream = js.get_stream("ORFEAS_QUEUE").await.ok()?;
+        (stream.info().await.ok()?.state.messages == 0).then_some(())
+    })
+    .await;
+    let events = common::cluster::stored_events(&js, "alice").await.expect("the events stream reads");
+    for flavour in ["async", "sync"] {
+        let job: Uuid = seen[flavour].as_str().unwrap().parse().unwrap();
+        let (record, _) = jobs.get("alice", &job).await.unwrap().unwrap();
+        assert_eq!((record.state, record.attempt), (JobState::Canceled, 1), "{flavour}: {record:?}");
+        let terminal: Vec<_> = events[&job].iter().filter(|(e, _)| e.kind.is_terminal()).map(|(e, _)| &e.kind).collect();
+        assert_eq!(terminal.len(), 1, "{flavour}: exactly one terminal event: {terminal:?}");
+        assert!(matches!(terminal[0], orfeas_wire::v1::EventKind::Failed(f) if f.code.to_string() == "canceled"), "{flavour}: {terminal:?}");
+    }
+}

@@ -119,6 +119,14 @@ impl AgentClient {
         self.publish_with(&job.job_id, subject, bytes, Some(traceparent)).await
     }
 
+    /// Subscribe to one of this agent's jobs' events without submitting
+    /// anything (to follow a job another call or client submitted).
+    pub async fn job_events(&self, job_id: &uuid::Uuid) -> Result<JobEvents, ClientError> {
+        let events_subject = subjects::events(&self.agent, job_id);
+        let subscriber = self.client.subscribe(events_subject.clone()).await.map_err(nats_err)?;
+        Ok(JobEvents { subject: events_subject, subscriber, traceparent: None })
+    }
+
     /// Publish already-sealed bytes (tests use this to send tampered or
     /// foreign messages) and subscribe to the job's events.
     pub async fn publish_raw(&self, job_id: &uuid::Uuid, subject: String, bytes: Vec<u8>) -> Result<JobEvents, ClientError> {
