@@ -303,10 +303,15 @@ impl OrfeasMcp {
         let EventKind::Completed { results, mesh, report, previews: renders } = &event.kind else {
             return Err(ToolError::internal("manifest is not a completed event"));
         };
+        // The manifest is a signed event (verified like one); chunks are not
+        // signed, so a preview is shown only when its bytes match the
+        // SHA-256 the node signed in it. One without (a node older than
+        // that field) is listed, not shown: nothing vouches for its bytes.
         let mut images = Vec::new();
         if previews {
             for preview in renders {
-                let bytes = client.fetch_file(&job_id, &preview.location, None, REQUEST_TIMEOUT).await.map_err(ToolError::from)?;
+                let Some(sha256) = preview.sha256.as_deref() else { continue };
+                let bytes = client.fetch_file(&job_id, &preview.location, Some(sha256), REQUEST_TIMEOUT).await.map_err(|e| ToolError::from(e).with_job(job_id))?;
                 images.push(ContentBlock::image(base64::engine::general_purpose::STANDARD.encode(bytes), "image/png"));
             }
         }
@@ -317,7 +322,7 @@ impl OrfeasMcp {
             "files": results,
             "mesh": mesh,
             "report": report,
-            "previews": renders.iter().map(|p| json!({"view": p.view, "location": p.location, "url": p.url, "bytes": p.bytes})).collect::<Vec<_>>(),
+            "previews": renders.iter().map(|p| json!({"view": p.view, "location": p.location, "url": p.url, "bytes": p.bytes, "sha256": p.sha256, "signed": p.sha256.is_some()})).collect::<Vec<_>>(),
         });
         Ok((ok_result(body, images), status))
     }
@@ -329,7 +334,10 @@ impl OrfeasMcp {
             .map_err(|_| unavailable(String::new()))?
             .map_err(|e| unavailable(format!(": {e}")))?;
         let list: orfeas_wire::v1::ModelList = orfeas_wire::from_cbor(&answer.payload).map_err(|e| ToolError::internal(format!("decoding the model list: {e}")))?;
-        Ok(ok_result(serde_json::to_value(&list).unwrap_or_default(), vec![]))
+        // The one unsigned reply (anyone may ask): say so rather than imply it was checked.
+        let mut body = serde_json::to_value(&list).unwrap_or_default();
+        body["signed"] = json!(false);
+        Ok(ok_result(body, vec![]))
     }
 
     async fn dispatch(&self, request: CallToolRequestParams, context: RequestContext<RoleServer>) -> Result<CallToolResponse, ToolError> {

@@ -20,6 +20,7 @@ use orfeas_actors::{
     bus::Bus,
     jobs::{JobRecord, JobState, JobStore},
 };
+use coset::CborSerializable;
 use orfeas_wire::v1::EventKind;
 use rmcp::{
     model::{
@@ -156,6 +157,7 @@ async fn mcp_over_stdio_generates_retries_cancels_and_refuses_bad_arguments() {
     }
     let models = call(&client, "list_models", json!({})).await;
     assert!(body(&models)["models"].as_array().unwrap().iter().any(|m| m["name"] == "null"), "{models:?}");
+    assert_eq!(body(&models)["signed"], false, "the model list is unsigned, and says so");
 
     // A waited generation, by path, echoing every applied parameter, with
     // progress notifications that only go up and end at 100.
@@ -526,6 +528,115 @@ async fn mcp_reads_image_paths_only_where_and_what_the_server_allows() {
     }
     let ok = call(&client, "generate_3d", json!({"image_path": images.join("link.png"), "model": "null"})).await;
     assert_ne!(ok.is_error, Some(true), "a symlink to a regular file: {ok:?}");
+    client.cancel().await.unwrap();
+}
+
+/// A node that lies: it answers `alice`'s status requests truthfully,
+/// signed with the real node's key (so the MCP server gets as far as the
+/// fetch), and every manifest request with `manifest`.
+fn lying_node(nats: async_nats::Client, node_id: &'static str, key: orfeas_wire::SecretKey, status: orfeas_wire::v1::JobStatus, manifest: Vec<u8>) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt;
+    tokio::spawn(async move {
+        let mut status_requests = nats.subscribe(orfeas_wire::subjects::status("alice")).await.unwrap();
+        let mut fetches = nats.subscribe(orfeas_wire::subjects::fetch("alice")).await.unwrap();
+        loop {
+            tokio::select! {
+                Some(request) = status_requests.next() => {
+                    let body = orfeas_wire::to_cbor(&orfeas_wire::v1::StatusReply::Job(status.clone()));
+                    let cti = orfeas_wire::envelope::open(&request.payload, usize::MAX, orfeas_wire::ContentKind::StatusRequest).unwrap().claims.cti;
+                    let now_s = orfeas_actors::now_ms() / 1000;
+                    let signature = orfeas_wire::v1::seal_reply(&body, node_id, &key, "orfeas", "status", &request.subject, &cti, now_s);
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(orfeas_wire::v1::REPLY_SIGNATURE_HEADER, signature.as_str());
+                    nats.publish_with_headers(request.reply.unwrap(), headers, body.into()).await.unwrap();
+                }
+                Some(request) = fetches.next() => {
+                    let body = orfeas_wire::to_cbor(&orfeas_wire::v1::FetchReply::Manifest { event: manifest.clone() });
+                    nats.publish(request.reply.unwrap(), body.into()).await.unwrap();
+                }
+                else => return,
+            }
+        }
+    })
+}
+
+/// What the MCP server shows of a result is what a node signed: previews
+/// are attached only when their bytes match the SHA-256 in the signed
+/// manifest (chunks are unsigned), and a manifest that does not verify
+/// against the node's key as an event of the job asked for (tampered, or
+/// another job's) is refused. Each refusal is `unverified` (502).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_refuses_tampered_previews_and_manifests() {
+    let node_key = orfeas_wire::SecretKey::generate();
+    let node_key_dir = tempfile::tempdir().unwrap();
+    let node_key_file = node_key_dir.path().join("node.key");
+    std::fs::write(&node_key_file, node_key.to_text()).unwrap();
+    let mut s = setup_with(vec![("ORFEAS_NODE_KEY_FILE", node_key_file.to_str().unwrap().to_string())]).await;
+    let key = s.key_dir.path().join("alice.key");
+    let client = Recorder::default().serve(TokioChildProcess::new(mcp_command(&s.nats.url, &key, &[])).unwrap()).await.unwrap();
+    let unverified = |result: &CallToolResult, needle: &str| {
+        assert_eq!(result.is_error, Some(true), "{result:?}");
+        let error = &body(result)["error"];
+        assert_eq!((error["code"].as_str(), error["status"].as_u64()), (Some("unverified"), Some(502)), "{error}");
+        assert!(error["message"].as_str().unwrap().contains(needle), "{needle}: {error}");
+    };
+    let image = common::repo().join("examples/mug.png");
+    let mut jobs = Vec::new();
+    for key in ["tamper-a", "tamper-b"] {
+        let done = call(&client, "generate_3d", json!({"image_path": image, "model": "null", "idempotency_key": key})).await;
+        assert_ne!(done.is_error, Some(true), "{done:?}");
+        jobs.push(body(&done)["job_id"].as_str().unwrap().parse::<Uuid>().unwrap());
+    }
+    let (a, b) = (jobs[0], jobs[1]);
+
+    // Untouched: every preview is shown, and its bytes are the signed ones.
+    let result = call(&client, "get_result", json!({"job_id": a})).await;
+    let previews = body(&result)["previews"].as_array().unwrap().clone();
+    assert!(!previews.is_empty() && previews.iter().all(|p| p["signed"] == true), "{previews:?}");
+    let images: Vec<String> = result.content.iter().filter_map(|c| c.as_image()).map(|i| {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(base64::engine::general_purpose::STANDARD.decode(&i.data).unwrap()))
+    }).collect();
+    let signed: Vec<String> = previews.iter().map(|p| p["sha256"].as_str().unwrap().to_string()).collect();
+    assert_eq!(images, signed, "each image is the signed preview");
+
+    // A preview changed at rest: the node serves it, its digest gives it away.
+    let location = previews[0]["location"].as_str().unwrap();
+    let at_rest = s.store.path().join(location);
+    let mut png = std::fs::read(&at_rest).unwrap();
+    *png.last_mut().unwrap() ^= 1;
+    std::fs::write(&at_rest, &png).unwrap();
+    unverified(&call(&client, "get_result", json!({"job_id": a})).await, "does not match");
+    let listed = call(&client, "get_result", json!({"job_id": a, "previews": false})).await;
+    assert_ne!(listed.is_error, Some(true), "without the images the signed manifest still answers: {listed:?}");
+
+    // The node goes; a liar answers in its place with the real job status
+    // but a manifest that is not what the node signed for the job asked.
+    let agent = orfeas_wire::client::AgentClient::new(async_nats::connect(&s.nats.url).await.unwrap(), "alice", orfeas_wire::SecretKey::from_text(&std::fs::read_to_string(&key).unwrap()).unwrap(), "orfeas");
+    let status_a = agent.status(&a, WAIT).await.unwrap();
+    let manifest_a = agent.fetch_manifest_sealed(&a, WAIT).await.unwrap();
+    let manifest_b = agent.fetch_manifest_sealed(&b, WAIT).await.unwrap();
+    s.node.kill();
+    let mut flipped = manifest_a.clone();
+    *flipped.last_mut().unwrap() ^= 1;
+    let mut swapped = coset::CoseSign1::from_slice(&manifest_a).unwrap();
+    let mut event: orfeas_wire::v1::Event = orfeas_wire::from_cbor(swapped.payload.as_ref().unwrap()).unwrap();
+    if let EventKind::Completed { results, .. } = &mut event.kind {
+        results[0].sha256 = "00".repeat(32);
+    }
+    swapped.payload = Some(orfeas_wire::to_cbor(&event));
+    let swapped = swapped.to_vec().unwrap();
+    let liar = async_nats::connect(&s.nats.url).await.unwrap();
+    for (what, manifest) in [("signature byte flipped", flipped), ("a file's digest swapped", swapped), ("another job's manifest", manifest_b)] {
+        let node = lying_node(liar.clone(), "n1", node_key.clone(), status_a.clone(), manifest);
+        // The liar is subscribed once its status answer comes back.
+        common::eventually("the liar answers", WAIT, || async { agent.status(&a, Duration::from_secs(2)).await.ok() }).await;
+        let result = call(&client, "get_result", json!({"job_id": a, "previews": false})).await;
+        unverified(&result, "signature does not verify");
+        assert_eq!(body(&result)["error"]["job_id"], a.to_string(), "{what}");
+        node.abort();
+        let _ = node.await;
+    }
     client.cancel().await.unwrap();
 }
 

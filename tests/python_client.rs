@@ -58,6 +58,8 @@ async fn python_client_submits_follows_fetches_and_cancels_against_a_real_node()
         .arg(common::repo().join("examples/mug.png"))
         .arg(dir.path().join("out"))
         .arg(queued.to_string())
+        // The node's results folder, to change a preview at rest.
+        .arg(store.path())
         .output()
         .unwrap();
     assert!(out.status.success(), "python client check failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

@@ -174,7 +174,7 @@ async fn deliver(job: VolumeJob, meshing: Arc<Semaphore>, store: &ResultStore, e
     let mut previews = Vec::with_capacity(made.previews.len());
     for (view, png) in made.previews {
         let stored = put(format!("preview-{view}.png"), png).await?;
-        previews.push(Preview { view, location: stored.key, url: stored.url, bytes: stored.bytes });
+        previews.push(Preview { view, location: stored.key, url: stored.url, bytes: stored.bytes, sha256: Some(stored.sha256) });
     }
     metrics::STAGE_SECONDS.with_label_values(&["storing"]).observe(started.elapsed().as_secs_f64());
     Ok(EventKind::Completed { results, mesh: made.stats, report: Some(made.report), previews })

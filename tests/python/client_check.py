@@ -24,7 +24,7 @@ def check(condition, what):
         raise AssertionError(what)
 
 
-async def async_flavour(url, agent, key_file, image, out, seen):
+async def async_flavour(url, agent, key_file, image, out, store, seen):
     async with await orfeas.Client.connect(url, agent, key_file, timeout=30) as client:
         models = await client.list_models()
         check(any(m.name == "null" for m in models), f"null model listed: {models}")
@@ -70,7 +70,21 @@ async def async_flavour(url, agent, key_file, image, out, seen):
         previews = [f for f in fetched.files if f.location.endswith(".png")]
         check(len(previews) == len(fetched.completed.previews) and all(p.data.startswith(b"\x89PNG") for p in previews),
               "previews fetched")
+        check(all(p.verified and p.sha256 for p in previews), "previews verified against their signed SHA-256")
         seen["fetched"] = sorted(Path(f.location).name for f in fetched.files)
+
+        # A preview changed at rest: the node serves it, the signed digest refuses it.
+        at_rest = store / fetched.completed.previews[0].location
+        png = bytearray(at_rest.read_bytes())
+        png[-1] ^= 1
+        at_rest.write_bytes(bytes(png))
+        try:
+            await client.fetch(job, previews=True)
+        except orfeas.UnverifiedError as e:
+            check((e.code, e.status) == ("unverified", 502) and "SHA-256" in str(e), f"tampered preview: {e}")
+        else:
+            raise AssertionError("a tampered preview verified")
+        check(len((await client.fetch(job)).files) == len(fetched.completed.results), "the results still fetch")
 
         # Tampered or misdirected events are refused.
         check((await client.cancel(job.job_id)).state == "completed", "a finished job is left as it is")
@@ -143,10 +157,10 @@ def sync_flavour(url, agent, key_file, image, out, queued, seen):
 
 
 def main() -> None:
-    url, agent, key_file, image, out, queued = sys.argv[1:7]
-    out = Path(out)
+    url, agent, key_file, image, out, queued, store = sys.argv[1:8]
+    out, store = Path(out), Path(store)
     seen: dict = {}
-    asyncio.run(async_flavour(url, agent, key_file, image, out, seen))
+    asyncio.run(async_flavour(url, agent, key_file, image, out, store, seen))
     sync_flavour(url, agent, key_file, image, out, queued, seen)
     print(json.dumps(seen))
 

@@ -474,6 +474,11 @@ pub struct Preview {
     pub url: String,
     /// Size in bytes.
     pub bytes: u64,
+    /// SHA-256 of the PNG, hex: signed with the event, so a preview fetched
+    /// in unsigned chunks (or from a URL) can be checked. Absent from nodes
+    /// older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// Can it be printed, and if not, why not. Millimetres, Z up.

@@ -484,7 +484,7 @@ class Client:
                 await get(part.location, part.name, part.sha256)
         if previews:
             for preview in done.previews:
-                await get(preview.location, Path(preview.location).name, None)
+                await get(preview.location, Path(preview.location).name, preview.sha256)
         return Fetched(jid, manifest, tuple(files))
 
     async def list_models(self, timeout: Optional[float] = None) -> list[ModelInfo]:

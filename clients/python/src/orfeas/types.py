@@ -167,17 +167,20 @@ class PrintReport:
 
 @dataclass(frozen=True)
 class Preview:
-    """A stored preview render (PNG). The manifest signs no digest for it."""
+    """A stored preview render (PNG). `sha256` (hex) is signed with the
+    event, so fetched bytes can be checked; None from nodes older than it."""
 
     view: str
     location: str
     url: str
     bytes: int
+    sha256: Optional[str] = None
 
     @classmethod
     def from_cbor(cls, value: Any) -> "Preview":
         d = _map(value, "preview")
-        return cls(str(d["view"]), str(d["location"]), str(d["url"]), int(d["bytes"]))
+        sha256 = d.get("sha256")
+        return cls(str(d["view"]), str(d["location"]), str(d["url"]), int(d["bytes"]), str(sha256) if sha256 is not None else None)
 
 
 @dataclass(frozen=True)
@@ -383,7 +386,8 @@ class JobParams:
 @dataclass(frozen=True)
 class FetchedFile:
     """A file fetched over NATS. `verified`: its bytes match the SHA-256 the
-    node signed in the manifest (previews carry no digest: False)."""
+    node signed in the manifest (False only for a preview from a node too
+    old to sign its digest)."""
 
     location: str
     name: str
