@@ -65,6 +65,20 @@ impl StudioProcess {
         }
     }
 
+    /// SIGTERM, then its exit status (it must stop within 30 s).
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "did not stop on SIGTERM: {}", self.log_text());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}/", self.port)
     }
@@ -359,15 +373,7 @@ async fn studio_embedded_default_runs_a_job_and_stops_on_sigterm() {
     write!(sse, "GET /api/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").unwrap();
     let mut first = [0u8; 64];
     let _ = sse.read(&mut first).unwrap();
-    unsafe { libc::kill(studio.child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = studio.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "studio did not stop on SIGTERM: {}", studio.log_text());
-        std::thread::sleep(Duration::from_millis(25));
-    };
+    let status = studio.terminate();
     assert!(status.success(), "{status}: {}", studio.log_text());
     // setup.sh refuses a mode it does not know, before installing anything.
     let out = Command::new("bash").arg(common::repo().join("deploy/setup.sh")).arg("--bogus").output().unwrap();
@@ -428,15 +434,7 @@ async fn generate_with_studio_serves_the_runs_jobs_until_sigterm() {
     })
     .await;
 
-    unsafe { libc::kill(studio.child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = studio.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "generate --studio did not stop on SIGTERM: {}", studio.log_text());
-        std::thread::sleep(Duration::from_millis(25));
-    };
+    let status = studio.terminate();
     assert!(status.success(), "{status}: {}", studio.log_text());
 }
 
