@@ -871,6 +871,7 @@ async fn mcp_python_sdk_cancels_a_running_job_over_http() {
     http_client(port).await.cancel().await.unwrap();
     let python = std::env::var("ORFEAS_PYTHON").expect("ORFEAS_PYTHON is not set: run the tests through `deploy/setup.sh --test`");
     let out = tokio::process::Command::new(python)
+        .env("PYTHONPATH", common::checkout_pythonpath())
         .arg(common::repo().join("tests/python/cancel_check.py"))
         .args(["mcp", &format!("http://127.0.0.1:{port}/mcp")])
         .arg(common::repo().join("examples/mug.png"))

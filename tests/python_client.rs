@@ -52,6 +52,7 @@ async fn python_client_submits_follows_fetches_and_cancels_against_a_real_node()
 
     let python = std::env::var("ORFEAS_PYTHON").expect("ORFEAS_PYTHON is not set: run the tests through `deploy/setup.sh --test`");
     let out = Command::new(python)
+        .env("PYTHONPATH", common::checkout_pythonpath())
         .arg(common::repo().join("tests/python/client_check.py"))
         .args([&nats.url, "alice"])
         .arg(&key_file)
@@ -97,6 +98,7 @@ async fn python_client_cancels_a_job_the_node_is_running_async_and_sync() {
     std::fs::write(&key_file, key.to_text()).unwrap();
     let python = std::env::var("ORFEAS_PYTHON").expect("ORFEAS_PYTHON is not set: run the tests through `deploy/setup.sh --test`");
     let out = Command::new(python)
+        .env("PYTHONPATH", common::checkout_pythonpath())
         .arg(common::repo().join("tests/python/cancel_check.py"))
         .args(["client", &nats.url, "alice"])
         .arg(&key_file)

@@ -24,6 +24,17 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `PYTHONPATH` that puts this checkout's Python client (`clients/python/src`)
+/// ahead of whatever the venv installed, so a check script tests the client
+/// beside the code under test, not a stale copy.
+pub fn checkout_pythonpath() -> std::ffi::OsString {
+    let mut paths = vec![repo().join("clients/python/src")];
+    if let Some(old) = std::env::var_os("PYTHONPATH") {
+        paths.extend(std::env::split_paths(&old));
+    }
+    std::env::join_paths(paths).expect("PYTHONPATH entries hold no separator")
+}
+
 /// The `orfeas` binary under test.
 pub fn orfeas_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_orfeas"))

@@ -45,8 +45,27 @@ async def apoll(what, probe):
 
 
 def running(status):
+    """The status once the node runs the job; None while it waits (a job not
+    admitted yet has no record: `not_found` until `accepted`)."""
+    if status is None:
+        return None
     check(status.state not in ("completed", "failed", "canceled"), f"the job ended before the cancel: {status}")
     return status if status.state == "running" else None
+
+
+def recorded(status_of):
+    """`status_of()`, or None while the node has not recorded the job yet."""
+    try:
+        return status_of()
+    except orfeas.NotFoundError:
+        return None
+
+
+async def arecorded(status_of):
+    try:
+        return await status_of()
+    except orfeas.NotFoundError:
+        return None
 
 
 async def client_async(url, agent, key_file, image):
@@ -54,7 +73,7 @@ async def client_async(url, agent, key_file, image):
         job = await client.submit(image, model="null", idempotency_key="py-cancel-async")
 
         async def probe():
-            return running(await client.status(job))
+            return running(await arecorded(lambda: client.status(job)))
 
         await apoll("the node runs the async job", probe)
         status = await client.cancel(job)
@@ -72,7 +91,7 @@ async def client_async(url, agent, key_file, image):
 def client_sync(url, agent, key_file, image):
     with orfeas.SyncClient.connect(url, agent, key_file) as client:
         job = client.submit(image, model="null", idempotency_key="py-cancel-sync")
-        poll("the node runs the sync job", lambda: running(client.status(job)))
+        poll("the node runs the sync job", lambda: running(recorded(lambda: client.status(job))))
         status = client.cancel(job)
         check(status.state == "canceled" or status.cancel_requested, f"cancel of a running job: {status}")
         try:
