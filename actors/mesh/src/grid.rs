@@ -93,7 +93,11 @@ impl FaceGrid {
 
     /// The cell along `axis` holding coordinate `x` (clamped into the grid).
     pub fn cell_of(&self, x: f64, axis: usize) -> usize {
-        (((x - self.lo[axis]) / self.h).floor().max(0.0) as usize).min(self.res[axis] - 1)
+        // Clamped at 0 first, the cast truncates a non-negative value, which is its
+        // floor: the same cell as `floor().max(0.0)` for every input, NaN (cell 0)
+        // included, without a libm call on targets lacking a rounding instruction
+        // (this runs for every face and pair of the print report).
+        (((x - self.lo[axis]) / self.h).max(0.0) as usize).min(self.res[axis] - 1)
     }
 
     /// Linear index of cell (x, y, z).

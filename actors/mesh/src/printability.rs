@@ -112,30 +112,25 @@ pub(crate) fn assess_on(
 
     // Parts: faces joined through shared positions (welded, as a slicer sees them); a
     // part floats when its lowest vertex is above the bed.
-    let mut weld: std::collections::HashMap<[u32; 3], u32> = std::collections::HashMap::new();
-    let welded: Vec<u32> = placed
-        .positions
-        .iter()
-        .map(|v| {
-            let next = weld.len() as u32;
-            *weld.entry(v.map(f32::to_bits)).or_insert(next)
-        })
-        .collect();
-    let mut uf = UnionFind::new(weld.len());
+    // (Welded ids are vertex indices, so plain vectors replace hash maps here: this runs
+    // for every job.)
+    let welded = crate::topology::weld_by_position(&placed.positions);
+    let mut uf = UnionFind::new(placed.positions.len());
     for f in faces {
         uf.union(welded[f[0]], welded[f[1]]);
         uf.union(welded[f[1]], welded[f[2]]);
     }
-    let mut lowest: std::collections::HashMap<u32, f64> = std::collections::HashMap::new();
+    let mut lowest = vec![f64::INFINITY; placed.positions.len()];
+    let mut is_part = vec![false; placed.positions.len()];
     for f in faces {
         for &i in f {
-            let root = uf.find(welded[i]);
-            let z = lowest.entry(root).or_insert(f64::INFINITY);
-            *z = z.min(p[i][2]);
+            let root = uf.find(welded[i]) as usize;
+            is_part[root] = true;
+            lowest[root] = lowest[root].min(p[i][2]);
         }
     }
-    checks.parts = lowest.len();
-    checks.floating_parts = lowest.values().filter(|&&z| z > bed + BED_TOLERANCE_MM).count();
+    checks.parts = is_part.iter().filter(|&&b| b).count();
+    checks.floating_parts = (0..lowest.len()).filter(|&r| is_part[r] && lowest[r] > bed + BED_TOLERANCE_MM).count();
 
     // Bed contact, overhangs and the centre of mass in one pass over the faces.
     let cos_overhang = OVERHANG_ANGLE_DEG.to_radians().cos();

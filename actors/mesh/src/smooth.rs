@@ -49,52 +49,56 @@ fn run(mesh: &mut Mesh, iterations: usize, kept: Option<&[Constraint]>) {
         return;
     }
     let (start, neighbours) = adjacency(mesh);
+    let (start, neighbours) = match kept {
+        Some(kept) => constrained(&start, &neighbours, kept),
+        None => (start, neighbours),
+    };
     let mut next = mesh.positions.clone();
     for _ in 0..iterations {
         for factor in [LAMBDA, MU] {
-            step(&mesh.positions, &mut next, &start, &neighbours, kept, factor);
+            step(&mesh.positions, &mut next, &start, &neighbours, factor);
             std::mem::swap(&mut mesh.positions, &mut next);
         }
     }
 }
 
-/// One Laplacian step: `out[v] = p[v] + factor · (mean of neighbours − p[v])`, where a
-/// crease vertex's neighbours are its two crease neighbours and a fixed vertex stays.
-fn step(
-    p: &[[f32; 3]],
-    out: &mut [[f32; 3]],
-    start: &[u32],
-    nb: &[u32],
-    kept: Option<&[Constraint]>,
-    factor: f32,
-) {
-    for (v, o) in out.iter_mut().enumerate() {
-        let (s, e) = (start[v] as usize, start[v + 1] as usize);
-        let pv = p[v];
-        match kept.map(|k| k[v]) {
-            Some(Constraint::Fixed) => {
-                *o = pv;
-                continue;
-            }
-            Some(Constraint::Crease(a, b)) => {
-                let (a, b) = (p[a as usize], p[b as usize]);
-                *o = std::array::from_fn(|c| pv[c] + factor * ((a[c] + b[c]) * 0.5 - pv[c]));
-                continue;
-            }
-            _ => {}
+/// The neighbour lists smoothing uses under `kept`: a crease vertex's are its two
+/// crease neighbours, a fixed vertex has none (so it stays), a free one keeps all.
+/// Folding the constraints into the lists once keeps the per-step loop uniform; the
+/// result is the same to the bit (the mean of two is their sum times 0.5 either way).
+fn constrained(start: &[u32], nb: &[u32], kept: &[Constraint]) -> (Vec<u32>, Vec<u32>) {
+    let mut out_start = Vec::with_capacity(start.len());
+    let mut out = Vec::with_capacity(nb.len());
+    out_start.push(0);
+    for (v, k) in kept.iter().enumerate() {
+        match *k {
+            Constraint::Fixed => {}
+            Constraint::Crease(a, b) => out.extend([a, b]),
+            Constraint::Free => out.extend_from_slice(&nb[start[v] as usize..start[v + 1] as usize]),
         }
-        if s == e {
+        out_start.push(out.len() as u32);
+    }
+    (out_start, out)
+}
+
+/// One Laplacian step: `out[v] = p[v] + factor · (mean of neighbours − p[v])`; a vertex
+/// without neighbours stays.
+fn step(p: &[[f32; 3]], out: &mut [[f32; 3]], start: &[u32], nb: &[u32], factor: f32) {
+    for (v, (o, w)) in out.iter_mut().zip(start.windows(2)).enumerate() {
+        let pv = p[v];
+        let list = &nb[w[0] as usize..w[1] as usize];
+        if list.is_empty() {
             *o = pv;
             continue;
         }
         let mut sum = [0.0f32; 3];
-        for &u in &nb[s..e] {
+        for &u in list {
             let q = p[u as usize];
             sum[0] += q[0];
             sum[1] += q[1];
             sum[2] += q[2];
         }
-        let inv = 1.0 / (e - s) as f32;
+        let inv = 1.0 / list.len() as f32;
         *o = std::array::from_fn(|c| pv[c] + factor * (sum[c] * inv - pv[c]));
     }
 }
