@@ -48,24 +48,7 @@ pub(crate) fn constraints(mesh: &Mesh, angle_deg: f32) -> Vec<Constraint> {
         })
         .collect();
 
-    // Vertex → incident faces (CSR).
-    let mut start = vec![0u32; n + 1];
-    for f in &faces {
-        for &v in f {
-            start[v as usize + 1] += 1;
-        }
-    }
-    for v in 0..n {
-        start[v + 1] += start[v];
-    }
-    let mut fill = start.clone();
-    let mut incident = vec![0u32; start[n] as usize];
-    for (fi, f) in faces.iter().enumerate() {
-        for &v in f {
-            incident[fill[v as usize] as usize] = fi as u32;
-            fill[v as usize] += 1;
-        }
-    }
+    let (start, incident) = fans(n, &faces);
     // A face's 1-ring patch: the faces around each of its three corners, in corner
     // order (a face around two corners is listed twice, the face itself three times;
     // the weights below count it so). Explicit loops over the CSR rows, not a chain of
@@ -166,6 +149,29 @@ pub(crate) fn constraints(mesh: &Mesh, angle_deg: f32) -> Vec<Constraint> {
         .collect()
 }
 
+/// Vertex → incident faces of `faces` over `n` vertices (CSR: the faces around `v` are
+/// `incident[start[v]..start[v + 1]]`, in face order).
+fn fans(n: usize, faces: &[[u32; 3]]) -> (Vec<u32>, Vec<u32>) {
+    let mut start = vec![0u32; n + 1];
+    for f in faces {
+        for &v in f {
+            start[v as usize + 1] += 1;
+        }
+    }
+    for v in 0..n {
+        start[v + 1] += start[v];
+    }
+    let mut fill = start.clone();
+    let mut incident = vec![0u32; start[n] as usize];
+    for (fi, f) in faces.iter().enumerate() {
+        for &v in f {
+            incident[fill[v as usize] as usize] = fi as u32;
+            fill[v as usize] += 1;
+        }
+    }
+    (start, incident)
+}
+
 /// Per face, the face whose patch is its guide: the first face of least spread in the
 /// face's 1-ring (its corners' fans in corner order), the face itself on a tie.
 ///
@@ -260,23 +266,7 @@ mod tests {
             }
         }
         let n = (w * w) as usize;
-        let mut start = vec![0u32; n + 1];
-        for f in &faces {
-            for &v in f {
-                start[v as usize + 1] += 1;
-            }
-        }
-        for v in 0..n {
-            start[v + 1] += start[v];
-        }
-        let mut fill = start.clone();
-        let mut incident = vec![0u32; start[n] as usize];
-        for (fi, f) in faces.iter().enumerate() {
-            for &v in f {
-                incident[fill[v as usize] as usize] = fi as u32;
-                fill[v as usize] += 1;
-            }
-        }
+        let (start, incident) = fans(n, &faces);
         // Spreads from a small LCG over few values (many ties), some NaN and infinite.
         let mut state = 7u64;
         for round in 0..50 {
