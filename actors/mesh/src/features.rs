@@ -52,7 +52,7 @@ pub(crate) fn constraints(mesh: &Mesh, angle_deg: f32) -> Vec<Constraint> {
     // A face's 1-ring patch: the faces around each of its three corners, in corner
     // order (a face around two corners is listed twice, the face itself three times;
     // the weights below count it so). Explicit loops over the CSR rows, not a chain of
-    // iterator adaptors: this runs three times per face of every job.
+    // iterator adaptors: each face's ring is walked twice (sum, then spread) every job.
     let fan = |v: u32| &incident[start[v as usize] as usize..start[v as usize + 1] as usize];
 
     // Per face: the area-weighted mean normal of its 1-ring patch and how far the

@@ -112,8 +112,8 @@ pub(crate) fn assess_on(
 
     // Parts: faces joined through shared positions (welded, as a slicer sees them); a
     // part floats when its lowest vertex is above the bed.
-    // (Welded ids are vertex indices, so plain vectors replace hash maps here: this runs
-    // for every job.)
+    // Welded as the topology check welds (`-0.0` joins `0.0`); the ids are vertex
+    // indices, so plain vectors replace hash maps here (this runs for every job).
     let welded = crate::topology::weld_by_position(&placed.positions);
     let mut uf = UnionFind::new(placed.positions.len());
     for f in faces {
