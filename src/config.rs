@@ -136,6 +136,15 @@ pub struct DevicesSection {
     /// boundaries (true) or each batch samples to the end alone (false,
     /// whole-request batching; for comparison).
     pub step_batching: bool,
+    /// How much lower than the node's the meshing threads' priority is
+    /// (nice, 0–19; 0 = the same): above 0 the control plane is served
+    /// first on busy cores, at some cost in throughput (md/benchmarks.md).
+    #[serde(default = "default_mesh_nice")]
+    pub mesh_nice: i32,
+}
+
+fn default_mesh_nice() -> i32 {
+    orfeas_actors::mesh_pool::MESH_NICE
 }
 
 /// `[scheduler]`
@@ -199,7 +208,7 @@ impl Default for Config {
             },
             models: ModelsSection { dir: default_models_dir(), enabled: vec![] },
             matting: MattingSection { method: "flood".into(), model: String::new() },
-            devices: DevicesSection { cpu_threads: 0, use_cuda: true, memory_safety: 0.8, step_batching: true },
+            devices: DevicesSection { cpu_threads: 0, use_cuda: true, memory_safety: 0.8, step_batching: true, mesh_nice: default_mesh_nice() },
             scheduler: SchedulerSection { max_batch: 8, ack_wait_s: 60, progress_ack_s: 15, max_deliver: 5, max_queue_delay_ms: 0, lookahead_batches: 2, shutdown_grace_s: 30 },
             ingress: IngressSection { clock_skew_s: 120, max_image_side: 16384, submit_queue_max: 100_000, preauth_per_minute: default_preauth_per_minute() },
             http: HttpSection { listen: "127.0.0.1:9470".into() },
@@ -245,6 +254,9 @@ impl Config {
         }
         if self.scheduler.max_batch == 0 {
             bail!("scheduler.max_batch must be at least 1");
+        }
+        if !(0..=19).contains(&self.devices.mesh_nice) {
+            bail!("devices.mesh_nice {} must be in 0..=19 (0 = the node's own priority)", self.devices.mesh_nice);
         }
         if !(self.devices.memory_safety > 0.0 && self.devices.memory_safety <= 1.0) {
             bail!("devices.memory_safety {} must be in (0, 1]", self.devices.memory_safety);
@@ -341,6 +353,7 @@ impl Config {
         settings.simulated_latency = Duration::from_millis(self.node.simulated_latency_ms);
         settings.simulated_step_latency = Duration::from_millis(self.node.simulated_step_latency_ms);
         settings.step_batching = self.devices.step_batching;
+        settings.mesh_nice = self.devices.mesh_nice;
         settings.http_listen = if self.http.listen.is_empty() { None } else { Some(self.http.listen.parse()?) };
         settings.store_s3 = self.s3()?;
         Ok(settings)
@@ -465,6 +478,8 @@ mod tests {
         assert!(format!("{err:#}").contains("unknown key scheduler.nope"), "{err:#}");
         let err = Config::load(None, &env(&[("ORFEAS_DEVICES_MEMORY_SAFETY", "1.5")]), &[]).unwrap_err();
         assert!(format!("{err:#}").contains("devices.memory_safety 1.5"), "{err:#}");
+        let err = Config::load(None, &env(&[("ORFEAS_DEVICES_MESH_NICE", "20")]), &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("devices.mesh_nice 20"), "{err:#}");
         let err = Config::load(None, &env(&[("ORFEAS_SCHEDULER_PROGRESS_ACK_S", "90")]), &[]).unwrap_err();
         assert!(format!("{err:#}").contains("progress_ack_s"), "{err:#}");
         let dir = tempfile::tempdir().unwrap();

@@ -219,6 +219,8 @@ pub struct Ingress {
     /// Pre-auth rate, nonces, per-agent rate and concurrency cap (shared
     /// with the status / cancel request server).
     pub gate: Arc<Gate>,
+    /// Where admitted jobs' records wait for this node's claim.
+    pub handoff: Arc<crate::handoff::Handoff>,
 }
 
 /// Ingress state.
@@ -239,6 +241,8 @@ pub(crate) struct Admission {
     pub(crate) policy: Policy,
     /// Pre-auth rate, nonces, per-agent rate and concurrency cap.
     pub(crate) gate: Arc<Gate>,
+    /// Where admitted jobs' records wait for this node's claim.
+    pub(crate) handoff: Arc<crate::handoff::Handoff>,
     /// Messages in the queue stream, refreshed in the background: an
     /// `accepted` event's queue position must not cost a round trip.
     queue_depth: Arc<AtomicU64>,
@@ -416,8 +420,9 @@ impl Admission {
                 return Ok(Settled::Term);
             }
         }
+        let mut announcer = None;
         match self.jobs.create(&record).await? {
-            Created::New(_) => {}
+            Created::New(revision) => announcer = Some(self.handoff.admitted(record.clone(), revision)),
             Created::Exists(existing, _) if existing.digest != digest => {
                 metrics::REQUESTS.with_label_values(&[&agent, "submit", ErrorCode::Conflict.as_str()]).inc();
                 metrics::ERRORS.with_label_values(&[&agent, ErrorCode::Conflict.as_str()]).inc();
@@ -462,6 +467,9 @@ impl Admission {
         self.queue_depth.fetch_add(1, Ordering::Relaxed);
         let _ = self.bus.client.publish(subjects::CONTROL_QUEUED, subjects::queue(lane.as_str(), &agent).into()).await;
         self.events.publish_in(Some(onward), &agent, job.job_id, 0, EventKind::Accepted { queue_position, eta_ms: crate::progress::accepted_eta(&admitted.model, queue_position) }).await?;
+        if let Some(announcer) = announcer {
+            announcer.stored();
+        }
         metrics::REQUESTS.with_label_values(&[&agent, "submit", "accepted"]).inc();
         tracing::info!(agent, job_id = %job.job_id, seq = ack.sequence, "job admitted");
         Ok(Settled::Ack)
@@ -515,6 +523,7 @@ impl Actor for Ingress {
             events: self.events.clone(),
             policy: self.policy.clone(),
             gate: self.gate.clone(),
+            handoff: self.handoff.clone(),
             queue_depth,
         });
         Ok(IngressState { credits, puller, depth_reader, admission })

@@ -168,6 +168,7 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, NodeError> {
         roster: roster.clone(),
         load,
         gate,
+        handoff: Default::default(),
     };
     let health = Health::new(client.clone(), warmth);
     let http = match ctx.settings.http_listen {

@@ -8,9 +8,9 @@
 //!   `failed` event (awaited until stored), then `SchedulerMsg::Finished` so
 //!   the Scheduler acks the job message — in that order, nothing acked
 //!   before its answer is durable.
-//! - State: a semaphore bounding concurrent CPU-heavy meshing jobs; each job
-//!   runs in its own task (meshing on the blocking pool) so the actor's loop
-//!   never waits on one.
+//! - State: the meshing threads ([`crate::mesh_pool`]: one per core,
+//!   optionally at a lower priority than the control plane); each job runs in its own task
+//!   that waits for its mesh there, so the actor's loop never waits on one.
 //! - Restart policy: nothing is held across messages; a restart loses no
 //!   job (tasks in flight keep running, and any job whose answer was not
 //!   stored is redelivered by JetStream).
@@ -24,12 +24,12 @@ use orfeas_wire::{
     ErrorCode,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::{
     events::EventSink,
-    jobs::{JobState, JobStore, Updated},
+    jobs::{JobRecord, JobState, JobStore, Updated},
+    mesh_pool::MeshPool,
     metrics,
     model::{Manifest, OutputKind},
     now_ms,
@@ -61,7 +61,7 @@ pub struct VolumeJob {
 }
 
 /// Linear RGB in [0, 1] at world points, from the device that ran the job
-/// (blocks until the device thread answers; called on the blocking pool).
+/// (blocks until the device thread answers; called on a meshing thread, [`crate::mesh_pool`]).
 pub type ColourQuery = Arc<dyn Fn(Vec<[f32; 3]>) -> Result<Vec<[f32; 3]>, String> + Send + Sync>;
 
 /// Messages to Postprocess.
@@ -91,11 +91,13 @@ pub struct Postprocess {
     pub store: ResultStore,
     /// Deliveries before a retryable failure becomes final.
     pub max_deliver: u64,
+    /// Added to the meshing threads' nice value ([`crate::mesh_pool`]).
+    pub mesh_nice: i32,
 }
 
 /// Postprocess state.
 pub struct PostprocessState {
-    meshing: Arc<Semaphore>,
+    meshing: Arc<MeshPool>,
 }
 
 impl Actor for Postprocess {
@@ -105,7 +107,7 @@ impl Actor for Postprocess {
 
     async fn pre_start(&self, _myself: ActorRef<Self::Msg>, _: ()) -> Result<Self::State, ActorProcessingErr> {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        Ok(PostprocessState { meshing: Arc::new(Semaphore::new(cores)) })
+        Ok(PostprocessState { meshing: Arc::new(MeshPool::start(cores, self.mesh_nice)?) })
     }
 
     async fn handle(&self, _myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
@@ -139,19 +141,16 @@ impl Actor for Postprocess {
 }
 
 /// Mesh, export and store one job; the `completed` event on success.
-async fn deliver(job: VolumeJob, meshing: Arc<Semaphore>, store: &ResultStore, events: &EventSink) -> Result<EventKind, Failure> {
+async fn deliver(job: VolumeJob, meshing: Arc<MeshPool>, store: &ResultStore, events: &EventSink) -> Result<EventKind, Failure> {
     let ticket = job.ticket.clone();
     events.progress(&ticket, Stage::Meshing);
     let started = Instant::now();
-    let permit = meshing.acquire_owned().await.map_err(|_| Failure::new(ErrorCode::Internal, "meshing pool closed"))?;
     let formats = ticket.job.formats.clone();
     let sink = events.clone();
-    let made = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        mesh_and_export(&job, &formats, || sink.progress(&job.ticket, Stage::Exporting))
-    })
-    .await
-    .map_err(|e| Failure::new(ErrorCode::Internal, format!("meshing task panicked: {e}")))??;
+    let made = meshing
+        .run(move || mesh_and_export(&job, &formats, || sink.progress(&job.ticket, Stage::Exporting)))
+        .await
+        .map_err(|e| Failure::new(ErrorCode::Internal, e.to_string()))??;
     metrics::STAGE_SECONDS.with_label_values(&["meshing"]).observe(started.elapsed().as_secs_f64());
     events.progress(&ticket, Stage::Storing);
     let started = Instant::now();
@@ -204,7 +203,7 @@ fn export_format(format: Format) -> ExportFormat {
 
 /// Volume → cleaned, smoothed, decimated, coloured mesh → requested formats,
 /// previews and printability report, honouring the job's parameters
-/// (CPU-heavy; runs on the blocking pool). `exporting` is called between
+/// (CPU-heavy; runs on a meshing thread). `exporting` is called between
 /// meshing and writing files.
 pub fn mesh_and_export(job: &VolumeJob, formats: &[Format], exporting: impl FnOnce()) -> Result<Made, Failure> {
     let m = &job.manifest;
@@ -376,7 +375,15 @@ impl Finisher {
                 metrics::DEAD_LETTERS.inc();
             }
         }
-        let Some((mut record, _)) = self.jobs.get(&ticket.job.agent, &ticket.job.job_id).await? else {
+        // The record as the claim wrote it, if the ticket has it: the write
+        // below is fenced on the claim's revision, so it only lands if the
+        // record is still exactly that (a cancel request moves the revision
+        // and is then seen on the fenced path); a read would return the same.
+        let claimed = match &ticket.record {
+            Some(record) => Some(JobRecord::clone(record)),
+            None => self.jobs.get(&ticket.job.agent, &ticket.job.job_id).await?.map(|(record, _)| record),
+        };
+        let Some(mut record) = claimed else {
             tracing::error!(job_id = %ticket.job.job_id, "job record vanished; dropping the job");
             return Ok(Outcome::Term);
         };

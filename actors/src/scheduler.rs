@@ -68,7 +68,7 @@ use crate::{
     fair_pull::FairPull,
     heartbeat::NodeLoad,
     gpu_worker::GpuWorkerMsg,
-    jobs::{JobState, JobStore, Updated},
+    jobs::{JobRecord, JobState, JobStore, Updated},
     lanes::Waiting,
     metrics, now_ms,
     postprocess::PostprocessMsg,
@@ -178,6 +178,8 @@ pub struct Scheduler {
     pub model_max_batch: HashMap<String, usize>,
     /// What the node's heartbeat reports.
     pub load: NodeLoad,
+    /// Jobs this node's Ingress admitted, with their records.
+    pub handoff: Arc<crate::handoff::Handoff>,
 }
 
 /// Claims delivered jobs (record → `running` at this attempt) on tasks,
@@ -188,6 +190,7 @@ struct Claimer {
     jobs: JobStore,
     events: EventSink,
     node_id: String,
+    handoff: Arc<crate::handoff::Handoff>,
 }
 
 /// Jobs a node with `devices` devices holds at most per lane: enough to
@@ -215,7 +218,28 @@ impl Claimer {
     }
 
     /// Take the job's lease: record state `running` at this attempt.
+    ///
+    /// A job this node admitted comes with its record from the handoff
+    /// ([`crate::handoff`]): the lease is written at the revision Ingress
+    /// created, and only if that write is fenced (the record changed since)
+    /// is the record read, as for a job admitted elsewhere.
     async fn claim(&self, job: AdmittedJob, attempt: u64, trace: TraceParent) -> Result<Option<Ticket>, Outcome> {
+        let mut job = job;
+        let mut waited = false;
+        if attempt == 1 {
+            if let Some(mut handed) = self.handoff.take(&job.agent, &job.job_id) {
+                // Nothing this claim says may overtake the job's `accepted`.
+                // Ingress gave up on it (or is stuck): look in the events stream.
+                if !handed.announced(ANNOUNCE_PATIENCE).await {
+                    crate::events::await_announced(&self.js, &job.agent, job.job_id, ANNOUNCE_PATIENCE).await;
+                }
+                waited = true;
+                match self.settle(job, attempt, trace, handed.record, handed.revision).await {
+                    Claim::Settled(result) => return result,
+                    Claim::Fenced(back) => job = back,
+                }
+            }
+        }
         let record = match self.jobs.get(&job.agent, &job.job_id).await {
             Ok(Some(record)) => record,
             Ok(None) => {
@@ -227,14 +251,24 @@ impl Claimer {
                 return Err(Outcome::Nak(bus::retry_delay(attempt)));
             }
         };
-        let (mut record, revision) = record;
-        if attempt == 1 && record.state == JobState::Admitted {
+        let (record, revision) = record;
+        if attempt == 1 && record.state == JobState::Admitted && !waited {
             // Nothing this claim says may overtake the job's `accepted`.
             crate::events::await_announced(&self.js, &job.agent, job.job_id, ANNOUNCE_PATIENCE).await;
         }
+        match self.settle(job, attempt, trace, record, revision).await {
+            Claim::Settled(result) => result,
+            Claim::Fenced(_) => Err(Outcome::Nak(Duration::from_millis(200))),
+        }
+    }
+
+    /// Decide the claim on `record` at `revision`: end a canceled or overdue
+    /// job, repeat a stored answer, or write the lease. Every write is fenced
+    /// on `revision`; a fenced one hands the job back for a fresh read.
+    async fn settle(&self, job: AdmittedJob, attempt: u64, trace: TraceParent, mut record: JobRecord, revision: u64) -> Claim {
         if record.state == JobState::Canceled {
             // Canceled while queued: its canceller published the answer.
-            return Err(Outcome::Ack);
+            return Claim::Settled(Err(Outcome::Ack));
         }
         if !record.state.is_terminal() {
             let why = if record.cancel_requested {
@@ -251,11 +285,11 @@ impl Claimer {
                 let ending = terminal::ending(code, job.job_id, error);
                 let seq = terminal::final_seq(attempt);
                 return match terminal::conclude(&self.jobs, &self.events, &self.node_id, record, revision, ending, seq, Some(trace)).await {
-                    Ok(Concluded::Ended) => Err(Outcome::Term),
-                    Ok(Concluded::Fenced) => Err(Outcome::Nak(Duration::from_millis(200))),
+                    Ok(Concluded::Ended) => Claim::Settled(Err(Outcome::Term)),
+                    Ok(Concluded::Fenced) => Claim::Fenced(job),
                     Err(e) => {
                         tracing::warn!(error = %e, "ending not stored; retrying later");
-                        Err(Outcome::Nak(bus::retry_delay(attempt)))
+                        Claim::Settled(Err(Outcome::Nak(bus::retry_delay(attempt))))
                     }
                 };
             }
@@ -265,24 +299,32 @@ impl Claimer {
             // again (same seq, so agents see one answer), then ack.
             if let Some(kind) = record.terminal.clone() {
                 if self.events.publish_in(Some(trace), &job.agent, job.job_id, record.terminal_seq, kind).await.is_err() {
-                    return Err(Outcome::Nak(bus::retry_delay(attempt)));
+                    return Claim::Settled(Err(Outcome::Nak(bus::retry_delay(attempt))));
                 }
             }
-            return Err(Outcome::Ack);
+            return Claim::Settled(Err(Outcome::Ack));
         }
         record.state = JobState::Running;
         record.attempt = attempt;
         record.node = self.node_id.clone();
         record.updated_at_ms = now_ms();
         match self.jobs.update(&record, revision).await {
-            Ok(Updated::Ok(revision)) => Ok(Some(Ticket::new(job, attempt, revision).traced(trace))),
-            Ok(Updated::Fenced) => Err(Outcome::Nak(Duration::from_millis(200))),
+            Ok(Updated::Ok(revision)) => Claim::Settled(Ok(Some(Ticket::new(job, attempt, revision).traced(trace).with_record(record)))),
+            Ok(Updated::Fenced) => Claim::Fenced(job),
             Err(e) => {
                 tracing::warn!(error = %e, "job record not updated; retrying later");
-                Err(Outcome::Nak(bus::retry_delay(attempt)))
+                Claim::Settled(Err(Outcome::Nak(bus::retry_delay(attempt))))
             }
         }
     }
+}
+
+/// How a claim on one reading of the record went.
+enum Claim {
+    /// Decided: a ticket, or how to settle the message.
+    Settled(Result<Option<Ticket>, Outcome>),
+    /// The record changed since that reading: read it again.
+    Fenced(AdmittedJob),
 }
 
 /// A job message the node holds.
@@ -458,7 +500,7 @@ pub struct SchedulerState {
 
 impl Scheduler {
     fn claimer(&self) -> Claimer {
-        Claimer { js: self.bus.js.clone(), jobs: self.jobs.clone(), events: self.events.clone(), node_id: self.settings.node_id.clone() }
+        Claimer { js: self.bus.js.clone(), jobs: self.jobs.clone(), events: self.events.clone(), node_id: self.settings.node_id.clone(), handoff: self.handoff.clone() }
     }
 
     fn credits(&self) -> usize {

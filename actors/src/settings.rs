@@ -64,6 +64,8 @@ pub struct NodeSettings {
     pub simulated_step_latency: Duration,
     /// Step-level batching for pipeline models (false: whole-request).
     pub step_batching: bool,
+    /// Added to the nice value of the meshing threads ([`crate::mesh_pool`]).
+    pub mesh_nice: i32,
     /// How long a batch that is not full may wait for more compatible jobs
     /// (from its oldest job's admission); zero dispatches at once.
     pub max_queue_delay: Duration,
@@ -105,6 +107,7 @@ impl NodeSettings {
             simulated_latency: Duration::ZERO,
             simulated_step_latency: Duration::ZERO,
             step_batching: true,
+            mesh_nice: crate::mesh_pool::MESH_NICE,
             max_queue_delay: Duration::ZERO,
             lookahead_batches: 2,
             shutdown_grace: Duration::from_secs(30),

@@ -67,6 +67,9 @@ pub struct NodeContext {
     /// Admission limits shared by Ingress and the request server (kept
     /// across Ingress restarts).
     pub gate: Arc<crate::gate::Gate>,
+    /// Jobs Ingress admitted here, for their claim by the Scheduler (kept
+    /// across restarts of either).
+    pub handoff: Arc<crate::handoff::Handoff>,
 }
 
 /// One child slot of the tree.
@@ -131,6 +134,7 @@ impl NodeSupervisor {
                     jobs,
                     store: ctx.store.clone(),
                     max_deliver: ctx.settings.max_deliver.max(1) as u64,
+                    mesh_nice: ctx.settings.mesh_nice,
                 };
                 Actor::spawn_linked(Some(ctx.roster.name("postprocess")), actor, (), me).await?.0.get_cell()
             }
@@ -159,6 +163,7 @@ impl NodeSupervisor {
                     devices: ctx.devices.iter().map(|d| d.id.clone()).collect(),
                     model_max_batch: ctx.catalog.manifests().iter().map(|m| (m.name.clone(), m.max_batch)).collect(),
                     load: ctx.load.clone(),
+                    handoff: ctx.handoff.clone(),
                 };
                 Actor::spawn_linked(Some(ctx.roster.name("scheduler")), actor, (), me).await?.0.get_cell()
             }
@@ -177,6 +182,7 @@ impl NodeSupervisor {
                     events: ctx.events.clone(),
                     policy,
                     gate: ctx.gate.clone(),
+                    handoff: ctx.handoff.clone(),
                 };
                 Actor::spawn_linked(Some(ctx.roster.name("ingress")), actor, (), me).await?.0.get_cell()
             }

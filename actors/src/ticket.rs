@@ -25,12 +25,20 @@ pub struct Ticket {
     step: Arc<AtomicU64>,
     /// Stages this attempt reported (see [`crate::progress`]).
     pub track: Arc<Mutex<crate::progress::Track>>,
+    /// The job record as this attempt's claim wrote it (at `revision`), so
+    /// that finishing can write the answer without reading it first.
+    pub record: Option<Arc<crate::jobs::JobRecord>>,
 }
 
 impl Ticket {
     /// A ticket for delivery `attempt` holding record `revision`.
     pub fn new(job: AdmittedJob, attempt: u64, revision: u64) -> Self {
-        Self { job: Arc::new(job), attempt, revision, trace: TraceParent::new_root(), step: Arc::new(AtomicU64::new(1)), track: Default::default() }
+        Self { job: Arc::new(job), attempt, revision, trace: TraceParent::new_root(), step: Arc::new(AtomicU64::new(1)), track: Default::default(), record: None }
+    }
+
+    /// The same ticket, knowing the record its claim wrote.
+    pub fn with_record(self, record: crate::jobs::JobRecord) -> Self {
+        Self { record: Some(Arc::new(record)), ..self }
     }
 
     /// The same ticket in the given trace.
