@@ -104,7 +104,7 @@ pub async fn fetch(client: &AgentClient, job_id: &Uuid, file: &ResultFile, to: &
     }
     let get = |url: String, location: String, sha256: String, to: PathBuf| async move {
         if let Some(path) = url.strip_prefix("file://").filter(|p| Path::new(p).is_file()) {
-            std::fs::copy(path, &to).with_context(|| format!("copying {path} to {}", to.display()))?;
+            copy_verified(Path::new(path), &to, Some(&sha256))?;
             return anyhow::Ok(to);
         }
         let bytes = client
@@ -126,6 +126,21 @@ pub async fn fetch(client: &AgentClient, job_id: &Uuid, file: &ResultFile, to: &
     Ok(written)
 }
 
+/// Copy a stored file this machine sees (a `file://` URL) to `to`, checking
+/// it against the signed `sha256` first when there is one: a file changed in
+/// the store after the node signed its manifest is refused, as over NATS.
+pub fn copy_verified(from: &Path, to: &Path, sha256: Option<&str>) -> Result<()> {
+    let bytes = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
+    if let Some(want) = sha256 {
+        use sha2::Digest;
+        let got = hex::encode(sha2::Sha256::digest(&bytes));
+        if got != want {
+            bail!("{}: sha256 {got} does not match the signed manifest's {want}", from.display());
+        }
+    }
+    std::fs::write(to, bytes).with_context(|| format!("writing {}", to.display()))
+}
+
 /// One line describing an event.
 pub fn describe(event: &Event) -> String {
     match &event.kind {
@@ -144,5 +159,30 @@ pub fn describe(event: &Event) -> String {
             mesh.closed_manifold
         ),
         EventKind::Failed(f) | EventKind::Rejected(f) => format!("{} {} ({}): {}", event.kind.name(), f.status, f.code, f.error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_file_is_copied_only_when_it_matches_its_signed_sha256() {
+        use sha2::Digest;
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("preview-front.png"), dir.path().join("out.png"));
+        std::fs::write(&from, b"the png the node signed").unwrap();
+        let signed = hex::encode(sha2::Sha256::digest(b"the png the node signed"));
+        copy_verified(&from, &to, Some(&signed)).unwrap();
+        assert_eq!(std::fs::read(&to).unwrap(), b"the png the node signed");
+
+        std::fs::write(&from, b"changed in the store").unwrap();
+        std::fs::remove_file(&to).unwrap();
+        let err = copy_verified(&from, &to, Some(&signed)).unwrap_err();
+        assert!(format!("{err:#}").contains("does not match the signed manifest"), "{err:#}");
+        assert!(!to.exists(), "nothing is written from a file that fails the check");
+        // Nothing signed (a node from before previews carried a sha256): copied as is.
+        copy_verified(&from, &to, None).unwrap();
+        assert_eq!(std::fs::read(&to).unwrap(), b"changed in the store");
     }
 }

@@ -432,7 +432,7 @@ async fn save(
     let mut written_previews = Vec::new();
     for preview in previews {
         let to = plan.preview(&preview.view);
-        write_fetched(client, &job_id, &preview.url, &preview.location, &to).await?;
+        write_fetched(client, &job_id, preview, &to).await?;
         written_previews.push(to);
     }
     let material = report.as_ref().map(|r| Material::of(r, args.density_g_cm3, args.price_per_kg));
@@ -465,15 +465,18 @@ async fn save(
     Ok(outcome)
 }
 
-/// A preview: copied from a `file://` URL this machine sees, else fetched over NATS.
-async fn write_fetched(client: &AgentClient, job_id: &uuid::Uuid, url: &str, location: &str, to: &Path) -> Result<PathBuf> {
+/// A preview: copied from a `file://` URL this machine sees, else fetched
+/// over NATS; either way checked against its signed sha256 when the node
+/// sent one (nodes before previews carried it did not).
+async fn write_fetched(client: &AgentClient, job_id: &uuid::Uuid, preview: &orfeas_wire::v1::Preview, to: &Path) -> Result<PathBuf> {
     if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
-    if let Some(path) = url.strip_prefix("file://").filter(|p| Path::new(p).is_file()) {
-        std::fs::copy(path, to).with_context(|| format!("copying {path} to {}", to.display()))?;
+    let (location, sha256) = (&preview.location, preview.sha256.as_deref());
+    if let Some(path) = preview.url.strip_prefix("file://").filter(|p| Path::new(p).is_file()) {
+        agent::copy_verified(Path::new(path), to, sha256)?;
     } else {
-        let bytes = client.fetch_file(job_id, location, None, Duration::from_secs(30)).await.with_context(|| format!("fetching {location} over NATS"))?;
+        let bytes = client.fetch_file(job_id, location, sha256, Duration::from_secs(30)).await.with_context(|| format!("fetching {location} over NATS"))?;
         std::fs::write(to, bytes).with_context(|| format!("writing {}", to.display()))?;
     }
     Ok(to.to_path_buf())

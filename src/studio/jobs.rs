@@ -42,6 +42,9 @@ pub struct PreviewView {
     /// Object-store location (never sent to the page).
     #[serde(skip)]
     pub location: String,
+    /// The PNG's signed SHA-256, checked when the studio fetches it.
+    #[serde(skip)]
+    pub sha256: Option<String>,
 }
 
 /// Everything the page knows about one job.
@@ -235,7 +238,7 @@ pub fn apply(view: &mut JobView, event: &Event) {
                     view.files.push(FileView { format: part.name.rsplit('.').next().unwrap_or("").into(), name: part.name.clone(), bytes: part.bytes, sha256: part.sha256.clone(), url, location: part.location.clone() });
                 }
             }
-            view.previews = previews.iter().map(|p| PreviewView { view: p.view.clone(), url: format!("/api/jobs/{}/previews/{}", view.id, p.view), location: p.location.clone() }).collect();
+            view.previews = previews.iter().map(|p| PreviewView { view: p.view.clone(), url: format!("/api/jobs/{}/previews/{}", view.id, p.view), location: p.location.clone(), sha256: p.sha256.clone() }).collect();
             view.mesh = Some(mesh.clone());
             view.report = report.clone();
             seen("completed", view);

@@ -269,7 +269,7 @@ fn attachment_name(name: &str) -> String {
 async fn preview(State(studio): State<Shared>, Path((id, view_name)): Path<(String, String)>) -> Result<Response, StudioError> {
     let view = session_job(&studio, &id).await?;
     let preview = view.previews.iter().find(|p| p.view == view_name).ok_or_else(|| StudioError::NotFound(format!("job {} has no {view_name:?} preview", view.id)))?;
-    let bytes = studio.client.fetch_file(&view.id, &preview.location, None, REQUEST_TIMEOUT).await?;
+    let bytes = studio.client.fetch_file(&view.id, &preview.location, preview.sha256.as_deref(), REQUEST_TIMEOUT).await?;
     Ok(([(header::CONTENT_TYPE, "image/png"), (header::CACHE_CONTROL, "private, max-age=3600")], bytes).into_response())
 }
 
